@@ -1,0 +1,29 @@
+# make test: create .venv, install the project with the build extras, run the test suite.
+# make demo: same setup, then run the demo chain on calib_data.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24"
+	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[export,dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q -n 2 --timeout 900
+
+demo: setup
+	$(PY) -m eov_edge.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

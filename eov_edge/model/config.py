@@ -1,0 +1,196 @@
+"""Typed configuration of the Earth-OneVision reference model, with named presets.
+
+A transformers ``PreTrainedConfig`` (so ``save_pretrained``/``from_pretrained`` work as users
+expect) holding a SigLIP-style vision config and a Qwen2 text config, plus the fields that tie them
+together (canvas channels, modality count, FGVLA tap depths, token merge).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig, Qwen2Config, SiglipVisionConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from eov_edge.bands import CANVAS_VERSION, MODALITIES, NUM_CANVAS_SLOTS
+from eov_edge.errors import ConfigError
+from eov_edge.prompt import IMAGE, SPECIAL_TOKENS
+from eov_edge.slis import SLIS_VERSION
+
+PresetName = Literal["nano", "small", "eov-2b"]
+PRESETS: tuple[PresetName, ...] = ("nano", "small", "eov-2b")
+VOCAB_MULTIPLE = 64  # pad the vocabulary for aligned matmuls on GPUs and NPUs
+
+
+def default_feature_layers(depth: int) -> list[int]:
+    """FGVLA taps at 1/4, 1/2, 3/4 and the full depth (1-based layer indices, deduplicated)."""
+    return sorted({max(1, math.ceil(depth * q / 4)) for q in (1, 2, 3, 4)})
+
+
+@strict
+class EarthOneVisionConfig(PreTrainedConfig):
+    r"""Earth-OneVision: spectral-canvas ViT encoder, multi-level projector, Qwen2 decoder.
+
+    feature_layers: 1-based depths of the vision layers whose outputs are concatenated per token
+        (FGVLA multi-level features); None means 1/4, 1/2, 3/4 and the last layer.
+    merge_size: side of the square of patch tokens merged into one image token (pixel-unshuffle).
+    """
+
+    model_type = "earth_onevision"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=SiglipVisionConfig),
+        "text_config": SubConfigSpec(config_class=Qwen2Config),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_canvas_channels: int = NUM_CANVAS_SLOTS
+    num_modalities: int = len(MODALITIES)
+    feature_layers: list[int] | None = None
+    merge_size: int = 2
+    projector_hidden_act: str = "gelu"
+    image_token_id: int = SPECIAL_TOKENS.index(IMAGE)
+    initializer_range: float = 0.02
+    preset: str | None = None
+    canvas_version: int = CANVAS_VERSION
+    slis_version: int = SLIS_VERSION
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        vision, text = self.vision_config, self.text_config
+        # The decoder owns the embedding tying; the composite follows it.
+        self.tie_word_embeddings = bool(text.tie_word_embeddings)
+        if vision.num_channels != self.num_canvas_channels:
+            raise ConfigError(
+                f"vision_config.num_channels must equal num_canvas_channels={self.num_canvas_channels} "
+                f"(got {vision.num_channels}): every sensor is read onto the 16-slot canvas"
+            )
+        if vision.image_size % vision.patch_size:
+            raise ConfigError(
+                f"vision_config.image_size ({vision.image_size}) must be a multiple of patch_size "
+                f"({vision.patch_size})"
+            )
+        if self.grid_size % self.merge_size:
+            raise ConfigError(
+                f"the patch grid ({self.grid_size}x{self.grid_size}) must be divisible by merge_size="
+                f"{self.merge_size}: change image_size or patch_size"
+            )
+        if self.feature_layers is None:
+            self.feature_layers = default_feature_layers(vision.num_hidden_layers)
+        layers = list(self.feature_layers)
+        if not layers or layers != sorted(set(layers)) or not all(
+            1 <= d <= vision.num_hidden_layers for d in layers
+        ):
+            raise ConfigError(
+                f"feature_layers must be increasing depths in 1..{vision.num_hidden_layers}, got {layers}"
+            )
+        if text.vocab_size < len(SPECIAL_TOKENS):
+            raise ConfigError(
+                f"text_config.vocab_size ({text.vocab_size}) is smaller than the {len(SPECIAL_TOKENS)} "
+                "special tokens"
+            )
+        if self.max_context < self.image_tokens_per_view + 16:
+            raise ConfigError(
+                f"text_config.max_position_embeddings ({self.max_context}) leaves no room for text "
+                f"after one view's {self.image_tokens_per_view} image tokens"
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of a view."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
+    def image_size(self) -> int:
+        return self.vision_config.image_size
+
+    @property
+    def image_tokens_per_view(self) -> int:
+        """Image embeddings one view contributes to the decoder (after the token merge)."""
+        return (self.grid_size // self.merge_size) ** 2
+
+    @property
+    def multi_level_dim(self) -> int:
+        """Width of the encoder's per-token features: taps x vision width."""
+        return len(self.feature_layers) * self.vision_config.hidden_size
+
+    @property
+    def max_context(self) -> int:
+        return self.text_config.max_position_embeddings
+
+    @classmethod
+    def from_preset(cls, name: str, vocab_size: int | None = None, **overrides: Any) -> "EarthOneVisionConfig":
+        """Config of preset ``name`` (nano, small, eov-2b).
+
+        vocab_size: defaults to the shipped tokenizer's size, rounded up to a multiple of 64.
+        overrides: top-level fields, e.g. ``feature_layers=[2, 4]``.
+        """
+        if name not in _PRESET_SHAPES:
+            raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        if vocab_size is None:
+            from eov_edge.tokenizer import TextTokenizer
+
+            vocab_size = TextTokenizer.from_file().vocab_size
+        vocab_size = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        shape = _PRESET_SHAPES[name]
+        vision = SiglipVisionConfig(
+            hidden_size=shape.vision_width,
+            intermediate_size=shape.vision_mlp,
+            num_hidden_layers=shape.vision_depth,
+            num_attention_heads=shape.vision_heads,
+            num_channels=NUM_CANVAS_SLOTS,
+            image_size=shape.image_size,
+            patch_size=shape.patch_size,
+            vision_use_head=False,
+        )
+        eos = SPECIAL_TOKENS.index("<eos>")
+        text = Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=shape.text_width,
+            intermediate_size=shape.text_mlp,
+            num_hidden_layers=shape.text_depth,
+            num_attention_heads=shape.text_heads,
+            num_key_value_heads=shape.text_kv_heads,
+            max_position_embeddings=shape.max_context,
+            rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
+            tie_word_embeddings=shape.tie_embeddings,
+            pad_token_id=SPECIAL_TOKENS.index("<pad>"),
+            eos_token_id=eos,
+            bos_token_id=None,
+        )
+        return cls(vision_config=vision, text_config=text, preset=name, **overrides)
+
+
+@dataclass(frozen=True)
+class _PresetShape:
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_depth: int
+    vision_heads: int
+    vision_mlp: int
+    text_width: int
+    text_depth: int
+    text_heads: int
+    text_kv_heads: int
+    text_mlp: int
+    max_context: int
+    rope_theta: float
+    tie_embeddings: bool
+
+
+_PRESET_SHAPES: dict[str, _PresetShape] = {
+    # ~7M parameters: trains on 2 CPU cores; 14x14 patches -> 49 image tokens per view.
+    "nano": _PresetShape(224, 16, 192, 6, 3, 768, 256, 4, 4, 2, 768, 1024, 10000.0, True),
+    # ~80M: for benchmarks; 16x16 patches -> 64 image tokens per view.
+    "small": _PresetShape(256, 16, 384, 8, 6, 1536, 768, 8, 12, 4, 2048, 2048, 10000.0, False),
+    # ~2B: a SigLIP-so400m trunk (1152 x 27, patch 16 at 384 px -> 144 tokens per view) and a
+    # Qwen2-1.5B-class decoder (1536 wide, GQA 12/2, SwiGLU 8960). Qwen2-1.5B has 28 layers and
+    # spends 233M parameters on a 152k vocabulary; ours is ~3k tokens, so 32 layers keep the
+    # decoder at ~1.5B.
+    "eov-2b": _PresetShape(384, 16, 1152, 27, 16, 4304, 1536, 32, 12, 2, 8960, 4096, 1e6, True),
+}

@@ -1,0 +1,213 @@
+"""Earth-OneVision: spectral-canvas vision encoder (FGVLA taps), projector, Qwen2 decoder.
+
+The three parts are plain modules with tensor-only inputs and outputs, so export takes each as it
+is (encoder, projector, decoder graphs) with no patching:
+
+    pixel_values (V, 16, H, W), modality_ids (V,)
+      -> SpectralVisionEncoder -> features (V, N, T*Dv)        N = (H/p)*(W/p), T taps
+      -> FeatureProjector      -> image_embeds (V, N/4, Dlm)  2x2 merge, LN, Linear, GELU, Linear
+      -> replace the <image> placeholders of input_ids -> Qwen2ForCausalLM(inputs_embeds=...)
+
+V counts views over the whole batch: a sample with a time series of 3 frames contributes 3 views,
+and its prompt carries 3 ``<image>`` runs in order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel, Qwen2ForCausalLM
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, SiglipVisionEmbeddings
+
+from eov_edge.errors import PromptError, ViewMismatchError
+from eov_edge.model.config import EarthOneVisionConfig
+
+
+class SpectralVisionEncoder(nn.Module):
+    """ViT over the 16-slot canvas with a modality embedding and multi-level (FGVLA) outputs."""
+
+    def __init__(self, config: EarthOneVisionConfig) -> None:
+        super().__init__()
+        vision = config.vision_config
+        self.image_size = vision.image_size
+        self.num_canvas_channels = config.num_canvas_channels
+        self.num_modalities = config.num_modalities
+        self.feature_layers = tuple(config.feature_layers)
+        # Conv2d(16 -> D, patch, stride patch) + learned positions; one stem for every sensor.
+        self.embeddings = SiglipVisionEmbeddings(vision)
+        self.modality_embedding = nn.Embedding(config.num_modalities, vision.hidden_size)
+        # Layers past the deepest tap would never be used: don't build them.
+        self.layers = nn.ModuleList(SiglipEncoderLayer(vision) for _ in range(max(self.feature_layers)))
+        self.tap_norms = nn.ModuleList(
+            nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps) for _ in self.feature_layers
+        )
+
+    def forward(self, pixel_values: torch.Tensor, modality_ids: torch.Tensor) -> torch.Tensor:
+        """pixel_values (V, 16, H, W) f32, modality_ids (V,) i64 -> features (V, N, T*D)."""
+        hidden = self.embeddings(pixel_values)  # (V, N, D)
+        hidden = hidden + self.modality_embedding(modality_ids)[:, None, :]  # (V, N, D)
+        taps = []
+        for depth, layer in enumerate(self.layers, start=1):
+            hidden = layer(hidden, attention_mask=None)  # (V, N, D)
+            if depth in self.feature_layers:
+                # Each level normalized on its own, so no depth dominates the concatenation.
+                taps.append(self.tap_norms[len(taps)](hidden))
+        return torch.cat(taps, dim=-1)  # (V, N, T*D)
+
+
+class FeatureProjector(nn.Module):
+    """Merge 2x2 neighbouring tokens, then LayerNorm -> Linear -> GELU -> Linear to decoder width."""
+
+    def __init__(self, config: EarthOneVisionConfig) -> None:
+        super().__init__()
+        self.grid_size = config.grid_size
+        self.merge_size = config.merge_size
+        merged_dim = config.multi_level_dim * config.merge_size**2
+        text_width = config.text_config.hidden_size
+        self.norm = nn.LayerNorm(merged_dim)
+        self.fc1 = nn.Linear(merged_dim, text_width)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.fc2 = nn.Linear(text_width, text_width)
+
+    def merge_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """features (V, g*g, C) -> (V, (g/m)^2, m*m*C), row-major over the merged grid."""
+        g, m, c = self.grid_size, self.merge_size, features.shape[-1]
+        x = features.reshape(-1, g // m, m, g // m, m, c)  # (V, gy, my, gx, mx, C)
+        x = x.permute(0, 1, 3, 2, 4, 5)  # (V, gy, gx, my, mx, C)
+        return x.reshape(-1, (g // m) ** 2, m * m * c)  # (V, N', 4C)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (V, N, C) -> image_embeds (V, N/4, Dlm)."""
+        merged = self.merge_tokens(features)  # (V, N', 4C)
+        return self.fc2(self.act(self.fc1(self.norm(merged))))  # (V, N', Dlm)
+
+
+class EarthOneVisionPreTrainedModel(PreTrainedModel):
+    config_class = EarthOneVisionConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer"]
+
+
+class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
+    """The whole model: views + prompt ids -> next-token logits; :meth:`generate` answers."""
+
+    _tied_weights_keys = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
+
+    def __init__(self, config: EarthOneVisionConfig) -> None:
+        super().__init__(config)
+        # PreTrainedModel resolves the attention implementation on the composite config only; the
+        # setter forwards it to the sub-configs (the vision layers read it from theirs).
+        config._attn_implementation = config._attn_implementation
+        self.vision_encoder = SpectralVisionEncoder(config)
+        self.projector = FeatureProjector(config)
+        self.language_model = Qwen2ForCausalLM(config.text_config)
+        if not config.tie_word_embeddings:
+            self._tied_weights_keys = {}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def encode_images(self, pixel_values: torch.Tensor, modality_ids: torch.Tensor) -> torch.Tensor:
+        """pixel_values (V, 16, H, W), modality_ids (V,) -> image_embeds (V, N', Dlm)."""
+        size = self.config.image_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (self.config.num_canvas_channels, size, size):
+            raise ViewMismatchError(
+                f"pixel_values must be (views, {self.config.num_canvas_channels}, {size}, {size}), got "
+                f"{tuple(pixel_values.shape)}; read views with size={size}"
+            )
+        if modality_ids.shape != (pixel_values.shape[0],):
+            raise ViewMismatchError(
+                f"modality_ids must have one entry per view ({pixel_values.shape[0]}), got "
+                f"{tuple(modality_ids.shape)}"
+            )
+        features = self.vision_encoder(pixel_values, modality_ids)  # (V, N, T*Dv)
+        return self.projector(features)  # (V, N', Dlm)
+
+    def embed_inputs(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, modality_ids: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token embeddings with image embeddings written over the ``<image>`` placeholders."""
+        embeds = self.get_input_embeddings()(input_ids)  # (B, S, Dlm)
+        is_image = input_ids == self.config.image_token_id  # (B, S)
+        placeholders = int(is_image.sum())
+        if pixel_values is None:
+            if placeholders:
+                raise PromptError(f"input_ids hold {placeholders} image placeholders but no pixel_values")
+            return embeds
+        image_embeds = self.encode_images(pixel_values, modality_ids)  # (V, N', Dlm)
+        if placeholders != image_embeds.shape[0] * image_embeds.shape[1]:
+            raise PromptError(
+                f"input_ids hold {placeholders} image placeholders but {image_embeds.shape[0]} view(s) "
+                f"x {image_embeds.shape[1]} tokens were given; build inputs with EarthOneVisionProcessor"
+            )
+        # Placeholders are filled in reading order: batch row, then position (views in prompt order).
+        return embeds.masked_scatter(is_image[..., None], image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        modality_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Next-token logits (and the loss when ``labels`` are given; -100 masks a position)."""
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (with pixel_values for the views) or inputs_embeds")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, modality_ids)
+        return self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        modality_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        generation_config: GenerationConfig | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Answer ids (B, new_tokens) for left-padded prompts; greedy unless told otherwise.
+
+        The views are encoded once; the decoder's own ``generate`` then runs with the KV cache.
+        """
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, modality_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
+        kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)
+        return self.language_model.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            **kwargs,
+        )
