@@ -203,10 +203,14 @@ def find_band_set(band_names: tuple[str, ...]) -> BandSet:
 
 
 def band_sets_with_count(count: int) -> list[BandSet]:
-    """Band sets a multi-band file with ``count`` bands could hold."""
-    out = [bs for bs in BAND_SETS.values() if len(bs.bands) == count]
-    out += [bs for bs in BAND_SETS.values() if bs.greyscale_as_rgb and count == 3]
-    return out
+    """Band sets a multi-band file with ``count`` bands holds; a 3-band file only counts as a
+    greyscale frame stored as RGB when no 3-band set fits (the caller filters by dtype)."""
+    return [bs for bs in BAND_SETS.values() if len(bs.bands) == count]
+
+
+def greyscale_band_sets() -> list[BandSet]:
+    """Single-band sets whose products are often stored as 3 identical channels."""
+    return [bs for bs in BAND_SETS.values() if bs.greyscale_as_rgb]
 
 
 def to_canvas(

@@ -23,6 +23,7 @@ from eov_edge.bands import (
     BandSet,
     band_name_from_filename,
     band_sets_with_count,
+    greyscale_band_sets,
     find_band_set,
     get_band_set,
     to_canvas,
@@ -131,15 +132,20 @@ def _georef(ds, out_shape: tuple[int, int]) -> tuple[str | None, tuple[float, ..
         return None, None
     from affine import Affine
 
-    scaled = ds.transform * Affine.scale(ds.width / out_shape[1], ds.height / out_shape[0])
+    scaled = ds.transform @ Affine.scale(ds.width / out_shape[1], ds.height / out_shape[0])
     return ds.crs.to_wkt(), tuple(scaled)[:6]
 
 
 def _guess_band_set(ds, path: str) -> BandSet:
-    candidates = band_sets_with_count(ds.count)
     # Same band count, different storage: 8-bit RGB vs 8-bit SAR/thermal vs uint16 reflectance.
     byte_data = ds.dtypes[0] == "uint8"
-    candidates = [bs for bs in candidates if (bs.stored_dtype == "uint8") == byte_data]
+
+    def same_storage(sets: list[BandSet]) -> list[BandSet]:
+        return [bs for bs in sets if (bs.stored_dtype == "uint8") == byte_data]
+
+    candidates = same_storage(band_sets_with_count(ds.count))
+    if not candidates and ds.count == 3:
+        candidates = same_storage(greyscale_band_sets())
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

@@ -174,6 +174,9 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
             if input_ids is None:
                 raise ValueError("pass input_ids (with pixel_values for the views) or inputs_embeds")
             inputs_embeds = self.embed_inputs(input_ids, pixel_values, modality_ids)
+        if position_ids is None and attention_mask is not None and cache is None:
+            # Left-padded rows start counting positions at their first real token, as in generate().
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
         return self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,

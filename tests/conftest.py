@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests needing the shared real data skip on a fresh clone without it, and fail
+in CI (EOV_REQUIRE_DATA=1), where skipping them would hide a broken data path."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from eov_edge.paths import calib_dir, data_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_dir()
+    if not (root / "README.md").is_file():
+        message = f"shared real data not found at {root} (set EOV_DATA_DIR)"
+        if os.environ.get("EOV_REQUIRE_DATA") == "1":
+            pytest.fail(message + "; EOV_REQUIRE_DATA=1 forbids skipping")
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture(scope="session")
+def calib_root() -> Path:
+    return calib_dir()
+
+
+@pytest.fixture(scope="session")
+def calib_samples():
+    from eov_edge.calib import load_calib_samples
+
+    return {s.id: s for s in load_calib_samples()}
