@@ -191,13 +191,16 @@ def parse(text: str) -> ParseResult:
             if kind != open_kind:
                 result.problems.append(f"<{open_kind}> closed by </{kind}>; dropped it")
             elif open_ok:
-                obj = SpatialObject(open_kind, tuple(open_bins), current_label, current_view)  # type: ignore[arg-type]
-                if obj.kind == "box" and (obj.bins[0] > obj.bins[2] or obj.bins[1] > obj.bins[3]) \
-                        and len(obj.bins) == 4:
-                    x1, y1, x2, y2 = obj.bins
-                    obj = SpatialObject("box", (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)),
-                                        obj.label, obj.view)
-                    result.problems.append(f"box corners swapped in {obj.bins}; sorted them")
+                if current_label is not None and ("<" in current_label or ">" in current_label):
+                    result.problems.append(f"label {current_label!r} holds '<' or '>'; kept it as text")
+                    free_text.append(current_label)
+                    current_label = None
+                bins = tuple(open_bins)
+                if open_kind == "box" and len(bins) == 4 and (bins[0] > bins[2] or bins[1] > bins[3]):
+                    result.problems.append(f"box corners swapped in {bins}; sorted them")
+                    x1, y1, x2, y2 = bins
+                    bins = (min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2))
+                obj = SpatialObject(open_kind, bins, current_label, current_view)  # type: ignore[arg-type]
                 problem = obj.shape_problem()
                 if problem:
                     result.problems.append(problem + "; dropped it")
