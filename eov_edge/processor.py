@@ -87,7 +87,7 @@ def load_checkpoint(
         raise CheckpointError(f"{directory}: no *.safetensors weights")
     try:
         model = EarthOneVisionForConditionalGeneration.from_pretrained(directory, **from_pretrained_kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # safetensors, torch and transformers each raise their own types
         raise CheckpointError(f"{directory}: could not load the weights ({type(err).__name__}: {err})") from None
     tokenizer = TextTokenizer.from_file(directory / TOKENIZER_FILE)
     return model.eval(), EarthOneVisionProcessor(tokenizer, model.config)

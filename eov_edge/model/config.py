@@ -22,7 +22,6 @@ from eov_edge.slis import SLIS_VERSION
 
 PresetName = Literal["nano", "small", "eov-2b"]
 PRESETS: tuple[PresetName, ...] = ("nano", "small", "eov-2b")
-VOCAB_MULTIPLE = 64  # pad the vocabulary for aligned matmuls on GPUs and NPUs
 
 
 def default_feature_layers(depth: int) -> list[int]:
@@ -126,7 +125,8 @@ class EarthOneVisionConfig(PreTrainedConfig):
     def from_preset(cls, name: str, vocab_size: int | None = None, **overrides: Any) -> "EarthOneVisionConfig":
         """Config of preset ``name`` (nano, small, eov-2b).
 
-        vocab_size: defaults to the shipped tokenizer's size, rounded up to a multiple of 64.
+        vocab_size: defaults to the shipped tokenizer's size. Not padded to a round number: padded
+            rows would be tokens no tokenizer can decode, yet greedy decoding could pick them.
         overrides: top-level fields, e.g. ``feature_layers=[2, 4]``.
         """
         if name not in _PRESET_SHAPES:
@@ -135,7 +135,6 @@ class EarthOneVisionConfig(PreTrainedConfig):
             from eov_edge.tokenizer import TextTokenizer
 
             vocab_size = TextTokenizer.from_file().vocab_size
-        vocab_size = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
         shape = _PRESET_SHAPES[name]
         vision = SiglipVisionConfig(
             hidden_size=shape.vision_width,

@@ -17,9 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, Qwen2ForCausalLM
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.models.siglip.modeling_siglip import SiglipEncoderLayer, SiglipVisionEmbeddings
+from transformers.models.siglip.modeling_siglip import (
+    SiglipAttention,
+    SiglipEncoderLayer,
+    SiglipMLP,
+    SiglipVisionEmbeddings,
+)
 
 from eov_edge.errors import PromptError, ViewMismatchError
 from eov_edge.model.config import EarthOneVisionConfig
@@ -91,6 +97,29 @@ class EarthOneVisionPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["SiglipEncoderLayer", "Qwen2DecoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """SigLIP's init for the vision trunk; the decoder keeps Qwen2's own (it is a PreTrainedModel).
+
+        Also rebuilds the non-persistent ``position_ids`` buffer, which from_pretrained leaves
+        uninitialized (it is not in the checkpoint).
+        """
+        super()._init_weights(module)
+        if isinstance(module, SiglipVisionEmbeddings):
+            init.normal_(module.position_embedding.weight, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, SiglipAttention):
+            for proj in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                init.xavier_uniform_(proj.weight)
+                init.zeros_(proj.bias)
+        elif isinstance(module, SiglipMLP):
+            init.xavier_uniform_(module.fc1.weight)
+            init.xavier_uniform_(module.fc2.weight)
+            init.normal_(module.fc1.bias, std=1e-6)
+            init.normal_(module.fc2.bias, std=1e-6)
+        elif isinstance(module, nn.Conv2d):  # the 16-channel patch embedding
+            init.lecun_normal_(module.weight)
+            init.zeros_(module.bias)
 
 
 class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
