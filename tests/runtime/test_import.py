@@ -1,0 +1,60 @@
+"""The runtime imports and works on a machine without torch and transformers (a Jetson)."""
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKED = ("torch", "transformers", "nncf", "optimum", "onnxscript")
+
+SCRIPT = textwrap.dedent(
+    f"""
+    import importlib.abc, sys
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {BLOCKED!r}:
+                raise ImportError(f"{{name}} is blocked: the runtime must not need it")
+            return None
+
+    sys.meta_path.insert(0, Block())
+
+    import eov_edge.runtime as rt
+    from eov_edge.calib import load_calib_samples
+
+    sample = next(s for s in load_calib_samples() if s.modality == "video")
+    views = sample.read(size=32)
+    tokenizer = rt.TextTokenizer.from_file()
+    spec = rt.InputSpec(image_size=32, image_tokens_per_view=4, max_context=256)
+    batch = rt.build_batch([rt.Sample(views=views, instruction="Track the car.")], tokenizer, spec)
+    assert batch["pixel_values"].shape == (3, 16, 32, 32), batch["pixel_values"].shape
+    parsed = rt.slis.parse("<t1>car <box><loc_1><loc_2><loc_3><loc_4></box>")
+    assert parsed.ok and parsed.objects[0].view == 1
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
+    assert not heavy, heavy
+    print("runtime ok")
+    """
+)
+
+
+def test_runtime_works_with_torch_and_transformers_blocked():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runtime ok" in result.stdout
+
+
+def test_runtime_sources_do_not_import_build_side_packages():
+    """A static check too: a lazy import inside a function would escape the run-time check."""
+    from pathlib import Path
+
+    import eov_edge.runtime
+
+    shared = ["bands.py", "slis.py", "prompt.py", "inputs.py", "raster.py", "tokenizer.py", "tasks.py",
+              "errors.py", "paths.py", "calib.py", "__init__.py"]
+    root = Path(eov_edge.runtime.__file__).parent
+    files = list(root.rglob("*.py")) + [root.parent / "eov_edge" / name for name in shared]
+    for path in files:
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("import ", "from ")):
+                module = stripped.split()[1].split(".")[0]
+                assert module not in BLOCKED, f"{path}: {stripped}"
