@@ -36,3 +36,12 @@ def calib_samples():
     from eov_edge.calib import load_calib_samples
 
     return {s.id: s for s in load_calib_samples()}
+
+
+# Property tests: no per-example deadline (2 shared cores are slow to warm up), and in CI a
+# derandomized search so a red build is reproducible.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("dev", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("EOV_REQUIRE_DATA") == "1" else "dev")
