@@ -168,21 +168,26 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, modality_ids: torch.Tensor | None
     ) -> torch.Tensor:
         """Token embeddings with image embeddings written over the ``<image>`` placeholders."""
+        image_embeds = None if pixel_values is None else self.encode_images(pixel_values, modality_ids)
+        return self.merge_image_embeds(input_ids, image_embeds)
+
+    def merge_image_embeds(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
+        """input_ids (B, S), image_embeds (V, N', Dlm) or None -> inputs_embeds (B, S, Dlm)."""
         embeds = self.get_input_embeddings()(input_ids)  # (B, S, Dlm)
         is_image = input_ids == self.config.image_token_id  # (B, S)
         placeholders = int(is_image.sum())
-        if pixel_values is None:
+        if image_embeds is None:
             if placeholders:
                 raise PromptError(f"input_ids hold {placeholders} image placeholders but no pixel_values")
             return embeds
-        image_embeds = self.encode_images(pixel_values, modality_ids)  # (V, N', Dlm)
         if placeholders != image_embeds.shape[0] * image_embeds.shape[1]:
             raise PromptError(
                 f"input_ids hold {placeholders} image placeholders but {image_embeds.shape[0]} view(s) "
                 f"x {image_embeds.shape[1]} tokens were given; build inputs with EarthOneVisionProcessor"
             )
         # Placeholders are filled in reading order: batch row, then position (views in prompt order).
-        return embeds.masked_scatter(is_image[..., None], image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+        flat = image_embeds.reshape(-1, embeds.shape[-1]).to(embeds.dtype)  # (V*N', Dlm)
+        return embeds.masked_scatter(is_image[..., None], flat)
 
     def forward(
         self,

@@ -1,0 +1,47 @@
+"""Command-line entry points of the reference model: ``eov-train`` and ``eov-eval``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from eov_edge.paths import data_dir
+
+
+def _data_option(f):
+    return click.option("--data", "data_root", type=click.Path(path_type=Path), default=None,
+                        help="real-data folder (default: $EOV_DATA_DIR or ../shared/data)")(f)
+
+
+@click.command()
+@click.option("--preset", default="nano", show_default=True, type=click.Choice(["nano", "small"]))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="run folder (resumes if present)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--scale", default=1.0, show_default=True, help="multiply every PCMA stage's step count")
+@_data_option
+def train_main(preset: str, out: Path, seed: int, scale: float, data_root: Path | None) -> None:
+    """Train the reference model with the PCMA stages on real data; writes OUT/final."""
+    from eov_edge.train import TrainConfig, train
+
+    root = data_root or data_dir()
+    if not root.is_dir():
+        raise click.UsageError(f"real-data folder {root} not found; pass --data or set EOV_DATA_DIR")
+    final = train(TrainConfig.pcma(preset, scale=scale, seed=seed), out, root)
+    click.echo(f"checkpoint: {final}")
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="report JSON (a .md is written beside)")
+@click.option("--per-task", default=48, show_default=True, help="validation examples per task kind")
+@_data_option
+def eval_main(checkpoint: Path, out: Path, per_task: int, data_root: Path | None) -> None:
+    """Evaluate every task kind on held-out real data, beside image-blind baselines."""
+    from eov_edge.evaluate import markdown, run_eval
+
+    root = data_root or data_dir()
+    if not root.is_dir():
+        raise click.UsageError(f"real-data folder {root} not found; pass --data or set EOV_DATA_DIR")
+    report = run_eval(checkpoint, out, root, per_task=per_task)
+    click.echo(markdown(report))

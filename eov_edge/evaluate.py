@@ -1,0 +1,193 @@
+"""Evaluation of every task kind on held-out real data, beside trivial baselines.
+
+    eov-eval --checkpoint DIR --out report.json
+
+The validation examples come from the val split of every source (docs/data.md) and are fixed by
+the seed. Each metric is reported beside a baseline that ignores the image: the majority answer of
+the training distribution, the mean training box, or the most common training caption; and the
+number of distinct answers shows whether the model answers from the image at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from eov_edge import metrics, slis
+from eov_edge.data.examples import Example, ExampleFactory
+from eov_edge.tasks import TASKS
+
+EVAL_SEED = 1000
+
+
+@dataclass
+class Prediction:
+    example: Example
+    text: str
+
+
+def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tuple(TASKS)) -> list[Example]:
+    rng = random.Random(seed)
+    return [factory.sample(task, rng) for task in tasks for _ in range(per_task)]
+
+
+def _first_box(text: str) -> metrics.Box | None:
+    parsed = slis.parse(text)
+    boxes = [o for o in parsed.objects if o.kind == "box"]
+    return None if not boxes else boxes[0].box(SIZE[0], SIZE[0])
+
+
+SIZE = [224]  # set by evaluate(); SLIS bins map to the canvas size
+
+
+def _objects(text: str) -> list[tuple[str, metrics.Box]]:
+    parsed = slis.parse(text)
+    return [(o.label or "", o.box(SIZE[0], SIZE[0])) for o in parsed.objects if o.kind == "box"]
+
+
+def _mean_box(examples: list[Example], key) -> metrics.Box:
+    boxes = [b for e in examples for b in key(e)]
+    return tuple(statistics.fmean(b[i] for b in boxes) for i in range(4)) if boxes else (0, 0, 1, 1)
+
+
+def score(task: str, preds: list[str], examples: list[Example], train: list[Example]) -> dict:
+    """Metrics of ``preds`` and of the image-blind baseline fitted on ``train`` examples."""
+    targets = [e.answer for e in examples]
+    majority = Counter(e.answer for e in train).most_common(1)[0][0] if train else ""
+    out: dict = {"n": len(examples), "distinct_answers": len(set(preds)),
+                 "well_formed": sum(slis.parse(p).ok for p in preds) / max(1, len(preds))}
+    if task in ("classification", "cross_modal"):
+        out["accuracy"] = metrics.accuracy(preds, targets)
+        out["baseline_accuracy"] = metrics.accuracy([majority] * len(targets), targets)
+    elif task == "multilabel":
+        split = lambda t: [x for x in t.split("; ") if x]  # noqa: E731
+        out.update(metrics.multilabel_scores([split(p) for p in preds], [split(t) for t in targets]))
+        base = metrics.multilabel_scores([split(majority)] * len(targets), [split(t) for t in targets])
+        out.update({f"baseline_{k}": v for k, v in base.items()})
+    elif task == "caption":
+        refs = [e.target["references"] for e in examples]
+        out["bleu4"], out["cider_d"] = metrics.bleu4(preds, refs), metrics.cider_d(preds, refs)
+        out["baseline_bleu4"] = metrics.bleu4([majority] * len(refs), refs)
+        out["baseline_cider_d"] = metrics.cider_d([majority] * len(refs), refs)
+    elif task == "vqa":
+        out["accuracy"] = metrics.accuracy(preds, targets)
+        base = []
+        for e in examples:  # majority answer of the same question in training
+            same = [t.answer for t in train if t.instruction == e.instruction]
+            base.append(Counter(same).most_common(1)[0][0] if same else majority)
+        out["baseline_accuracy"] = metrics.accuracy(base, targets)
+        for kind in ("count", "presence"):
+            idx = [i for i, e in enumerate(examples) if e.target["kind"] == kind]
+            out[f"{kind}_accuracy"] = metrics.accuracy([preds[i] for i in idx], [targets[i] for i in idx])
+            out[f"baseline_{kind}_accuracy"] = metrics.accuracy([base[i] for i in idx], [targets[i] for i in idx])
+    elif task == "grounding":
+        gt = [e.target["box"] for e in examples]
+        out.update(metrics.grounding_scores([_first_box(p) for p in preds], gt))
+        mean = _mean_box(train, lambda e: [e.target["box"]])
+        base = metrics.grounding_scores([mean] * len(gt), gt)
+        out.update({f"baseline_{k}": v for k, v in base.items()})
+    elif task == "detection":
+        gt = [e.target["objects"] for e in examples]
+        out.update(metrics.detection_scores([_objects(p) for p in preds], gt))
+        mean = _mean_box(train, lambda e: [b for _, b in e.target["objects"]])
+        label = Counter(lab for e in train for lab, _ in e.target["objects"]).most_common(1)[0][0]
+        base = metrics.detection_scores([[(label, mean)]] * len(gt), gt)
+        out.update({f"baseline_{k}": v for k, v in base.items()})
+        centre = [metrics.grounding_scores([b for _, b in _objects(p)][:1] or [None], [g[0][1]])["centre_hit"]
+                  for p, g in zip(preds, gt) if g]
+        out["first_box_centre_hit"] = sum(centre) / max(1, len(centre))
+    elif task == "change":
+        said = [p.split()[0] if p.split() else "" for p in preds]
+        truth = ["yes" if e.target["changed"] else "no" for e in examples]
+        out["accuracy"] = metrics.accuracy(said, truth)
+        base_word = Counter("yes" if e.target["changed"] else "no" for e in train).most_common(1)[0][0]
+        out["baseline_accuracy"] = metrics.accuracy([base_word] * len(truth), truth)
+        det = metrics.detection_scores([_objects(p) for p in preds], [e.target["boxes"] for e in examples])
+        out["box_f1"] = det["f1"]
+        out["baseline_box_f1"] = 0.0  # a baseline that never localizes
+    elif task == "temporal":
+        idx = [i for i, e in enumerate(examples) if e.target["kind"] == "direction"]
+        train_dirs = Counter(e.target["direction"] for e in train if e.target["kind"] == "direction")
+        out["direction_accuracy"] = metrics.accuracy([preds[i] for i in idx], [targets[i] for i in idx])
+        out["baseline_direction_accuracy"] = metrics.accuracy(
+            [train_dirs.most_common(1)[0][0]] * len(idx), [targets[i] for i in idx])
+        track = [i for i, e in enumerate(examples) if e.target["kind"] == "track"]
+        pred_boxes, gt_boxes = [], []
+        for i in track:
+            by_view = {o.view: o.box(SIZE[0], SIZE[0]) for o in slis.parse(preds[i]).objects if o.kind == "box"}
+            for t, (_, box) in enumerate(examples[i].target["boxes"]):
+                pred_boxes.append(by_view.get(t))
+                gt_boxes.append(box)
+        track_scores = metrics.grounding_scores(pred_boxes, gt_boxes)
+        out["track_p@0.5"], out["track_mean_iou"] = track_scores["p@0.5"], track_scores["mean_iou"]
+        mean = _mean_box(train, lambda e: [b for _, b in e.target["boxes"]] if e.target["kind"] == "track" else [])
+        base = metrics.grounding_scores([mean] * len(gt_boxes), gt_boxes)
+        out["baseline_track_p@0.5"], out["baseline_track_mean_iou"] = base["p@0.5"], base["mean_iou"]
+    return out
+
+
+def evaluate(model, processor, examples: list[Example], train_examples: list[Example], batch_size: int = 16,
+             max_new_tokens: int = 64, progress: bool = True) -> dict:
+    """Greedy answers for ``examples`` and the per-task report."""
+    from tqdm import tqdm
+
+    from eov_edge.inputs import Sample
+
+    SIZE[0] = model.config.image_size
+    predictions: list[str] = []
+    started = time.time()
+    for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, mininterval=5):
+        chunk = examples[i : i + batch_size]
+        answers = processor.answer(model, [Sample(views=e.views, instruction=e.instruction) for e in chunk],
+                                   max_new_tokens=max_new_tokens)
+        predictions += [a.text for a in answers]
+    report: dict = {"tasks": {}, "seconds": round(time.time() - started, 1)}
+    for task in dict.fromkeys(e.task for e in examples):
+        idx = [i for i, e in enumerate(examples) if e.task == task]
+        train = [e for e in train_examples if e.task == task]
+        report["tasks"][task] = score(task, [predictions[i] for i in idx], [examples[i] for i in idx], train)
+        report["tasks"][task]["examples"] = [
+            {"instruction": examples[i].instruction, "answer": examples[i].answer, "prediction": predictions[i]}
+            for i in idx[:3]
+        ]
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = ["| task | n | metric | model | baseline | distinct answers |", "|---|---|---|---|---|---|"]
+    for task, scores in report["tasks"].items():
+        for key, value in scores.items():
+            if key.startswith("baseline_") or key in ("n", "distinct_answers", "examples", "well_formed"):
+                continue
+            base = scores.get(f"baseline_{key}")
+            base_text = f"{base:.3f}" if isinstance(base, float) else "-"
+            lines.append(f"| {task} | {scores['n']} | {key} | {value:.3f} | {base_text} | {scores['distinct_answers']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 48, seed: int = EVAL_SEED,
+             progress: bool = True) -> dict:
+    """Evaluate a checkpoint on the val split and write ``out`` (JSON) and ``out`` with .md."""
+    import torch
+
+    from eov_edge.processor import load_checkpoint
+
+    torch.set_num_threads(int(os.environ.get("EOV_THREADS", "2")))
+    model, processor = load_checkpoint(checkpoint)
+    size, patch = model.config.image_size, model.config.vision_config.patch_size
+    val = build_examples(ExampleFactory(data_root, "val", size, patch), per_task, seed)
+    train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1)
+    report = evaluate(model, processor, val, train, progress=progress)
+    report.update({"checkpoint": str(checkpoint), "per_task": per_task, "seed": seed})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, out)
+    out.with_suffix(".md").write_text(markdown(report))
+    return report

@@ -1,0 +1,232 @@
+"""PCMA training of the reference model on real data: staged, resumable, deterministic.
+
+    eov-train --preset nano --out runs/nano
+
+Stages (each a :class:`StageConfig`; see docs/data.md for the data of each task):
+1. ``alignment``: thermal and SAR object views with the dense auxiliary head (does an object centre
+   fall in this patch, does a box cover it), plus land cover from Sentinel-2; the vision trunk gets a
+   dense signal before the language loss has to carry it.
+2. ``viewpoint``: aerial instruction data (counting, presence, grounding, detection, captions).
+3. ``imaging_physics``: SAR, multispectral and optical-from-multispectral views (land cover,
+   multi-label, cross-modal); stem, modality embeddings and trunk train, the decoder stays frozen.
+4. ``joint``: every task kind, everything trainable.
+The decoder is trained from scratch here (there is no pretrained LLM to keep frozen), so unlike the
+paper's alignment stage, stage 1 also trains it.
+
+A run writes ``OUT/last/`` (model, optimizer, position) every ``save_every`` steps and
+``OUT/stage-<name>/`` after each stage, and resumes from ``OUT/last`` when restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES, Example, ExampleFactory
+from eov_edge.inputs import Sample
+from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+from eov_edge.processor import EarthOneVisionProcessor, save_checkpoint
+from eov_edge.tokenizer import TextTokenizer
+
+PARAMETER_GROUPS = ("stem", "trunk", "projector", "decoder", "aux")
+
+
+@dataclass
+class StageConfig:
+    name: str
+    steps: int
+    task_weights: dict[str, float]
+    trainable: tuple[str, ...] = PARAMETER_GROUPS
+    lr: float = 1e-3
+    batch_size: int = 16
+    aux_weight: float = 1.0
+    warmup_steps: int = 50
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "nano"
+    seed: int = 0
+    stages: list[StageConfig] = field(default_factory=list)
+    save_every: int = 200
+    log_every: int = 25
+    threads: int = 2
+    hit_uav_limit: int | None = None  # for quick tests
+
+    @classmethod
+    def pcma(cls, preset: str = "nano", scale: float = 1.0, **kwargs) -> "TrainConfig":
+        """The four PCMA stages; ``scale`` multiplies every stage's step count."""
+        def steps(n: int) -> int:
+            return max(1, int(round(n * scale)))
+
+        object_tasks = {"vqa": 2.0, "grounding": 2.0, "detection": 2.0, "caption": 1.0}
+        land_tasks = {"classification": 1.0, "multilabel": 1.0, "cross_modal": 1.0}
+        stages = [
+            StageConfig("alignment", steps(300), {"vqa": 1.0, "caption": 1.0, "classification": 1.0},
+                        aux_weight=2.0),
+            StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
+            StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
+            StageConfig("joint", steps(1600), dict(object_tasks, **land_tasks, change=1.0, temporal=1.5),
+                        lr=5e-4),
+        ]
+        return cls(preset=preset, stages=stages, **kwargs)
+
+
+class DenseAuxHead(nn.Module):
+    """Training-only head on the encoder's multi-level patch features (not exported)."""
+
+    def __init__(self, feature_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(feature_dim, AUX_CHANNELS)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.proj(features)  # (V, N, AUX)
+
+
+def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
+    """logits, targets (V, N, AUX); has_target (V,) bool.
+
+    Object views: BCE on the centre/cover maps (positives weighted 10: objects are rare).
+    Land-cover views (their fractions sum to 1 per patch): soft cross-entropy over the 4 classes.
+    """
+    k = 2 * len(OBJECT_CLASSES)
+    land_view = targets[:, :, k:].sum(dim=(1, 2)) > 0  # (V,)
+    losses = []
+    objects = has_target & ~land_view
+    if objects.any():
+        losses.append(nn.functional.binary_cross_entropy_with_logits(
+            logits[objects][..., :k], targets[objects][..., :k], pos_weight=torch.tensor(10.0)))
+    land = has_target & land_view
+    if land.any():
+        log_p = torch.log_softmax(logits[land][..., k:], dim=-1)
+        losses.append(-(targets[land][..., k:] * log_p).sum(-1).mean())
+    return sum(losses) if losses else logits.sum() * 0.0
+
+
+def parameter_groups(model: EarthOneVisionForConditionalGeneration, aux: DenseAuxHead) -> dict[str, list[nn.Parameter]]:
+    encoder = model.vision_encoder
+    return {
+        "stem": list(encoder.embeddings.parameters()) + list(encoder.modality_embedding.parameters()),
+        "trunk": list(encoder.layers.parameters()) + list(encoder.tap_norms.parameters()),
+        "projector": list(model.projector.parameters()),
+        "decoder": list(model.language_model.parameters()),
+        "aux": list(aux.parameters()),
+    }
+
+
+def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: int) -> dict[str, torch.Tensor]:
+    samples = [Sample(views=e.views, instruction=e.instruction, answer=e.answer) for e in examples]
+    batch = processor(samples, with_labels=True, padding_side="right")
+    targets, has = [], []
+    for example in examples:
+        for aux in example.aux:
+            has.append(aux is not None)
+            targets.append(torch.zeros(grid * grid, AUX_CHANNELS) if aux is None
+                           else torch.from_numpy(aux).reshape(grid * grid, AUX_CHANNELS))
+    batch["aux_targets"] = torch.stack(targets)
+    batch["aux_mask"] = torch.tensor(has)
+    return batch
+
+
+def training_step(model, aux_head, batch: dict[str, torch.Tensor], aux_weight: float) -> tuple[torch.Tensor, dict]:
+    features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])  # (V, N, T*D)
+    image_embeds = model.projector(features)  # (V, N', Dlm)
+    inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
+    out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+    dense = aux_loss(aux_head(features), batch["aux_targets"], batch["aux_mask"])
+    return out.loss + aux_weight * dense, {"lm": out.loss.item(), "aux": dense.item()}
+
+
+def _lr_factor(step: int, stage: StageConfig) -> float:
+    if step < stage.warmup_steps:
+        return (step + 1) / stage.warmup_steps
+    progress = (step - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _save_state(out: Path, model, processor, aux_head, optimizer, stage_index: int, step: int, config: TrainConfig,
+                log: list[dict]) -> None:
+    tmp = out / "last.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, processor, tmp / "model")
+    torch.save({"aux": aux_head.state_dict(), "optimizer": optimizer.state_dict(),
+                "stage_index": stage_index, "step": step}, tmp / "trainer.pt")
+    (tmp / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
+    (tmp / "log.json").write_text(json.dumps(log))
+    shutil.rmtree(out / "last", ignore_errors=True)
+    os.replace(tmp, out / "last")
+
+
+def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True) -> Path:
+    """Run (or resume) every stage; returns the final checkpoint folder ``OUT/final``."""
+    from tqdm import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    model_config = EarthOneVisionConfig.from_preset(config.preset)
+    model = EarthOneVisionForConditionalGeneration(model_config)
+    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
+    aux_head = DenseAuxHead(model_config.multi_level_dim)
+    start_stage, start_step, log = 0, 0, []
+    resume = out / "last"
+    if (resume / "trainer.pt").is_file():
+        state = torch.load(resume / "trainer.pt", weights_only=False)
+        model = EarthOneVisionForConditionalGeneration.from_pretrained(resume / "model")
+        aux_head.load_state_dict(state["aux"])
+        start_stage, start_step = state["stage_index"], state["step"]
+        log = json.loads((resume / "log.json").read_text())
+        print(f"resuming at stage {config.stages[start_stage].name}, step {start_step}")
+    grid = model_config.grid_size
+    factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,
+                             hit_uav_limit=config.hit_uav_limit)
+    started = time.time()
+    for stage_index in range(start_stage, len(config.stages)):
+        stage = config.stages[stage_index]
+        groups = parameter_groups(model, aux_head)
+        for name, params in groups.items():
+            for p in params:
+                p.requires_grad_(name in stage.trainable)
+        trainable = [p for name in stage.trainable for p in groups[name]]
+        optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
+        first = start_step if stage_index == start_stage else 0
+        if first and (resume / "trainer.pt").is_file():
+            optimizer.load_state_dict(torch.load(resume / "trainer.pt", weights_only=False)["optimizer"])
+        tasks = list(stage.task_weights)
+        weights = [stage.task_weights[t] for t in tasks]
+        model.train()
+        bar = tqdm(range(first, stage.steps), desc=stage.name, disable=not progress, mininterval=5)
+        for step in bar:
+            # Each step's data depends only on (seed, stage, step): resuming replays the same batches.
+            rng = random.Random(f"{config.seed}-{stage.name}-{step}")
+            examples = [factory.sample(rng.choices(tasks, weights)[0], rng) for _ in range(stage.batch_size)]
+            batch = collate(examples, processor, grid)
+            for group in optimizer.param_groups:
+                group["lr"] = stage.lr * _lr_factor(step, stage)
+            loss, parts = training_step(model, aux_head, batch, stage.aux_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            if step % config.log_every == 0 or step == stage.steps - 1:
+                log.append({"stage": stage.name, "step": step, "loss": loss.item(), **parts,
+                            "elapsed_s": round(time.time() - started, 1)})
+                bar.set_postfix(lm=f"{parts['lm']:.3f}", aux=f"{parts['aux']:.3f}")
+            if (step + 1) % config.save_every == 0:
+                _save_state(out, model, processor, aux_head, optimizer, stage_index, step + 1, config, log)
+        model.eval()
+        save_checkpoint(model, processor, out / f"stage-{stage.name}")
+        _save_state(out, model, processor, aux_head, optimizer, stage_index + 1, 0, config, log)
+    final = out / "final"
+    save_checkpoint(model, processor, final)
+    (final / "train_log.json").write_text(json.dumps(log))
+    return final
