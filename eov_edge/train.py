@@ -185,7 +185,9 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         aux_head.load_state_dict(state["aux"])
         start_stage, start_step = state["stage_index"], state["step"]
         log = json.loads((resume / "log.json").read_text())
-        print(f"resuming at stage {config.stages[start_stage].name}, step {start_step}")
+        where = (f"stage {config.stages[start_stage].name}, step {start_step}"
+                 if start_stage < len(config.stages) else "the end: every stage is done")
+        print(f"resuming {out} at {where}")
     grid = model_config.grid_size
     factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,
                              hit_uav_limit=config.hit_uav_limit)
