@@ -85,6 +85,8 @@ def load_checkpoint(
         )
     if not any(directory.glob("*.safetensors")):
         raise CheckpointError(f"{directory}: no *.safetensors weights")
+    # Weights may be stored in fp16 (the shipped checkpoint); compute in fp32 unless told otherwise.
+    from_pretrained_kwargs.setdefault("dtype", torch.float32)
     try:
         model = EarthOneVisionForConditionalGeneration.from_pretrained(directory, **from_pretrained_kwargs)
     except Exception as err:  # safetensors, torch and transformers each raise their own types

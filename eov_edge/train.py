@@ -59,6 +59,8 @@ class TrainConfig:
     stages: list[StageConfig] = field(default_factory=list)
     save_every: int = 200
     log_every: int = 25
+    validate_every: int = 400  # teacher-forced validation loss per task, also after each stage
+    validation_per_task: int = 4
     threads: int = 2
     hit_uav_limit: int | None = None  # for quick tests
 
@@ -146,6 +148,31 @@ def training_step(model, aux_head, batch: dict[str, torch.Tensor], aux_weight: f
     return out.loss + aux_weight * dense, {"lm": out.loss.item(), "aux": dense.item()}
 
 
+@torch.no_grad()
+def validation_losses(model, processor, examples: list[Example]) -> dict[str, float]:
+    """Teacher-forced language loss per task on fixed held-out examples."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for task in dict.fromkeys(e.task for e in examples):
+        chosen = [e for e in examples if e.task == task]
+        batch = processor([Sample(views=e.views, instruction=e.instruction, answer=e.answer) for e in chosen],
+                          with_labels=True, padding_side="right")
+        out[task] = round(model(**batch).loss.item(), 4)
+    model.train(was_training)
+    return out
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _lr_factor(step: int, stage: StageConfig) -> float:
     if step < stage.warmup_steps:
         return (step + 1) / stage.warmup_steps
@@ -160,7 +187,7 @@ def _save_state(out: Path, model, processor, aux_head, optimizer, stage_index: i
     save_checkpoint(model, processor, tmp / "model")
     torch.save({"aux": aux_head.state_dict(), "optimizer": optimizer.state_dict(),
                 "stage_index": stage_index, "step": step}, tmp / "trainer.pt")
-    (tmp / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=_git_commit()), indent=1))
     (tmp / "log.json").write_text(json.dumps(log))
     shutil.rmtree(out / "last", ignore_errors=True)
     os.replace(tmp, out / "last")
@@ -191,6 +218,12 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     grid = model_config.grid_size
     factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,
                              hit_uav_limit=config.hit_uav_limit)
+    val_factory = ExampleFactory(data_root, "val", model_config.image_size, model_config.vision_config.patch_size,
+                                 hit_uav_limit=config.hit_uav_limit)
+    val_rng = random.Random(f"{config.seed}-validation")
+    val_examples = [val_factory.sample(task, val_rng) for task in
+                    dict.fromkeys(t for st in config.stages for t in st.task_weights)
+                    for _ in range(config.validation_per_task)]
     started = time.time()
     for stage_index in range(start_stage, len(config.stages)):
         stage = config.stages[stage_index]
@@ -223,8 +256,12 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
                 log.append({"stage": stage.name, "step": step, "loss": loss.item(), **parts,
                             "elapsed_s": round(time.time() - started, 1)})
                 bar.set_postfix(lm=f"{parts['lm']:.3f}", aux=f"{parts['aux']:.3f}")
+            if (step + 1) % config.validate_every == 0:
+                log.append({"stage": stage.name, "step": step, "val_loss": validation_losses(model, processor, val_examples)})
             if (step + 1) % config.save_every == 0:
                 _save_state(out, model, processor, aux_head, optimizer, stage_index, step + 1, config, log)
+        log.append({"stage": stage.name, "step": stage.steps, "val_loss": validation_losses(model, processor, val_examples),
+                    "elapsed_s": round(time.time() - started, 1)})
         model.eval()
         save_checkpoint(model, processor, out / f"stage-{stage.name}")
         _save_state(out, model, processor, aux_head, optimizer, stage_index + 1, 0, config, log)

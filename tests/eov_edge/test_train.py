@@ -33,7 +33,9 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(tmp_path, shared_data):
     )
     final = train(config, tmp_path / "run", shared_data, progress=False)
     log = json.loads((final / "train_log.json").read_text())
-    losses = [entry["lm"] for entry in log]
+    losses = [entry["lm"] for entry in log if "lm" in entry]
+    validation = [entry["val_loss"] for entry in log if "val_loss" in entry]
+    assert validation and set(validation[-1]) == {"vqa", "classification", "caption"}
     assert len(losses) == 14
     assert sum(losses[-3:]) / 3 < losses[0] - 1.0, losses
     model, processor = load_checkpoint(final)
