@@ -1,9 +1,9 @@
 """`make demo`: run the reference model on a real sample of every modality from calib_data/.
 
-Until the training issue ships the trained nano checkpoint, the demo builds ``nano`` from its
-config with fixed-seed random weights (and says so): what it shows is the chain working end to end
-(real rasters -> canvas -> prompt -> encoder -> projector -> decoder -> SLIS parse), not answers
-worth reading. Later issues grow it into export -> quantize -> verify -> run -> benchmark.
+By default it loads the shipped nano checkpoint (``eov_edge/assets/eov-nano``); without it (or with
+``--random``) it builds ``nano`` with fixed-seed random weights and says so. It shows the chain end
+to end: real rasters -> canvas -> prompt -> encoder -> projector -> decoder -> SLIS parse. Later
+issues grow it into export -> quantize -> verify -> run -> benchmark.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import time
 
 from eov_edge.calib import load_calib_samples
 from eov_edge.inputs import Sample
-from eov_edge.tasks import TASKS
+from eov_edge.tasks import DEFAULT_QUESTIONS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the reference model on calib_data samples.")
     parser.add_argument("--preset", default="nano")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: random init)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped nano)")
+    parser.add_argument("--random", action="store_true", help="use random weights instead of a checkpoint")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     from eov_edge.processor import EarthOneVisionProcessor, load_checkpoint
     from eov_edge.tokenizer import TextTokenizer
 
+    from eov_edge.ship import NANO_CHECKPOINT
+
     torch.manual_seed(args.seed)
+    if args.checkpoint is None and not args.random and (NANO_CHECKPOINT / "config.json").is_file():
+        args.checkpoint = NANO_CHECKPOINT
     if args.checkpoint:
         model, processor = load_checkpoint(args.checkpoint)
         origin = f"checkpoint {args.checkpoint}"
@@ -38,14 +43,13 @@ def main(argv: list[str] | None = None) -> None:
         config = EarthOneVisionConfig.from_preset(args.preset)
         model = EarthOneVisionForConditionalGeneration(config).eval()
         processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
-        origin = f"preset {args.preset} with RANDOM weights (seed {args.seed}); no trained checkpoint yet"
+        origin = f"preset {args.preset} with RANDOM weights (seed {args.seed}), not a trained checkpoint"
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {origin}, {parameters / 1e6:.1f}M parameters, image {model.config.image_size}px, "
           f"{model.config.image_tokens_per_view} image tokens per view")
     for calib in load_calib_samples():
         views = calib.read(size=model.config.image_size)
-        task = TASKS[calib.task or "caption"]
-        instruction = task.templates[0].replace("{cls}", "car").replace("{options}", "A) yes B) no")
+        instruction = DEFAULT_QUESTIONS[calib.task or "caption"]
         started = time.perf_counter()
         answer = processor.answer(model, [Sample(views=views, instruction=instruction)],
                                   max_new_tokens=args.max_new_tokens)[0]

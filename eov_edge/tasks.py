@@ -90,3 +90,17 @@ CORINE_43_CLASSES = (
     "Estuaries", "Sea and ocean",
 )
 DIRECTIONS = ("north", "north-east", "east", "south-east", "south", "south-west", "west", "north-west")
+
+# The question per task kind that the shipped model was trained with (docs/data.md); used by the
+# demo and by export's whole-pipeline parity check on calib_data.
+DEFAULT_QUESTIONS: dict[str, str] = {
+    "classification": "What kind of scene is this?",
+    "multilabel": "List all land-cover classes present.",
+    "caption": "Describe the image.",
+    "vqa": "How many cars are there?",
+    "grounding": "Where is the largest car?",
+    "detection": "Detect all objects.",
+    "change": "Has anything changed between the two images?",
+    "temporal": "Which direction does the car move?",
+    "cross_modal": "Do the SAR and multispectral views show the same place? A) yes B) no",
+}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, Qwen2ForCausalLM
+from transformers import DynamicCache, GenerationConfig, PreTrainedModel, Qwen2ForCausalLM
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -88,6 +88,34 @@ class FeatureProjector(nn.Module):
         """features (V, N, C) -> image_embeds (V, N/4, Dlm)."""
         merged = self.merge_tokens(features)  # (V, N', 4C)
         return self.fc2(self.act(self.fc1(self.norm(merged))))  # (V, N', Dlm)
+
+
+class CachedDecoder(nn.Module):
+    """One decoder step over flat KV-cache tensors: the graph the device runs for prefill and decode.
+
+    inputs_embeds (B, S, D), attention_mask (B, P+S) i64, position_ids (B, S) i64,
+    past: 2L tensors (B, KV, P, hd) as key0, value0, key1, ... (P = 0 for prefill)
+    -> logits (B, 1, V) of the last position, then 2L present tensors (B, KV, P+S, hd).
+    """
+
+    def __init__(self, language_model: Qwen2ForCausalLM) -> None:
+        super().__init__()
+        self.language_model = language_model
+        self.num_layers = language_model.config.num_hidden_layers
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        cache = DynamicCache(config=self.language_model.config)
+        for i in range(self.num_layers):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        out = self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, use_cache=True, logits_to_keep=1,
+        )
+        presents = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *presents)
 
 
 class EarthOneVisionPreTrainedModel(PreTrainedModel):

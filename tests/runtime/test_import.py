@@ -19,6 +19,8 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Block())
 
     import eov_edge.runtime as rt
+    import eov_edge.runtime.onnx_generate  # the numpy + ORT greedy loop
+    import eov_edge.manifest
     from eov_edge.calib import load_calib_samples
 
     sample = next(s for s in load_calib_samples() if s.modality == "video")
@@ -49,7 +51,7 @@ def test_runtime_sources_do_not_import_build_side_packages():
     import eov_edge.runtime
 
     shared = ["bands.py", "slis.py", "prompt.py", "inputs.py", "raster.py", "tokenizer.py", "tasks.py",
-              "errors.py", "paths.py", "calib.py", "__init__.py"]
+              "errors.py", "paths.py", "calib.py", "manifest.py", "__init__.py"]
     root = Path(eov_edge.runtime.__file__).parent
     files = list(root.rglob("*.py")) + [root.parent / "eov_edge" / name for name in shared]
     for path in files:

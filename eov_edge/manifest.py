@@ -1,0 +1,129 @@
+"""The export manifest: what the device needs to run the graphs exactly as training ran the model.
+
+Torch-free: written by ``eov-export`` and read by the runtime on the device. Graph names, I/O names
+and the file layout are constants here so both sides agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from eov_edge.errors import EOVError
+
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT_VERSION = 1
+
+ENCODER, PROJECTOR, DECODER = "encoder", "projector", "decoder"
+GRAPH_FILES = {ENCODER: "encoder.onnx", PROJECTOR: "projector.onnx", DECODER: "decoder.onnx"}
+EMBEDDING_FILE = "embed_tokens.npy"  # (vocab, Dlm) float32 table the runtime gathers from
+
+PIXEL_VALUES, MODALITY_IDS, FEATURES, IMAGE_EMBEDS = "pixel_values", "modality_ids", "features", "image_embeds"
+INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "inputs_embeds", "attention_mask", "position_ids", "logits"
+
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kind}" for i in range(num_layers) for kind in ("key", "value")]
+
+
+class ManifestError(EOVError, ValueError):
+    """Artifacts that do not match their manifest (missing file, changed hash, other version)."""
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: list[int | str]  # ints are fixed, strings are named dynamic axes
+
+
+@dataclass
+class GraphEntry:
+    file: str
+    sha256: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    precision: str = "fp32"
+    external_data: str | None = None  # file holding the weights when the graph exceeds 2 GB
+    external_data_sha256: str | None = None
+    opset: int = 18
+
+
+@dataclass
+class Manifest:
+    format_version: int
+    graphs: dict[str, GraphEntry]
+    embedding: dict  # {"file", "sha256", "shape", "dtype"}
+    model_config: dict
+    tokenizer: dict  # {"file", "sha256"}
+    special_tokens: dict[str, int]
+    band_table: dict
+    image_size: int
+    image_tokens_per_view: int
+    max_context: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    slis_version: int
+    produced_by: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Manifest":
+        graphs = {
+            name: GraphEntry(**{**entry, "inputs": [TensorSpec(**t) for t in entry["inputs"]],
+                                "outputs": [TensorSpec(**t) for t in entry["outputs"]]})
+            for name, entry in data["graphs"].items()
+        }
+        return cls(**{**data, "graphs": graphs})
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(directory: str | os.PathLike, verify_hashes: bool = True) -> Manifest:
+    """Read ``directory/manifest.json`` and check every listed file exists (and its sha256)."""
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"{directory}: no {MANIFEST_FILE}; is this an eov-export artifacts folder?")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not valid JSON ({err})") from None
+    version = data.get("format_version")
+    if version != MANIFEST_FORMAT_VERSION:
+        raise ManifestError(
+            f"{path}: manifest format {version}, this eov-edge reads {MANIFEST_FORMAT_VERSION}; re-export the "
+            "artifacts with this version (eov-export onnx)"
+        )
+    manifest = Manifest.from_dict(data)
+    files = [(g.file, g.sha256) for g in manifest.graphs.values()]
+    files += [(g.external_data, g.external_data_sha256) for g in manifest.graphs.values() if g.external_data]
+    files += [(manifest.embedding["file"], manifest.embedding["sha256"]),
+              (manifest.tokenizer["file"], manifest.tokenizer["sha256"])]
+    for name, expected in files:
+        file = directory / name
+        if not file.is_file():
+            raise ManifestError(f"{file}: listed in the manifest but missing; copy the whole artifacts folder")
+        if verify_hashes and sha256_file(file) != expected:
+            raise ManifestError(
+                f"{file}: sha256 differs from the manifest; the file was changed or truncated, re-export or "
+                "re-copy the artifacts"
+            )
+    return manifest

@@ -1,0 +1,61 @@
+"""``eov-export``: build deployment artifacts from a checkpoint (thin click layer)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from eov_edge.errors import EOVError
+
+
+@click.group()
+def main() -> None:
+    """Export Earth-OneVision checkpoints to ONNX (and, in later versions, TensorRT engines)."""
+
+
+@main.command("onnx")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="checkpoint folder (default: the shipped nano checkpoint)")
+@click.option("--preset", type=click.Choice(["nano", "small", "eov-2b"]), default=None,
+              help="export this preset with random weights instead of a checkpoint")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="artifacts folder to create")
+@click.option("--opset", default=18, show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing artifacts folder")
+@click.option("--no-validate", is_flag=True, help="skip the parity checks (not recommended)")
+def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: int, overwrite: bool,
+                 no_validate: bool) -> None:
+    """Write encoder.onnx, projector.onnx, decoder.onnx, the embedding table, tokenizer and manifest."""
+    from eov_edge.export.onnx_export import export_onnx, manifest_summary
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    if checkpoint is None and preset is None:
+        checkpoint = NANO_CHECKPOINT
+    try:
+        manifest = export_onnx(out, checkpoint=checkpoint, preset=preset, opset=opset, overwrite=overwrite,
+                               validate=not no_validate)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {out}")
+    click.echo(manifest_summary(manifest))
+
+
+@main.command("verify")
+@click.option("--artifacts", type=click.Path(path_type=Path), required=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--report", type=click.Path(path_type=Path), default=None,
+              help="JSON report (default: ARTIFACTS/verify_report.json)")
+def verify_command(artifacts: Path, checkpoint: Path, report: Path | None) -> None:
+    """Re-run the graph and whole-pipeline parity checks on existing artifacts."""
+    from eov_edge.export.validate import verify
+
+    report = report or artifacts / "verify_report.json"
+    try:
+        summary = verify(artifacts, checkpoint, report)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    if not summary["ok"]:
+        raise click.ClickException(f"parity check failed (report: {report})\n{summary['error']}")
+    click.echo(json.dumps(summary["summary"], indent=1))
+    click.echo(f"report: {report}")

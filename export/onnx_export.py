@@ -1,0 +1,200 @@
+"""``eov-export onnx``: encoder, projector and decoder graphs, embedding table, tokenizer, manifest.
+
+Writes into a temporary folder beside ``out`` and renames it into place only after every graph has
+been written, checked (onnx checker, shape inference) and validated against PyTorch; a failure
+leaves no half-written artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eov_edge import __version__, bands
+from eov_edge import manifest as mf
+from eov_edge.errors import EOVError
+from eov_edge.export.specs import GRAPH_SPECS, Shapes
+from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+from eov_edge.paths import PROJECT_ROOT
+from eov_edge.processor import EarthOneVisionProcessor, load_checkpoint
+from eov_edge.slis import SLIS_VERSION
+from eov_edge.tokenizer import TOKENIZER_FILE, TextTokenizer
+
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold more than 2 GiB in one message
+DEFAULT_OPSET = 18
+
+
+class ExportError(EOVError, RuntimeError):
+    """The export could not be written or its output is wrong."""
+
+
+def load_model(checkpoint: Path | None, preset: str | None, seed: int = 0):
+    """Model (eager attention: plain MatMul/Softmax graphs) and processor, from a checkpoint or a preset."""
+    if checkpoint is not None:
+        model, processor = load_checkpoint(checkpoint, attn_implementation="eager")
+        return model, processor
+    if preset is None:
+        raise ExportError("give --checkpoint DIR, or --preset NAME for random weights")
+    torch.manual_seed(seed)
+    config = EarthOneVisionConfig.from_preset(preset)
+    model = EarthOneVisionForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+    return model, EarthOneVisionProcessor(TextTokenizer.from_file(), config)
+
+
+def _tensor_specs(values) -> list[mf.TensorSpec]:
+    import onnx
+
+    out = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        out.append(mf.TensorSpec(value.name, dtype, shape))
+    return out
+
+
+def export_graph(model, name: str, directory: Path, opset: int, external_threshold: int) -> mf.GraphEntry:
+    """Export one graph to ``directory``; external data when the weights exceed the threshold."""
+    import onnx
+
+    spec = GRAPH_SPECS[name]
+    module = spec.module(model).eval()
+    inputs = spec.inputs(model, Shapes(), torch.Generator().manual_seed(0))
+    path = directory / spec.file
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, inputs, dynamo=True, dynamic_shapes=spec.dynamic_shapes(model),
+            input_names=spec.input_names(model), output_names=spec.output_names(model),
+            opset_version=opset, optimize=True, verbose=False,
+        )
+    proto = program.model_proto
+    weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weight_bytes > external_threshold
+    data_file = spec.file + ".data" if external else None
+    if external:
+        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_file, size_threshold=1024)
+    else:
+        onnx.save_model(proto, path)
+    onnx.checker.check_model(str(path), full_check=True)  # path form: works with external data
+    loaded = onnx.load(str(path), load_external_data=False)
+    return mf.GraphEntry(
+        file=spec.file, sha256=mf.sha256_file(path),
+        inputs=_tensor_specs(loaded.graph.input), outputs=_tensor_specs(loaded.graph.output),
+        external_data=data_file,
+        external_data_sha256=mf.sha256_file(directory / data_file) if data_file else None,
+        opset=opset,
+    )
+
+
+def _git_commit() -> str:
+    """HEAD of the project, with ``-dirty`` when the working tree has uncommitted changes."""
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+
+        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory: Path, source: str) -> mf.Manifest:
+    import onnx
+    import onnxruntime
+    import transformers
+
+    c = model.config
+    t = c.text_config
+    tokenizer = processor.tokenizer
+    return mf.Manifest(
+        format_version=mf.MANIFEST_FORMAT_VERSION,
+        graphs=graphs,
+        embedding={"file": mf.EMBEDDING_FILE, "sha256": mf.sha256_file(directory / mf.EMBEDDING_FILE),
+                   "shape": [t.vocab_size, t.hidden_size], "dtype": "float32"},
+        model_config=c.to_dict(),
+        tokenizer={"file": TOKENIZER_FILE, "sha256": mf.sha256_file(directory / TOKENIZER_FILE)},
+        special_tokens={"pad": tokenizer.pad_token_id, "eos": tokenizer.eos_token_id,
+                        "image": tokenizer.image_token_id, "user": tokenizer.user_token_id,
+                        "assistant": tokenizer.assistant_token_id},
+        band_table=bands.band_table(),
+        image_size=c.image_size,
+        image_tokens_per_view=c.image_tokens_per_view,
+        max_context=c.max_context,
+        num_layers=t.num_hidden_layers,
+        num_kv_heads=t.num_key_value_heads,
+        head_dim=t.hidden_size // t.num_attention_heads,
+        slis_version=SLIS_VERSION,
+        produced_by={
+            "eov_edge": __version__, "git_commit": _git_commit(), "source": source,
+            "torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+        },
+    )
+
+
+def export_onnx(
+    out: Path,
+    checkpoint: Path | None = None,
+    preset: str | None = None,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    validate: bool = True,
+    external_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    seed: int = 0,
+    model_and_processor=None,
+) -> mf.Manifest:
+    """Export, validate and atomically publish the artifacts folder ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} exists; pass --overwrite to replace it")
+    if opset < 18:
+        raise ExportError(f"--opset must be >= 18 (got {opset})")
+    model, processor = model_and_processor or load_model(checkpoint, preset, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    needed = 3 * sum(p.numel() * 4 for p in model.parameters()) + (64 << 20)
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:
+        raise ExportError(f"{out.parent}: {free >> 20} MiB free, the export needs about {needed >> 20} MiB")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        graphs = {name: export_graph(model, name, staging, opset, external_threshold) for name in GRAPH_SPECS}
+        table = model.get_input_embeddings().weight.detach().float().numpy()
+        np.save(staging / mf.EMBEDDING_FILE, table)
+        processor.tokenizer.save(staging / TOKENIZER_FILE)
+        source = str(checkpoint) if checkpoint else f"preset {preset}, random init, seed {seed}"
+        manifest = build_manifest(model, processor, graphs, staging, source)
+        (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
+        if validate:
+            from eov_edge.export.validate import validate_artifacts
+
+            manifest.validation = validate_artifacts(staging, model, processor)
+            (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; artifacts are meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def manifest_summary(manifest: mf.Manifest) -> str:
+    lines = [f"{name}: {entry.file} ({', '.join(i.name for i in entry.inputs[:3])}"
+             f"{', ...' if len(entry.inputs) > 3 else ''})" for name, entry in manifest.graphs.items()]
+    return "\n".join(lines) + "\n" + json.dumps(manifest.validation.get("summary", {}), indent=1)
+
+
+__all__ = ["ExportError", "export_onnx", "load_model", "asdict"]

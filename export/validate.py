@@ -1,0 +1,167 @@
+"""Parity of exported graphs with PyTorch: per graph on fresh random inputs, then the whole pipeline
+token for token on the real calib_data samples. Every failure is collected before one typed error
+with a per-output difference table is raised (optimum ``validate_model_outputs`` style)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eov_edge import manifest as mf
+from eov_edge.errors import EOVError
+from eov_edge.export.specs import GRAPH_SPECS, Shapes
+
+# Fresh shapes, unlike the export dummies: prefill with no past, left padding, one-token decode.
+VALIDATION_CASES: dict[str, list[Shapes]] = {
+    mf.ENCODER: [Shapes(views=1), Shapes(views=3)],
+    mf.PROJECTOR: [Shapes(views=1), Shapes(views=4)],
+    mf.DECODER: [Shapes(batch=1, seq=9, past=0), Shapes(batch=2, seq=6, past=0), Shapes(batch=2, seq=1, past=11),
+                 Shapes(batch=3, seq=1, past=40)],
+}
+MAX_NEW_TOKENS = 32
+
+
+class ParityError(EOVError, AssertionError):
+    """Exported graphs disagree with PyTorch beyond tolerance."""
+
+
+@dataclass
+class OutputDiff:
+    graph: str
+    case: str
+    output: str
+    max_abs: float
+    mean_abs: float
+    atol: float
+    ort_optimizer_max_abs: float  # ORT_ENABLE_ALL vs ORT_DISABLE_ALL on the same input
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.atol and self.ort_optimizer_max_abs <= self.atol
+
+
+def _flatten(inputs) -> list[torch.Tensor]:
+    out = []
+    for item in inputs:
+        out += list(item) if isinstance(item, tuple) else [item]
+    return out
+
+
+def graph_parity(directory: Path, model) -> list[OutputDiff]:
+    import onnxruntime as ort
+
+    rows = []
+    for name, spec in GRAPH_SPECS.items():
+        path = str(directory / spec.file)
+        optimized_options = ort.SessionOptions()
+        plain_options = ort.SessionOptions()
+        plain_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        optimized = ort.InferenceSession(path, optimized_options, providers=["CPUExecutionProvider"])
+        plain = ort.InferenceSession(path, plain_options, providers=["CPUExecutionProvider"])
+        module = spec.module(model).eval()
+        for k, shapes in enumerate(VALIDATION_CASES[name]):
+            inputs = spec.inputs(model, shapes, torch.Generator().manual_seed(100 + k))
+            with torch.no_grad():
+                expected = module(*inputs)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            feed = {n: t.numpy() for n, t in zip(spec.input_names(model), _flatten(inputs))}
+            got = optimized.run(None, feed)
+            got_plain = plain.run(None, feed)
+            case = ", ".join(f"{k}={v}" for k, v in asdict(shapes).items())
+            for out_name, e, g, gp in zip(spec.output_names(model), expected, got, got_plain):
+                diff = np.abs(g - e.numpy())
+                rows.append(OutputDiff(name, case, out_name, float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0,
+                                       spec.atol, float(np.abs(g - gp).max(initial=0.0))))
+    return rows
+
+
+def diff_table(rows: list[OutputDiff]) -> str:
+    lines = ["| graph | case | output | max abs | mean abs | tolerance | ORT optimizer max abs |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.graph} | {r.case} | {r.output} | {r.max_abs:.2e} | {r.mean_abs:.2e} | {r.atol:.0e} | "
+              f"{r.ort_optimizer_max_abs:.2e} |" for r in rows]
+    return "\n".join(lines)
+
+
+def calib_pipeline_samples(image_size: int):
+    """(id, Sample) for every calib_data sample, each with its task's default question."""
+    from eov_edge.calib import load_calib_samples
+    from eov_edge.inputs import Sample
+    from eov_edge.tasks import DEFAULT_QUESTIONS
+
+    return [(c.id, Sample(views=c.read(size=image_size), instruction=DEFAULT_QUESTIONS[c.task or "caption"]))
+            for c in load_calib_samples()]
+
+
+def pipeline_parity(directory: Path, model, processor, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    """Greedy tokens of numpy+ORT against PyTorch generate(), one sample at a time and as one
+    left-padded batch of all samples."""
+    from eov_edge.runtime.onnx_generate import OnnxGraphs
+
+    graphs = OnnxGraphs(directory)
+    samples = calib_pipeline_samples(model.config.image_size)
+    results = []
+
+    def compare(label: str, chosen) -> None:
+        batch = processor([s for _, s in chosen], max_new_tokens=max_new_tokens)
+        with torch.no_grad():
+            reference = model.generate(**batch, max_new_tokens=max_new_tokens)
+        ours = graphs.greedy({k: v.numpy() for k, v in batch.items()}, max_new_tokens)
+        for row, (sample_id, _) in enumerate(chosen):
+            a = processor.decode(reference[row].tolist()).token_ids
+            b = processor.decode(ours[row].tolist()).token_ids
+            results.append({"sample": sample_id, "mode": label, "identical": a == b, "pytorch": a, "onnx": b})
+
+    for item in samples:
+        compare("single", [item])
+    compare("batch", samples)
+    identical = sum(r["identical"] for r in results)
+    return {"samples": len(samples), "comparisons": len(results), "identical": identical, "results": results}
+
+
+def validate_artifacts(directory: Path, model, processor) -> dict:
+    """Run both checks; raise :class:`ParityError` listing every failure, else return the summary."""
+    rows = graph_parity(directory, model)
+    pipeline = pipeline_parity(directory, model, processor)
+    failures = [r for r in rows if not r.ok]
+    mismatched = [r for r in pipeline["results"] if not r["identical"]]
+    if failures or mismatched:
+        message = ["exported graphs disagree with PyTorch:"]
+        if failures:
+            message.append(diff_table(failures))
+        for r in mismatched:
+            message.append(f"{r['sample']} ({r['mode']}): PyTorch {r['pytorch']} vs ONNX {r['onnx']}")
+        raise ParityError("\n".join(message))
+    logits = [r for r in rows if r.output == mf.LOGITS]
+    return {
+        "graphs": [asdict(r) for r in rows],
+        "pipeline": pipeline,
+        "summary": {
+            "max_abs_logits": max(r.max_abs for r in logits),
+            "max_abs_any": max(r.max_abs for r in rows),
+            "token_identical": f"{pipeline['identical']}/{pipeline['comparisons']}",
+            "calib_samples": pipeline["samples"],
+        },
+    }
+
+
+def verify(artifacts: Path, checkpoint: Path, report: Path | None = None) -> dict:
+    """``eov-export verify``: re-run both checks on existing artifacts; write a JSON report."""
+    from eov_edge.export.onnx_export import load_model
+
+    mf.load_manifest(artifacts)  # missing or changed files fail here, before any comparison
+    model, processor = load_model(checkpoint, None)
+    try:
+        summary = validate_artifacts(artifacts, model, processor)
+        summary["ok"] = True
+    except ParityError as err:
+        summary = {"ok": False, "error": str(err)}
+    if report is not None:
+        tmp = report.with_name(report.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        os.replace(tmp, report)
+    return summary
