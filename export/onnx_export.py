@@ -24,6 +24,7 @@ from eov_edge import __version__, bands
 from eov_edge import manifest as mf
 from eov_edge.errors import EOVError
 from eov_edge.export.specs import GRAPH_SPECS, Shapes
+from eov_edge.export.tensorrt_ops import unsupported_ops
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
 from eov_edge.paths import PROJECT_ROOT
 from eov_edge.processor import EarthOneVisionProcessor, load_checkpoint
@@ -89,6 +90,12 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
         onnx.save_model(proto, path)
     onnx.checker.check_model(str(path), full_check=True)  # path form: works with external data
     loaded = onnx.load(str(path), load_external_data=False)
+    unsupported = unsupported_ops(loaded)
+    if unsupported:
+        raise ExportError(
+            f"{spec.file} uses ops TensorRT's ONNX parser cannot import: {dict(unsupported)}; change the model "
+            "code that produces them (the exporter is not patched)"
+        )
     return mf.GraphEntry(
         file=spec.file, sha256=mf.sha256_file(path),
         inputs=_tensor_specs(loaded.graph.input), outputs=_tensor_specs(loaded.graph.output),

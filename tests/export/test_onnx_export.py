@@ -154,3 +154,16 @@ def test_cli_help():
     for args in (["--help"], ["onnx", "--help"], ["verify", "--help"]):
         result = runner.invoke(export_cli, args)
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_graphs_use_only_ops_tensorrt_imports(artifacts):
+    from eov_edge.export.tensorrt_ops import unsupported_ops
+
+    out, manifest = artifacts
+    for graph in manifest.graphs.values():
+        assert not unsupported_ops(onnx.load(str(out / graph.file), load_external_data=False)), graph.file
+    fake = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Unique", ["x"], ["y"]), onnx.helper.make_node("Relu", ["y"], ["z"])],
+        "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3])],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [3])]))
+    assert dict(unsupported_ops(fake)) == {"Unique": 1}
