@@ -79,15 +79,15 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
             input_names=spec.input_names(model), output_names=spec.output_names(model),
             opset_version=opset, optimize=True, verbose=False,
         )
-    proto = program.model_proto
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weight_bytes > external_threshold
+    # ONNXProgram.save streams initializers to one "<file>.data" file: no 2 GB protobuf in memory.
+    program.save(str(path), external_data=external)
+    del program
     data_file = spec.file + ".data" if external else None
-    if external:
-        onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_file, size_threshold=1024)
-    else:
-        onnx.save_model(proto, path)
+    if external and not (directory / data_file).is_file():
+        raise ExportError(f"expected the external data of {spec.file} in {data_file}; the exporter wrote "
+                          f"{sorted(p.name for p in directory.iterdir())}")
     onnx.checker.check_model(str(path), full_check=True)  # path form: works with external data
     loaded = onnx.load(str(path), load_external_data=False)
     unsupported = unsupported_ops(loaded)
