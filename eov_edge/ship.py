@@ -14,11 +14,11 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from eov_edge.paths import PROJECT_ROOT, data_dir
+from eov_edge.provenance import git_commit
+from eov_edge.paths import data_dir
 
 NANO_CHECKPOINT = Path(__file__).parent / "assets" / "eov-nano"
 
@@ -41,14 +41,6 @@ def data_fingerprint(root: Path) -> dict[str, str]:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
         out[name] = f"{len(files)} files, sha256 {digest.hexdigest()}"
     return out
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) -> dict:
@@ -79,7 +71,7 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
             scale=round(config["stages"][-1]["steps"] / 1600, 3),
             fingerprint="\n".join(f"- {k}: {v}" for k, v in data_fingerprint(data_dir()).items()),
             table=markdown(report),
-            commit=commit or config.get("git_commit") or _git_commit(),
+            commit=commit or config.get("git_commit") or git_commit(),
             versions=f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"Python {platform.python_version()}, {os.cpu_count()} CPU cores",
         )

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eov_edge.provenance import git_commit
 from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES, Example, ExampleFactory
 from eov_edge.inputs import Sample
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
@@ -163,16 +164,6 @@ def validation_losses(model, processor, examples: list[Example]) -> dict[str, fl
     return out
 
 
-def _git_commit() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _lr_factor(step: int, stage: StageConfig) -> float:
     if step < stage.warmup_steps:
         return (step + 1) / stage.warmup_steps
@@ -187,7 +178,7 @@ def _save_state(out: Path, model, processor, aux_head, optimizer, stage_index: i
     save_checkpoint(model, processor, tmp / "model")
     torch.save({"aux": aux_head.state_dict(), "optimizer": optimizer.state_dict(),
                 "stage_index": stage_index, "step": step}, tmp / "trainer.pt")
-    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=_git_commit()), indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=git_commit()), indent=1))
     (tmp / "log.json").write_text(json.dumps(log))
     shutil.rmtree(out / "last", ignore_errors=True)
     os.replace(tmp, out / "last")

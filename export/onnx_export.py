@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import warnings
 from dataclasses import asdict
@@ -20,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eov_edge.provenance import git_commit
 from eov_edge import __version__, bands
 from eov_edge import manifest as mf
 from eov_edge.errors import EOVError
 from eov_edge.export.specs import GRAPH_SPECS, Shapes
 from eov_edge.export.tensorrt_ops import unsupported_ops
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
-from eov_edge.paths import PROJECT_ROOT
 from eov_edge.processor import EarthOneVisionProcessor, load_checkpoint
 from eov_edge.slis import SLIS_VERSION
 from eov_edge.tokenizer import TOKENIZER_FILE, TextTokenizer
@@ -105,18 +104,6 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
     )
 
 
-def _git_commit() -> str:
-    """HEAD of the project, with ``-dirty`` when the working tree has uncommitted changes."""
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                  check=True).stdout.strip()
-
-        return git("rev-parse", "HEAD") + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory: Path, source: str) -> mf.Manifest:
     import onnx
     import onnxruntime
@@ -144,7 +131,7 @@ def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory
         head_dim=t.hidden_size // t.num_attention_heads,
         slis_version=SLIS_VERSION,
         produced_by={
-            "eov_edge": __version__, "git_commit": _git_commit(), "source": source,
+            "eov_edge": __version__, "git_commit": git_commit(), "source": source,
             "torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
         },
