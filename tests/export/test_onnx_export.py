@@ -167,3 +167,27 @@ def test_graphs_use_only_ops_tensorrt_imports(artifacts):
         "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3])],
         [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [3])]))
     assert dict(unsupported_ops(fake)) == {"Unique": 1}
+
+
+def test_verify_cli_writes_a_report(artifacts, nano, tmp_path):
+    from eov_edge.processor import save_checkpoint
+
+    out, _ = artifacts
+    model, processor = nano
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    report = tmp_path / "report.json"
+    result = CliRunner().invoke(export_cli, ["verify", "--artifacts", str(out), "--checkpoint", str(tmp_path / "ckpt"),
+                                             "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(report.read_text())
+    assert summary["ok"] and summary["summary"]["token_identical"] == "20/20"
+    # a checkpoint with other weights fails the check, with the report saying why
+    original = model.projector.fc2.bias.detach().clone()
+    with torch.no_grad():
+        model.projector.fc2.bias.add_(1.0)
+        save_checkpoint(model, processor, tmp_path / "other")
+        model.projector.fc2.bias.copy_(original)  # the module fixture is shared: restore exactly
+    result = CliRunner().invoke(export_cli, ["verify", "--artifacts", str(out), "--checkpoint", str(tmp_path / "other"),
+                                             "--report", str(report)])
+    assert result.exit_code != 0 and "parity check failed" in result.output
+    assert not json.loads(report.read_text())["ok"]
