@@ -109,6 +109,9 @@ def save_checkpoint(
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; checkpoints are meant to be shared
+        for file in tmp.iterdir():
+            os.chmod(file, 0o644)
         if directory.exists():
             old = directory.with_name(directory.name + ".old")
             shutil.rmtree(old, ignore_errors=True)

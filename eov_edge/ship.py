@@ -71,6 +71,8 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
             scale=round(config["stages"][-1]["steps"] / 1600, 3),
             fingerprint="\n".join(f"- {k}: {v}" for k, v in data_fingerprint(data_dir()).items()),
             table=markdown(report),
+            verdict=verdict(report),
+            per_task=per_task,
             commit=commit or config.get("git_commit") or git_commit(),
             versions=f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"Python {platform.python_version()}, {os.cpu_count()} CPU cores",
@@ -109,12 +111,35 @@ imagery). Fingerprints of the files read:
 
 {fingerprint}
 
-## Validation metrics (held-out split, 48 examples per task, seed 1000)
+## Validation metrics (held-out split, {per_task} examples per task, seed 1000)
 
 Baselines ignore the image: majority training answer, mean training box, most common caption.
 
+{verdict}
+
 {table}
 """
+
+# The metric that decides, per task, whether the model beats its image-blind baseline.
+HEADLINE_METRICS = {
+    "classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
+    "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
+    "cross_modal": "accuracy",
+}
+
+
+def verdict(report: dict) -> str:
+    """Which tasks beat their baseline on the headline metric, and which do not (said plainly)."""
+    above, below = [], []
+    for task, metric in HEADLINE_METRICS.items():
+        scores = report["tasks"].get(task)
+        if scores is None:
+            continue
+        model, base = scores[metric], scores[f"baseline_{metric}"]
+        text = f"{task} ({metric} {model:.3f} vs {base:.3f}, {scores['distinct_answers']} distinct answers)"
+        (above if model > base + 0.02 else below).append(text)
+    return ("Beats the baseline: " + ("; ".join(above) or "none") + ".\n\n"
+            "At or below the baseline (not learned yet): " + ("; ".join(below) or "none") + ".")
 
 
 def main(argv: list[str] | None = None) -> None:
