@@ -191,3 +191,14 @@ def test_verify_cli_writes_a_report(artifacts, nano, tmp_path):
                                              "--report", str(report)])
     assert result.exit_code != 0 and "parity check failed" in result.output
     assert not json.loads(report.read_text())["ok"]
+
+
+def test_not_enough_disk_is_refused_before_writing(tmp_path, nano, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(ExportError, match="MiB free"):
+        export_onnx(tmp_path / "out", model_and_processor=nano, preset="nano")
+    assert list(tmp_path.iterdir()) == []
