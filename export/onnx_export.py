@@ -83,9 +83,11 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
     # ONNXProgram.save streams initializers to one "<file>.data" file: no 2 GB protobuf in memory.
     program.save(str(path), external_data=external)
     del program
-    data_file = spec.file + ".data" if external else None
-    if external and not (directory / data_file).is_file():
-        raise ExportError(f"expected the external data of {spec.file} in {data_file}; the exporter wrote "
+    # The exporter may also choose external data on its own (seen for a 1.7 GB encoder): trust the
+    # files, not the request, so the manifest lists everything the device must copy.
+    data_file = spec.file + ".data" if (directory / (spec.file + ".data")).is_file() else None
+    if external and data_file is None:
+        raise ExportError(f"expected the external data of {spec.file} in {spec.file}.data; the exporter wrote "
                           f"{sorted(p.name for p in directory.iterdir())}")
     onnx.checker.check_model(str(path), full_check=True)  # path form: works with external data
     loaded = onnx.load(str(path), load_external_data=False)
@@ -169,6 +171,11 @@ def export_onnx(
         processor.tokenizer.save(staging / TOKENIZER_FILE)
         source = str(checkpoint) if checkpoint else f"preset {preset}, random init, seed {seed}"
         manifest = build_manifest(model, processor, graphs, staging, source)
+        listed = {mf.MANIFEST_FILE, mf.EMBEDDING_FILE, TOKENIZER_FILE}
+        listed |= {g.file for g in graphs.values()} | {g.external_data for g in graphs.values() if g.external_data}
+        unlisted = sorted(p.name for p in staging.iterdir() if p.name not in listed)
+        if unlisted:
+            raise ExportError(f"the export wrote files the manifest does not list: {unlisted}")
         (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
         if validate:
             from eov_edge.export.validate import validate_artifacts
