@@ -37,18 +37,14 @@ def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tupl
     return [factory.sample(task, rng) for task in tasks for _ in range(per_task)]
 
 
-def _first_box(text: str) -> metrics.Box | None:
-    parsed = slis.parse(text)
-    boxes = [o for o in parsed.objects if o.kind == "box"]
-    return None if not boxes else boxes[0].box(SIZE[0], SIZE[0])
+def _first_box(text: str, size: int) -> metrics.Box | None:
+    boxes = [o for o in slis.parse(text).objects if o.kind == "box"]
+    return None if not boxes else boxes[0].box(size, size)
 
 
-SIZE = [224]  # set by evaluate(); SLIS bins map to the canvas size
-
-
-def _objects(text: str) -> list[tuple[str, metrics.Box]]:
-    parsed = slis.parse(text)
-    return [(o.label or "", o.box(SIZE[0], SIZE[0])) for o in parsed.objects if o.kind == "box"]
+def _objects(text: str, size: int) -> list[tuple[str, metrics.Box]]:
+    """(label, box in canvas pixels) of every box in ``text``; SLIS bins map to the canvas size."""
+    return [(o.label or "", o.box(size, size)) for o in slis.parse(text).objects if o.kind == "box"]
 
 
 def _mean_box(examples: list[Example], key) -> metrics.Box:
@@ -56,7 +52,7 @@ def _mean_box(examples: list[Example], key) -> metrics.Box:
     return tuple(statistics.fmean(b[i] for b in boxes) for i in range(4)) if boxes else (0, 0, 1, 1)
 
 
-def score(task: str, preds: list[str], examples: list[Example], train: list[Example]) -> dict:
+def score(task: str, preds: list[str], examples: list[Example], train: list[Example], size: int) -> dict:
     """Metrics of ``preds`` and of the image-blind baseline fitted on ``train`` examples."""
     targets = [e.answer for e in examples]
     majority = Counter(e.answer for e in train).most_common(1)[0][0] if train else ""
@@ -88,18 +84,18 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
             out[f"baseline_{kind}_accuracy"] = metrics.accuracy([base[i] for i in idx], [targets[i] for i in idx])
     elif task == "grounding":
         gt = [e.target["box"] for e in examples]
-        out.update(metrics.grounding_scores([_first_box(p) for p in preds], gt))
+        out.update(metrics.grounding_scores([_first_box(p, size) for p in preds], gt))
         mean = _mean_box(train, lambda e: [e.target["box"]])
         base = metrics.grounding_scores([mean] * len(gt), gt)
         out.update({f"baseline_{k}": v for k, v in base.items()})
     elif task == "detection":
         gt = [e.target["objects"] for e in examples]
-        out.update(metrics.detection_scores([_objects(p) for p in preds], gt))
+        out.update(metrics.detection_scores([_objects(p, size) for p in preds], gt))
         mean = _mean_box(train, lambda e: [b for _, b in e.target["objects"]])
         label = Counter(lab for e in train for lab, _ in e.target["objects"]).most_common(1)[0][0]
         base = metrics.detection_scores([[(label, mean)]] * len(gt), gt)
         out.update({f"baseline_{k}": v for k, v in base.items()})
-        centre = [metrics.grounding_scores([b for _, b in _objects(p)][:1] or [None], [g[0][1]])["centre_hit"]
+        centre = [metrics.grounding_scores([b for _, b in _objects(p, size)][:1] or [None], [g[0][1]])["centre_hit"]
                   for p, g in zip(preds, gt) if g]
         out["first_box_centre_hit"] = sum(centre) / max(1, len(centre))
     elif task == "change":
@@ -108,7 +104,7 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
         out["accuracy"] = metrics.accuracy(said, truth)
         base_word = Counter("yes" if e.target["changed"] else "no" for e in train).most_common(1)[0][0]
         out["baseline_accuracy"] = metrics.accuracy([base_word] * len(truth), truth)
-        det = metrics.detection_scores([_objects(p) for p in preds], [e.target["boxes"] for e in examples])
+        det = metrics.detection_scores([_objects(p, size) for p in preds], [e.target["boxes"] for e in examples])
         out["box_f1"] = det["f1"]
         out["baseline_box_f1"] = 0.0  # a baseline that never localizes
     elif task == "temporal":
@@ -120,7 +116,7 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
         track = [i for i, e in enumerate(examples) if e.target["kind"] == "track"]
         pred_boxes, gt_boxes = [], []
         for i in track:
-            by_view = {o.view: o.box(SIZE[0], SIZE[0]) for o in slis.parse(preds[i]).objects if o.kind == "box"}
+            by_view = {o.view: o.box(size, size) for o in slis.parse(preds[i]).objects if o.kind == "box"}
             for t, (_, box) in enumerate(examples[i].target["boxes"]):
                 pred_boxes.append(by_view.get(t))
                 gt_boxes.append(box)
@@ -139,7 +135,6 @@ def evaluate(model, processor, examples: list[Example], train_examples: list[Exa
 
     from eov_edge.inputs import Sample
 
-    SIZE[0] = model.config.image_size
     predictions: list[str] = []
     started = time.time()
     for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, mininterval=5):
@@ -151,7 +146,8 @@ def evaluate(model, processor, examples: list[Example], train_examples: list[Exa
     for task in dict.fromkeys(e.task for e in examples):
         idx = [i for i, e in enumerate(examples) if e.task == task]
         train = [e for e in train_examples if e.task == task]
-        report["tasks"][task] = score(task, [predictions[i] for i in idx], [examples[i] for i in idx], train)
+        report["tasks"][task] = score(task, [predictions[i] for i in idx], [examples[i] for i in idx], train,
+                                      model.config.image_size)
         report["tasks"][task]["examples"] = [
             {"instruction": examples[i].instruction, "answer": examples[i].answer, "prediction": predictions[i]}
             for i in idx[:3]

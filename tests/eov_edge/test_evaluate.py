@@ -1,0 +1,39 @@
+"""Scoring of model answers per task, and the image-blind baselines beside them."""
+
+import pytest
+
+from eov_edge.data.examples import Example
+from eov_edge.evaluate import score
+
+
+def example(task, answer, target, instruction="q"):
+    return Example(task, [], instruction, answer, target, "synthetic")
+
+
+def test_grounding_scores_parse_boxes_and_fit_the_mean_box_baseline():
+    gt = [(0.0, 0.0, 112.0, 112.0), (112.0, 112.0, 224.0, 224.0)]
+    examples = [example("grounding", "", {"box": b}) for b in gt]
+    train = [example("grounding", "", {"box": (0.0, 0.0, 224.0, 224.0)})]
+    preds = ["<box><loc_0><loc_0><loc_499><loc_499></box>", "garbage"]
+    s = score("grounding", preds, examples, train, size=224)
+    assert s["p@0.5"] == pytest.approx(0.5) and s["well_formed"] == pytest.approx(0.5)
+    assert s["baseline_mean_iou"] == pytest.approx(0.25)  # the full-image box covers 1/4 of each
+    assert s["distinct_answers"] == 2
+
+
+def test_vqa_baseline_is_the_majority_answer_of_the_same_question():
+    train = [example("vqa", "2", {"kind": "count"}, "How many cars are there?")] * 3 + \
+        [example("vqa", "no", {"kind": "presence"}, "Is there a car in the image?")] * 2
+    examples = [example("vqa", "2", {"kind": "count"}, "How many cars are there?"),
+                example("vqa", "yes", {"kind": "presence"}, "Is there a car in the image?")]
+    s = score("vqa", ["2", "yes"], examples, train, size=224)
+    assert s["accuracy"] == 1.0 and s["baseline_accuracy"] == 0.5
+    assert s["count_accuracy"] == 1.0 and s["baseline_presence_accuracy"] == 0.0
+
+
+def test_change_accuracy_reads_the_first_word():
+    examples = [example("change", "no", {"changed": False, "boxes": []}),
+                example("change", "yes", {"changed": True, "boxes": [("car", (0.0, 0.0, 22.4, 22.4))]})]
+    preds = ["no", "yes <t1>car <box><loc_0><loc_0><loc_99><loc_99></box>"]
+    s = score("change", preds, examples, [examples[0]], size=224)
+    assert s["accuracy"] == 1.0 and s["baseline_accuracy"] == 0.5 and s["box_f1"] == 1.0
