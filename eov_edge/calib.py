@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eov_edge.errors import RasterReadError
+from eov_edge.manifest import sha256_file
 from eov_edge.paths import calib_dir
 from eov_edge.raster import View, read_view
 
@@ -47,7 +47,7 @@ def load_calib_samples(directory: str | Path | None = None, verify: bool = False
                 path = directory / f["path"]
                 if not path.is_file():
                     raise RasterReadError(f"{path}: listed in the calibration manifest but missing")
-                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                digest = sha256_file(path)
                 if digest != f["sha256"]:
                     raise RasterReadError(f"{path}: sha256 {digest} differs from the manifest's {f['sha256']}")
         samples.append(CalibSample(

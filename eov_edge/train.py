@@ -195,7 +195,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     model = EarthOneVisionForConditionalGeneration(model_config)
     processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
     aux_head = DenseAuxHead(model_config.multi_level_dim)
-    start_stage, start_step, log = 0, 0, []
+    start_stage, start_step, log, state = 0, 0, [], None
     resume = out / "last"
     if (resume / "trainer.pt").is_file():
         state = torch.load(resume / "trainer.pt", weights_only=False)
@@ -225,8 +225,8 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         trainable = [p for name in stage.trainable for p in groups[name]]
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
         first = start_step if stage_index == start_stage else 0
-        if first and (resume / "trainer.pt").is_file():
-            optimizer.load_state_dict(torch.load(resume / "trainer.pt", weights_only=False)["optimizer"])
+        if first and state is not None:
+            optimizer.load_state_dict(state["optimizer"])
         tasks = list(stage.task_weights)
         weights = [stage.task_weights[t] for t in tasks]
         model.train()

@@ -13,7 +13,6 @@ import platform
 import shutil
 import tempfile
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -198,4 +197,4 @@ def manifest_summary(manifest: mf.Manifest) -> str:
     return "\n".join(lines) + "\n" + json.dumps(manifest.validation.get("summary", {}), indent=1)
 
 
-__all__ = ["ExportError", "export_onnx", "load_model", "asdict"]
+__all__ = ["ExportError", "export_onnx", "load_model"]

@@ -292,11 +292,14 @@ class ExampleFactory:
         return Example("caption", [view], "Describe the image.", caption, {"references": [caption]},
                        scene.source, aux)
 
+    def _random_chip(self, rng: random.Random) -> tuple[str, np.ndarray]:
+        """A real HIT-UAV object (label, stored values (1, h, w)) cut from its annotated box."""
+        chip_scene, label, (a, b, c, d) = rng.choice(self.chips)
+        return label, chip_scene.values[:, int(b) : int(d), int(a) : int(c)]
+
     def _paste_chip(self, rng: random.Random, values: np.ndarray, crop: int, x0: int, y0: int):
         """Paste a real HIT-UAV chip into a thermal window; returns new values and its window box."""
-        chip_scene, label, (a, b, c, d) = rng.choice(self.chips)
-        a, b, c, d = int(a), int(b), int(c), int(d)
-        chip = chip_scene.values[:, b:d, a:c]
+        label, chip = self._random_chip(rng)
         h, w = chip.shape[1:]
         px, py = rng.randrange(0, crop - w), rng.randrange(0, crop - h)
         out = values.copy()
@@ -331,9 +334,7 @@ class ExampleFactory:
     def _temporal(self, rng: random.Random) -> Example:
         scene = rng.choice(self.hit_uav)
         x0, y0, crop = self.window(rng, scene, (1.0, 1.5), 1.25)
-        chip_scene, label, (a, b, c, d) = rng.choice(self.chips)
-        a, b, c, d = int(a), int(b), int(c), int(d)
-        chip = chip_scene.values[:, b:d, a:c]
+        label, chip = self._random_chip(rng)
         h, w = chip.shape[1:]
         k = rng.randrange(len(DIRECTIONS))
         angle = np.deg2rad(90 - 45 * k)  # north = up = -y
