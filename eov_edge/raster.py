@@ -43,6 +43,30 @@ GREYSCALE_TOLERANCE_DN = 8.0
 PathLike = str | os.PathLike
 
 
+@dataclass(frozen=True)
+class Window:
+    """A pixel rectangle of a raster: column and row offset, width and height (finest band's grid)."""
+
+    col: float
+    row: float
+    width: float
+    height: float
+
+    def scaled(self, factor_x: float, factor_y: float) -> "Window":
+        """The same area on a band grid ``factor`` times as fine (0.5: half as many pixels)."""
+        return Window(self.col * factor_x, self.row * factor_y, self.width * factor_x, self.height * factor_y)
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """Size and georeference of a raster (or of the finest band of a one-file-per-band view)."""
+
+    height: int
+    width: int
+    crs: str | None
+    transform: tuple[float, ...] | None
+
+
 @dataclass
 class View:
     """One image on the canvas, with what is needed to map model coordinates back to the map."""
@@ -57,10 +81,17 @@ class View:
     crs: str | None = None  # WKT, None when the file is not georeferenced
     transform: tuple[float, ...] | None = None  # affine (a, b, c, d, e, f) for *canvas* pixels
     extra: dict = field(default_factory=dict)
+    window: "Window | None" = None  # the source pixels the canvas covers (finest band's grid)
 
     @property
     def size(self) -> tuple[int, int]:
         return int(self.canvas.shape[1]), int(self.canvas.shape[2])
+
+    def canvas_to_source(self, x: float, y: float) -> tuple[float, float]:
+        """Canvas pixel coordinates to pixel coordinates of the source raster (the whole file)."""
+        window = self.window or Window(0, 0, self.source_size[1], self.source_size[0])
+        height, width = self.size
+        return window.col + x * window.width / width, window.row + y * window.height / height
 
     def pixel_to_map(self, x: float, y: float) -> tuple[float, float]:
         """Canvas pixel coordinates (x right, y down) to map coordinates in ``crs``."""
@@ -108,15 +139,24 @@ def _normalize_size(size: int | tuple[int, int] | None, default: tuple[int, int]
     return height, width
 
 
-def _read_planes(ds, indexes: list[int], out_shape: tuple[int, int], path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Read bands resampled to ``out_shape``; returns values (C, H, W) and valid (H, W)."""
+def _read_planes(ds, indexes: list[int], out_shape: tuple[int, int], path: str,
+                 window: Window | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read bands (of ``window`` in ``ds`` pixels, or all) resampled to ``out_shape``; returns values
+    (C, H, W) and valid (H, W)."""
     rasterio = _rasterio()
     from rasterio.enums import Resampling
 
-    downsampling = out_shape[0] < ds.height or out_shape[1] < ds.width
+    source_h, source_w = (window.height, window.width) if window is not None else (ds.height, ds.width)
+    downsampling = out_shape[0] < source_h or out_shape[1] < source_w
     resampling = Resampling.average if downsampling else Resampling.bilinear
+    rio_window = None
+    if window is not None:
+        from rasterio.windows import Window as RioWindow
+
+        rio_window = RioWindow(window.col, window.row, window.width, window.height)
     try:
-        data = ds.read(indexes, out_shape=(len(indexes), *out_shape), resampling=resampling, masked=True)
+        data = ds.read(indexes, out_shape=(len(indexes), *out_shape), resampling=resampling, masked=True,
+                       window=rio_window)
     except rasterio.errors.RasterioError as err:
         raise RasterReadError(
             f"{path}: reading the pixels failed, the file is probably truncated or corrupt ({err})"
@@ -127,12 +167,16 @@ def _read_planes(ds, indexes: list[int], out_shape: tuple[int, int], path: str) 
     return values, valid
 
 
-def _georef(ds, out_shape: tuple[int, int]) -> tuple[str | None, tuple[float, ...] | None]:
+def _georef(ds, out_shape: tuple[int, int], window: Window | None = None
+            ) -> tuple[str | None, tuple[float, ...] | None]:
     if ds.crs is None:
         return None, None
     from affine import Affine
 
-    scaled = ds.transform @ Affine.scale(ds.width / out_shape[1], ds.height / out_shape[0])
+    if window is None:
+        window = Window(0, 0, ds.width, ds.height)
+    origin = ds.transform @ Affine.translation(window.col, window.row)
+    scaled = origin @ Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
     return ds.crs.to_wkt(), tuple(scaled)[:6]
 
 
@@ -165,6 +209,7 @@ def read_view(
     band_set: str | None = None,
     size: int | tuple[int, int] | None = None,
     nodata: float | None = None,
+    window: Window | None = None,
 ) -> View:
     """Read one view onto the canvas.
 
@@ -174,16 +219,54 @@ def read_view(
         names when None, with an error when ambiguous (1-band 8-bit: thermal or SAR?).
     size: output (height, width) or an int for a square; the finest source resolution when None.
     nodata: value to treat as missing in addition to the files' own nodata.
+    window: read only this rectangle (pixels of the finest band), as a tile of a large scene; GDAL
+        reads just the blocks under it, so memory follows the window and ``size``, not the scene.
     """
+    path_list = _path_list(paths)
+    if len(path_list) == 1:
+        return _read_multiband(path_list[0], band_set, size, nodata, window)
+    return _read_band_files(path_list, band_set, size, nodata, window)
+
+
+def _path_list(paths: PathLike | Sequence[PathLike]) -> list[str]:
     path_list = [os.fspath(paths)] if isinstance(paths, (str, os.PathLike)) else [os.fspath(p) for p in paths]
     if not path_list:
         raise RasterReadError("no files given for the view")
-    if len(path_list) == 1:
-        return _read_multiband(path_list[0], band_set, size, nodata)
-    return _read_band_files(path_list, band_set, size, nodata)
+    return path_list
 
 
-def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, transform) -> View:
+def raster_grid(paths: PathLike | Sequence[PathLike]) -> RasterGrid:
+    """Size and georeference of a view's finest band, without reading pixels (plans scene tiles)."""
+    datasets = [_open(p) for p in _path_list(paths)]
+    try:
+        finest = max(datasets, key=lambda ds: ds.width * ds.height)
+        crs = finest.crs.to_wkt() if finest.crs is not None else None
+        transform = tuple(finest.transform)[:6] if finest.crs is not None else None
+        return RasterGrid(finest.height, finest.width, crs, transform)
+    finally:
+        for ds in datasets:
+            ds.close()
+
+
+def _check_window(window: Window | None, ds, path: str) -> None:
+    if window is None:
+        return
+    if window.width <= 0 or window.height <= 0:
+        raise ValueError(f"window {window} is empty")
+    inside = (window.col >= 0 and window.row >= 0 and window.col + window.width <= ds.width + 1e-6
+              and window.row + window.height <= ds.height + 1e-6)
+    if not inside:
+        raise ValueError(f"{path}: window {window} reaches outside the {ds.width}x{ds.height} raster")
+
+
+def _default_shape(ds, window: Window | None) -> tuple[int, int]:
+    if window is None:
+        return ds.height, ds.width
+    return max(1, round(window.height)), max(1, round(window.width))
+
+
+def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, transform,
+            window: Window | None = None) -> View:
     if nodata is not None:
         valid &= ~(values == np.float32(nodata)).any(axis=0)
     if not valid.any():
@@ -192,17 +275,19 @@ def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, trans
             "tile, or check the nodata value)"
         )
     canvas, present = to_canvas(values, valid, bs)
-    return View(canvas, valid, present, bs.name, bs.modality, tuple(sources), source_size, crs, transform)
+    return View(canvas, valid, present, bs.name, bs.modality, tuple(sources), source_size, crs, transform,
+                window=window)
 
 
-def _read_multiband(path: str, band_set: str | None, size, nodata) -> View:
+def _read_multiband(path: str, band_set: str | None, size, nodata, window: Window | None = None) -> View:
     with _open(path) as ds:
         bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path)
-        out_shape = _normalize_size(size, (ds.height, ds.width))
+        _check_window(window, ds, path)
+        out_shape = _normalize_size(size, _default_shape(ds, window))
         if ds.count == len(bs.bands):
-            values, valid = _read_planes(ds, list(range(1, ds.count + 1)), out_shape, path)
+            values, valid = _read_planes(ds, list(range(1, ds.count + 1)), out_shape, path, window)
         elif bs.greyscale_as_rgb and len(bs.bands) == 1 and ds.count == 3:
-            rgb, valid = _read_planes(ds, [1, 2, 3], out_shape, path)
+            rgb, valid = _read_planes(ds, [1, 2, 3], out_shape, path, window)
             spread = float(np.abs(rgb - rgb.mean(axis=0, keepdims=True)).mean())
             if spread > GREYSCALE_TOLERANCE_DN:
                 raise BandMismatchError(
@@ -215,11 +300,11 @@ def _read_multiband(path: str, band_set: str | None, size, nodata) -> View:
                 f"{path}: has {ds.count} band(s) but band set {bs.name!r} needs {len(bs.bands)} "
                 f"({', '.join(bs.band_names)}); pick the matching band set or the right file"
             )
-        crs, transform = _georef(ds, out_shape)
-        return _finish(values, valid, bs, nodata, [path], (ds.height, ds.width), crs, transform)
+        crs, transform = _georef(ds, out_shape, window)
+        return _finish(values, valid, bs, nodata, [path], (ds.height, ds.width), crs, transform, window)
 
 
-def _read_band_files(paths: list[str], band_set: str | None, size, nodata) -> View:
+def _read_band_files(paths: list[str], band_set: str | None, size, nodata, window: Window | None = None) -> View:
     names = []
     for path in paths:
         name = band_name_from_filename(Path(path).name)
@@ -245,7 +330,8 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata) -> Vi
     datasets = [_open(p) for p in ordered]
     try:
         finest = max(datasets, key=lambda ds: ds.width * ds.height)
-        out_shape = _normalize_size(size, (finest.height, finest.width))
+        _check_window(window, finest, finest.name)
+        out_shape = _normalize_size(size, _default_shape(finest, window))
         for ds, path in zip(datasets, ordered):
             if ds.count != 1:
                 raise BandMismatchError(f"{path}: one file per band expected, found {ds.count} bands")
@@ -256,11 +342,17 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata) -> Vi
                         f"{path}: covers {tuple(ds.bounds)} but {finest.name} covers "
                         f"{tuple(finest.bounds)}; all band files of a view must cover the same area"
                     )
-        planes, valids = zip(*(_read_planes(ds, [1], out_shape, p) for ds, p in zip(datasets, ordered)))
+        def band_window(ds) -> Window | None:  # the same area on a coarser band's grid
+            if window is None:
+                return None
+            return window.scaled(ds.width / finest.width, ds.height / finest.height)
+
+        planes, valids = zip(*(_read_planes(ds, [1], out_shape, p, band_window(ds))
+                               for ds, p in zip(datasets, ordered)))
         values = np.concatenate(planes, axis=0)
         valid = np.logical_and.reduce(valids)
-        crs, transform = _georef(finest, out_shape)
-        return _finish(values, valid, bs, nodata, ordered, (finest.height, finest.width), crs, transform)
+        crs, transform = _georef(finest, out_shape, window)
+        return _finish(values, valid, bs, nodata, ordered, (finest.height, finest.width), crs, transform, window)
     finally:
         for ds in datasets:
             ds.close()

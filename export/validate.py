@@ -99,11 +99,13 @@ def calib_pipeline_samples(image_size: int):
 
 
 def pipeline_parity(directory: Path, model, processor, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
-    """Greedy tokens of numpy+ORT against PyTorch generate(), one sample at a time and as one
-    left-padded batch of all samples."""
-    from eov_edge.runtime.onnx_generate import OnnxGraphs
+    """Greedy tokens of the device runtime (numpy + ORT, preallocated KV cache) against PyTorch
+    generate(), one sample at a time and as one left-padded batch of all samples."""
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
 
-    graphs = OnnxGraphs(directory)
+    pipeline = Pipeline.from_artifacts(directory)
+    greedy = GenerationConfig(max_new_tokens=max_new_tokens)
     samples = calib_pipeline_samples(model.config.image_size)
     results = []
 
@@ -111,7 +113,7 @@ def pipeline_parity(directory: Path, model, processor, max_new_tokens: int = MAX
         batch = processor([s for _, s in chosen], max_new_tokens=max_new_tokens)
         with torch.no_grad():
             reference = model.generate(**batch, max_new_tokens=max_new_tokens)
-        ours = graphs.greedy({k: v.numpy() for k, v in batch.items()}, max_new_tokens)
+        ours, _ = pipeline.generate_ids({k: v.numpy() for k, v in batch.items()}, greedy)
         for row, (sample_id, _) in enumerate(chosen):
             a = processor.decode(reference[row].tolist()).token_ids
             b = processor.decode(ours[row].tolist()).token_ids

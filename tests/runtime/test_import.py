@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent(
     sys.meta_path.insert(0, Block())
 
     import eov_edge.runtime as rt
-    import eov_edge.runtime.onnx_generate  # the numpy + ORT greedy loop
+    import eov_edge.runtime.pipeline, eov_edge.runtime.scene, eov_edge.runtime.cli  # the whole device side
     import eov_edge.manifest
     from eov_edge.calib import load_calib_samples
 

@@ -1,0 +1,170 @@
+"""``eov-run``: onboard inference from rasters to answers and GeoJSON (numpy + ONNX Runtime only).
+
+    eov-run --artifacts DIR scene.tif --task detection --geojson out.geojson
+    eov-run --artifacts DIR t0.tif t1.tif --task change               # one multi-view sample
+    eov-run --artifacts DIR big.tif --task detect --tile 512 --overlap 64 --geojson big.geojson
+
+Each IMAGE is one view: a raster file, a folder of one-file-per-band rasters (BigEarthNet,
+Major-TOM) or band files joined with commas. Tasks needing several views (change, temporal,
+cross_modal) or ``--multiview`` put all images in one prompt; otherwise each image is asked
+separately, in one batch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from eov_edge.errors import EOVError
+from eov_edge.tasks import TASKS
+
+
+def _view_paths(image: str):
+    """A file, a folder of band files, or comma-joined band files -> what read_view takes."""
+    from eov_edge.raster import band_files_in
+
+    if "," in image:
+        return [p for p in image.split(",") if p]
+    if Path(image).is_dir():
+        return band_files_in(image)
+    return image
+
+
+def _print_answer(label: str, answer) -> None:
+    click.echo(f"{label}: {answer.text}")
+    for d in answer.detections:
+        box = ", ".join(f"{v:.1f}" for v in d.pixel_box)
+        where = ""
+        if d.map_points:
+            xs, ys = zip(*d.map_points)
+            where = f"  map ({min(xs):.2f}, {min(ys):.2f}, {max(xs):.2f}, {max(ys):.2f})"
+        click.echo(f"  {d.label or d.kind} score {d.score:.3f}  pixels ({box}){where}")
+    for problem in answer.problems:
+        click.echo(f"  (malformed output: {problem})")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, required=True)
+@click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="eov-export artifacts folder")
+@click.option("--task", default=None, help=f"one of {', '.join(TASKS)} (also detect, classify, ground, count)")
+@click.option("--prompt", default=None, help="your own question instead of the task's default one")
+@click.option("--band-set", default=None, help="sensor band set of the images, when it cannot be guessed")
+@click.option("--nodata", type=float, default=None, help="extra nodata value")
+@click.option("--multiview", is_flag=True, help="all images are views of one sample (time series, optical+SAR)")
+@click.option("--tile", type=int, default=None, help="tile each image as a large scene, N x N source pixels")
+@click.option("--overlap", type=int, default=64, show_default=True, help="tile overlap in source pixels")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="tiles or images per batch")
+@click.option("--max-new-tokens", type=int, default=None, help="default: 96 for spatial tasks, 32 otherwise")
+@click.option("--sample", "do_sample", is_flag=True, help="sample instead of greedy decoding")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
+@click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
+@click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
+@click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")
+@click.option("--warmup", is_flag=True, help="run each graph once before timing")
+@click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
+@click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
+def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
+         do_sample, temperature, top_k, seed, providers, threads, geojson, as_json, stream, warmup, no_verify,
+         progress) -> None:
+    """Answer a question about IMAGES with an exported Earth-OneVision model."""
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
+
+    try:
+        if task is None and prompt is None:
+            task = "detection" if tile else "caption"
+        task_name = resolve_task(task) if task else None
+        if max_new_tokens is None:
+            max_new_tokens = 96 if task_name in SPATIAL_TASKS else 32
+        generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                      top_k=top_k, seed=seed)
+        started = time.perf_counter()
+        pipeline = Pipeline.from_artifacts(artifacts, providers=providers.split(","), threads=threads,
+                                           verify_hashes=not no_verify, warmup=warmup)
+        if tile:
+            report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
+                                 band_set, nodata, generation, geojson, as_json, progress)
+        else:
+            report = _run_images(pipeline, images, task_name, prompt, band_set, nodata, multiview, generation,
+                                 geojson, as_json, stream)
+        report["stats"] = {**pipeline.stats(), "wall_s": round(time.perf_counter() - started, 3)}
+    except (EOVError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        s = report["stats"]
+        click.echo(f"[{s['wall_s']:.2f} s, encoder {s['graphs']['encoder']['calls']} call(s), decoder "
+                   f"{s['graphs']['decoder']['calls']} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
+
+
+def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,
+                stream) -> dict:
+    from eov_edge.runtime.geo import feature_collection, write_json_atomic
+
+    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata) for image in images]
+    together = multiview or (task is not None and TASKS[task].min_views > 1)
+    if stream:
+        if len(images) > 1 and not together:
+            raise click.UsageError("--stream answers one sample: give one image or --multiview")
+        for piece in pipeline.stream(views, task, prompt, generation):
+            click.echo(piece, nl=False)
+        click.echo()
+        return {"streamed": True}
+    if together:
+        answers = pipeline.answer(views, task, prompt, generation)
+        labels = [" + ".join(images)]
+    else:
+        answers = pipeline.answer_each(views, task, prompt, generation)
+        labels = list(images)
+    if geojson:
+        detections = [d for a in answers for d in a.detections]
+        crs = views[0].crs if all(v.crs == views[0].crs for v in views) else None
+        write_json_atomic(geojson, feature_collection(detections, crs, {"task": task, "images": list(images)}))
+    if not as_json:
+        for label, answer in zip(labels, answers):
+            _print_answer(label, answer)
+    return {"task": task, "results": [{"images": label, **a.to_dict()} for label, a in zip(labels, answers)]}
+
+
+def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
+                as_json, progress) -> dict:
+    from eov_edge.raster import raster_grid
+    from eov_edge.runtime.geo import write_json_atomic
+    from eov_edge.runtime.scene import plan_tiles, run_scene
+
+    if geojson and len(images) > 1:
+        raise click.UsageError("--geojson takes one scene at a time")
+    results = []
+    for image in images:
+        paths = _view_paths(image)
+        grid = raster_grid(paths)
+        total = len(plan_tiles(grid.height, grid.width, tile, overlap))
+        show = progress and not as_json and sys.stderr.isatty()
+        with click.progressbar(length=total, label=f"{image} ({total} tiles)", file=sys.stderr,
+                               hidden=not show) as bar:
+            result = run_scene(pipeline, paths, task, prompt, tile, overlap, batch_size, band_set, nodata,
+                               generation, progress=bar.update)
+        if geojson:
+            write_json_atomic(geojson, result.geojson())
+        for error in result.errors:
+            click.echo(f"tile {error.tile} at {error.window} skipped: {error.message}", err=True)
+        if not as_json:
+            s = result.summary()
+            click.echo(f"{image}: {s['tiles_done']}/{s['tiles']} tiles, {s['tiles_failed']} skipped, "
+                       f"{s['detections']} detection(s) ({s['detections_before_nms']} before NMS) in {s['seconds']:.1f} s")
+            for a in result.tile_answers:
+                click.echo(f"  tile {a['tile']}: {a['text']}")
+        results.append({**result.summary(), "errors": [e.__dict__ for e in result.errors],
+                        "detections": [d.to_dict() for d in result.detections], "tile_answers": result.tile_answers})
+        if result.interrupted:
+            raise click.ClickException(f"interrupted; finished tiles written to {geojson}" if geojson else "interrupted")
+    return {"task": task, "scenes": results}

@@ -1,0 +1,176 @@
+"""Autoregressive decoding over the exported decoder graph with a preallocated KV cache (numpy only).
+
+The decoder graph's contract (``CachedDecoder``): ``past`` (B, KV, P, hd) in, ``present``
+(B, KV, P+S, hd) out, with an attention mask over all P+S positions and explicit position ids. We
+keep that graph and make the cache fixed-size instead of growing: after the prefill, every decode
+step feeds the *whole* preallocated buffer (capacity C = prompt + max_new_tokens - 1 slots) with the
+not-yet-written slots masked out, so every step has the same shapes, the present outputs are written
+into buffers allocated once (IOBinding), and only the new token's key/value (one slot) is copied
+into the cache. Masked slots get exactly zero attention weight, and positions come from the mask,
+not the slot index, so the tokens are those of PyTorch ``generate()`` (tested on calib_data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from eov_edge import manifest as mf
+from eov_edge.errors import PromptError
+from eov_edge.runtime.runner import Runner
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to pick tokens: greedy by default; ``do_sample`` draws with a seeded generator."""
+
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0: the whole vocabulary
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+
+
+@dataclass
+class Step:
+    """One decoding step of a batch: the chosen ids (B,) and their probabilities (B,)."""
+
+    index: int
+    token_ids: np.ndarray
+    probs: np.ndarray
+    finished: np.ndarray  # (B,) bool, after this step
+
+
+class KVCache:
+    """Per-layer key/value buffers allocated once per generation, plus the step mask.
+
+    keys/values: 2L arrays (B, KV, C, hd); present: 2L arrays (B, KV, C+1, hd) that the decoder
+    writes each step; mask: (B, C+1) i64 over [cache slots..., the new token].
+    """
+
+    def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int) -> None:
+        self.capacity = capacity
+        self.length = 0  # slots written
+        self.past = [np.zeros((batch, kv_heads, capacity, head_dim), np.float32) for _ in range(2 * num_layers)]
+        self.present = [np.empty((batch, kv_heads, capacity + 1, head_dim), np.float32)
+                        for _ in range(2 * num_layers)]
+        self.mask = np.zeros((batch, capacity + 1), np.int64)
+        self.mask[:, capacity] = 1  # the token being fed always attends to itself
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.past) + sum(a.nbytes for a in self.present) + self.mask.nbytes
+
+    def write_prompt(self, presents: list[np.ndarray], prompt_mask: np.ndarray) -> None:
+        """Store the prefill's present tensors (B, KV, S, hd) in slots 0..S-1."""
+        length = prompt_mask.shape[1]
+        if length > self.capacity:
+            raise ValueError(f"prompt of {length} tokens exceeds the cache capacity {self.capacity}")
+        for buffer, present in zip(self.past, presents):
+            buffer[:, :, :length] = present
+        self.mask[:, :length] = prompt_mask
+        self.length = length
+
+    def append_step(self) -> None:
+        """Move the fed token's key/value (last slot of ``present``) into the next cache slot."""
+        if self.length >= self.capacity:
+            raise ValueError("KV cache full")
+        for buffer, present in zip(self.past, self.present):
+            buffer[:, :, self.length] = present[:, :, self.capacity]
+        self.mask[:, self.length] = 1
+        self.length += 1
+
+
+def softmax_last(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float64 (probabilities reported as scores)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class Decoder:
+    """Prefill + decode loop over a decoder runner and the token embedding table."""
+
+    def __init__(self, runner: Runner, embed_table: np.ndarray, manifest: mf.Manifest) -> None:
+        self.runner = runner
+        self.embed_table = embed_table  # (V, D) float32
+        self.manifest = manifest
+        self.past_names = mf.past_names(manifest.num_layers)
+        self.present_names = mf.present_names(manifest.num_layers)
+        self.last_cache_bytes = 0
+
+    def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
+              ) -> Iterator[Step]:
+        """Yield one :class:`Step` per generated token until every row has ended (EOS) or the limit.
+
+        inputs_embeds (B, S, D) f32 with image embeddings already in place; attention_mask (B, S)
+        i64, left padded.
+        """
+        m = self.manifest
+        batch, prompt_length, _ = inputs_embeds.shape
+        if prompt_length + config.max_new_tokens > m.max_context:
+            raise PromptError(
+                f"{prompt_length} prompt tokens + {config.max_new_tokens} new tokens exceed the context of "
+                f"{m.max_context}; shorten the prompt or lower max_new_tokens"
+            )
+        eos, pad = m.special_tokens["eos"], m.special_tokens["pad"]
+        rng = np.random.default_rng(config.seed)
+        attention_mask = attention_mask.astype(np.int64, copy=False)
+        positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
+        empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
+        feed = {mf.INPUTS_EMBEDS: inputs_embeds, mf.ATTENTION_MASK: attention_mask, mf.POSITION_IDS: positions}
+        feed.update((name, empty) for name in self.past_names)
+        out = self.runner.infer(feed)
+        capacity = prompt_length + config.max_new_tokens - 1
+        cache = KVCache(m.num_layers, batch, m.num_kv_heads, m.head_dim, capacity)
+        self.last_cache_bytes = cache.nbytes
+        cache.write_prompt([out[name] for name in self.present_names], attention_mask)
+        next_position = positions[:, -1:] + 1  # (B, 1)
+        finished = np.zeros(batch, bool)
+        for index in range(config.max_new_tokens):
+            logits = out[mf.LOGITS][:, -1]  # (B, V)
+            ids, probs = self._pick(logits, config, rng)
+            ids = np.where(finished, pad, ids)
+            finished = finished | (ids == eos)
+            yield Step(index, ids, probs, finished.copy())
+            if finished.all() or index == config.max_new_tokens - 1:
+                return
+            feed = {
+                mf.INPUTS_EMBEDS: self.embed_table[ids][:, None, :],  # (B, 1, D)
+                mf.ATTENTION_MASK: cache.mask,
+                mf.POSITION_IDS: next_position,
+            }
+            feed.update(zip(self.past_names, cache.past))
+            out = self.runner.infer(feed, outputs=dict(zip(self.present_names, cache.present)))
+            cache.append_step()
+            next_position = next_position + 1
+
+    @staticmethod
+    def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+        probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
+        if not config.do_sample:
+            ids = logits.argmax(-1)
+        else:
+            scaled = logits.astype(np.float64) / config.temperature
+            if config.top_k:
+                kth = np.sort(scaled, axis=-1)[:, -min(config.top_k, scaled.shape[-1])][:, None]
+                scaled = np.where(scaled < kth, -np.inf, scaled)
+            sampling = softmax_last(scaled)
+            ids = np.array([rng.choice(len(row), p=row) for row in sampling])
+        return ids.astype(np.int64), probs[np.arange(len(ids)), ids]
+
+    def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (B, T) and their probabilities (B, T), T <= max_new_tokens; rows that ended
+        early are padded like ``generate()`` pads them."""
+        steps = list(self.steps(inputs_embeds, attention_mask, config))
+        return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)

@@ -1,0 +1,163 @@
+"""Model answers to places: SLIS shapes -> source pixels -> map coordinates -> GeoJSON; NMS.
+
+A shape's location bins are relative to the canvas the model saw; :meth:`View.canvas_to_source`
+takes them to pixels of the whole source raster (tiles included) and :meth:`View.pixel_to_map` to
+the raster's CRS. GeoJSON is written in that CRS, named in the (2008-style) ``crs`` member, because
+reprojecting to WGS 84 would move boxes off the pixel grid they were found on; tools such as QGIS
+and GDAL read the member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from eov_edge import slis
+from eov_edge.raster import View
+
+
+@dataclass
+class Detection:
+    """One shape the model emitted, in source pixels and (for georeferenced views) map units."""
+
+    kind: str  # box | quad | poly | pt
+    label: str | None
+    score: float  # geometric mean probability of the shape's tokens
+    pixel_points: list[tuple[float, float]]  # (x, y) in source-raster pixels
+    map_points: list[tuple[float, float]] | None = None  # (x, y) in the raster's CRS
+    view: int = 0  # which view of the sample (multi-view answers carry view tags)
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pixel_box(self) -> tuple[float, float, float, float]:
+        xs, ys = zip(*self.pixel_points)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def shape_scores(token_ids: Sequence[int], probs: Sequence[float], tokenizer) -> list[tuple[tuple[int, ...], float]]:
+    """(location bins, score) for each opening..closing shape span in the generated tokens, in order.
+
+    The score is the geometric mean of the probabilities of the span's tokens (tag and locations):
+    one low-confidence coordinate lowers it, as it should for a detection score.
+    """
+    spans = []
+    opening = {tokenizer.token_to_id(f"<{k}>") for k in slis.SHAPE_KINDS}
+    closing = {tokenizer.token_to_id(f"</{k}>") for k in slis.SHAPE_KINDS}
+    loc0 = tokenizer.token_to_id(slis.LOC_TOKENS[0])
+    start = None
+    for i, token in enumerate(token_ids):
+        if token in opening:
+            start = i
+        elif token in closing and start is not None:
+            span = list(range(start, i + 1))
+            bins = tuple(int(token_ids[j]) - loc0 for j in span if 0 <= int(token_ids[j]) - loc0 < slis.NUM_LOC_BINS)
+            logp = float(np.mean(np.log(np.maximum(np.asarray([probs[j] for j in span], np.float64), 1e-12))))
+            spans.append((bins, float(np.exp(logp))))
+            start = None
+    return spans
+
+
+def detections_from_answer(parsed: slis.ParseResult, token_ids: Sequence[int], probs: Sequence[float],
+                           views: Sequence[View], tokenizer) -> list[Detection]:
+    """Each parsed shape placed on its view (the view tag, else the first view)."""
+    scores = shape_scores(token_ids, probs, tokenizer)
+    used = [False] * len(scores)
+    out = []
+    for obj in parsed.objects:
+        score = 0.0
+        for k, (bins, s) in enumerate(scores):  # the first unused span with these bins
+            if not used[k] and bins == obj.bins:
+                used[k], score = True, s
+                break
+        view_index = obj.view if obj.view is not None and obj.view < len(views) else 0
+        view = views[view_index]
+        height, width = view.size
+        canvas_points = obj.points(width, height)
+        pixel_points = [view.canvas_to_source(x, y) for x, y in canvas_points]
+        map_points = [view.pixel_to_map(x, y) for x, y in canvas_points] if view.transform is not None else None
+        out.append(Detection(obj.kind, obj.label, score, pixel_points, map_points, view_index, view.sources[0]))
+    return out
+
+
+def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def non_max_suppression(detections: Sequence[Detection], iou_threshold: float = 0.5) -> list[Detection]:
+    """Greedy NMS per label on source-pixel boxes: keeps the highest-scoring of overlapping
+    detections (the same object seen by two overlapping tiles)."""
+    kept: list[Detection] = []
+    for det in sorted(detections, key=lambda d: -d.score):
+        if all(k.label != det.label or box_iou(k.pixel_box, det.pixel_box) <= iou_threshold for k in kept):
+            kept.append(det)
+    return kept
+
+
+def _geometry(kind: str, points: list[tuple[float, float]]) -> dict:
+    coords = [[float(x), float(y)] for x, y in points]
+    if kind == "pt":
+        return {"type": "Point", "coordinates": coords[0]}
+    if kind == "box":
+        (x1, y1), (x2, y2) = coords
+        ring = [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+    else:
+        ring = coords
+    return {"type": "Polygon", "coordinates": [ring + [ring[0]]]}
+
+
+def crs_member(wkt: str | None) -> dict | None:
+    """The GeoJSON ``crs`` member naming ``wkt`` (an EPSG URN when it has a code, else the WKT)."""
+    if wkt is None:
+        return None
+    from rasterio.crs import CRS
+
+    epsg = CRS.from_wkt(wkt).to_epsg()
+    name = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else wkt
+    return {"type": "name", "properties": {"name": name}}
+
+
+def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, properties: dict | None = None,
+                       extra_features: Sequence[dict] = ()) -> dict:
+    """A FeatureCollection in map coordinates (georeferenced input) or source pixels (otherwise;
+    then ``properties.coordinates`` says "pixel" and y grows downwards)."""
+    georeferenced = crs_wkt is not None and all(d.map_points is not None for d in detections)
+    features = []
+    for d in detections:
+        points = d.map_points if georeferenced else d.pixel_points
+        features.append({
+            "type": "Feature",
+            "geometry": _geometry(d.kind, points),
+            "properties": {"class": d.label, "score": round(d.score, 6), "shape": d.kind, "view": d.view,
+                           "source": d.source, "pixel_box": [round(v, 2) for v in d.pixel_box], **d.extra},
+        })
+    collection = {"type": "FeatureCollection", "features": features + list(extra_features),
+                  "properties": {"coordinates": "map" if georeferenced else "pixel", **(properties or {})}}
+    crs = crs_member(crs_wkt) if georeferenced else None
+    if crs:
+        collection["crs"] = crs
+    return collection
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,253 @@
+"""The onboard pipeline: views -> prompt -> encoder -> projector -> decoder -> text, shapes, places.
+
+    pipe = Pipeline.from_artifacts("artifacts/nano")            # checks manifest, hashes, band table
+    [answer] = pipe.answer([pipe.read("scene.tif")], task="detection")
+    answer.text, answer.detections                             # SLIS shapes in pixels and map units
+
+Preprocessing is the training code's own (:mod:`eov_edge.raster`, :mod:`eov_edge.inputs`), checked
+against the band table stored in the manifest, so the device sees the canvas training saw.
+Sessions are created lazily on first use (or by ``warmup()``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from eov_edge import bands, slis
+from eov_edge import manifest as mf
+from eov_edge.errors import PromptError, ViewMismatchError
+from eov_edge.inputs import InputSpec, Sample, build_batch
+from eov_edge.raster import View, Window, read_view
+from eov_edge.runtime.generation import Decoder, GenerationConfig
+from eov_edge.runtime.geo import Detection, detections_from_answer
+from eov_edge.runtime.runner import Runner, make_runner
+from eov_edge.tasks import DEFAULT_QUESTIONS, TASKS
+from eov_edge.tokenizer import TextTokenizer
+
+TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
+                "count": "vqa", "describe": "caption", "track": "temporal"}
+SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
+
+
+def resolve_task(task: str) -> str:
+    name = TASK_ALIASES.get(task, task)
+    if name not in TASKS:
+        raise PromptError(f"unknown task {task!r}; choose one of {', '.join(TASKS)} "
+                          f"(or {', '.join(TASK_ALIASES)})")
+    return name
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+@dataclass
+class Answer:
+    """The model's answer to one sample."""
+
+    text: str
+    token_ids: list[int]
+    token_probs: list[float]
+    detections: list[Detection] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # SLIS parse problems (malformed output)
+    task: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "text": self.text, "token_ids": self.token_ids,
+                "detections": [d.to_dict() for d in self.detections], "problems": self.problems}
+
+
+class Pipeline:
+    """Encoder, projector and decoder runners of one artifacts folder, and the steps around them."""
+
+    def __init__(self, directory: Path, manifest: mf.Manifest, runners: dict[str, Runner]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self.runners = runners
+        self.tokenizer = TextTokenizer.from_file(directory / manifest.tokenizer["file"])
+        self.embed_table = np.load(directory / manifest.embedding["file"])  # (V, D) float32
+        self.spec = InputSpec(manifest.image_size, manifest.image_tokens_per_view, manifest.max_context)
+        self.patch_size = int(manifest.model_config.get("vision_config", {}).get("patch_size", 1))
+        self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest)
+        self.timings: dict[str, float] = {"read": 0.0, "encode": 0.0, "generate": 0.0}
+
+    @classmethod
+    def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
+                       providers: list[str] | None = None, threads: int | None = None,
+                       verify_hashes: bool = True, warmup: bool = False) -> "Pipeline":
+        """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table."""
+        directory = Path(directory)
+        manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
+        _check_compatible(manifest, directory)
+        options = {"providers": providers, "threads": threads} if backend == "onnxruntime" else {}
+        runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
+                   for name, entry in manifest.graphs.items()}
+        pipeline = cls(directory, manifest, runners)
+        if warmup:
+            pipeline.warmup()
+        return pipeline
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def warmup(self) -> None:
+        """Create the sessions and run each graph once on dummy input (first-call costs paid here)."""
+        size = self.spec.image_size
+        view = View(np.zeros((bands.NUM_CANVAS_SLOTS, size, size), np.float32), np.ones((size, size), bool),
+                    np.ones(bands.NUM_CANVAS_SLOTS, bool), "rgb8", "optical", ("warmup",), (size, size))
+        self.answer([view], task="caption", generation=GenerationConfig(max_new_tokens=2))
+
+    def close(self) -> None:
+        for runner in self.runners.values():
+            runner.deactivate()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- inputs ------------------------------------------------------------------------------
+    def read(self, paths, band_set: str | None = None, window: Window | None = None,
+             nodata: float | None = None) -> View:
+        """One view at the model's input size; refuses sources smaller than one patch."""
+        start = time.perf_counter()
+        view = read_view(paths, band_set=band_set, size=self.spec.image_size, window=window, nodata=nodata)
+        src_h, src_w = (view.window.height, view.window.width) if view.window else view.source_size
+        if src_h < self.patch_size or src_w < self.patch_size:
+            raise ViewMismatchError(
+                f"{view.sources[0]}: {src_w:g}x{src_h:g} pixels is smaller than one {self.patch_size}x"
+                f"{self.patch_size} patch of the model; use a larger image or tile"
+            )
+        self.timings["read"] += time.perf_counter() - start
+        return view
+
+    def sample(self, views: Sequence[View], task: str | None = None, prompt: str | None = None) -> Sample:
+        """A Sample asking ``prompt`` (an instruction; the view tags are added) or the task's question."""
+        if prompt is None:
+            if task is None:
+                raise PromptError("give a task or a prompt")
+            prompt = DEFAULT_QUESTIONS[resolve_task(task)]
+        if task is not None:
+            spec = TASKS[resolve_task(task)]
+            if len(views) < spec.min_views:
+                raise ViewMismatchError(f"task {spec.name} needs at least {spec.min_views} views, got {len(views)}")
+        return Sample(views=list(views), instruction=prompt)
+
+    # -- inference ---------------------------------------------------------------------------
+    def image_embeds(self, pixel_values: np.ndarray, modality_ids: np.ndarray) -> np.ndarray:
+        """(V, 16, H, W), (V,) -> (V, N', D)."""
+        start = time.perf_counter()
+        features = self.runners[mf.ENCODER].infer({mf.PIXEL_VALUES: pixel_values, mf.MODALITY_IDS: modality_ids})
+        embeds = self.runners[mf.PROJECTOR].infer({mf.FEATURES: features[mf.FEATURES]})[mf.IMAGE_EMBEDS]
+        self.timings["encode"] += time.perf_counter() - start
+        return embeds
+
+    def prompt_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        """Token embeddings (B, S, D) with the image embeddings over the placeholders, in reading order."""
+        embeds = self.embed_table[input_ids]  # (B, S, D), a copy
+        is_image = input_ids == self.manifest.special_tokens["image"]
+        if int(is_image.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
+            raise ViewMismatchError(f"{int(is_image.sum())} image placeholders for {image_embeds.shape[0]} view(s) "
+                                    f"x {image_embeds.shape[1]} embeddings")
+        embeds[is_image] = image_embeds.reshape(-1, embeds.shape[-1])
+        return embeds
+
+    def batch(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, np.ndarray]:
+        return build_batch(samples, self.tokenizer, self.spec, max_new_tokens=max_new_tokens)
+
+    def generate_ids(self, batch: dict[str, np.ndarray], generation: GenerationConfig | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and probabilities (B, T) for model-ready arrays (``build_batch`` output)."""
+        generation = generation or GenerationConfig()
+        embeds = self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+        start = time.perf_counter()
+        ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
+        self.timings["generate"] += time.perf_counter() - start
+        return ids, probs
+
+    def answer(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+               generation: GenerationConfig | None = None) -> list[Answer]:
+        """Answer one multi-view sample (all ``views`` in one prompt)."""
+        return self.answer_samples([self.sample(views, task, prompt)], generation, task)
+
+    def answer_each(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+                    generation: GenerationConfig | None = None) -> list[Answer]:
+        """Answer the same question about each view separately, as one batch."""
+        return self.answer_samples([self.sample([v], task, prompt) for v in views], generation, task)
+
+    def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
+                       task: str | None = None) -> list[Answer]:
+        generation = generation or GenerationConfig()
+        ids, probs = self.generate_ids(self.batch(samples, generation.max_new_tokens), generation)
+        return [self._answer(sample, row_ids, row_probs, task) for sample, row_ids, row_probs in zip(samples, ids, probs)]
+
+    def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+               generation: GenerationConfig | None = None) -> Iterator[str]:
+        """Yield the answer's text piece by piece as tokens are generated (one sample)."""
+        generation = generation or GenerationConfig()
+        batch = self.batch([self.sample(views, task, prompt)], generation.max_new_tokens)
+        embeds = self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+        ids: list[int] = []
+        shown = ""
+        for step in self.decoder.steps(embeds, batch["attention_mask"], generation):
+            token = int(step.token_ids[0])
+            if token == self.manifest.special_tokens["eos"]:
+                break
+            ids.append(token)
+            text = self.tokenizer.decode(ids)
+            if text.startswith(shown) and len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+
+    def _answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
+        special = self.manifest.special_tokens
+        kept = []
+        for token, prob in zip(ids.tolist(), probs.tolist()):
+            if token == special["eos"]:
+                break
+            if token != special["pad"]:
+                kept.append((token, prob))
+        token_ids = [t for t, _ in kept]
+        token_probs = [p for _, p in kept]
+        text = self.tokenizer.decode(token_ids)
+        parsed = slis.parse(text)
+        detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
+        return Answer(text, token_ids, token_probs, detections,
+                      parsed.problems, resolve_task(task) if task else None)
+
+    # -- reporting ---------------------------------------------------------------------------
+    def stats(self) -> dict:
+        graphs = {}
+        for name, runner in self.runners.items():
+            t = runner.timings
+            graphs[name] = {"calls": len(t), "total_s": round(sum(t), 4),
+                            "mean_ms": round(1000 * sum(t) / len(t), 3) if t else None}
+        return {"stages_s": {k: round(v, 4) for k, v in self.timings.items()}, "graphs": graphs,
+                "kv_cache_mb": round(self.decoder.last_cache_bytes / (1 << 20), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def _check_compatible(manifest: mf.Manifest, directory: Path) -> None:
+    """The canvas and SLIS grammar of the artifacts must be the ones this runtime implements."""
+    ours = json.loads(json.dumps(bands.band_table()))
+    if manifest.band_table != ours:
+        raise mf.ManifestError(
+            f"{directory}: the artifacts were exported with band table (canvas version "
+            f"{manifest.band_table.get('canvas_version')}) that differs from this eov-edge's (canvas version "
+            f"{bands.CANVAS_VERSION}); install the eov-edge version that exported them or re-export"
+        )
+    if manifest.slis_version != slis.SLIS_VERSION:
+        raise mf.ManifestError(f"{directory}: SLIS version {manifest.slis_version}, this runtime decodes "
+                               f"{slis.SLIS_VERSION}; re-export with this eov-edge version")
+    for name in (mf.ENCODER, mf.PROJECTOR, mf.DECODER):
+        if name not in manifest.graphs:
+            raise mf.ManifestError(f"{directory}: the manifest lists no {name} graph; re-export the artifacts")

@@ -1,0 +1,182 @@
+"""One runner interface, one implementation per backend: run one exported graph on the device.
+
+A runner is created cheaply; ``activate()`` builds the backend session (lazily, on first ``infer``
+if not called), ``infer(feed)`` checks the feed against the manifest's tensor specs and runs,
+``deactivate()`` frees the session. Every call is timed. TensorRT arrives behind this same interface
+(DESIGN.md section 7); only :class:`OrtRunner` exists so far.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from eov_edge.errors import EOVError
+from eov_edge.manifest import GraphEntry, TensorSpec
+
+BACKENDS = ("onnxruntime",)
+PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+                    "tensorrt": "TensorrtExecutionProvider"}
+
+
+class RunnerError(EOVError, RuntimeError):
+    """A graph cannot be loaded or run: missing file, wrong feed, unavailable backend or provider."""
+
+
+class Runner(ABC):
+    """Runs one graph. Subclasses implement ``_activate``, ``_run`` and ``_deactivate``."""
+
+    def __init__(self, name: str, path: Path, entry: GraphEntry) -> None:
+        self.name = name
+        self.path = Path(path)
+        self.entry = entry
+        self.timings: list[float] = []  # seconds per infer() call
+        self._active = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def activate(self) -> "Runner":
+        if not self._active:
+            if not self.path.is_file():
+                raise RunnerError(f"{self.path}: graph file missing; copy the whole artifacts folder")
+            self._activate()
+            self._active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self._active:
+            self._deactivate()
+            self._active = False
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def __enter__(self) -> "Runner":
+        return self.activate()
+
+    def __exit__(self, *exc) -> None:
+        self.deactivate()
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray] | None = None
+              ) -> dict[str, np.ndarray]:
+        """Run the graph. ``outputs`` may hold preallocated arrays that receive the named outputs
+        in place (the decoder's KV cache uses this to avoid allocating per step)."""
+        self.check_feed(feed)
+        self.activate()
+        start = time.perf_counter()
+        result = self._run(feed, outputs or {})
+        self.timings.append(time.perf_counter() - start)
+        return result
+
+    def check_feed(self, feed: dict[str, np.ndarray]) -> None:
+        """Names, dtypes, ranks and fixed sizes as the manifest says; one named axis, one size."""
+        expected = {spec.name: spec for spec in self.entry.inputs}
+        missing = sorted(set(expected) - set(feed))
+        unknown = sorted(set(feed) - set(expected))
+        if missing or unknown:
+            raise RunnerError(f"{self.name}: feed is missing {missing} and has unknown {unknown}; the graph takes "
+                              f"{list(expected)}")
+        axes: dict[str, tuple[int, str]] = {}
+        for name, spec in expected.items():
+            array = feed[name]
+            _check_tensor(self.name, spec, array, axes)
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.entry.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.entry.outputs]
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _run(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+
+def _check_tensor(graph: str, spec: TensorSpec, array, axes: dict[str, tuple[int, str]]) -> None:
+    if not isinstance(array, np.ndarray):
+        raise RunnerError(f"{graph}: input {spec.name} must be a numpy array, got {type(array).__name__}")
+    if array.dtype != np.dtype(spec.dtype):
+        raise RunnerError(f"{graph}: input {spec.name} is {array.dtype}, the graph takes {spec.dtype}")
+    if array.ndim != len(spec.shape):
+        raise RunnerError(f"{graph}: input {spec.name} has shape {array.shape}, the graph takes rank "
+                          f"{len(spec.shape)} ({spec.shape})")
+    for axis, (size, want) in enumerate(zip(array.shape, spec.shape)):
+        if isinstance(want, int) and want > 0 and size != want:
+            raise RunnerError(f"{graph}: input {spec.name} axis {axis} is {size}, the graph takes {want}")
+        if isinstance(want, str) and want:
+            seen = axes.setdefault(want, (size, spec.name))
+            if seen[0] != size:
+                raise RunnerError(f"{graph}: axis {want!r} is {size} in {spec.name} but {seen[0]} in {seen[1]}")
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime on CPU or CUDA (``providers``, first available wins, as ORT orders them)."""
+
+    def __init__(self, name: str, path: Path, entry: GraphEntry, providers: list[str] | None = None,
+                 threads: int | None = None) -> None:
+        super().__init__(name, path, entry)
+        self.providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["CPUExecutionProvider"])]
+        self.threads = threads
+        self.session = None
+
+    def _activate(self) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        unavailable = [p for p in self.providers if p not in available]
+        if unavailable:
+            raise RunnerError(
+                f"ONNX Runtime here offers {available}, not {unavailable}; install onnxruntime-gpu for CUDA "
+                "(pip install 'eov-edge[gpu]') or run with --providers cpu"
+            )
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph types from C++
+            raise RunnerError(f"{self.path}: ONNX Runtime cannot load the graph ({err}); re-export the "
+                              "artifacts with this eov-edge version") from None
+
+    def _run(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not outputs:
+            values = self.session.run(None, feed)
+            return dict(zip(self.output_names, values))
+        # IOBinding: the given outputs are written into the caller's arrays, nothing is allocated
+        # for them; the rest come back as new arrays.
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        for name in self.output_names:
+            if name in outputs:
+                array = outputs[name]
+                if not array.flags.c_contiguous:
+                    raise RunnerError(f"{self.name}: output buffer {name} must be C-contiguous")
+                binding.bind_output(name, "cpu", 0, array.dtype.type, list(array.shape), array.ctypes.data)
+            else:
+                binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        values = binding.get_outputs()  # OrtValues; only the unbound ones are copied out
+        return {name: outputs[name] if name in outputs else value.numpy()
+                for name, value in zip(self.output_names, values)}
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+
+def make_runner(backend: str, name: str, path: Path, entry: GraphEntry, **options) -> Runner:
+    """The runner of ``backend`` for one graph."""
+    if backend == "onnxruntime":
+        return OrtRunner(name, path, entry, **options)
+    raise RunnerError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,169 @@
+"""Large scenes: tile any size raster through windowed reads, batch the tiles, merge across tiles.
+
+Memory is bounded by the batch, not the scene: tiles are planned from the raster's size alone, each
+batch reads only its windows (GDAL resamples on read to the model's input size, with its block
+cache capped), and only the detections are kept. A tile that cannot be read (all nodata, a corrupt
+block) is reported and skipped; an interruption keeps every finished tile's results.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from eov_edge.errors import EOVError
+from eov_edge.raster import RasterGrid, View, Window, raster_grid
+from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.geo import Detection, feature_collection, non_max_suppression
+from eov_edge.runtime.pipeline import SPATIAL_TASKS, Answer, Pipeline, peak_rss_mb, resolve_task
+
+GDAL_CACHE_MB = 64  # GDAL's default is 5% of RAM: a whole-scene pass would fill it
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    window: Window  # pixels of the scene (finest band's grid)
+
+
+def plan_tiles(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
+    """Row-major tiles of ``tile`` x ``tile`` pixels overlapping by ``overlap``; the last row and
+    column are shifted inwards so every tile is full size (no stretched edge tiles). A scene
+    smaller than a tile is one tile of the whole scene."""
+    if tile < 1:
+        raise ValueError(f"--tile must be positive, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"--overlap must be in [0, tile), got {overlap} for tile {tile}")
+    stride = tile - overlap
+
+    def starts(extent: int) -> list[int]:
+        if extent <= tile:
+            return [0]
+        out = list(range(0, extent - tile, stride))
+        return out + [extent - tile]
+
+    tiles = []
+    for row in starts(height):
+        for col in starts(width):
+            tiles.append(Tile(len(tiles), Window(col, row, min(tile, width), min(tile, height))))
+    return tiles
+
+
+@dataclass
+class TileError:
+    tile: int
+    window: tuple[float, float, float, float]
+    error: str
+    message: str
+
+
+@dataclass
+class SceneResult:
+    """What a scene run found, and how it went."""
+
+    source: str
+    task: str
+    grid: RasterGrid
+    tiles: int
+    detections: list[Detection] = field(default_factory=list)  # after NMS
+    tile_answers: list[dict] = field(default_factory=list)  # non-spatial tasks: one answer per tile
+    errors: list[TileError] = field(default_factory=list)
+    tiles_done: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    raw_detections: int = 0  # before NMS
+
+    def geojson(self) -> dict:
+        properties = {
+            "source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
+            "tiles_failed": [e.__dict__ for e in self.errors], "partial": self.interrupted,
+            "detections_before_nms": self.raw_detections,
+        }
+        footprints = [_tile_feature(a, self.grid) for a in self.tile_answers]
+        return feature_collection(self.detections, self.grid.crs, properties, footprints)
+
+    def summary(self) -> dict:
+        return {"source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
+                "tiles_failed": len(self.errors), "detections": len(self.detections),
+                "detections_before_nms": self.raw_detections, "interrupted": self.interrupted,
+                "seconds": round(self.seconds, 3), "peak_rss_mb": round(self.peak_rss_mb, 1)}
+
+
+def _tile_feature(answer: dict, grid: RasterGrid) -> dict:
+    col, row, width, height = answer["window"]
+    corners = [(col, row), (col + width, row), (col + width, row + height), (col, row + height)]
+    if grid.transform is not None:
+        a, b, c, d, e, f = grid.transform
+        corners = [(a * x + b * y + c, d * x + e * y + f) for x, y in corners]
+    ring = [[float(x), float(y)] for x, y in corners]
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]},
+            "properties": {"tile": answer["tile"], "answer": answer["text"]}}
+
+
+def _batches(items: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
+
+
+def run_scene(
+    pipeline: Pipeline,
+    paths,
+    task: str = "detection",
+    prompt: str | None = None,
+    tile: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    band_set: str | None = None,
+    nodata: float | None = None,
+    generation: GenerationConfig | None = None,
+    iou_threshold: float = 0.5,
+    progress: Callable[[int], None] | None = None,
+) -> SceneResult:
+    """Run ``task`` over every tile of the raster at ``paths`` (one file, or one file per band)."""
+    import rasterio
+
+    task = resolve_task(task)
+    generation = generation or GenerationConfig(max_new_tokens=96 if task in SPATIAL_TASKS else 32)
+    grid = raster_grid(paths)
+    tiles = plan_tiles(grid.height, grid.width, tile, overlap)
+    source = paths if isinstance(paths, str) else str(list(paths)[0])
+    result = SceneResult(str(source), task, grid, len(tiles))
+    raw: list[Detection] = []
+    start = time.perf_counter()
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * (1 << 20)):
+            for group in _batches(tiles, batch_size):
+                views: list[tuple[Tile, View]] = []
+                for t in group:
+                    try:
+                        views.append((t, pipeline.read(paths, band_set=band_set, window=t.window, nodata=nodata)))
+                    except EOVError as err:  # all-nodata tile, unreadable block: report, go on
+                        w = t.window
+                        result.errors.append(TileError(t.index, (w.col, w.row, w.width, w.height),
+                                                       type(err).__name__, str(err)))
+                if views:
+                    answers = pipeline.answer_each([v for _, v in views], task, prompt, generation)
+                    for (t, _), answer in zip(views, answers):
+                        _collect(result, raw, t, answer, task)
+                result.tiles_done += len(group)
+                if progress:
+                    progress(len(group))
+    except KeyboardInterrupt:
+        result.interrupted = True  # keep the finished tiles; the caller writes them
+    result.raw_detections = len(raw)
+    result.detections = non_max_suppression(raw, iou_threshold)
+    result.seconds = time.perf_counter() - start
+    result.peak_rss_mb = peak_rss_mb()
+    return result
+
+
+def _collect(result: SceneResult, raw: list[Detection], t: Tile, answer: Answer, task: str) -> None:
+    w = t.window
+    if task in SPATIAL_TASKS:
+        for det in answer.detections:
+            det.extra["tile"] = t.index
+            raw.append(det)
+    else:
+        result.tile_answers.append({"tile": t.index, "window": (w.col, w.row, w.width, w.height), "text": answer.text})
