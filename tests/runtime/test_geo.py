@@ -1,0 +1,116 @@
+"""SLIS answers to pixels, map coordinates and GeoJSON; scores; NMS (hand-computed cases)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from eov_edge import slis
+from eov_edge.raster import View, Window
+from eov_edge.runtime.geo import (Detection, box_iou, crs_member, detections_from_answer, feature_collection,
+                                  non_max_suppression, shape_scores, write_json_atomic)
+from eov_edge.tokenizer import TextTokenizer
+
+UTM33 = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32633"]]'
+
+
+def tile_view(window=None, georeferenced=True):
+    """A 100x100 canvas of a 1000x2000 (h x w) scene with 10 m pixels at (500000, 4000000)."""
+    size = 100
+    window = window or Window(0, 0, 2000, 1000)
+    transform = None
+    if georeferenced:  # canvas pixel -> map: the window's origin, pixel size scaled by window/canvas
+        sx, sy = 10.0 * window.width / size, 10.0 * window.height / size
+        transform = (sx, 0.0, 500000.0 + 10 * window.col, 0.0, -sy, 4000000.0 - 10 * window.row)
+    return View(np.zeros((16, size, size), np.float32), np.ones((size, size), bool), np.ones(16, bool), "rgb8",
+                "optical", ("scene.tif",), (1000, 2000), UTM33 if georeferenced else None, transform, window=window)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return TextTokenizer.from_file()
+
+
+def encode_answer(tokenizer, text):
+    return tokenizer.encode(text)
+
+
+def test_box_goes_to_source_pixels_and_map_coordinates(tokenizer):
+    view = tile_view(Window(1000, 500, 500, 500))  # a 500x500 tile at column 1000, row 500
+    text = "car <box><loc_100><loc_200><loc_300><loc_400></box>"
+    ids = encode_answer(tokenizer, text)
+    [det] = detections_from_answer(slis.parse(text), ids, [0.5] * len(ids), [view], tokenizer)
+    # bin b of a 100-px canvas -> canvas (b + .5) / 10 -> tile px * 5 -> scene px + offset
+    assert det.label == "car" and det.kind == "box"
+    x1, y1, x2, y2 = det.pixel_box
+    assert (x1, y1, x2, y2) == pytest.approx((1000 + 100.5 * 0.5, 500 + 200.5 * 0.5, 1000 + 300.5 * 0.5,
+                                              500 + 400.5 * 0.5))
+    (mx1, my1), (mx2, my2) = det.map_points
+    assert mx1 == pytest.approx(500000 + 10 * x1) and my1 == pytest.approx(4000000 - 10 * y1)
+    assert mx2 == pytest.approx(500000 + 10 * x2) and my2 == pytest.approx(4000000 - 10 * y2)
+    assert det.score == pytest.approx(0.5)
+
+
+def test_multi_view_tags_place_shapes_on_their_view(tokenizer):
+    first, second = tile_view(), tile_view(Window(0, 0, 1000, 1000))
+    text = "<t1><box><loc_0><loc_0><loc_999><loc_999></box>"
+    ids = encode_answer(tokenizer, text)
+    [det] = detections_from_answer(slis.parse(text), ids, [1.0] * len(ids), [first, second], tokenizer)
+    assert det.view == 1
+    # bin centres 0.05 and 99.95 of the 100-px canvas, times 1000/100 source pixels per canvas pixel
+    assert det.pixel_box == pytest.approx((0.5, 0.5, 999.5, 999.5))
+
+
+def test_score_is_geometric_mean_of_the_shape_tokens(tokenizer):
+    text = "car <box><loc_1><loc_2><loc_3><loc_4></box>, bus <box><loc_5><loc_6><loc_7><loc_8></box>"
+    ids = encode_answer(tokenizer, text)
+    probs = [0.9] * len(ids)
+    first_open = ids.index(tokenizer.token_to_id("<box>"))
+    probs[first_open + 1] = 0.1  # one unsure coordinate in the first box
+    spans = shape_scores(ids, probs, tokenizer)
+    assert [bins for bins, _ in spans] == [(1, 2, 3, 4), (5, 6, 7, 8)]
+    assert spans[0][1] == pytest.approx(math.exp((5 * math.log(0.9) + math.log(0.1)) / 6))
+    assert spans[1][1] == pytest.approx(0.9)
+
+
+def test_malformed_output_never_raises(tokenizer):
+    text = "car <box><loc_1><loc_2></box> <box><loc_3>"
+    ids = encode_answer(tokenizer, text)
+    parsed = slis.parse(text)
+    assert detections_from_answer(parsed, ids, [1.0] * len(ids), [tile_view()], tokenizer) == []
+    assert len(parsed.problems) == 2
+
+
+def test_iou_and_nms_per_class():
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+
+    def det(label, box, score):
+        x1, y1, x2, y2 = box
+        return Detection("box", label, score, [(x1, y1), (x2, y2)])
+
+    kept = non_max_suppression([det("car", (0, 0, 10, 10), 0.6), det("car", (1, 0, 11, 10), 0.9),
+                                det("person", (1, 0, 11, 10), 0.3), det("car", (50, 50, 60, 60), 0.2)])
+    assert [(d.label, d.score) for d in kept] == [("car", 0.9), ("person", 0.3), ("car", 0.2)]
+
+
+def test_feature_collection_in_map_units_with_crs(tokenizer, tmp_path):
+    view = tile_view()
+    text = "car <box><loc_0><loc_0><loc_499><loc_499></box>, <pt><loc_10><loc_20></pt>"
+    ids = encode_answer(tokenizer, text)
+    dets = detections_from_answer(slis.parse(text), ids, [0.8] * len(ids), [view], tokenizer)
+    collection = feature_collection(dets, view.crs, {"task": "detection"})
+    assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    assert collection["properties"]["coordinates"] == "map"
+    polygon, point = collection["features"]
+    ring = polygon["geometry"]["coordinates"][0]
+    assert polygon["geometry"]["type"] == "Polygon" and ring[0] == ring[-1] and len(ring) == 5
+    assert all(500000 <= x <= 520000 and 3990000 <= y <= 4000000 for x, y in ring)
+    assert point["geometry"]["type"] == "Point" and point["properties"]["class"] is None
+    assert polygon["properties"]["score"] == pytest.approx(0.8)
+    pixel = feature_collection(dets, None)
+    assert "crs" not in pixel and pixel["properties"]["coordinates"] == "pixel"
+    assert crs_member(None) is None
+    out = tmp_path / "sub" / "d.geojson"
+    write_json_atomic(out, collection)
+    assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["d.geojson"]

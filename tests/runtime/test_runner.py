@@ -1,0 +1,93 @@
+"""The runner interface with ONNX Runtime: lazy sessions, feed checks, timing, providers."""
+
+import numpy as np
+import pytest
+
+from eov_edge import manifest as mf
+from eov_edge.runtime.runner import OrtRunner, RunnerError, make_runner
+
+
+@pytest.fixture(scope="module")
+def projector(nano_artifacts):
+    manifest = mf.load_manifest(nano_artifacts)
+    entry = manifest.graphs[mf.PROJECTOR]
+    return nano_artifacts / entry.file, entry
+
+
+def features(entry, views=2):
+    dim = entry.inputs[0].shape[-1]
+    tokens = entry.inputs[0].shape[1]
+    return np.random.default_rng(0).standard_normal((views, tokens, dim)).astype(np.float32)
+
+
+def test_lazy_session_timing_and_context_manager(projector):
+    path, entry = projector
+    runner = OrtRunner(mf.PROJECTOR, path, entry)
+    assert not runner.active and runner.session is None  # nothing loaded until first use
+    out = runner.infer({mf.FEATURES: features(entry)})
+    assert runner.active and len(runner.timings) == 1 and runner.timings[0] > 0
+    assert out[mf.IMAGE_EMBEDS].shape[0] == 2
+    with OrtRunner(mf.PROJECTOR, path, entry) as again:
+        np.testing.assert_array_equal(again.infer({mf.FEATURES: features(entry)})[mf.IMAGE_EMBEDS],
+                                      out[mf.IMAGE_EMBEDS])
+    assert not again.active and again.session is None
+
+
+def test_preallocated_outputs_are_written_in_place(projector):
+    path, entry = projector
+    runner = OrtRunner(mf.PROJECTOR, path, entry)
+    expected = runner.infer({mf.FEATURES: features(entry, 3)})[mf.IMAGE_EMBEDS]
+    buffer = np.zeros_like(expected)
+    out = runner.infer({mf.FEATURES: features(entry, 3)}, outputs={mf.IMAGE_EMBEDS: buffer})
+    assert out[mf.IMAGE_EMBEDS] is buffer
+    np.testing.assert_array_equal(buffer, expected)
+
+
+@pytest.mark.parametrize("feed, message", [
+    ({}, "missing"),
+    ({mf.FEATURES: np.zeros((1, 4, 4), np.float64)}, "float64"),
+    ({mf.FEATURES: np.zeros((4, 4), np.float32)}, "rank"),
+    ({mf.FEATURES: [[1.0]]}, "numpy array"),
+])
+def test_bad_feeds_get_clear_errors(projector, feed, message):
+    path, entry = projector
+    with pytest.raises(RunnerError, match=message):
+        OrtRunner(mf.PROJECTOR, path, entry).infer(feed)
+
+
+def test_fixed_and_named_axes_are_checked(nano_artifacts):
+    manifest = mf.load_manifest(nano_artifacts)
+    entry = manifest.graphs[mf.DECODER]
+    runner = OrtRunner(mf.DECODER, nano_artifacts / entry.file, entry)
+    dim, heads, head_dim = manifest.embedding["shape"][1], manifest.num_kv_heads, manifest.head_dim
+    feed = {mf.INPUTS_EMBEDS: np.zeros((1, 3, dim), np.float32), mf.ATTENTION_MASK: np.ones((1, 3), np.int64),
+            mf.POSITION_IDS: np.zeros((2, 3), np.int64)}  # batch 2 here, 1 elsewhere
+    feed.update((n, np.zeros((1, heads, 0, head_dim), np.float32)) for n in mf.past_names(manifest.num_layers))
+    with pytest.raises(RunnerError, match="axis 'batch'|axis 'batch"):
+        runner.check_feed(feed)
+    feed[mf.POSITION_IDS] = np.zeros((1, 3), np.int64)
+    feed[mf.INPUTS_EMBEDS] = np.zeros((1, 3, dim + 1), np.float32)
+    with pytest.raises(RunnerError, match=f"is {dim + 1}, the graph takes {dim}"):
+        runner.check_feed(feed)
+
+
+def test_missing_graph_and_unavailable_provider(projector, tmp_path):
+    path, entry = projector
+    with pytest.raises(RunnerError, match="missing"):
+        OrtRunner(mf.PROJECTOR, tmp_path / "gone.onnx", entry).activate()
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA: the unavailable-provider error cannot be provoked")
+    with pytest.raises(RunnerError, match="onnxruntime-gpu"):
+        OrtRunner(mf.PROJECTOR, path, entry, providers=["cuda"]).activate()
+    with pytest.raises(RunnerError, match="unknown backend"):
+        make_runner("tflite", mf.PROJECTOR, path, entry)
+
+
+def test_corrupt_graph_file(projector, tmp_path):
+    path, entry = projector
+    broken = tmp_path / "projector.onnx"
+    broken.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(RunnerError, match="cannot load"):
+        OrtRunner(mf.PROJECTOR, broken, entry).activate()
