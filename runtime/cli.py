@@ -163,7 +163,7 @@ def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_
                        f"{s['detections']} detection(s) ({s['detections_before_nms']} before NMS) in {s['seconds']:.1f} s")
             for a in result.tile_answers:
                 click.echo(f"  tile {a['tile']}: {a['text']}")
-        results.append({**result.summary(), "errors": [e.__dict__ for e in result.errors],
+        results.append({"summary": result.summary(), "errors": [e.__dict__ for e in result.errors],
                         "detections": [d.to_dict() for d in result.detections], "tile_answers": result.tile_answers})
         if result.interrupted:
             raise click.ClickException(f"interrupted; finished tiles written to {geojson}" if geojson else "interrupted")

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 BLOCKED = ("torch", "transformers", "nncf", "optimum", "onnxscript")
 
 SCRIPT = textwrap.dedent(
@@ -31,6 +33,18 @@ SCRIPT = textwrap.dedent(
     assert batch["pixel_values"].shape == (3, 16, 32, 32), batch["pixel_values"].shape
     parsed = rt.slis.parse("<t1>car <box><loc_1><loc_2><loc_3><loc_4></box>")
     assert parsed.ok and parsed.objects[0].view == 1
+
+    if len(sys.argv) > 1:  # the whole device path on exported artifacts: scene to GeoJSON, and the CLI
+        from click.testing import CliRunner
+        from eov_edge.runtime.cli import main as eov_run
+        from eov_edge.runtime.pipeline import Pipeline
+        from eov_edge.runtime.scene import run_scene
+
+        pipe = Pipeline.from_artifacts(sys.argv[1])
+        result = run_scene(pipe, sys.argv[2], "detection", tile=384, overlap=32)
+        assert result.tiles_done == result.tiles and result.geojson()["type"] == "FeatureCollection"
+        cli = CliRunner().invoke(eov_run, ["--artifacts", sys.argv[1], sys.argv[2], "--task", "caption", "--json"])
+        assert cli.exit_code == 0, cli.output
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
     assert not heavy, heavy
     print("runtime ok")
@@ -40,6 +54,15 @@ SCRIPT = textwrap.dedent(
 
 def test_runtime_works_with_torch_and_transformers_blocked():
     result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "runtime ok" in result.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_scene_and_cli_run_with_torch_and_transformers_blocked(nano_artifacts, shared_data):
+    scene = shared_data / "geotiff_samples" / "RGB.byte.tif"
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(nano_artifacts), str(scene)], capture_output=True,
+                            text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "runtime ok" in result.stdout
 

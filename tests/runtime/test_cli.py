@@ -1,0 +1,87 @@
+"""eov-run: single images, multi-view samples, scenes, JSON and GeoJSON output, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from eov_edge.runtime.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_single_images_batch_json(nano_artifacts, calib_samples):
+    images = [calib_samples[k].views[0][0] for k in ("ucmerced_airplane00", "eurosat_rgb_pasture_300")]
+    result = run("--artifacts", nano_artifacts, *images, "--task", "classify", "--json", "--no-verify")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["task"] == "classification" and len(report["results"]) == 2
+    assert all(r["text"] for r in report["results"])
+    assert report["stats"]["graphs"]["encoder"]["calls"] == 1  # both images in one batch
+    assert report["stats"]["peak_rss_mb"] > 0
+
+
+def test_multi_view_change_and_readable_output(nano_artifacts, calib_samples):
+    sample = calib_samples["ssl4eo_s2a_0000200"]
+    views = [",".join(str(p) for p in files) for files in sample.views]  # one-file-per-band views
+    result = run("--artifacts", nano_artifacts, *views, "--task", "change", "--max-new-tokens", "16")
+    assert result.exit_code == 0, result.output
+    assert result.output.count(": ") >= 1 and " + " in result.output  # one answer for both views
+
+
+def test_stream_prints_the_answer(nano_artifacts, calib_samples):
+    image = calib_samples["ucmerced_airplane00"].views[0][0]
+    streamed = run("--artifacts", nano_artifacts, image, "--task", "caption", "--stream")
+    plain = run("--artifacts", nano_artifacts, image, "--task", "caption", "--json")
+    assert streamed.exit_code == 0 and plain.exit_code == 0
+    assert streamed.stdout.strip() == json.loads(plain.stdout)["results"][0]["text"].strip()
+
+
+def test_detection_geojson_for_a_georeferenced_image(nano_artifacts, shared_data, tmp_path):
+    out = tmp_path / "det.geojson"
+    image = shared_data / "geotiff_samples" / "RGB.byte.tif"
+    result = run("--artifacts", nano_artifacts, image, "--task", "detect", "--geojson", out)
+    assert result.exit_code == 0, result.output
+    collection = json.loads(out.read_text())
+    assert collection["type"] == "FeatureCollection" and collection["crs"]["properties"]["name"].endswith("32618")
+
+
+def test_scene_run_with_tiles(nano_artifacts, shared_data, tmp_path):
+    out = tmp_path / "scene.geojson"
+    image = shared_data / "geotiff_samples" / "RGB.byte.tif"
+    result = run("--artifacts", nano_artifacts, image, "--task", "detect", "--tile", 384, "--overlap", 64,
+                 "--geojson", out, "--json")
+    assert result.exit_code == 0, result.output
+    [report] = json.loads(result.stdout)["scenes"]
+    scene = report["summary"]
+    from eov_edge.runtime.scene import plan_tiles
+
+    assert scene["tiles_done"] == scene["tiles"] == len(plan_tiles(718, 791, 384, 64)) == 9
+    assert len(json.loads(out.read_text())["features"]) == scene["detections"] == len(report["detections"])
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_artifacts", "no manifest.json"),
+    ("missing_image", "no such file"),
+    ("bad_task", "unknown task"),
+    ("bad_overlap", "overlap"),
+    ("long_prompt", "exceed the context"),
+])
+def test_errors_are_one_clear_line(nano_artifacts, calib_samples, tmp_path, case, message):
+    image = calib_samples["ucmerced_airplane00"].views[0][0]
+    args = {
+        "missing_artifacts": ["--artifacts", tmp_path, image],
+        "missing_image": ["--artifacts", nano_artifacts, tmp_path / "nope.tif"],
+        "bad_task": ["--artifacts", nano_artifacts, image, "--task", "segment"],
+        "bad_overlap": ["--artifacts", nano_artifacts, image, "--tile", 64, "--overlap", 64],
+        "long_prompt": ["--artifacts", nano_artifacts, image, "--prompt", "word " * 5000],
+    }[case]
+    result = run(*args)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
