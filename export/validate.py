@@ -55,11 +55,13 @@ def _flatten(inputs) -> list[torch.Tensor]:
 def graph_parity(directory: Path, model) -> list[OutputDiff]:
     import onnxruntime as ort
 
+    from eov_edge.runtime.runner import session_options
+
     rows = []
     for name, spec in GRAPH_SPECS.items():
         path = str(directory / spec.file)
-        optimized_options = ort.SessionOptions()
-        plain_options = ort.SessionOptions()
+        optimized_options = session_options()
+        plain_options = session_options()
         plain_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         optimized = ort.InferenceSession(path, optimized_options, providers=["CPUExecutionProvider"])
         plain = ort.InferenceSession(path, plain_options, providers=["CPUExecutionProvider"])

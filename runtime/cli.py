@@ -87,8 +87,9 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()
+        # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
         pipeline = Pipeline.from_artifacts(artifacts, providers=providers.split(","), threads=threads,
-                                           verify_hashes=not no_verify, warmup=warmup)
+                                           thread_pool="shared", verify_hashes=not no_verify, warmup=warmup)
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress)

@@ -47,9 +47,20 @@ def resolve_task(task: str) -> str:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB."""
+    """Peak resident memory of this process so far, MiB.
+
+    Linux: VmHWM of /proc/self/status. Not getrusage's ru_maxrss, which survives fork + exec: a
+    process started from a large parent would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
 
 
 @dataclass
@@ -85,12 +96,18 @@ class Pipeline:
     @classmethod
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
                        providers: list[str] | None = None, threads: int | None = None,
-                       verify_hashes: bool = True, warmup: bool = False) -> "Pipeline":
-        """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table."""
+                       thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False
+                       ) -> "Pipeline":
+        """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
+
+        ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
+        process to one pool (:func:`eov_edge.runtime.runner.ort_shared_thread_pool`); eov-run uses it.
+        """
         directory = Path(directory)
         manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
         _check_compatible(manifest, directory)
-        options = {"providers": providers, "threads": threads} if backend == "onnxruntime" else {}
+        options = ({"providers": providers, "threads": threads, "thread_pool": thread_pool}
+                   if backend == "onnxruntime" else {})
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
         pipeline = cls(directory, manifest, runners)

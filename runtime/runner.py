@@ -8,6 +8,7 @@ if not called), ``infer(feed)`` checks the feed against the manifest's tensor sp
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,6 +21,45 @@ from eov_edge.manifest import GraphEntry, TensorSpec
 BACKENDS = ("onnxruntime",)
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
+
+
+THREAD_POOLS = ("session", "shared")
+_ORT_SHARED_THREADS: int | None = None  # size of the process-wide ORT pool, once we created it
+
+
+def ort_shared_thread_pool(threads: int | None) -> int:
+    """Create (once per process) one ONNX Runtime thread pool for all sessions; returns its size.
+
+    The pipeline alternates three sessions. With a pool per session, an idle pool spinning for work
+    steals the cores the next session needs, so per-session pools run here without spinning, and
+    then every small op pays a thread wake-up. One shared, spinning pool avoids both (nano, 2 cores:
+    time to first token 41 ms per-session spinning, 17 ms per-session not spinning, 15 ms shared;
+    benchmarks/runtime_latency.py). The catch: ONNX Runtime then requires *every* later session in
+    the process to use the shared pool, so only a process that owns its ONNX Runtime use (eov-run,
+    the benchmarks) should ask for it.
+    """
+    global _ORT_SHARED_THREADS
+    if _ORT_SHARED_THREADS is None:
+        import onnxruntime as ort
+
+        _ORT_SHARED_THREADS = max(1, threads or os.cpu_count() or 1)
+        ort.set_global_thread_pool_sizes(_ORT_SHARED_THREADS, 1)
+    return _ORT_SHARED_THREADS
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime SessionOptions for any session eov-edge creates: the shared pool once it exists
+    (ONNX Runtime then refuses any other), else a non-spinning pool of its own."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if _ORT_SHARED_THREADS is not None:
+        options.use_per_session_threads = False
+    else:
+        if threads:
+            options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 class RunnerError(EOVError, RuntimeError):
@@ -121,13 +161,22 @@ def _check_tensor(graph: str, spec: TensorSpec, array, axes: dict[str, tuple[int
 
 
 class OrtRunner(Runner):
-    """ONNX Runtime on CPU or CUDA (``providers``, first available wins, as ORT orders them)."""
+    """ONNX Runtime on CPU or CUDA (``providers``, first available wins, as ORT orders them).
+
+    ``thread_pool``: "session" (default; a pool per session, not spinning: safe beside other ONNX
+    Runtime users in the process) or "shared" (one spinning pool; faster, see
+    :func:`ort_shared_thread_pool`). ``threads``: intra-op threads (default: ONNX Runtime's choice,
+    the physical cores).
+    """
 
     def __init__(self, name: str, path: Path, entry: GraphEntry, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, thread_pool: str = "session") -> None:
         super().__init__(name, path, entry)
+        if thread_pool not in THREAD_POOLS:
+            raise RunnerError(f"thread_pool must be one of {THREAD_POOLS}, got {thread_pool!r}")
         self.providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["CPUExecutionProvider"])]
         self.threads = threads
+        self.thread_pool = thread_pool
         self.session = None
 
     def _activate(self) -> None:
@@ -140,9 +189,9 @@ class OrtRunner(Runner):
                 f"ONNX Runtime here offers {available}, not {unavailable}; install onnxruntime-gpu for CUDA "
                 "(pip install 'eov-edge[gpu]') or run with --providers cpu"
             )
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        if self.thread_pool == "shared":
+            self.threads = ort_shared_thread_pool(self.threads)  # the first runner in a process fixes its size
+        options = session_options(self.threads)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types from C++

@@ -91,3 +91,39 @@ def test_corrupt_graph_file(projector, tmp_path):
     broken.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(RunnerError, match="cannot load"):
         OrtRunner(mf.PROJECTOR, broken, entry).activate()
+
+
+SHARED_POOL_SCRIPT = """
+import json, sys
+import onnxruntime as ort
+from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.pipeline import Pipeline
+from eov_edge.runtime.runner import session_options
+from eov_edge.calib import load_calib_samples
+from eov_edge.inputs import Sample
+
+pipe = Pipeline.from_artifacts(sys.argv[1], thread_pool="shared", threads=2)
+views = load_calib_samples()[1].read(size=pipe.spec.image_size)
+[answer] = pipe.answer(views, task="caption", generation=GenerationConfig(max_new_tokens=12))
+# Later eov-edge sessions in this process join the shared pool (ONNX Runtime refuses any other).
+ort.InferenceSession(str(pipe.directory / "projector.onnx"), session_options(), providers=["CPUExecutionProvider"])
+print(json.dumps(answer.token_ids))
+"""
+
+
+def test_shared_thread_pool_gives_the_same_tokens(nano_artifacts, pipeline, calib_samples):
+    import json
+    import subprocess
+    import sys
+
+    from eov_edge.calib import load_calib_samples
+    from eov_edge.runtime.generation import GenerationConfig
+
+    out = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(nano_artifacts)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    views = load_calib_samples()[1].read(size=pipeline.spec.image_size)
+    [answer] = pipeline.answer(views, task="caption", generation=GenerationConfig(max_new_tokens=12))
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == answer.token_ids
+    with pytest.raises(RunnerError, match="thread_pool"):
+        OrtRunner("x", nano_artifacts / "projector.onnx", None, thread_pool="global")
