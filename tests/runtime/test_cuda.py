@@ -1,0 +1,22 @@
+"""The ONNX Runtime CUDA provider gives the CPU's tokens (needs onnxruntime-gpu and a GPU)."""
+
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                                reason="needs onnxruntime-gpu and an NVIDIA GPU (pip install 'eov-edge[gpu]')")
+
+
+def test_cuda_provider_matches_cpu_tokens_on_calib_data(nano_artifacts, pipeline, calib_samples):
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+
+    generation = GenerationConfig(max_new_tokens=24)
+    with Pipeline.from_artifacts(nano_artifacts, providers=["cuda", "cpu"]) as gpu:
+        assert gpu.runners["decoder"].activate().session.get_providers()[0] == "CUDAExecutionProvider"
+        for sample in calib_samples.values():
+            views = sample.read(size=pipeline.spec.image_size)
+            task = sample.task or "caption"
+            [on_gpu] = gpu.answer(views, task=task, generation=generation)
+            [on_cpu] = pipeline.answer(views, task=task, generation=generation)
+            assert on_gpu.token_ids == on_cpu.token_ids, sample.id
