@@ -142,12 +142,20 @@ def evaluate(model, processor, examples: list[Example], train_examples: list[Exa
         answers = processor.answer(model, [Sample(views=e.views, instruction=e.instruction) for e in chunk],
                                    max_new_tokens=max_new_tokens)
         predictions += [a.text for a in answers]
-    report: dict = {"tasks": {}, "seconds": round(time.time() - started, 1)}
+    report = score_predictions(predictions, examples, train_examples, model.config.image_size)
+    report["seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def score_predictions(predictions: list[str], examples: list[Example], train_examples: list[Example],
+                      image_size: int) -> dict:
+    """The per-task report for answers to ``examples`` (any backend: PyTorch, the ONNX runtime, ...)."""
+    report: dict = {"tasks": {}}
     for task in dict.fromkeys(e.task for e in examples):
         idx = [i for i, e in enumerate(examples) if e.task == task]
         train = [e for e in train_examples if e.task == task]
         report["tasks"][task] = score(task, [predictions[i] for i in idx], [examples[i] for i in idx], train,
-                                      model.config.image_size)
+                                      image_size)
         report["tasks"][task]["examples"] = [
             {"instruction": examples[i].instruction, "answer": examples[i].answer, "prediction": predictions[i]}
             for i in idx[:3]

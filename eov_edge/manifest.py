@@ -74,6 +74,7 @@ class Manifest:
     slis_version: int
     produced_by: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    quantization: dict = field(default_factory=dict)  # recipe, tools, calibration, gate (quantized artifacts)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

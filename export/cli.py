@@ -41,6 +41,36 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
     click.echo(manifest_summary(manifest))
 
 
+@main.command("quantize")
+@click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="FP32 artifacts (eov-export onnx)")
+@click.option("--recipe", type=click.Choice(["ort-cpu-int8", "ort-cpu-int4", "trt-int8", "trt-fp8", "w4a16"]),
+              required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="quantized artifacts folder to create")
+@click.option("--calib", type=click.Path(path_type=Path), default=None,
+              help="calibration samples folder with a manifest.json (default: calib_data/)")
+@click.option("--max-drop", type=float, default=None,
+              help="accuracy budget in points per task metric; enables the fallback of sensitive layers to float "
+                   "(default budget: 1.0 for INT8/FP8, 2.0 for INT4, no fallback)")
+@click.option("--per-task", type=int, default=24, show_default=True, help="held-out examples per task for the gate")
+@click.option("--quantize-lm-head", is_flag=True, help="quantize the LM head too (kept in float by default)")
+@click.option("--overwrite", is_flag=True)
+def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
+                     per_task: int, quantize_lm_head: bool, overwrite: bool) -> None:
+    """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
+    from eov_edge.quantize.build import quantize_artifacts
+
+    try:
+        report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
+                                    keep_lm_head=not quantize_lm_head, progress=lambda m: click.echo(m, err=True))
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    size = report["size"]
+    click.echo(f"wrote {out}: {size['fp32_bytes'] / 2**20:.1f} MiB -> {size['quantized_bytes'] / 2**20:.1f} MiB "
+               f"({size['ratio']:.2f}x smaller); worst metric drop "
+               f"{max((r['drop'] for r in report['gate']['rows']), default=0):+.2f} points "
+               f"(budget {report['gate']['budget_points']:g}); report: {out / 'quant_report.json'}")
+
+
 @main.command("verify")
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)

@@ -1,0 +1,198 @@
+"""``eov-export quantize``: FP32 artifacts -> quantized artifacts, accepted only through the accuracy gate.
+
+    eov-export quantize --artifacts artifacts/nano --recipe ort-cpu-int8 --out artifacts/nano-int8
+
+1. calibration feeds from ``calib_data`` (or ``--calib``) through the FP32 runtime;
+2. the recipe's graphs quantized with the field's quantizers (:mod:`eov_edge.quantize.recipes`);
+3. TensorRT recipes: the Q/DQ check (:mod:`eov_edge.quantize.checks`);
+4. the gate: every task metric on held-out real samples against FP32. Over budget, with
+   ``--max-drop``, the most sensitive nodes (measured) go back to float, a few more each round,
+   until the budget holds; otherwise the quantization is refused and no artifacts are written.
+The output folder is a complete artifacts folder (same runtime, same CLI) whose manifest records the
+recipe, the tools and versions per graph, the calibration samples and the gate's table;
+``quant_report.json`` and ``quant_report.md`` sit beside it. Written to a temporary folder, renamed
+into place only when accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from eov_edge import manifest as mf
+from eov_edge.quantize import gate
+from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
+from eov_edge.quantize.checks import tensorrt_qdq_problems
+from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, plan_graph, quantize_graph
+
+REPORT_FILE = "quant_report.json"
+MAX_FALLBACK_ROUNDS = 6
+
+
+def _write_graphs(recipe: Recipe, source: Path, staging: Path, plans: dict[str, GraphPlan],
+                  calibration: CalibrationSet | None) -> dict[str, dict]:
+    tools = {}
+    for graph in recipe.graphs:
+        file = mf.GRAPH_FILES[graph]
+        tools[graph] = quantize_graph(recipe, graph, source / file, staging / file, plans[graph], calibration)
+    return tools
+
+
+def _update_manifest(staging: Path, recipe: Recipe, tools: dict, calibration: CalibrationSet | None,
+                     gate_summary: dict) -> mf.Manifest:
+    manifest = mf.load_manifest(staging, verify_hashes=False)
+    for graph in recipe.graphs:
+        entry = manifest.graphs[graph]
+        entry.sha256 = mf.sha256_file(staging / entry.file)
+        entry.precision = recipe.precision
+    manifest.quantization = {
+        "recipe": recipe.name, "target": recipe.target, "description": recipe.description, "graphs": tools,
+        "calibration": calibration.summary() if calibration else None, "gate": gate_summary,
+    }
+    manifest.validation = {}  # the FP32 parity results do not describe these graphs; the gate does
+    (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest
+
+
+def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], calibration: CalibrationSet,
+                 work: Path) -> list[tuple[float, str, str]]:
+    """(relative output error, graph, node) for each quantized node, quantized alone; largest first."""
+    work.mkdir(parents=True, exist_ok=True)
+    scores = []
+    for graph in recipe.graphs:
+        plan = plans[graph]
+        for node in plan.quantized:
+            alone = GraphPlan(plan.quantizable, plan.lm_head, [n for n in plan.quantizable if n != node])
+            target = work / f"sensitivity-{graph}.onnx"
+            quantize_graph(recipe, graph, source / mf.GRAPH_FILES[graph], target, alone, calibration)
+            error = gate.output_error(source / mf.GRAPH_FILES[graph], target, calibration.feeds[graph])
+            scores.append((error, graph, node))
+    return sorted(scores, reverse=True)
+
+
+def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: Path | None = None,
+                       max_drop: float | None = None, per_task: int = 24, data_root: Path | None = None,
+                       overwrite: bool = False, keep_lm_head: bool = True, progress=print) -> dict:
+    """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``)."""
+    from eov_edge.evaluate import score_predictions
+    from eov_edge.paths import data_dir
+
+    if recipe_name not in RECIPES:
+        raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
+    recipe = RECIPES[recipe_name]
+    artifacts, out = Path(artifacts), Path(out)
+    if out.exists() and not overwrite:
+        raise QuantizeError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == artifacts.resolve():
+        raise QuantizeError("--out must differ from --artifacts (the FP32 artifacts are the gate's reference)")
+    manifest = mf.load_manifest(artifacts)
+    budget = max_drop if max_drop is not None else recipe.default_max_drop
+    started = time.time()
+
+    progress(f"calibration: running the FP32 pipeline on the samples of {calib_dir or 'calib_data/'}")
+    calibration = calibration_set(artifacts, calib_dir)
+    vocab = manifest.embedding["shape"][0]
+    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head) for g in recipe.graphs}
+
+    data_root = Path(data_root) if data_root else data_dir()
+    patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
+    examples, train, dropped = gate.gate_examples(data_root, manifest.image_size, patch, per_task, calibration)
+    progress(f"gate: {len(examples)} held-out examples ({dropped} dropped for sharing a calibration file)")
+    fp32_report = score_predictions(gate.answer_examples(artifacts, examples), examples, train, manifest.image_size)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copytree(artifacts, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
+        rounds, fallback, sensitivity = [], [], None
+        while True:
+            tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
+            problems = {}
+            if recipe.for_tensorrt:
+                problems = {g: p for g in recipe.graphs
+                            if (p := tensorrt_qdq_problems(staging / mf.GRAPH_FILES[g], recipe.target))}
+                if problems:
+                    raise QuantizeError(f"{recipe.name}: graphs TensorRT would reject: {json.dumps(problems, indent=1)}")
+            _update_manifest(staging, recipe, tools, calibration, {})
+            q_report = score_predictions(gate.answer_examples(staging, examples), examples, train, manifest.image_size)
+            rows = gate.compare(fp32_report, q_report, budget)
+            broken = gate.broken_tasks(rows)
+            rounds.append({"float_nodes": {g: list(plans[g].excluded) for g in recipe.graphs},
+                           "broken_tasks": broken, "worst_drop": max((r.drop for r in rows), default=0.0)})
+            progress(f"gate round {len(rounds)}: worst drop {rounds[-1]['worst_drop']:+.2f} points, "
+                     f"broken: {broken or 'none'}")
+            if not broken:
+                break
+            if max_drop is None or len(rounds) > MAX_FALLBACK_ROUNDS:
+                _refuse(out, recipe, rows, rounds, budget, max_drop)
+            if sensitivity is None:
+                progress("measuring per-node sensitivity for the fallback")
+                sensitivity = _sensitivity(recipe, artifacts, plans, calibration, staging.parent / (staging.name + "-s"))
+            remaining = [(e, g, n) for e, g, n in sensitivity if n not in plans[g].excluded]
+            if not remaining:
+                _refuse(out, recipe, rows, rounds, budget, max_drop)
+            take = remaining[: 2 ** (len(rounds) - 1)]  # 1, 2, 4, ... nodes back to float per round
+            for error, graph, node in take:
+                plans[graph].excluded.append(node)
+                fallback.append({"graph": graph, "node": node, "relative_error_alone": round(error, 6)})
+        gate_summary = {"budget_points": budget, "examples": len(examples), "dropped_for_calibration_overlap": dropped,
+                        "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": fallback, "accepted": True}
+        final = _update_manifest(staging, recipe, tools, calibration, gate_summary)
+        sizes = {"fp32_bytes": _size(artifacts), "quantized_bytes": _size(staging)}
+        report = {
+            "recipe": recipe.name, "target": recipe.target, "artifacts": str(artifacts), "out": str(out),
+            "accepted": True, "gate": gate_summary, "graphs": tools, "calibration": calibration.summary(),
+            "size": dict(sizes, ratio=round(sizes["fp32_bytes"] / sizes["quantized_bytes"], 3)),
+            "fp32_metrics": _strip(fp32_report), "quantized_metrics": _strip(q_report),
+            "produced_by": final.produced_by, "seconds": round(time.time() - started, 1),
+        }
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=1))
+        (staging / "quant_report.md").write_text(_markdown(report, rows))
+        os.chmod(staging, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging.parent / (staging.name + "-s"), ignore_errors=True)
+    return report
+
+
+def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: float | None) -> None:
+    rejected = out.with_name(out.name + ".rejected.json")
+    rejected.write_text(json.dumps({"recipe": recipe.name, "accepted": False, "budget_points": budget,
+                                    "rows": gate.rows_as_dicts(rows), "rounds": rounds}, indent=1))
+    hint = ("raise --max-drop or try another recipe" if max_drop is not None
+            else "pass --max-drop POINTS to let the most sensitive layers fall back to float")
+    raise QuantizeError(
+        f"{recipe.name} refused: {', '.join(gate.broken_tasks(rows))} dropped more than {budget:g} points "
+        f"against FP32 ({hint}; report: {rejected})\n{gate.table([r for r in rows if not r.ok])}"
+    )
+
+
+def _size(directory: Path) -> int:
+    names = {mf.MANIFEST_FILE, REPORT_FILE, "quant_report.md", "verify_report.json"}
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name not in names)
+
+
+def _strip(report: dict) -> dict:
+    return {task: {k: v for k, v in scores.items() if k != "examples"} for task, scores in report["tasks"].items()}
+
+
+def _markdown(report: dict, rows) -> str:
+    size = report["size"]
+    return (f"# {report['recipe']} ({report['target']})\n\nAccepted: {report['accepted']}; budget "
+            f"{report['gate']['budget_points']:g} points; {report['gate']['examples']} held-out examples.\n\n"
+            f"Size on disk: {size['fp32_bytes'] / 2**20:.1f} MiB FP32 -> {size['quantized_bytes'] / 2**20:.1f} MiB "
+            f"({size['ratio']:.2f}x smaller).\n\n{gate.table(rows)}\n\nFallback to float: "
+            f"{[f['node'] for f in report['gate']['fallback']] or 'none'}\n")
+
+
+__all__ = ["QuantizeError", "quantize_artifacts"]

@@ -1,0 +1,131 @@
+"""Calibration feeds per graph, from real samples of every modality (``calib_data/`` by default).
+
+Encoder feeds are the samples' views; projector feeds are the FP32 encoder's outputs; decoder feeds
+are recorded while the FP32 runtime pipeline answers each sample with its task's question: the
+prefill and every decode step, exactly the tensors the device will feed (including the masked
+slots of the preallocated cache). Calibration samples must not be evaluation samples: the gate
+checks that the two share no file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from eov_edge.calib import CalibSample, load_calib_samples
+from eov_edge.errors import EOVError
+from eov_edge.inputs import Sample
+from eov_edge.tasks import DEFAULT_QUESTIONS
+
+CALIB_MAX_NEW_TOKENS = 16  # decode steps recorded per sample (with the prefill)
+
+
+class QuantizeError(EOVError, RuntimeError):
+    """A quantization cannot be made, checked or accepted (bad calibration data, failed gate, ...)."""
+
+
+@dataclass
+class CalibrationSet:
+    """Feed dicts per graph name, every one checked against the graph's manifest inputs."""
+
+    feeds: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)  # the files the feeds were made from
+    sample_ids: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+
+    def reader(self, graph: str) -> "FeedReader":
+        if not self.feeds.get(graph):
+            raise QuantizeError(f"no calibration feeds for the {graph} graph; check the calibration samples")
+        return FeedReader(self.feeds[graph])
+
+    def summary(self) -> dict:
+        return {"samples": len(self.sample_ids), "sample_ids": self.sample_ids,
+                "modalities": sorted(set(self.modalities)),
+                "feeds": {name: len(feeds) for name, feeds in self.feeds.items()}}
+
+
+class FeedReader:
+    """onnxruntime.quantization's CalibrationDataReader protocol over a list of feeds (rewindable)."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._feeds = feeds
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+    def __iter__(self):
+        return iter(self._feeds)
+
+
+def load_calibration_samples(directory: str | Path | None) -> list[CalibSample]:
+    try:
+        samples = load_calib_samples(directory, verify=True)
+    except EOVError as err:
+        raise QuantizeError(f"calibration data: {err}") from None
+    if not samples:
+        raise QuantizeError(f"{directory}: no calibration samples")
+    return samples
+
+
+def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
+    """Run the FP32 ``pipeline`` on every sample and record each graph's feeds."""
+    from eov_edge.runtime.generation import GenerationConfig
+
+    result = CalibrationSet()
+    recorded: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in pipeline.runners}
+    originals = {}
+    for name, runner in pipeline.runners.items():
+        originals[name] = runner.infer
+
+        def recording(feed, outputs=None, _name=name, _infer=runner.infer):
+            recorded[_name].append({k: np.array(v, copy=True) for k, v in feed.items()})  # buffers are reused
+            return _infer(feed, outputs)
+
+        runner.infer = recording
+    try:
+        for sample in samples:
+            try:
+                views = sample.read(size=pipeline.spec.image_size)
+            except EOVError as err:
+                raise QuantizeError(f"calibration sample {sample.id}: {err}") from None
+            question = DEFAULT_QUESTIONS[sample.task or "caption"]
+            pipeline.answer_samples([Sample(views=views, instruction=question)],
+                                    GenerationConfig(max_new_tokens=max_new_tokens))
+            result.sample_ids.append(sample.id)
+            result.modalities.append(sample.modality)
+            result.sources += [str(p) for files in sample.views for p in files]
+    finally:
+        for name, runner in pipeline.runners.items():
+            runner.infer = originals[name]
+    for name, feeds in recorded.items():
+        if not feeds:
+            raise QuantizeError(f"running the calibration samples fed nothing to the {name} graph")
+        for feed in feeds:
+            pipeline.runners[name].check_feed(feed)  # mismatched calibration data fails here, loudly
+    result.feeds = recorded
+    return result
+
+
+def calibration_set(artifacts: Path, calib_dir: str | Path | None = None,
+                    max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
+    """Feeds for every graph of the FP32 ``artifacts`` from the samples in ``calib_dir``."""
+    from eov_edge.runtime.pipeline import Pipeline
+
+    samples = load_calibration_samples(calib_dir)
+    with Pipeline.from_artifacts(artifacts) as pipeline:
+        if any(entry.precision != "fp32" for entry in pipeline.manifest.graphs.values()):
+            raise QuantizeError(f"{artifacts}: quantize from the FP32 export, not from already quantized graphs")
+        return collect_feeds(pipeline, samples, max_new_tokens)
+
+
+__all__ = ["CalibrationSet", "FeedReader", "QuantizeError", "calibration_set", "collect_feeds"]

@@ -1,0 +1,122 @@
+"""The accuracy gate: every task metric of quantized artifacts against FP32, on held-out real samples.
+
+Both artifact folders answer the same validation examples (the val split of every source, fixed by
+the seed, with any example whose file is also a calibration sample removed) through the device
+runtime; each metric is compared in points (100 x the metric, CIDEr-D included, as papers report
+it). A drop beyond the budget fails the gate. Sensitivity for the fallback is measured, per
+quantized node: the relative error of its graph's output on the calibration feeds when that node
+alone is quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eov_edge.data.examples import Example
+from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
+
+EVAL_SEED = 2000  # not eov-eval's seed: the gate's samples are its own
+NOT_METRICS = ("n", "distinct_answers", "examples")
+
+
+@dataclass
+class MetricRow:
+    task: str
+    metric: str
+    fp32: float  # points
+    quantized: float
+    drop: float
+    budget: float
+
+    @property
+    def ok(self) -> bool:
+        return self.drop <= self.budget + 1e-9
+
+
+def gate_examples(data_root: Path, image_size: int, patch_size: int, per_task: int, calibration: CalibrationSet,
+                  seed: int = EVAL_SEED) -> tuple[list[Example], list[Example], int]:
+    """Held-out examples (val split) disjoint from the calibration files; train examples for the
+    baselines that score() reports; and how many examples were dropped for sharing a file."""
+    from eov_edge.data.examples import ExampleFactory
+    from eov_edge.evaluate import build_examples
+
+    if not (Path(data_root) / "README.md").is_file():
+        raise QuantizeError(f"the accuracy gate needs the held-out real data at {data_root} (set EOV_DATA_DIR)")
+    val = build_examples(ExampleFactory(data_root, "val", image_size, patch_size), per_task, seed)
+    train = build_examples(ExampleFactory(data_root, "train", image_size, patch_size), per_task, seed + 1)
+    calib_names = {Path(s).name for s in calibration.sources} | {Path(s).parent.name for s in calibration.sources}
+    kept = [e for e in val if Path(e.source).name not in calib_names]
+    return kept, train, len(val) - len(kept)
+
+
+def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
+    """Greedy answers of the runtime on ``artifacts`` for ``examples``."""
+    from eov_edge.inputs import Sample
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+
+    generation = GenerationConfig(max_new_tokens=max_new_tokens)
+    texts: list[str] = []
+    with Pipeline.from_artifacts(artifacts) as pipeline:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            samples = [Sample(views=e.views, instruction=e.instruction) for e in chunk]
+            texts += [a.text for a in pipeline.answer_samples(samples, generation)]
+    return texts
+
+
+def task_points(report: dict) -> dict[tuple[str, str], float]:
+    """(task, metric) -> points, for every higher-is-better metric (baselines excluded)."""
+    out = {}
+    for task, scores in report["tasks"].items():
+        for key, value in scores.items():
+            if key in NOT_METRICS or key.startswith("baseline_") or not isinstance(value, (int, float)):
+                continue
+            out[(task, key)] = 100.0 * float(value)
+    return out
+
+
+def compare(fp32: dict, quantized: dict, budget: float) -> list[MetricRow]:
+    a, b = task_points(fp32), task_points(quantized)
+    return [MetricRow(task, metric, round(a[(task, metric)], 3), round(b[(task, metric)], 3),
+                      round(a[(task, metric)] - b[(task, metric)], 3), budget)
+            for (task, metric) in a if (task, metric) in b]
+
+
+def broken_tasks(rows: list[MetricRow]) -> list[str]:
+    return sorted({r.task for r in rows if not r.ok})
+
+
+def table(rows: list[MetricRow]) -> str:
+    lines = ["| task | metric | FP32 | quantized | drop (points) | budget | ok |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.task} | {r.metric} | {r.fp32:.2f} | {r.quantized:.2f} | {r.drop:+.2f} | {r.budget:.1f} | "
+              f"{'yes' if r.ok else 'NO'} |" for r in rows]
+    return "\n".join(lines)
+
+
+def rows_as_dicts(rows: list[MetricRow]) -> list[dict]:
+    return [dict(asdict(r), ok=r.ok) for r in rows]
+
+
+def output_error(reference_path: Path, candidate_path: Path, feeds: list[dict], max_feeds: int = 24) -> float:
+    """Mean relative L2 error of the first output of ``candidate`` against ``reference`` on ``feeds``."""
+    import onnxruntime as ort
+
+    from eov_edge.runtime.runner import session_options
+
+    chosen = feeds if len(feeds) <= max_feeds else [feeds[i] for i in
+                                                    np.linspace(0, len(feeds) - 1, max_feeds).astype(int)]
+    ref = ort.InferenceSession(str(reference_path), session_options(), providers=["CPUExecutionProvider"])
+    cand = ort.InferenceSession(str(candidate_path), session_options(), providers=["CPUExecutionProvider"])
+    errors = []
+    for feed in chosen:
+        a = ref.run(None, feed)[0]
+        b = cand.run(None, feed)[0]
+        errors.append(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12)))
+    return float(np.mean(errors))
+
+
+__all__ = ["MetricRow", "answer_examples", "broken_tasks", "compare", "gate_examples", "output_error"]

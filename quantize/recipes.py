@@ -1,0 +1,174 @@
+"""Quantization recipes: one per target, each built on the field's own quantizers.
+
+| recipe         | graphs            | how                                                   | library                     |
+|----------------|-------------------|-------------------------------------------------------|-----------------------------|
+| ort-cpu-int8   | all three         | dynamic INT8 (weights per channel, activations at run) | onnxruntime.quantization     |
+| ort-cpu-int4   | decoder           | weight-only 4-bit MatMulNBits (block 32, symmetric)     | onnxruntime MatMulNBits      |
+| trt-int8       | all three         | static QDQ, symmetric INT8, weights per channel,       | onnxruntime.quantize_static  |
+|                |                   | activations per tensor, calibrated on calib_data       |                             |
+| trt-fp8        | all three         | static QDQ, FLOAT8 E4M3 (compute capability >= 8.9)     | onnxruntime.quantize_static  |
+| w4a16          | decoder           | 4-bit block-wise weights as DequantizeLinear (QDQ),    | onnxruntime MatMulNBits (QDQ)|
+|                |                   | activations stay float (FP16 in the TensorRT engine)    |                             |
+
+Only MatMuls with a constant 2-D weight are quantized: the attention products, norms, softmax and
+the patch-embedding Conv stay in float by construction, and the LM head (the MatMul whose weight
+has the vocabulary as a dimension) is excluded by default, as DESIGN.md section 6 asks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from eov_edge import manifest as mf
+from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    graphs: tuple[str, ...]
+    precision: str  # what the manifest records for quantized graphs
+    target: str
+    needs_calibration: bool
+    default_max_drop: float  # accuracy budget in points
+    for_tensorrt: bool = False
+    description: str = ""
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("ort-cpu-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-dynamic", "onnxruntime-cpu", False, 1.0,
+           description="dynamic INT8 MatMuls: the fastest INT8 path of ONNX Runtime on CPU"),
+    Recipe("ort-cpu-int4", (mf.DECODER,), "int4-weight-only", "onnxruntime-cpu", False, 2.0,
+           description="4-bit weight-only decoder MatMuls (MatMulNBits)"),
+    Recipe("trt-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-qdq", "tensorrt", True, 1.0, True,
+           "explicit symmetric INT8 QDQ for TensorRT"),
+    Recipe("trt-fp8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "fp8-e4m3-qdq", "tensorrt-sm89+", True, 1.0, True,
+           "FLOAT8 E4M3 QDQ for TensorRT on compute capability >= 8.9 (ORT CPU emulates it)"),
+    Recipe("w4a16", (mf.DECODER,), "int4-weight-qdq", "tensorrt-orin", False, 2.0, True,
+           "4-bit block-wise weights as DequantizeLinear, float activations (FP16 engine on Orin)"),
+)}
+
+
+@dataclass
+class GraphPlan:
+    """Which nodes of one graph a recipe quantizes."""
+
+    quantizable: list[str]  # MatMuls with a constant 2-D weight, in graph order
+    lm_head: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # kept in float (LM head, fallbacks)
+
+    @property
+    def quantized(self) -> list[str]:
+        return [n for n in self.quantizable if n not in self.excluded]
+
+
+def plan_graph(path: Path, vocab_size: int, keep_lm_head: bool = True) -> GraphPlan:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    quantizable, lm_head = [], []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        shape = weights.get(node.input[1])
+        if shape is None or len(shape) != 2:
+            continue  # activation x activation (attention) or batched weights: stays float
+        quantizable.append(node.name)
+        if vocab_size in shape:
+            lm_head.append(node.name)
+    if not quantizable:
+        raise QuantizeError(f"{path.name}: no MatMul with a constant weight to quantize")
+    return GraphPlan(quantizable, lm_head, list(lm_head) if keep_lm_head else [])
+
+
+def _library_versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan: GraphPlan,
+                   calibration: CalibrationSet | None) -> dict:
+    """Write the quantized ``graph`` (from FP32 ``source``) to ``target``; returns what made it."""
+    runner: Callable = {
+        "ort-cpu-int8": _dynamic_int8, "ort-cpu-int4": _matmul_nbits, "w4a16": _matmul_nbits,
+        "trt-int8": _static_qdq, "trt-fp8": _static_qdq,
+    }[recipe.name]
+    if not plan.quantized:
+        shutil.copyfile(source, target)
+        return {"tool": "none (every node kept in float)", "quantized_nodes": []}
+    with tempfile.TemporaryDirectory(prefix="eov-quant-") as tmp:
+        info = runner(recipe, graph, source, Path(tmp) / "q.onnx", plan, calibration)
+        produced = Path(tmp) / "q.onnx"
+        if not produced.is_file():
+            raise QuantizeError(f"{recipe.name}: the quantizer wrote no graph for {graph}")
+        shutil.move(str(produced), target)
+    return {**info, **_library_versions(), "quantized_nodes": plan.quantized, "float_nodes": plan.excluded}
+
+
+def _dynamic_int8(recipe, graph, source, target, plan, calibration) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm"],
+                     nodes_to_quantize=plan.quantized, per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"MatMulConstBOnly": True})
+    return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel",
+            "activations": "int8 dynamic per tensor"}
+
+
+def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    qdq = recipe.name == "w4a16"  # TensorRT takes block-wise INT4 as DequantizeLinear; ORT CPU runs both
+    fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
+    model = onnx.load(str(source))
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4 if not qdq else None,
+        nodes_to_exclude=plan.excluded, quant_format=fmt, op_types_to_quantize=("MatMul",),
+    )  # default algorithm: round-to-nearest per block
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
+    done = _quantized_by_nbits(target, qdq)
+    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)", "weights": "int4 block 32 symmetric",
+            "activations": "float (fp16 on the TensorRT engine)" if qdq else "float, int8 compute (accuracy_level 4)",
+            "format": "DequantizeLinear (QDQ)" if qdq else "MatMulNBits", "nodes_rewritten": done}
+
+
+def _quantized_by_nbits(path: Path, qdq: bool) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    if qdq:
+        return sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    return sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+
+
+def _static_qdq(recipe, graph, source, target, plan, calibration) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if calibration is None:
+        raise QuantizeError(f"{recipe.name} needs calibration data")
+    fp8 = recipe.name == "trt-fp8"
+    qtype = QuantType.QFLOAT8E4M3FN if fp8 else QuantType.QInt8
+    reader = calibration.reader(graph)
+    reader.rewind()
+    quantize_static(
+        str(source), str(target), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=plan.quantized, per_channel=not fp8, activation_type=qtype, weight_type=qtype,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                       # TensorRT fuses a Q/DQ pair per consumer; shared pairs block its fusions
+                       "DedicatedQDQPair": True, "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}},
+    )
+    return {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration": "MinMax",
+            "calibration_feeds": len(reader),
+            "weights": "fp8 e4m3 per tensor" if fp8 else "int8 symmetric per channel",
+            "activations": "fp8 e4m3 per tensor" if fp8 else "int8 symmetric per tensor"}
