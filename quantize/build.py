@@ -85,10 +85,10 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
         raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
     recipe = RECIPES[recipe_name]
     artifacts, out = Path(artifacts), Path(out)
-    if out.exists() and not overwrite:
-        raise QuantizeError(f"{out} exists; pass --overwrite to replace it")
     if out.resolve() == artifacts.resolve():
         raise QuantizeError("--out must differ from --artifacts (the FP32 artifacts are the gate's reference)")
+    if out.exists() and not overwrite:
+        raise QuantizeError(f"{out} exists; pass --overwrite to replace it")
     manifest = mf.load_manifest(artifacts)
     budget = max_drop if max_drop is not None else recipe.default_max_drop
     started = time.time()

@@ -60,6 +60,10 @@ class FeedReader:
     def rewind(self) -> None:
         self._iter = iter(self._feeds)
 
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only feeds[start:end] (onnxruntime's strided calibration calls this)."""
+        self._iter = iter(self._feeds[start_index:end_index])
+
     def __len__(self) -> int:
         return len(self._feeds)
 

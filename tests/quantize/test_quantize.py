@@ -1,0 +1,195 @@
+"""eov-export quantize: calibration feeds, every recipe, the TensorRT Q/DQ check, the accuracy gate."""
+
+import json
+import shutil
+
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from eov_edge import manifest as mf
+from eov_edge.quantize import build
+from eov_edge.quantize.calibration import CalibrationSet, FeedReader, QuantizeError, calibration_set
+from eov_edge.quantize.checks import tensorrt_qdq_problems
+from eov_edge.quantize.gate import output_error
+from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph
+
+pytestmark = pytest.mark.slow
+
+
+def test_calibration_feeds_cover_every_graph_and_modality(calibration, nano_artifacts):
+    summary = calibration.summary()
+    assert summary["modalities"] == ["infrared", "multispectral", "optical", "sar", "temporal", "video"]
+    assert summary["feeds"]["encoder"] == summary["feeds"]["projector"] == 10
+    decoder = calibration.feeds[mf.DECODER]
+    prefill = [f for f in decoder if f[mf.INPUTS_EMBEDS].shape[1] > 1]
+    steps = [f for f in decoder if f[mf.INPUTS_EMBEDS].shape[1] == 1]
+    assert len(prefill) == 10 and len(steps) > 10  # prefill and decode steps, as the device feeds them
+    assert all(f["past.0.key"].shape[2] == 0 for f in prefill)
+    assert all(f["past.0.key"].shape[2] > 0 for f in steps)
+    reader = calibration.reader(mf.DECODER)
+    first = reader.get_next()
+    assert first is decoder[0]
+    reader.set_range(2, 4)
+    assert [reader.get_next(), reader.get_next(), reader.get_next()] == [decoder[2], decoder[3], None]
+    reader.rewind()
+    assert sum(1 for _ in iter(reader.get_next, None)) == len(decoder)
+
+
+def test_empty_or_changed_calibration_data_fails_loudly(nano_artifacts, calib_root, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text(json.dumps({"samples": []}))
+    with pytest.raises(QuantizeError, match="no samples"):
+        calibration_set(nano_artifacts, empty)
+    with pytest.raises(QuantizeError, match="not found"):
+        calibration_set(nano_artifacts, tmp_path / "nowhere")
+    changed = shutil.copytree(calib_root, tmp_path / "changed")
+    entry = json.loads((changed / "manifest.json").read_text())["samples"][0]
+    victim = changed / entry["files"][0]["path"]
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\0")
+    with pytest.raises(QuantizeError, match="sha256"):
+        calibration_set(nano_artifacts, changed)
+    with pytest.raises(QuantizeError, match="no calibration feeds"):
+        CalibrationSet().reader(mf.DECODER)
+
+
+def test_mismatched_feeds_are_refused(nano_artifacts, calibration):
+    from eov_edge.runtime.pipeline import Pipeline
+    from eov_edge.runtime.runner import RunnerError
+
+    bad = dict(calibration.feeds[mf.PROJECTOR][0])
+    bad[mf.FEATURES] = bad[mf.FEATURES][..., :-1]
+    with pytest.raises(RunnerError, match="axis"):
+        Pipeline.from_artifacts(nano_artifacts).runners[mf.PROJECTOR].check_feed(bad)
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, calibration, tmp_path):
+    r = RECIPES[recipe]
+    for graph in r.graphs:
+        source = nano_artifacts / mf.GRAPH_FILES[graph]
+        plan = plan_graph(source, 3098)
+        assert plan.lm_head == plan.excluded == ([] if graph != mf.DECODER else plan.lm_head)
+        target = tmp_path / f"{graph}.onnx"
+        info = quantize_graph(r, graph, source, target, plan, calibration if r.needs_calibration else None)
+        assert info["tool"].startswith("onnxruntime") and info["quantized_nodes"] == plan.quantized
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [i.name for i in mf.load_manifest(nano_artifacts).graphs[graph].inputs]
+        error = output_error(source, target, calibration.feeds[graph], max_feeds=6)
+        assert 0 < error < 0.1, (recipe, graph, error)
+        if r.for_tensorrt:
+            assert tensorrt_qdq_problems(target, r.target) == []
+
+
+def test_decoder_lm_head_is_found_and_kept_in_float(nano_artifacts):
+    import onnx
+
+    plan = plan_graph(nano_artifacts / "decoder.onnx", 3098)
+    model = onnx.load(str(nano_artifacts / "decoder.onnx"))
+    weights = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    [head] = plan.lm_head
+    node = next(n for n in model.graph.node if n.name == head)
+    assert 3098 in weights[node.input[1]] and head not in plan.quantized
+    assert head in plan_graph(nano_artifacts / "decoder.onnx", 3098, keep_lm_head=False).quantized
+
+
+def test_zero_point_check_catches_asymmetric_quantization(nano_artifacts, calibration, tmp_path):
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    source = nano_artifacts / "projector.onnx"
+    asymmetric = tmp_path / "asym.onnx"
+    reader = FeedReader(calibration.feeds[mf.PROJECTOR])
+    quantize_static(str(source), str(asymmetric), reader, quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8, op_types_to_quantize=["MatMul"])
+    problems = tensorrt_qdq_problems(asymmetric, "tensorrt")
+    assert any("non-zero zero point" in p for p in problems)
+    assert any("UINT8" in p for p in problems)
+    assert any("no QuantizeLinear" in p for p in tensorrt_qdq_problems(source, "tensorrt"))
+
+
+def test_accepted_quantization_is_a_complete_artifacts_folder(nano_artifacts, tmp_path):
+    from eov_edge.runtime.pipeline import Pipeline
+
+    out = tmp_path / "int8"
+    report = build.quantize_artifacts(nano_artifacts, "ort-cpu-int8", out, per_task=4, progress=lambda m: None)
+    assert report["accepted"] and (out / "quant_report.json").is_file() and (out / "quant_report.md").is_file()
+    assert report["size"]["ratio"] > 1.8
+    manifest = mf.load_manifest(out)  # hashes of the new graphs match
+    assert {g.precision for g in manifest.graphs.values()} == {"int8-dynamic"}
+    assert manifest.quantization["recipe"] == "ort-cpu-int8"
+    assert manifest.quantization["calibration"]["samples"] == 10
+    assert all(r["ok"] for r in report["gate"]["rows"]) and report["gate"]["examples"] >= 30
+    assert {r["task"] for r in report["gate"]["rows"]} >= {"classification", "vqa", "grounding", "cross_modal"}
+    view_pipeline = Pipeline.from_artifacts(out)
+    assert view_pipeline.manifest.graphs["decoder"].precision == "int8-dynamic"
+    with pytest.raises(QuantizeError, match="FP32 export"):
+        calibration_set(out)
+    with pytest.raises(QuantizeError, match="exists"):
+        build.quantize_artifacts(nano_artifacts, "ort-cpu-int8", out, per_task=4, progress=lambda m: None)
+
+
+def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, tmp_path, monkeypatch):
+    """Weights scaled by 3 after quantization: answers change, the gate must refuse."""
+    import onnx
+    from onnx import numpy_helper
+
+    real = build.quantize_graph
+
+    def broken(recipe, graph, source, target, plan, calibration):
+        info = real(recipe, graph, source, target, plan, calibration)
+        model = onnx.load(str(target))
+        for init in model.graph.initializer:
+            if init.name.endswith("_scale") and init.data_type == onnx.TensorProto.FLOAT:
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
+        onnx.save(model, str(target))
+        return info
+
+    monkeypatch.setattr(build, "quantize_graph", broken)
+    out = tmp_path / "broken"
+    with pytest.raises(QuantizeError, match="refused") as err:
+        build.quantize_artifacts(nano_artifacts, "trt-int8", out, per_task=4, progress=lambda m: None)
+    assert "| NO |" in str(err.value)
+    assert not out.exists() and not list(tmp_path.glob(".broken.*"))
+    rejected = json.loads((tmp_path / "broken.rejected.json").read_text())
+    assert rejected["accepted"] is False and any(not r["ok"] for r in rejected["rows"])
+
+
+def test_fallback_restores_the_budget(nano_artifacts, tmp_path, monkeypatch):
+    """Break one decoder node only: the measured sensitivity must find it and put it back in float."""
+    import onnx
+    from onnx import numpy_helper
+
+    real = build.quantize_graph
+    victim = {}
+
+    def one_bad_node(recipe, graph, source, target, plan, calibration):
+        info = real(recipe, graph, source, target, plan, calibration)
+        if graph == mf.DECODER and plan.quantized:
+            node = victim.setdefault("node", plan.quantizable[3])
+            if node in plan.quantized:
+                model = onnx.load(str(target))
+                dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear"
+                          and any(c.name == node for c in model.graph.node if n.output[0] in c.input))
+                scale = next(i for i in model.graph.initializer if i.name == dq.input[1])
+                scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
+                onnx.save(model, str(target))
+        return info
+
+    monkeypatch.setattr(build, "quantize_graph", one_bad_node)
+    report = build.quantize_artifacts(nano_artifacts, "trt-int8", tmp_path / "fallback", max_drop=1.0, per_task=4,
+                                      progress=lambda m: None)
+    assert report["accepted"]
+    assert victim["node"] in [f["node"] for f in report["gate"]["fallback"]]
+    assert len(report["gate"]["rounds"]) >= 2
+
+
+def test_cli_quantize_errors(nano_artifacts, tmp_path):
+    from eov_edge.export.cli import main
+
+    result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "int3",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "int3" in result.output
+    result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "ort-cpu-int8",
+                                       "--out", str(nano_artifacts)])
+    assert result.exit_code == 1 and "differ" in result.output and "Traceback" not in result.output
