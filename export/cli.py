@@ -51,8 +51,10 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
 @click.option("--max-drop", type=float, default=None,
               help="accuracy budget in points per task metric; enables the fallback of sensitive layers to float "
                    "(default budget: 1.0 for INT8/FP8, 2.0 for INT4, no fallback)")
-@click.option("--per-task", type=int, default=24, show_default=True, help="held-out examples per task for the gate")
-@click.option("--quantize-lm-head", is_flag=True, help="quantize the LM head too (kept in float by default)")
+@click.option("--per-task", type=int, default=100, show_default=True,
+              help="held-out examples per task for the gate (one changed answer in 100 moves a metric 1 point)")
+@click.option("--quantize-lm-head/--keep-lm-head", default=None,
+              help="override the recipe's default for the LM head (TensorRT recipes keep it in float)")
 @click.option("--overwrite", is_flag=True)
 def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
                      per_task: int, quantize_lm_head: bool, overwrite: bool) -> None:
@@ -61,7 +63,7 @@ def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None
 
     try:
         report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
-                                    keep_lm_head=not quantize_lm_head, progress=lambda m: click.echo(m, err=True))
+                                    quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True))
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     size = report["size"]

@@ -42,9 +42,23 @@ def _write_graphs(recipe: Recipe, source: Path, staging: Path, plans: dict[str, 
     return tools
 
 
+def _convert_embedding(staging: Path, dtype: str) -> None:
+    """Store the token embedding table in ``dtype`` (the runtime widens gathered rows to float32)."""
+    import numpy as np
+
+    path = staging / mf.EMBEDDING_FILE
+    table = np.load(path)
+    if table.dtype != np.dtype(dtype):
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, table.astype(dtype))
+        os.replace(tmp, path)
+
+
 def _update_manifest(staging: Path, recipe: Recipe, tools: dict, calibration: CalibrationSet | None,
                      gate_summary: dict) -> mf.Manifest:
     manifest = mf.load_manifest(staging, verify_hashes=False)
+    manifest.embedding["sha256"] = mf.sha256_file(staging / mf.EMBEDDING_FILE)
+    manifest.embedding["dtype"] = recipe.embedding_dtype
     for graph in recipe.graphs:
         entry = manifest.graphs[graph]
         entry.sha256 = mf.sha256_file(staging / entry.file)
@@ -75,8 +89,8 @@ def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], cali
 
 
 def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: Path | None = None,
-                       max_drop: float | None = None, per_task: int = 24, data_root: Path | None = None,
-                       overwrite: bool = False, keep_lm_head: bool = True, progress=print) -> dict:
+                       max_drop: float | None = None, per_task: int = 100, data_root: Path | None = None,
+                       overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print) -> dict:
     """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``)."""
     from eov_edge.evaluate import score_predictions
     from eov_edge.paths import data_dir
@@ -96,7 +110,9 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     progress(f"calibration: running the FP32 pipeline on the samples of {calib_dir or 'calib_data/'}")
     calibration = calibration_set(artifacts, calib_dir)
     vocab = manifest.embedding["shape"][0]
-    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head) for g in recipe.graphs}
+    lm_head = recipe.quantize_lm_head if quantize_lm_head is None else quantize_lm_head
+    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head=not lm_head,
+                           include_conv=recipe.quantize_conv) for g in recipe.graphs}
 
     data_root = Path(data_root) if data_root else data_dir()
     patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
@@ -109,6 +125,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     try:
         shutil.copytree(artifacts, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
+        _convert_embedding(staging, recipe.embedding_dtype)
         rounds, fallback, sensitivity = [], [], None
         while True:
             tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)

@@ -101,7 +101,7 @@ class Decoder:
 
     def __init__(self, runner: Runner, embed_table: np.ndarray, manifest: mf.Manifest) -> None:
         self.runner = runner
-        self.embed_table = embed_table  # (V, D) float32
+        self.embed_table = embed_table  # (V, D) float32 or float16
         self.manifest = manifest
         self.past_names = mf.past_names(manifest.num_layers)
         self.present_names = mf.present_names(manifest.num_layers)
@@ -144,7 +144,7 @@ class Decoder:
             if finished.all() or index == config.max_new_tokens - 1:
                 return
             feed = {
-                mf.INPUTS_EMBEDS: self.embed_table[ids][:, None, :],  # (B, 1, D)
+                mf.INPUTS_EMBEDS: self.embed_table[ids][:, None, :].astype(np.float32, copy=False),  # (B, 1, D)
                 mf.ATTENTION_MASK: cache.mask,
                 mf.POSITION_IDS: next_position,
             }

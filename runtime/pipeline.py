@@ -87,7 +87,8 @@ class Pipeline:
         self.manifest = manifest
         self.runners = runners
         self.tokenizer = TextTokenizer.from_file(directory / manifest.tokenizer["file"])
-        self.embed_table = np.load(directory / manifest.embedding["file"])  # (V, D) float32
+        # (V, D): float32, or float16 in quantized artifacts (rows are gathered, then widened)
+        self.embed_table = np.load(directory / manifest.embedding["file"])
         self.spec = InputSpec(manifest.image_size, manifest.image_tokens_per_view, manifest.max_context)
         self.patch_size = int(manifest.model_config.get("vision_config", {}).get("patch_size", 1))
         self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest)
@@ -171,7 +172,7 @@ class Pipeline:
 
     def prompt_embeds(self, input_ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
         """Token embeddings (B, S, D) with the image embeddings over the placeholders, in reading order."""
-        embeds = self.embed_table[input_ids]  # (B, S, D), a copy
+        embeds = self.embed_table[input_ids].astype(np.float32, copy=False)  # (B, S, D), a copy
         is_image = input_ids == self.manifest.special_tokens["image"]
         if int(is_image.sum()) != image_embeds.shape[0] * image_embeds.shape[1]:
             raise ViewMismatchError(f"{int(is_image.sum())} image placeholders for {image_embeds.shape[0]} view(s) "
