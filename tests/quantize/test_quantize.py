@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
@@ -69,8 +70,9 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
     r = RECIPES[recipe]
     for graph in r.graphs:
         source = nano_artifacts / mf.GRAPH_FILES[graph]
-        plan = plan_graph(source, 3098)
-        assert plan.lm_head == plan.excluded == ([] if graph != mf.DECODER else plan.lm_head)
+        plan = plan_graph(source, 3098, keep_lm_head=not r.quantize_lm_head, include_conv=r.quantize_conv)
+        assert plan.excluded == ([] if r.quantize_lm_head else plan.lm_head)
+        assert bool(plan.lm_head) == (graph == mf.DECODER)
         target = tmp_path / f"{graph}.onnx"
         info = quantize_graph(r, graph, source, target, plan, calibration if r.needs_calibration else None)
         assert info["tool"].startswith("onnxruntime") and info["quantized_nodes"] == plan.quantized
@@ -108,21 +110,25 @@ def test_zero_point_check_catches_asymmetric_quantization(nano_artifacts, calibr
     assert any("no QuantizeLinear" in p for p in tensorrt_qdq_problems(source, "tensorrt"))
 
 
-def test_accepted_quantization_is_a_complete_artifacts_folder(nano_artifacts, tmp_path):
+def test_accepted_quantization_is_a_complete_artifacts_folder(nano_artifacts, tmp_path, calib_samples):
     from eov_edge.runtime.pipeline import Pipeline
 
+    calib_view = calib_samples["ucmerced_airplane00"].views[0][0]
     out = tmp_path / "int8"
     report = build.quantize_artifacts(nano_artifacts, "ort-cpu-int8", out, per_task=4, progress=lambda m: None)
     assert report["accepted"] and (out / "quant_report.json").is_file() and (out / "quant_report.md").is_file()
     assert report["size"]["ratio"] > 1.8
     manifest = mf.load_manifest(out)  # hashes of the new graphs match
     assert {g.precision for g in manifest.graphs.values()} == {"int8-dynamic"}
+    assert manifest.embedding["dtype"] == "float16" and np.load(out / mf.EMBEDDING_FILE).dtype == np.float16
     assert manifest.quantization["recipe"] == "ort-cpu-int8"
     assert manifest.quantization["calibration"]["samples"] == 10
     assert all(r["ok"] for r in report["gate"]["rows"]) and report["gate"]["examples"] >= 30
     assert {r["task"] for r in report["gate"]["rows"]} >= {"classification", "vqa", "grounding", "cross_modal"}
-    view_pipeline = Pipeline.from_artifacts(out)
-    assert view_pipeline.manifest.graphs["decoder"].precision == "int8-dynamic"
+    quantized = Pipeline.from_artifacts(out)
+    views = [quantized.read(calib_view)]
+    [answer] = quantized.answer(views, task="classification")
+    assert answer.text and not answer.problems
     with pytest.raises(QuantizeError, match="FP32 export"):
         calibration_set(out)
     with pytest.raises(QuantizeError, match="exists"):
