@@ -7,7 +7,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +24,23 @@ def data_dir() -> Path:
 def calib_dir() -> Path:
     """The calibration samples folder holding ``manifest.json``."""
     return Path(os.environ.get("EOV_CALIB_DIR", PROJECT_ROOT / "calib_data"))
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces ``out`` only if the block succeeds.
+
+    A failure (or Ctrl-C) removes it: readers never see a half-written artifacts folder.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; artifacts are meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -8,16 +8,15 @@ leaves no half-written artifacts.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from eov_edge.paths import staged_folder
 from eov_edge.provenance import git_commit
 from eov_edge import __version__, bands
 from eov_edge import manifest as mf
@@ -162,8 +161,7 @@ def export_onnx(
     free = shutil.disk_usage(out.parent).free
     if free < needed:
         raise ExportError(f"{out.parent}: {free >> 20} MiB free, the export needs about {needed >> 20} MiB")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         graphs = {name: export_graph(model, name, staging, opset, external_threshold) for name in GRAPH_SPECS}
         table = model.get_input_embeddings().weight.detach().float().numpy()
         np.save(staging / mf.EMBEDDING_FILE, table)
@@ -181,13 +179,6 @@ def export_onnx(
 
             manifest.validation = validate_artifacts(staging, model, processor)
             (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
-        os.chmod(staging, 0o755)  # mkdtemp makes it private; artifacts are meant to be shared
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

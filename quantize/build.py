@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from eov_edge import manifest as mf
+from eov_edge.paths import staged_folder
 from eov_edge.quantize import gate
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
@@ -121,8 +122,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     fp32_report = score_predictions(gate.answer_examples(artifacts, examples), examples, train, manifest.image_size)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging, tempfile.TemporaryDirectory(dir=out.parent) as sensitivity_dir:
         shutil.copytree(artifacts, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
         _convert_embedding(staging, recipe.embedding_dtype)
@@ -149,7 +149,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                 _refuse(out, recipe, rows, rounds, budget, max_drop)
             if sensitivity is None:
                 progress("measuring per-node sensitivity for the fallback")
-                sensitivity = _sensitivity(recipe, artifacts, plans, calibration, staging.parent / (staging.name + "-s"))
+                sensitivity = _sensitivity(recipe, artifacts, plans, calibration, Path(sensitivity_dir))
             remaining = [(e, g, n) for e, g, n in sensitivity if n not in plans[g].excluded]
             if not remaining:
                 _refuse(out, recipe, rows, rounds, budget, max_drop)
@@ -170,15 +170,6 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
         }
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=1))
         (staging / "quant_report.md").write_text(_markdown(report, rows))
-        os.chmod(staging, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(staging.parent / (staging.name + "-s"), ignore_errors=True)
     return report
 
 

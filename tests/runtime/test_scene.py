@@ -2,7 +2,6 @@
 memory that does not grow with the scene."""
 
 import json
-import os
 import subprocess
 import sys
 
