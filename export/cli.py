@@ -73,6 +73,38 @@ def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None
                f"(budget {report['gate']['budget_points']:g}); report: {out / 'quant_report.json'}")
 
 
+@main.command("engine")
+@click.option("--artifacts", type=click.Path(path_type=Path), required=True,
+              help="FP32 artifacts, or trt-int8 / trt-fp8 / w4a16 quantized ones")
+@click.option("--device", type=click.Choice(["orin-nano", "orin-nx", "agx-orin", "thor", "l4", "l40s", "h100"]),
+              required=True)
+@click.option("--precision", type=click.Choice(["auto", "fp16", "int8", "fp8", "w4a16"]), default="auto",
+              show_default=True, help="auto: what the artifacts carry (FP32 -> fp16)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="engine folder to create")
+@click.option("--max-batch", type=int, default=1, show_default=True)
+@click.option("--max-views", type=int, default=4, show_default=True, help="views per sample")
+@click.option("--max-seq", type=int, default=None, help="longest prompt (default: the model's context)")
+@click.option("--max-kv", type=int, default=None, help="KV cache slots (default: context - 1)")
+@click.option("--workspace-mb", type=int, default=None, help="builder workspace (default: 1/8 of the device)")
+@click.option("--trtexec-script", is_flag=True, help="also write build_engines.sh (trtexec commands) for the device")
+@click.option("--overwrite", is_flag=True)
+@click.option("--verbose", is_flag=True, help="TensorRT builder log")
+def engine_command(artifacts: Path, device: str, precision: str, out: Path, max_batch: int, max_views: int,
+                   max_seq: int | None, max_kv: int | None, workspace_mb: int | None, trtexec_script: bool,
+                   overwrite: bool, verbose: bool) -> None:
+    """Plan TensorRT engines for DEVICE and build them (where TensorRT is importable) or write the
+    trtexec script that builds them on the device."""
+    from eov_edge.export.engine import build_engine_folder
+
+    try:
+        summary = build_engine_folder(artifacts, device, precision, out, max_batch=max_batch, max_views=max_views,
+                                      max_seq=max_seq, max_kv=max_kv, workspace_mb=workspace_mb,
+                                      trtexec_script=trtexec_script, overwrite=overwrite, verbose=verbose)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(json.dumps(summary, indent=1))
+
+
 @main.command("verify")
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)

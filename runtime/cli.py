@@ -63,6 +63,9 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--top-k", type=int, default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--engines", type=click.Path(path_type=Path), default=None,
+              help="TensorRT engine folder (eov-export engine) for --backend tensorrt")
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
 @click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
@@ -72,7 +75,7 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
 def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
-         do_sample, temperature, top_k, seed, providers, threads, geojson, as_json, stream, warmup, no_verify,
+         do_sample, temperature, top_k, seed, backend, engines, providers, threads, geojson, as_json, stream, warmup, no_verify,
          progress) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
@@ -88,8 +91,9 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()
         # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
-        pipeline = Pipeline.from_artifacts(artifacts, providers=providers.split(","), threads=threads,
-                                           thread_pool="shared", verify_hashes=not no_verify, warmup=warmup)
+        pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
+                                           threads=threads, thread_pool="shared", verify_hashes=not no_verify,
+                                           warmup=warmup, engines=engines)
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress)

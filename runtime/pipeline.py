@@ -97,18 +97,21 @@ class Pipeline:
     @classmethod
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
                        providers: list[str] | None = None, threads: int | None = None,
-                       thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False
-                       ) -> "Pipeline":
+                       thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
+                       engines: str | os.PathLike | None = None) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
         process to one pool (:func:`eov_edge.runtime.runner.ort_shared_thread_pool`); eov-run uses it.
+        ``backend="tensorrt"`` runs the engines in ``engines`` (checked against these artifacts).
         """
         directory = Path(directory)
         manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
         _check_compatible(manifest, directory)
-        options = ({"providers": providers, "threads": threads, "thread_pool": thread_pool}
-                   if backend == "onnxruntime" else {})
+        if backend == "onnxruntime":
+            options = {"providers": providers, "threads": threads, "thread_pool": thread_pool}
+        else:  # tensorrt: engines built by eov-export engine for these artifacts
+            options = {"engine_dir": engines, "manifest": manifest}
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
         pipeline = cls(directory, manifest, runners)

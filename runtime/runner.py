@@ -3,7 +3,8 @@
 A runner is created cheaply; ``activate()`` builds the backend session (lazily, on first ``infer``
 if not called), ``infer(feed)`` checks the feed against the manifest's tensor specs and runs,
 ``deactivate()`` frees the session. Every call is timed. TensorRT arrives behind this same interface
-(DESIGN.md section 7); only :class:`OrtRunner` exists so far.
+(DESIGN.md section 7): :class:`OrtRunner` here, ``TensorRTRunner`` in
+:mod:`eov_edge.runtime.tensorrt_runner`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from eov_edge.errors import EOVError
 from eov_edge.manifest import GraphEntry, TensorSpec
 
-BACKENDS = ("onnxruntime",)
+BACKENDS = ("onnxruntime", "tensorrt")
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider"}
 
@@ -228,4 +229,10 @@ def make_runner(backend: str, name: str, path: Path, entry: GraphEntry, **option
     """The runner of ``backend`` for one graph."""
     if backend == "onnxruntime":
         return OrtRunner(name, path, entry, **options)
+    if backend == "tensorrt":
+        from eov_edge.runtime.tensorrt_runner import TensorRTRunner  # lazy: tensorrt only on the device
+
+        if not options.get("engine_dir"):
+            raise RunnerError("the TensorRT backend needs the engine folder (eov-export engine --out DIR)")
+        return TensorRTRunner(name, path, entry, **options)
     raise RunnerError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -127,3 +127,16 @@ def test_shared_thread_pool_gives_the_same_tokens(nano_artifacts, pipeline, cali
     assert json.loads(out.stdout.strip().splitlines()[-1]) == answer.token_ids
     with pytest.raises(RunnerError, match="thread_pool"):
         OrtRunner("x", nano_artifacts / "projector.onnx", None, thread_pool="global")
+
+
+def test_tensorrt_backend_is_lazy_and_says_what_it_needs(projector, tmp_path):
+    path, entry = projector
+    with pytest.raises(RunnerError, match="engine folder"):
+        make_runner("tensorrt", mf.PROJECTOR, path, entry)
+    runner = make_runner("tensorrt", mf.PROJECTOR, path, entry, engine_dir=tmp_path)
+    assert not runner.active  # created without TensorRT installed
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(RunnerError, match="tensorrt and cuda-python"):
+            runner.activate()

@@ -1,0 +1,54 @@
+"""``eov-export engine``: plan, prepare and (where TensorRT is importable) build one device's engines.
+
+The output folder holds ``engine_plan.json``, FP16 conversions for TensorRT 11 when needed,
+``build_engines.sh`` with ``--trtexec-script``, and after a build the engines, the timing cache and
+``engines.json`` (the metadata the TensorRT runner checks). Written to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from eov_edge.export.devices import EngineError, get_device
+from eov_edge.export.engine_plan import PLAN_FILE, SCRIPT_FILE, make_plan
+from eov_edge.export.engine_plan import trtexec_script as make_trtexec_script
+from eov_edge.export.tensorrt_build import build_engines, prepare_onnx, write_meta
+from eov_edge.paths import staged_folder
+
+
+def tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_engine_folder(artifacts: Path, device: str, precision: str, out: Path, max_batch: int = 1,
+                        max_views: int = 4, max_seq: int | None = None, max_kv: int | None = None,
+                        workspace_mb: int | None = None, trtexec_script: bool = False, overwrite: bool = False,
+                        verbose: bool = False) -> dict:
+    artifacts, out = Path(artifacts), Path(out)
+    preset = get_device(device)
+    plan = make_plan(artifacts, preset, precision, max_batch, max_views, max_seq, max_kv, workspace_mb)
+    can_build = tensorrt_available()
+    if not can_build and not trtexec_script:
+        raise EngineError("TensorRT is not importable here (it installs only on the device); pass --trtexec-script "
+                          "to write the build commands for the device, or run this on the device")
+    if out.exists() and not overwrite:
+        raise EngineError(f"{out} exists; pass --overwrite to replace it")
+    with staged_folder(out) as staging:
+        plan = prepare_onnx(plan, artifacts, staging)
+        (staging / PLAN_FILE).write_text(plan.to_json())
+        if trtexec_script:
+            script = staging / SCRIPT_FILE
+            script.write_text(make_trtexec_script(plan))
+            os.chmod(script, 0o755)
+        built = []
+        if can_build:
+            metas = build_engines(plan, artifacts, staging, verbose, converted_dir=staging)
+            write_meta(staging, metas, plan)
+            built = [m.engine_file for m in metas]
+    return {"out": str(out), "device": preset.name, "precision": {g.graph: g.precision for g in plan.graphs},
+            "memory_mb": plan.memory_mb, "engines_built": built, "trtexec_script": trtexec_script}

@@ -1,0 +1,167 @@
+"""Build TensorRT engines from an :class:`EnginePlan` with the TensorRT Python API, and the engine
+metadata that the runtime checks before it loads an engine.
+
+Written against TensorRT 10.3 (JetPack 6) and 11.x: ``Builder`` -> ``create_network`` (strongly typed
+flag on 11, where it is the only mode, and for nothing on 10.x, where FP16 is a builder flag) ->
+``OnnxParser.parse_from_file`` -> ``IBuilderConfig`` (workspace pool limit, precision flags on 10.x,
+timing cache, one optimization profile per plan profile) -> ``build_serialized_network``. TensorRT
+cannot be installed on our build machines; everything before ``import tensorrt`` is tested on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eov_edge import manifest as mf
+from eov_edge.export.devices import EngineError
+from eov_edge.export.engine_plan import EnginePlan, GraphEnginePlan
+
+META_FILE = "engines.json"
+META_VERSION = 1
+
+
+@dataclass
+class EngineMeta:
+    """What an engine was built from and for; the TensorRT runner refuses a mismatch."""
+
+    graph: str
+    engine_file: str
+    engine_sha256: str
+    tensorrt_version: str
+    compute_capability: list[int]
+    device: str
+    precision: str
+    profiles: list[dict]
+    onnx_file: str
+    onnx_sha256: str
+    source_sha256: str  # the artifacts' graph it was made from
+    meta_version: int = META_VERSION
+
+
+def write_meta(directory: Path, metas: list[EngineMeta], plan: EnginePlan) -> None:
+    data = {"meta_version": META_VERSION, "engines": [asdict(m) for m in metas], "plan": json.loads(plan.to_json()),
+            "built_on": platform.platform()}
+    tmp = directory / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, directory / META_FILE)
+
+
+def load_meta(directory: Path) -> list[EngineMeta]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise EngineError(f"{directory}: no {META_FILE}; build the engines with eov-export engine")
+    data = json.loads(path.read_text())
+    if data.get("meta_version") != META_VERSION:
+        raise EngineError(f"{path}: metadata version {data.get('meta_version')}, this eov-edge reads {META_VERSION}")
+    return [EngineMeta(**m) for m in data["engines"]]
+
+
+def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compute_capability: tuple[int, int],
+                 manifest: mf.Manifest | None = None) -> None:
+    """Refuse an engine that this TensorRT or GPU cannot run, or that was built from other ONNX."""
+    path = Path(directory) / meta.engine_file
+    if not path.is_file():
+        raise EngineError(f"{path}: engine file missing; rebuild with eov-export engine")
+    if mf.sha256_file(path) != meta.engine_sha256:
+        raise EngineError(f"{path}: sha256 differs from {META_FILE}; the engine was changed or truncated, rebuild it")
+    if meta.tensorrt_version.split(".")[:2] != tensorrt_version.split(".")[:2]:
+        raise EngineError(f"{path}: built with TensorRT {meta.tensorrt_version}, this is {tensorrt_version}; engines "
+                          "are not portable across TensorRT versions, rebuild on this device")
+    if tuple(meta.compute_capability) != tuple(compute_capability):
+        raise EngineError(f"{path}: built for compute capability {tuple(meta.compute_capability)}, this GPU is "
+                          f"{tuple(compute_capability)}; rebuild on this device (eov-export engine --device ...)")
+    if manifest is not None:
+        entry = manifest.graphs.get(meta.graph)
+        if entry is None or entry.sha256 != meta.source_sha256:
+            raise EngineError(f"{path}: built from another {meta.graph} graph than these artifacts; rebuild")
+
+
+def convert_to_fp16(source: Path, target: Path) -> None:
+    """FP16 copy of an FP32 graph, inputs and outputs kept FP32 (TensorRT 11 is strongly typed: an
+    FP32 graph builds in FP32). Uses onnxruntime's converter; LayerNorm/Softmax-sensitive ops are
+    left to its default block list."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
+    onnx.save(converted, str(target))
+
+
+def prepare_onnx(plan: EnginePlan, artifacts: Path, out: Path) -> EnginePlan:
+    """Graphs TensorRT 11 should build in FP16 are converted (``<graph>.fp16.onnx`` in ``out``)."""
+    for graph in plan.graphs:
+        if plan.strongly_typed and graph.precision == "fp16":
+            target = out / graph.onnx_file.replace(".onnx", ".fp16.onnx")
+            convert_to_fp16(artifacts / graph.onnx_file, target)
+            graph.onnx_file, graph.onnx_sha256 = target.name, mf.sha256_file(target)
+    return plan
+
+
+def build_engines(plan: EnginePlan, onnx_dir: Path, out: Path, verbose: bool = False,
+                  converted_dir: Path | None = None) -> list[EngineMeta]:
+    """Build every graph's engine into ``out``; needs TensorRT and a GPU of the plan's kind. FP16
+    conversions (``*.fp16.onnx``) are read from ``converted_dir``."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise EngineError("TensorRT is not importable here; build on the device (eov-export engine there, or "
+                          "--trtexec-script for a device with only JetPack's trtexec)") from None
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    cache_path = out / plan.timing_cache
+    metas = []
+    for graph in plan.graphs:
+        source_dir = converted_dir if converted_dir and graph.onnx_file.endswith(".fp16.onnx") else onnx_dir
+        metas.append(_build_one(trt, builder, logger, plan, graph, Path(source_dir), out, cache_path))
+    return metas
+
+
+def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, onnx_dir: Path, out: Path,
+               cache_path: Path) -> EngineMeta:
+    strongly_typed = plan.strongly_typed
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_dir / graph.onnx_file)):  # external data is found beside it
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {graph.onnx_file}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
+    if not strongly_typed:  # TensorRT 10.x: precision from builder flags around the Q/DQ nodes
+        config.set_flag(trt.BuilderFlag.FP16)
+        extra = {"int8": "INT8", "fp8": "FP8", "w4a16": "INT4"}.get(graph.precision)
+        if extra:
+            config.set_flag(getattr(trt.BuilderFlag, extra))
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    for profile_plan in graph.profiles:
+        profile = builder.create_optimization_profile()
+        for name, rng in profile_plan.shapes.items():
+            profile.set_shape(name, rng.min, rng.opt, rng.max)
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build {graph.graph}; rerun with --verbose for the builder log")
+    engine_path = out / graph.engine_file
+    tmp = engine_path.with_name(engine_path.name + ".tmp")
+    tmp.write_bytes(bytes(serialized))
+    os.replace(tmp, engine_path)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    major, minor = _compute_capability()
+    return EngineMeta(graph.graph, graph.engine_file, mf.sha256_file(engine_path), trt.__version__, [major, minor],
+                      plan.device, graph.precision, [asdict(p) for p in graph.profiles], graph.onnx_file,
+                      graph.onnx_sha256, graph.source_sha256)
+
+
+def _compute_capability() -> tuple[int, int]:
+    from cuda.bindings import runtime as cudart  # cuda-python (the [trt] extra)
+
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise EngineError(f"cudaGetDeviceProperties failed ({err}); is a GPU visible?")
+    return int(props.major), int(props.minor)

@@ -1,0 +1,205 @@
+"""eov-export engine: device presets, precision policy, engine plans, trtexec scripts, metadata.
+
+Everything short of a TensorRT build runs here; the build and the TensorRT runner need TensorRT and
+an NVIDIA GPU and skip without them.
+"""
+
+import json
+import shlex
+import shutil
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from eov_edge import manifest as mf
+from eov_edge.export.cli import main as export_cli
+from eov_edge.export.devices import DEVICES, EngineError, get_device, resolve_precision
+from eov_edge.export.engine_plan import (EnginePlan, ShapeRange, check_profiles_against_graph, make_plan,
+                                         trtexec_commands, trtexec_single_profile)
+from eov_edge.export.tensorrt_build import EngineMeta, check_engine, convert_to_fp16, load_meta, write_meta
+from tests.runtime.conftest import nano_artifacts, shipped  # noqa: F401  (session fixtures)
+
+pytestmark = pytest.mark.slow
+
+
+def quantized_copy(source, tmp_path, recipe, graphs=("encoder", "projector", "decoder")):
+    """The FP32 artifacts relabelled as a quantization (the policy reads only the manifest)."""
+    out = shutil.copytree(source, tmp_path / recipe)
+    data = json.loads((out / mf.MANIFEST_FILE).read_text())
+    data["quantization"] = {"recipe": recipe, "graphs": {g: {} for g in graphs}}
+    (out / mf.MANIFEST_FILE).write_text(json.dumps(data))
+    return out
+
+
+def test_presets_know_compute_capability_memory_and_fp8():
+    assert {"orin-nano", "orin-nx", "agx-orin", "thor", "l4", "l40s", "h100"} <= set(DEVICES)
+    assert not get_device("agx-orin").has_fp8 and get_device("l4").has_fp8 and get_device("h100").has_fp8
+    assert get_device("orin-nano").memory_gb < get_device("agx-orin").memory_gb
+    assert get_device("thor").sm == 110 and get_device("agx-orin").sm == 87
+    with pytest.raises(EngineError, match="unknown device"):
+        get_device("tx2")
+
+
+def test_precision_policy(nano_artifacts, tmp_path):
+    fp32 = mf.load_manifest(nano_artifacts)
+    orin, h100 = get_device("agx-orin"), get_device("h100")
+    assert set(resolve_precision(orin, "auto", fp32).values()) == {"fp16"}
+    with pytest.raises(EngineError, match="compute capability 8.9"):
+        resolve_precision(orin, "fp8", fp32)
+    with pytest.raises(EngineError, match="--recipe trt-int8"):
+        resolve_precision(orin, "int8", fp32)
+    int8 = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "trt-int8"))
+    assert set(resolve_precision(orin, "auto", int8).values()) == {"int8"}
+    with pytest.raises(EngineError, match="'trt-fp8'"):
+        resolve_precision(h100, "fp8", int8)
+    with pytest.raises(EngineError, match="builds from FP32"):
+        resolve_precision(orin, "fp16", int8)
+    w4 = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "w4a16", graphs=("decoder",)))
+    assert resolve_precision(orin, "auto", w4) == {"encoder": "fp16", "projector": "fp16", "decoder": "w4a16"}
+    cpu = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "ort-cpu-int8"))
+    with pytest.raises(EngineError, match="ONNX Runtime on CPU"):
+        resolve_precision(orin, "auto", cpu)
+
+
+def test_plan_profiles_follow_the_graphs_and_the_runtime_cache(nano_artifacts):
+    manifest = mf.load_manifest(nano_artifacts)
+    plan = make_plan(nano_artifacts, get_device("orin-nano"), max_batch=2, max_views=3, max_seq=300, max_kv=400)
+    decoder = plan.graph(mf.DECODER)
+    prefill, decode = decoder.profiles
+    key = mf.past_names(1)[0]
+    assert prefill.shapes[key].max[2] == 0 and prefill.shapes[mf.INPUTS_EMBEDS].max[:2] == [2, 300]
+    assert decode.shapes[mf.INPUTS_EMBEDS].max[1] == 1 and decode.shapes[key].max == [2, manifest.num_kv_heads, 400,
+                                                                                      manifest.head_dim]
+    assert decode.shapes[mf.ATTENTION_MASK].max == [2, 401]  # capacity + the fed token, as KVCache feeds it
+    assert plan.graph(mf.ENCODER).profiles[0].shapes[mf.PIXEL_VALUES].max[0] == 6  # batch x views
+    for graph in plan.graphs:
+        check_profiles_against_graph(manifest.graphs[graph.graph], graph.profiles, graph.graph)
+    assert EnginePlan.from_json(plan.to_json()) == plan
+    broken = decoder.profiles[1]
+    broken.shapes[mf.ATTENTION_MASK] = ShapeRange([1, 2], [1, 50], [2, 400])
+    with pytest.raises(EngineError, match="past \\+ seq"):
+        check_profiles_against_graph(manifest.graphs[mf.DECODER], decoder.profiles, mf.DECODER)
+    broken.shapes[mf.INPUTS_EMBEDS] = ShapeRange([1, 1, 7], [1, 1, 7], [1, 1, 7])
+    with pytest.raises(EngineError, match="fixed size"):
+        check_profiles_against_graph(manifest.graphs[mf.DECODER], decoder.profiles, mf.DECODER)
+
+
+def test_plan_refusals(nano_artifacts):
+    context = mf.load_manifest(nano_artifacts).max_context
+    with pytest.raises(EngineError, match="exceed the model's context"):
+        make_plan(nano_artifacts, get_device("l4"), max_kv=context)
+    with pytest.raises(EngineError, match="cannot hold one view"):
+        make_plan(nano_artifacts, get_device("l4"), max_seq=10)
+    tiny = replace(get_device("orin-nano"), name="tiny", memory_gb=0.02)  # 20 MiB: below weights + KV + workspace
+    with pytest.raises(EngineError, match="MiB needed"):
+        make_plan(nano_artifacts, tiny, workspace_mb=16)
+
+
+def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
+    int8 = quantized_copy(nano_artifacts, tmp_path, "trt-int8")
+    plan = make_plan(int8, get_device("agx-orin"))
+    for graph, argv in zip(plan.graphs, trtexec_commands(plan)):
+        args = dict(a[2:].split("=", 1) for a in argv[1:] if "=" in a)
+        flags = [a for a in argv[1:] if "=" not in a]
+        assert args["onnx"].endswith(graph.onnx_file) and args["saveEngine"].endswith(graph.engine_file)
+        profile = trtexec_single_profile(graph)
+        for part in ("min", "opt", "max"):
+            parsed = {name: [int(d) for d in dims.split("x")] for name, dims in
+                      (item.split(":") for item in args[f"{part}Shapes"].split(","))}
+            assert parsed == {name: getattr(rng, part) for name, rng in profile.shapes.items()}
+        if graph.graph == mf.DECODER:
+            assert parsed[mf.ATTENTION_MASK][1] == parsed[mf.past_names(1)[0]][2] + parsed[mf.INPUTS_EMBEDS][1]
+        assert flags == ["--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
+
+
+def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
+    out = tmp_path / "thor"
+    result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
+                                             "--out", str(out), "--trtexec-script"])
+    assert result.exit_code == 0, result.output
+    script = (out / "build_engines.sh").read_text()
+    assert subprocess.run(["sh", "-n", str(out / "build_engines.sh")]).returncode == 0  # valid shell
+    commands = [shlex.split(line) for line in script.splitlines() if line.startswith("trtexec")]
+    assert len(commands) == 3 and all("--stronglyTyped" in c for c in commands)  # TensorRT 11
+    assert all(any(a.endswith(".fp16.onnx") for a in c) for c in commands)
+    plan = EnginePlan.from_json((out / "engine_plan.json").read_text())
+    assert plan.strongly_typed and {g.precision for g in plan.graphs} == {"fp16"}
+    # Without TensorRT and without --trtexec-script there is nothing to do: refused, nothing written.
+    result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "l4",
+                                             "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1 and "trtexec-script" in result.output and not (tmp_path / "none").exists()
+    result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "orin-nano",
+                                             "--precision", "fp8", "--out", str(tmp_path / "fp8"), "--trtexec-script"])
+    assert result.exit_code == 1 and "8.9" in result.output and not (tmp_path / "fp8").exists()
+
+
+def test_fp16_conversion_for_tensorrt_11_keeps_outputs(nano_artifacts, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    target = tmp_path / "projector.fp16.onnx"
+    convert_to_fp16(nano_artifacts / "projector.onnx", target)
+    model = onnx.load(str(target))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    feed = {mf.FEATURES: np.random.default_rng(0).standard_normal((2, 196, 768)).astype(np.float32)}
+    a = ort.InferenceSession(str(nano_artifacts / "projector.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    b = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 5e-3
+
+
+def test_engine_metadata_round_trip_and_mismatches(nano_artifacts, tmp_path):
+    manifest = mf.load_manifest(nano_artifacts)
+    plan = make_plan(nano_artifacts, get_device("agx-orin"))
+    engine = tmp_path / "decoder.engine"
+    engine.write_bytes(b"serialized engine bytes")
+    entry = manifest.graphs[mf.DECODER]
+    meta = EngineMeta(mf.DECODER, engine.name, mf.sha256_file(engine), "10.3.0", [8, 7], "agx-orin", "fp16", [],
+                      entry.file, entry.sha256, entry.sha256)
+    write_meta(tmp_path, [meta], plan)
+    [loaded] = load_meta(tmp_path)
+    assert loaded == meta
+    check_engine(loaded, tmp_path, "10.3.1", (8, 7), manifest)  # patch releases are compatible
+    with pytest.raises(EngineError, match="not portable across TensorRT versions"):
+        check_engine(loaded, tmp_path, "10.7.0", (8, 7), manifest)
+    with pytest.raises(EngineError, match="compute capability"):
+        check_engine(loaded, tmp_path, "10.3.0", (8, 9), manifest)
+    with pytest.raises(EngineError, match="another decoder graph"):
+        check_engine(replace(loaded, source_sha256="0" * 64), tmp_path, "10.3.0", (8, 7), manifest)
+    engine.write_bytes(b"tampered")
+    with pytest.raises(EngineError, match="sha256"):
+        check_engine(loaded, tmp_path, "10.3.0", (8, 7), manifest)
+    with pytest.raises(EngineError, match="no engines.json"):
+        load_meta(tmp_path / "elsewhere")
+
+
+def _has_tensorrt_and_gpu() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+        from cuda.bindings import runtime as cudart
+
+        return int(cudart.cudaGetDeviceCount()[0]) == 0
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _has_tensorrt_and_gpu(), reason="needs TensorRT, cuda-python and an NVIDIA GPU "
+                    "(TensorRT does not install on our CPU machines); run on the device")
+def test_tensorrt_engines_match_onnx_runtime_tokens(nano_artifacts, tmp_path, calib_samples):
+    from eov_edge.export.engine import build_engine_folder
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+
+    engines = tmp_path / "engines"
+    build_engine_folder(nano_artifacts, "h100", "fp16", engines)
+    generation = GenerationConfig(max_new_tokens=24)
+    with Pipeline.from_artifacts(nano_artifacts, backend="tensorrt", engines=engines) as trt_pipe, \
+            Pipeline.from_artifacts(nano_artifacts) as ort_pipe:
+        for sample in calib_samples.values():
+            views = sample.read(size=ort_pipe.spec.image_size)
+            task = sample.task or "caption"
+            [a] = trt_pipe.answer(views, task=task, generation=generation)
+            [b] = ort_pipe.answer(views, task=task, generation=generation)
+            assert a.token_ids == b.token_ids, sample.id
