@@ -38,6 +38,29 @@ def calib_samples():
     return {s.id: s for s in load_calib_samples()}
 
 
+# The shipped nano checkpoint and its ONNX artifacts, exported once per test session (about 30 s);
+# runtime, quantization and engine tests share them.
+@pytest.fixture(scope="session")
+def shipped():
+    """The shipped checkpoint as export loads it (fp32, eager attention) and its processor."""
+    from eov_edge.export.onnx_export import load_model
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    return load_model(NANO_CHECKPOINT, None)
+
+
+@pytest.fixture(scope="session")
+def nano_artifacts(tmp_path_factory, shipped):
+    from eov_edge.export.onnx_export import export_onnx
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    out = tmp_path_factory.mktemp("runtime") / "nano"
+    # The export tests validate; here the runtime tests compare against PyTorch themselves.
+    export_onnx(out, checkpoint=NANO_CHECKPOINT, model_and_processor=shipped, validate=False)
+    return out
+
+
+
 # Property tests: no per-example deadline (2 shared cores are slow to warm up), and in CI a
 # derandomized search so a red build is reproducible.
 from hypothesis import settings  # noqa: E402

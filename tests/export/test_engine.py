@@ -20,7 +20,6 @@ from eov_edge.export.devices import DEVICES, EngineError, get_device, resolve_pr
 from eov_edge.export.engine_plan import (EnginePlan, ShapeRange, check_profiles_against_graph, make_plan,
                                          trtexec_commands, trtexec_single_profile)
 from eov_edge.export.tensorrt_build import EngineMeta, check_engine, convert_to_fp16, load_meta, write_meta
-from tests.runtime.conftest import nano_artifacts, shipped  # noqa: F401  (session fixtures)
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,10 @@
-"""Quantization tests reuse the runtime tests' artifacts of the shipped nano checkpoint."""
+"""Calibration feeds of the shipped nano artifacts (``nano_artifacts`` lives in tests/conftest.py)."""
 
 import pytest
 
-from tests.runtime.conftest import nano_artifacts, shipped  # noqa: F401  (session fixtures)
-
 
 @pytest.fixture(scope="session")
-def calibration(nano_artifacts):  # noqa: F811
+def calibration(nano_artifacts):
     from eov_edge.quantize.calibration import calibration_set
 
     return calibration_set(nano_artifacts)
