@@ -132,7 +132,8 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
             problems = {}
             if recipe.for_tensorrt:
                 problems = {g: p for g in recipe.graphs
-                            if (p := tensorrt_qdq_problems(staging / mf.GRAPH_FILES[g], recipe.target))}
+                            if (p := tensorrt_qdq_problems(staging / mf.GRAPH_FILES[g], recipe.target,
+                                                           expect_qdq=bool(plans[g].quantized)))}
                 if problems:
                     raise QuantizeError(f"{recipe.name}: graphs TensorRT would reject: {json.dumps(problems, indent=1)}")
             _update_manifest(staging, recipe, tools, calibration, {})

@@ -15,8 +15,11 @@ TARGET_QDQ_TYPES = {
 }
 
 
-def tensorrt_qdq_problems(path: Path, target: str) -> list[str]:
-    """Every reason TensorRT would reject the QDQ graph at ``path`` for ``target`` (empty: none)."""
+def tensorrt_qdq_problems(path: Path, target: str, expect_qdq: bool = True) -> list[str]:
+    """Every reason TensorRT would reject the QDQ graph at ``path`` for ``target`` (empty: none).
+
+    ``expect_qdq=False`` for a graph whose every node fell back to float (then it has no Q/DQ).
+    """
     import numpy as np
     import onnx
     from onnx import numpy_helper
@@ -28,7 +31,7 @@ def tensorrt_qdq_problems(path: Path, target: str) -> list[str]:
     for op, count in unsupported_ops(model).items():
         problems.append(f"{count} x {op}: not an operator TensorRT's ONNX parser imports")
     qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
-    if not qdq:
+    if not qdq and expect_qdq:
         problems.append("no QuantizeLinear/DequantizeLinear nodes: not an explicitly quantized graph")
     for node in qdq:
         if len(node.input) < 3:
