@@ -174,6 +174,26 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     return report
 
 
+def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: CalibrationSet | None = None) -> Path:
+    """Quantized artifacts WITHOUT the accuracy gate, for speed and size measurements only (eov-bench);
+    the manifest says so. Never ship these: ``quantize_artifacts`` is the gated path."""
+    recipe = RECIPES[recipe_name]
+    artifacts, out = Path(artifacts), Path(out)
+    manifest = mf.load_manifest(artifacts)
+    if recipe.needs_calibration and calibration is None:
+        calibration = calibration_set(artifacts)
+    vocab = manifest.embedding["shape"][0]
+    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head=not recipe.quantize_lm_head,
+                           include_conv=recipe.quantize_conv) for g in recipe.graphs}
+    with staged_folder(out) as staging:
+        shutil.copytree(artifacts, staging, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
+        _convert_embedding(staging, recipe.embedding_dtype)
+        tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
+        _update_manifest(staging, recipe, tools, calibration, {"skipped": "not gated: speed and size measurement only"})
+    return out
+
+
 def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: float | None) -> None:
     rejected = out.with_name(out.name + ".rejected.json")
     rejected.write_text(json.dumps({"recipe": recipe.name, "accepted": False, "budget_points": budget,

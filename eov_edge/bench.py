@@ -1,0 +1,294 @@
+"""``eov-bench``: every backend against PyTorch eager ``generate()``, same model, same inputs, one run.
+
+    eov-bench --preset nano --batch 1 --out bench/nano-b1
+
+Rows: PyTorch eager (the baseline), the runtime on FP32 ONNX Runtime, and the runtime on each CPU
+quantization recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate, for
+speed only: accuracy comes from ``eov-export quantize``'s report). For each: encoder and projector
+ms, time to first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of
+``--repeats`` runs after a warm-up), peak RSS (measured in a separate process per row), size on
+disk, the ratio to the baseline, and decode time against the memory-bandwidth floor (decoder weight
+bytes read per token / read bandwidth measured in this run). Writes ``bench.json``, ``bench.md`` and
+``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random weights (seed 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
+
+PEAK_SCRIPT = """
+import json, sys
+from eov_edge.bench import _samples, _pytorch_model
+from eov_edge.runtime.pipeline import peak_rss_mb
+kind, where, batch, max_new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if kind == "pytorch":
+    import torch
+    model, processor = _pytorch_model(where)
+    samples = _samples(model.config.image_size, batch)
+    with torch.no_grad():
+        model.generate(**processor(samples, max_new_tokens=max_new), max_new_tokens=max_new)
+else:
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+    pipe = Pipeline.from_artifacts(where, thread_pool="shared")
+    samples = _samples(pipe.spec.image_size, batch)
+    pipe.generate_ids(pipe.batch(samples, max_new), GenerationConfig(max_new_tokens=max_new))
+print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+"""
+
+
+def _samples(image_size: int, batch: int):
+    """``batch`` single-view calib_data samples with their task's question (cycled if fewer)."""
+    from eov_edge.calib import load_calib_samples
+    from eov_edge.inputs import Sample
+    from eov_edge.tasks import DEFAULT_QUESTIONS
+
+    singles = [c for c in load_calib_samples() if len(c.views) == 1]
+    chosen = [singles[i % len(singles)] for i in range(batch)]
+    return [Sample(views=c.read(size=image_size), instruction=DEFAULT_QUESTIONS[c.task or "caption"]) for c in chosen]
+
+
+def _pytorch_model(where: str):
+    """``where``: a checkpoint folder, or ``preset:NAME`` for random weights with seed 0."""
+    import torch
+
+    from eov_edge.export.onnx_export import load_model
+    from eov_edge.processor import load_checkpoint
+
+    if where.startswith("preset:"):
+        torch.manual_seed(0)
+        model, processor = load_model(None, where.split(":", 1)[1], seed=0)
+        return model.eval(), processor
+    return load_checkpoint(where)
+
+
+def read_bandwidth_gbs(size_mb: int = 512, repeats: int = 5) -> float:
+    """Main-memory read bandwidth, GB/s: the best of ``repeats`` full passes over a large array."""
+    import numpy as np
+
+    data = np.ones(size_mb * (1 << 20) // 8, np.float64)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        data.sum()
+        best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def _stats(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(1000 * (time.perf_counter() - start))
+    return out
+
+
+def _dir_size_mb(directory: Path) -> float:
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and not p.name.endswith(".json")) / 2**20
+
+
+def _weights_mb(model) -> float:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+
+
+def bench_pytorch(model, processor, samples, max_new: int, repeats: int) -> dict:
+    import torch
+
+    batch = processor(samples, max_new_tokens=max_new)
+    with torch.no_grad():
+        e2e = _timed(lambda: model.generate(**batch, max_new_tokens=max_new), repeats)
+        ttft = _timed(lambda: model.generate(**processor(samples, max_new_tokens=1), max_new_tokens=1), repeats)
+        encoder = _timed(lambda: model.vision_encoder(batch["pixel_values"], batch["modality_ids"]), repeats)
+        features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])
+        projector = _timed(lambda: model.projector(features), repeats)
+        out = model.generate(**batch, max_new_tokens=max_new)
+    new_tokens = max(len(processor.decode(row.tolist()).token_ids) + 1 for row in out)
+    tokens = [processor.decode(row.tolist()).token_ids for row in out]
+    return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
+            "e2e_ms": _stats(e2e), "new_tokens": new_tokens, "tokens": tokens}
+
+
+def bench_runtime(artifacts: Path, samples, max_new: int, repeats: int) -> dict:
+    from eov_edge import manifest as mf
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_artifacts(artifacts, thread_pool="shared")
+    batch = pipe.batch(samples, max_new)
+    greedy = GenerationConfig(max_new_tokens=max_new)
+    e2e = _timed(lambda: pipe.generate_ids(batch, greedy), repeats)
+    ttft = _timed(lambda: pipe.generate_ids(pipe.batch(samples, 1), GenerationConfig(max_new_tokens=1)), repeats)
+    for runner in pipe.runners.values():
+        runner.timings.clear()
+    ids, _ = pipe.generate_ids(batch, greedy)
+    encoder = [1000 * t for t in pipe.runners[mf.ENCODER].timings]
+    projector = [1000 * t for t in pipe.runners[mf.PROJECTOR].timings]
+    eos, pad = pipe.manifest.special_tokens["eos"], pipe.manifest.special_tokens["pad"]
+    tokens = []
+    for row in ids.tolist():
+        row = row[: row.index(eos)] if eos in row else row
+        tokens.append([t for t in row if t != pad])
+    decoder_mb = sum((artifacts / f).stat().st_size for f in [pipe.manifest.graphs[mf.DECODER].file]) / 2**20
+    return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
+            "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
+            "size_mb": round(_dir_size_mb(artifacts), 2)}
+
+
+def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind, where, str(batch), str(max_new)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return round(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"], 1)
+
+
+def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
+              recipes: tuple[str, ...] = RECIPES, progress=print) -> dict:
+    import onnxruntime
+    import torch
+
+    from eov_edge.export.onnx_export import export_onnx
+    from eov_edge.provenance import git_commit
+    from eov_edge.quantize.build import write_ungated
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 2)
+    where = str(NANO_CHECKPOINT) if preset == "nano" else f"preset:{preset}"
+    model, processor = _pytorch_model(where)
+    artifacts = out / "artifacts" / "fp32"
+    if not (artifacts / "manifest.json").is_file():
+        progress(f"exporting {preset} to {artifacts}")
+        export_onnx(artifacts, model_and_processor=(model, processor), overwrite=True, validate=False,
+                    checkpoint=NANO_CHECKPOINT if preset == "nano" else None, preset=None if preset == "nano" else preset)
+    rows_dirs = {"runtime fp32": artifacts}
+    for recipe in recipes:
+        target = out / "artifacts" / recipe
+        if not (target / "manifest.json").is_file():
+            progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")
+            write_ungated(artifacts, recipe, target)
+        rows_dirs[f"runtime {recipe}"] = target
+    samples = _samples(model.config.image_size, batch)
+    bandwidth = read_bandwidth_gbs()
+    progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
+    rows = {"pytorch eager": bench_pytorch(model, processor, samples, max_new, repeats)}
+    rows["pytorch eager"]["size_mb"] = round(_weights_mb(model), 2)
+    rows["pytorch eager"]["decoder_mb"] = round(sum(p.numel() * p.element_size()
+                                                    for p in model.language_model.parameters()) / 2**20, 2)
+    rows["pytorch eager"]["peak_rss_mb"] = _peak("pytorch", where, batch, max_new)
+    for name, directory in rows_dirs.items():
+        time.sleep(0.2)  # let the other side's threads stop spinning
+        progress(f"timing {name}")
+        rows[name] = bench_runtime(directory, samples, max_new, repeats)
+        rows[name]["peak_rss_mb"] = _peak("runtime", str(directory), batch, max_new)
+    base = rows["pytorch eager"]
+    for name, row in rows.items():
+        decode_steps = max(row["new_tokens"] - 1, 1)
+        decode_ms = max(row["e2e_ms"]["median"] - row["ttft_ms"]["median"], 0.0) / decode_steps
+        floor_ms = row["decoder_mb"] * 2**20 / (bandwidth * 1e9) * 1000
+        row.update({
+            "decode_ms_per_token": round(decode_ms, 3),
+            "decode_tokens_per_s": round(batch * 1000 / decode_ms, 1) if decode_ms else None,
+            "bandwidth_floor_ms": round(floor_ms, 3),
+            "decode_vs_floor": round(decode_ms / floor_ms, 2) if floor_ms else None,
+            "speedup_e2e": round(base["e2e_ms"]["median"] / row["e2e_ms"]["median"], 3),
+            "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
+        })
+    report = {
+        "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
+        "model": where, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                                    "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
+                                    "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+        "git_commit": git_commit(),
+        "rows": {name: {k: v for k, v in row.items() if k != "tokens"} for name, row in rows.items()},
+        "note": "quantized rows are not gated here (speed and size only); their accuracy is in the "
+                "quant_report.json of eov-export quantize",
+    }
+    _write(out / "bench.json", json.dumps(report, indent=1))
+    _write(out / "bench.md", markdown(report))
+    chart(report, out / "bench.png")
+    return report
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# eov-bench: {report['preset']}, batch {report['batch']}, up to {report['max_new_tokens']} new tokens",
+             "", f"{m['cpus']} CPU(s), {m['platform']}, memory read {m['read_bandwidth_gbs']} GB/s; median of "
+             f"{report['repeats']} runs after a warm-up (min-max in brackets).", "",
+             "| backend | end to end ms | x PyTorch | first token ms | encoder ms | decode ms/token (floor) | "
+             "peak RSS MiB | size MiB | tokens = PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["rows"].items():
+        e = r["e2e_ms"]
+        lines.append(f"| {name} | {e['median']:.1f} [{e['min']:.1f}-{e['max']:.1f}] | {r['speedup_e2e']:.2f} | "
+                     f"{r['ttft_ms']['median']:.1f} | {r['encoder_ms']['median']:.1f} | {r['decode_ms_per_token']:.2f} "
+                     f"({r['bandwidth_floor_ms']:.2f}) | {r['peak_rss_mb']} | {r['size_mb']} | "
+                     f"{'yes' if r['tokens_identical_to_pytorch'] else 'no'} |")
+    return "\n".join(lines + ["", report["note"], ""])
+
+
+def chart(report: dict, path: Path) -> None:
+    """Bar chart of end-to-end ms per backend (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["rows"])
+    values = [report["rows"][n]["e2e_ms"]["median"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.barh(names, values, color=["#888888"] + ["#2a7ab0"] * (len(names) - 1))
+    for y, (v, n) in enumerate(zip(values, names)):
+        ax.text(v, y, f" {v:.0f} ms ({report['rows'][n]['speedup_e2e']:.2f}x)", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("end to end ms (median), lower is better")
+    ax.set_title(f"{report['preset']}, batch {report['batch']}")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+@click.command()
+@click.option("--preset", type=click.Choice(["nano", "small"]), default="nano", show_default=True)
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--recipes", default=",".join(RECIPES), show_default=True, help="comma-separated, or empty")
+def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str) -> None:
+    """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
+    chosen = tuple(r for r in recipes.split(",") if r)
+    unknown = [r for r in chosen if r not in RECIPES]
+    if unknown:
+        raise click.UsageError(f"unknown recipes {unknown}; eov-bench times {', '.join(RECIPES)}")
+    report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True))
+    click.echo(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
