@@ -23,7 +23,7 @@ test: setup
 	$(PY) -m pytest -q -n 2 --timeout 900
 
 demo: setup
-	$(PY) -m eov_edge.demo
+	$(PY) -m eov_edge.demo --out demo_out
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

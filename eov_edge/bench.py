@@ -160,7 +160,10 @@ def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
 
 
 def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
-              recipes: tuple[str, ...] = RECIPES, progress=print) -> dict:
+              recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
+              recipe_artifacts: dict[str, Path] | None = None) -> dict:
+    """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
+    time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts)."""
     import onnxruntime
     import torch
 
@@ -174,14 +177,14 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     torch.set_num_threads(os.cpu_count() or 2)
     where = str(NANO_CHECKPOINT) if preset == "nano" else f"preset:{preset}"
     model, processor = _pytorch_model(where)
-    artifacts = out / "artifacts" / "fp32"
+    artifacts = Path(artifacts) if artifacts else out / "artifacts" / "fp32"
     if not (artifacts / "manifest.json").is_file():
         progress(f"exporting {preset} to {artifacts}")
         export_onnx(artifacts, model_and_processor=(model, processor), overwrite=True, validate=False,
                     checkpoint=NANO_CHECKPOINT if preset == "nano" else None, preset=None if preset == "nano" else preset)
     rows_dirs = {"runtime fp32": artifacts}
     for recipe in recipes:
-        target = out / "artifacts" / recipe
+        target = Path((recipe_artifacts or {}).get(recipe) or out / "artifacts" / recipe)
         if not (target / "manifest.json").is_file():
             progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")
             write_ungated(artifacts, recipe, target)
