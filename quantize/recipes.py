@@ -17,8 +17,10 @@ has the vocabulary as a dimension) is excluded by default, as DESIGN.md section 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -112,13 +114,31 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
     if not plan.quantized:
         shutil.copyfile(source, target)
         return {"tool": "none (every node kept in float)", "quantized_nodes": []}
-    with tempfile.TemporaryDirectory(prefix="eov-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="eov-quant-") as tmp, _quiet_ort_advice():
         info = runner(recipe, graph, source, Path(tmp) / "q.onnx", plan, calibration)
         produced = Path(tmp) / "q.onnx"
         if not produced.is_file():
             raise QuantizeError(f"{recipe.name}: the quantizer wrote no graph for {graph}")
         shutil.move(str(produced), target)
     return {**info, **_library_versions(), "quantized_nodes": plan.quantized, "float_nodes": plan.excluded}
+
+
+class _DropAdvice(logging.Filter):
+    """onnxruntime.quantization logs this advice on the root logger for every graph; our graphs are
+    already shape-inferred and optimized by the exporter, so it is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_ort_advice():
+    advice = _DropAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def _dynamic_int8(recipe, graph, source, target, plan, calibration) -> dict:
