@@ -113,7 +113,7 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
     }[recipe.name]
     if not plan.quantized:
         shutil.copyfile(source, target)
-        return {"tool": "none (every node kept in float)", "quantized_nodes": []}
+        return {"tool": "none (every node kept in float)", "quantized_nodes": [], "float_nodes": plan.excluded}
     with tempfile.TemporaryDirectory(prefix="eov-quant-") as tmp, _quiet_ort_advice():
         info = runner(recipe, graph, source, Path(tmp) / "q.onnx", plan, calibration)
         produced = Path(tmp) / "q.onnx"
