@@ -188,17 +188,11 @@ def _has_tensorrt_and_gpu() -> bool:
                     "(TensorRT does not install on our CPU machines); run on the device")
 def test_tensorrt_engines_match_onnx_runtime_tokens(nano_artifacts, tmp_path, calib_samples):
     from eov_edge.export.engine import build_engine_folder
-    from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
+    from tests.runtime.parity import assert_same_tokens
 
     engines = tmp_path / "engines"
     build_engine_folder(nano_artifacts, "h100", "fp16", engines)
-    generation = GenerationConfig(max_new_tokens=24)
     with Pipeline.from_artifacts(nano_artifacts, backend="tensorrt", engines=engines) as trt_pipe, \
             Pipeline.from_artifacts(nano_artifacts) as ort_pipe:
-        for sample in calib_samples.values():
-            views = sample.read(size=ort_pipe.spec.image_size)
-            task = sample.task or "caption"
-            [a] = trt_pipe.answer(views, task=task, generation=generation)
-            [b] = ort_pipe.answer(views, task=task, generation=generation)
-            assert a.token_ids == b.token_ids, sample.id
+        assert_same_tokens(trt_pipe, ort_pipe, calib_samples)

@@ -8,15 +8,9 @@ pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available
 
 
 def test_cuda_provider_matches_cpu_tokens_on_calib_data(nano_artifacts, pipeline, calib_samples):
-    from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
+    from tests.runtime.parity import assert_same_tokens
 
-    generation = GenerationConfig(max_new_tokens=24)
     with Pipeline.from_artifacts(nano_artifacts, providers=["cuda", "cpu"]) as gpu:
         assert gpu.runners["decoder"].activate().session.get_providers()[0] == "CUDAExecutionProvider"
-        for sample in calib_samples.values():
-            views = sample.read(size=pipeline.spec.image_size)
-            task = sample.task or "caption"
-            [on_gpu] = gpu.answer(views, task=task, generation=generation)
-            [on_cpu] = pipeline.answer(views, task=task, generation=generation)
-            assert on_gpu.token_ids == on_cpu.token_ids, sample.id
+        assert_same_tokens(gpu, pipeline, calib_samples)
