@@ -179,7 +179,8 @@ def _has_tensorrt_and_gpu() -> bool:
         import tensorrt  # noqa: F401
         from cuda.bindings import runtime as cudart
 
-        return int(cudart.cudaGetDeviceCount()[0]) == 0
+        err, count = cudart.cudaGetDeviceCount()
+        return int(err) == 0 and count > 0
     except Exception:
         return False
 
