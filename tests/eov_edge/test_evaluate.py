@@ -37,3 +37,11 @@ def test_change_accuracy_reads_the_first_word():
     preds = ["no", "yes <t1>car <box><loc_0><loc_0><loc_99><loc_99></box>"]
     s = score("change", preds, examples, [examples[0]], size=224)
     assert s["accuracy"] == 1.0 and s["baseline_accuracy"] == 0.5 and s["box_f1"] == 1.0
+
+
+def test_temporal_direction_baseline_without_direction_questions_in_train():
+    """A tiny evaluation whose training sample holds only track questions must still score."""
+    examples = [example("temporal", "north", {"kind": "direction", "direction": "north"})]
+    train = [example("temporal", "", {"kind": "track", "boxes": []})]
+    s = score("temporal", ["north"], examples, train, size=224)
+    assert s["direction_accuracy"] == 1.0 and s["baseline_direction_accuracy"] == 1.0
