@@ -12,6 +12,7 @@ numpy and rasterio only: the runtime on the device uses this module as it is.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +305,21 @@ def _read_multiband(path: str, band_set: str | None, size, nodata, window: Windo
         return _finish(values, valid, bs, nodata, [path], (ds.height, ds.width), crs, transform, window)
 
 
+_BASELINE = re.compile(r"_N(\d{4})_")
+
+
+def _with_processing_baseline(bs: BandSet, paths: list[str]) -> BandSet:
+    """Sentinel-2 L2A from processing baseline 04.00 on (products named ``..._N0400_...`` and later)
+    stores reflectance with a -1000 DN offset; the band names alone cannot tell, the product name
+    can. N9999 (reprocessed archives such as BigEarthNet's) and older baselines carry no offset."""
+    if bs.name != "sentinel2_l2a":
+        return bs
+    baselines = {int(m.group(1)) for p in paths if (m := _BASELINE.search(p))}
+    if any(400 <= b < 9999 for b in baselines):
+        return get_band_set("sentinel2_l2a_n0400")
+    return bs
+
+
 def _read_band_files(paths: list[str], band_set: str | None, size, nodata, window: Window | None = None) -> View:
     names = []
     for path in paths:
@@ -316,7 +332,7 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata, windo
         names.append(name)
     if len(set(names)) != len(names):
         raise BandMismatchError(f"the same band appears twice among {names}")
-    bs = get_band_set(band_set) if band_set else find_band_set(tuple(names))
+    bs = get_band_set(band_set) if band_set else _with_processing_baseline(find_band_set(tuple(names)), paths)
     if set(names) != set(bs.band_names):
         missing = sorted(set(bs.band_names) - set(names))
         extra = sorted(set(names) - set(bs.band_names))

@@ -63,3 +63,15 @@ def test_eurosat_and_uc_merced(shared_data):
         assert read_view(path).band_set == "sentinel2_l1c"
     for path in sorted((shared_data / "rico_hdl" / "UCMerced_LandUse").glob("Images/*/*.tif")):
         assert read_view(path, size=224).band_set == "rgb8"
+
+
+def test_sentinel2_processing_baseline_picks_the_offset_band_set(shared_data):
+    """Major-TOM keeps the product name in the path: N0400 (offset -1000 DN) vs N9999 (none)."""
+    from eov_edge.raster import band_files_in, read_view
+
+    cells = shared_data / "rico_hdl" / "Major-TOM-Core" / "S2L2A"
+    n0400 = next((cells / "0U").glob("*/*_N0400_*"))
+    n9999 = next((cells / "199U").glob("*/*_N9999_*"))
+    assert read_view(band_files_in(n0400), size=32).band_set == "sentinel2_l2a_n0400"
+    assert read_view(band_files_in(n9999), size=32).band_set == "sentinel2_l2a"
+    assert read_view(band_files_in(n0400), band_set="sentinel2_l2a", size=32).band_set == "sentinel2_l2a"
