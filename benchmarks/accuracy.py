@@ -14,7 +14,6 @@ without any example that shares a file with calib_data.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -30,6 +29,7 @@ def main() -> None:
 
     import torch
 
+    from eov_edge.paths import write_json_atomic
     from eov_edge import manifest as mf
     from eov_edge.calib import load_calib_samples
     from eov_edge.evaluate import evaluate, score_predictions
@@ -75,10 +75,7 @@ def main() -> None:
     report = {"what": "task metrics in points, every backend against FP32 PyTorch on the same held-out examples",
               "examples": len(examples), "dropped_for_calibration_overlap": dropped, "per_task": args.per_task,
               "git_commit": git_commit(), "rows": rows, "worst_drop_vs_pytorch": worst, "markdown": "\n".join(lines)}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.report.with_name(args.report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.report)
+    write_json_atomic(args.report, report)
     args.report.with_suffix(".md").write_text(report["markdown"] + "\n")
     print(report["markdown"])
 

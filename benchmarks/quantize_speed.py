@@ -47,6 +47,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
+    from eov_edge.paths import write_json_atomic
     from eov_edge import manifest as mf
     from eov_edge.provenance import git_commit
     from eov_edge.quantize.calibration import calibration_set
@@ -111,10 +112,7 @@ def main() -> None:
         "machine": {"threads": args.threads, "platform": platform.platform(), "onnxruntime": ort.__version__},
         "feeds": {k: len(v) for k, v in feeds.items()}, "git_commit": git_commit(), "recipes": rows,
     }
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.report.with_name(args.report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.report)
+    write_json_atomic(args.report, report)
 
 
 if __name__ == "__main__":

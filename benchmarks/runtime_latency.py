@@ -80,6 +80,7 @@ def main() -> None:
     import torch
 
     from eov_edge.export.validate import calib_pipeline_samples
+    from eov_edge.paths import write_json_atomic
     from eov_edge.processor import load_checkpoint
     from eov_edge.provenance import git_commit
     from eov_edge.runtime.generation import GenerationConfig
@@ -186,10 +187,7 @@ def main() -> None:
             "peak_rss_mb": {k: round(v, 1) for k, v in peaks.items()},
         },
     }
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.report.with_name(args.report.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.report)
+    write_json_atomic(args.report, report)
     print(json.dumps(report["summary"], indent=1))
 
 

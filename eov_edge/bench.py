@@ -25,6 +25,8 @@ from pathlib import Path
 
 import click
 
+from eov_edge.paths import write_atomic, write_json_atomic
+
 RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
 
 PEAK_SCRIPT = """
@@ -225,16 +227,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         "note": "quantized rows are not gated here (speed and size only); their accuracy is in the "
                 "quant_report.json of eov-export quantize",
     }
-    _write(out / "bench.json", json.dumps(report, indent=1))
-    _write(out / "bench.md", markdown(report))
+    write_json_atomic(out / "bench.json", report)
+    write_atomic(out / "bench.md", markdown(report))
     chart(report, out / "bench.png")
     return report
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def markdown(report: dict) -> str:

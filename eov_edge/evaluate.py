@@ -10,7 +10,6 @@ number of distinct answers shows whether the model answers from the image at all
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import statistics
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from eov_edge import metrics, slis
 from eov_edge.data.examples import Example, ExampleFactory
+from eov_edge.paths import write_json_atomic
 from eov_edge.tasks import TASKS
 
 EVAL_SEED = 1000
@@ -190,9 +190,6 @@ def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 48, s
     train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1)
     report = evaluate(model, processor, val, train, progress=progress)
     report.update({"checkpoint": str(checkpoint), "per_task": per_task, "seed": seed})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, out)
+    write_json_atomic(out, report)
     out.with_suffix(".md").write_text(markdown(report))
     return report

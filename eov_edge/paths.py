@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -24,6 +25,27 @@ def data_dir() -> Path:
 def calib_dir() -> Path:
     """The calibration samples folder holding ``manifest.json``."""
     return Path(os.environ.get("EOV_CALIB_DIR", PROJECT_ROOT / "calib_data"))
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place: readers never
+    see a half-written file, and a failure leaves the old file (or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """:func:`write_atomic` of ``data`` as indented JSON."""
+    write_atomic(path, json.dumps(data, indent=1))
 
 
 @contextmanager

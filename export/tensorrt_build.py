@@ -11,7 +11,6 @@ cannot be installed on our build machines; everything before ``import tensorrt``
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 from eov_edge import manifest as mf
 from eov_edge.export.devices import EngineError
 from eov_edge.export.engine_plan import EnginePlan, GraphEnginePlan
+from eov_edge.paths import write_atomic, write_json_atomic
 
 META_FILE = "engines.json"
 META_VERSION = 1
@@ -45,9 +45,7 @@ class EngineMeta:
 def write_meta(directory: Path, metas: list[EngineMeta], plan: EnginePlan) -> None:
     data = {"meta_version": META_VERSION, "engines": [asdict(m) for m in metas], "plan": json.loads(plan.to_json()),
             "built_on": platform.platform()}
-    tmp = directory / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, directory / META_FILE)
+    write_json_atomic(directory / META_FILE, data)
 
 
 def load_meta(directory: Path) -> list[EngineMeta]:
@@ -148,9 +146,7 @@ def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, o
     if serialized is None:
         raise EngineError(f"TensorRT failed to build {graph.graph}; rerun with --verbose for the builder log")
     engine_path = out / graph.engine_file
-    tmp = engine_path.with_name(engine_path.name + ".tmp")
-    tmp.write_bytes(bytes(serialized))
-    os.replace(tmp, engine_path)
+    write_atomic(engine_path, bytes(serialized))
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
     major, minor = _compute_capability()
     return EngineMeta(graph.graph, graph.engine_file, mf.sha256_file(engine_path), trt.__version__, [major, minor],

@@ -4,8 +4,6 @@ with a per-output difference table is raised (optimum ``validate_model_outputs``
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import torch
 from eov_edge import manifest as mf
 from eov_edge.errors import EOVError
 from eov_edge.export.specs import GRAPH_SPECS, Shapes
+from eov_edge.paths import write_json_atomic
 
 # Fresh shapes, unlike the export dummies: prefill with no past, left padding, one-token decode.
 VALIDATION_CASES: dict[str, list[Shapes]] = {
@@ -166,7 +165,5 @@ def verify(artifacts: Path, checkpoint: Path, report: Path | None = None) -> dic
     except ParityError as err:
         summary = {"ok": False, "error": str(err)}
     if report is not None:
-        tmp = report.with_name(report.name + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=1))
-        os.replace(tmp, report)
+        write_json_atomic(report, summary)
     return summary

@@ -9,15 +9,13 @@ and GDAL read the member.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from eov_edge import slis
+from eov_edge.paths import write_json_atomic  # noqa: F401  (re-exported for the runtime CLI)
 from eov_edge.raster import View
 
 
@@ -150,14 +148,3 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
         collection["crs"] = crs
     return collection
 
-
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON to a temporary file beside ``path`` and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
