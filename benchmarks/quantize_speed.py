@@ -51,7 +51,7 @@ def main() -> None:
     from eov_edge import manifest as mf
     from eov_edge.provenance import git_commit
     from eov_edge.quantize.calibration import calibration_set
-    from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph
+    from eov_edge.quantize.build import write_ungated
 
     work = Path(tempfile.mkdtemp(prefix="eov-qbench-"))
     artifacts = args.artifacts
@@ -87,17 +87,9 @@ def main() -> None:
     measure(fp32_paths)  # discarded: the first sessions of a process pay one-time costs (page cache, allocator)
     rows = {"fp32": measure(fp32_paths)}
     print("fp32", json.dumps(rows["fp32"]), flush=True)
-    vocab = manifest.embedding["shape"][0]
     for name in args.recipes.split(","):
-        recipe = RECIPES[name]
-        paths = dict(fp32_paths)
-        for graph in recipe.graphs:
-            plan = plan_graph(fp32_paths[graph], vocab, keep_lm_head=not recipe.quantize_lm_head,
-                              include_conv=recipe.quantize_conv)
-            target = work / f"{name}-{graph}.onnx"
-            quantize_graph(recipe, graph, fp32_paths[graph], target, plan,
-                           calibration if recipe.needs_calibration else None)
-            paths[graph] = target
+        quantized = write_ungated(artifacts, name, work / name, calibration)
+        paths = {g: quantized / mf.GRAPH_FILES[g] for g in fp32_paths}
         row = measure(paths)
         for key in ("encoder_ms", "prefill_ms", "decode_step_ms"):
             row[key.replace("_ms", "_speedup")] = round(rows["fp32"][key] / row[key], 3)

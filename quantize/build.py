@@ -28,7 +28,7 @@ from eov_edge.paths import staged_folder
 from eov_edge.quantize import gate
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
-from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, plan_graph, quantize_graph
+from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, quantize_graph, recipe_plans
 
 REPORT_FILE = "quant_report.json"
 MAX_FALLBACK_ROUNDS = 6
@@ -41,6 +41,13 @@ def _write_graphs(recipe: Recipe, source: Path, staging: Path, plans: dict[str, 
         file = mf.GRAPH_FILES[graph]
         tools[graph] = quantize_graph(recipe, graph, source / file, staging / file, plans[graph], calibration)
     return tools
+
+
+def _copy_artifacts(artifacts: Path, staging: Path, recipe: Recipe) -> None:
+    """The FP32 artifacts (without their reports) as the start of the quantized folder."""
+    shutil.copytree(artifacts, staging, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
+    _convert_embedding(staging, recipe.embedding_dtype)
 
 
 def _convert_embedding(staging: Path, dtype: str) -> None:
@@ -110,10 +117,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
 
     progress(f"calibration: running the FP32 pipeline on the samples of {calib_dir or 'calib_data/'}")
     calibration = calibration_set(artifacts, calib_dir)
-    vocab = manifest.embedding["shape"][0]
-    lm_head = recipe.quantize_lm_head if quantize_lm_head is None else quantize_lm_head
-    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head=not lm_head,
-                           include_conv=recipe.quantize_conv) for g in recipe.graphs}
+    plans = recipe_plans(recipe, artifacts, quantize_lm_head)
 
     data_root = Path(data_root) if data_root else data_dir()
     patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
@@ -123,9 +127,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(out) as staging, tempfile.TemporaryDirectory(dir=out.parent) as sensitivity_dir:
-        shutil.copytree(artifacts, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
-        _convert_embedding(staging, recipe.embedding_dtype)
+        _copy_artifacts(artifacts, staging, recipe)
         rounds, fallback, sensitivity = [], [], None
         while True:
             tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
@@ -179,16 +181,11 @@ def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: Cal
     the manifest says so. Never ship these: ``quantize_artifacts`` is the gated path."""
     recipe = RECIPES[recipe_name]
     artifacts, out = Path(artifacts), Path(out)
-    manifest = mf.load_manifest(artifacts)
     if recipe.needs_calibration and calibration is None:
         calibration = calibration_set(artifacts)
-    vocab = manifest.embedding["shape"][0]
-    plans = {g: plan_graph(artifacts / mf.GRAPH_FILES[g], vocab, keep_lm_head=not recipe.quantize_lm_head,
-                           include_conv=recipe.quantize_conv) for g in recipe.graphs}
+    plans = recipe_plans(recipe, artifacts)
     with staged_folder(out) as staging:
-        shutil.copytree(artifacts, staging, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns(REPORT_FILE, "quant_report.md", "verify_report.json"))
-        _convert_embedding(staging, recipe.embedding_dtype)
+        _copy_artifacts(artifacts, staging, recipe)
         tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
         _update_manifest(staging, recipe, tools, calibration, {"skipped": "not gated: speed and size measurement only"})
     return out

@@ -97,6 +97,15 @@ def plan_graph(path: Path, vocab_size: int, keep_lm_head: bool = True, include_c
     return GraphPlan(quantizable, lm_head, list(lm_head) if keep_lm_head else [])
 
 
+def recipe_plans(recipe: Recipe, artifacts: Path, quantize_lm_head: bool | None = None) -> dict[str, GraphPlan]:
+    """The plan of every graph ``recipe`` quantizes in ``artifacts``, with the recipe's defaults for
+    the LM head and the patch-embedding Conv (``quantize_lm_head`` overrides the first)."""
+    vocab = mf.load_manifest(artifacts, verify_hashes=False).embedding["shape"][0]
+    lm_head = recipe.quantize_lm_head if quantize_lm_head is None else quantize_lm_head
+    return {g: plan_graph(Path(artifacts) / mf.GRAPH_FILES[g], vocab, keep_lm_head=not lm_head,
+                          include_conv=recipe.quantize_conv) for g in recipe.graphs}
+
+
 def _library_versions() -> dict:
     import onnx
     import onnxruntime
