@@ -121,8 +121,8 @@ def bench_pytorch(model, processor, samples, max_new: int, repeats: int) -> dict
         features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])
         projector = _timed(lambda: model.projector(features), repeats)
         out = model.generate(**batch, max_new_tokens=max_new)
-    new_tokens = max(len(processor.decode(row.tolist()).token_ids) + 1 for row in out)
     tokens = [processor.decode(row.tolist()).token_ids for row in out]
+    new_tokens = max(len(t) + 1 for t in tokens)
     return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
             "e2e_ms": _stats(e2e), "new_tokens": new_tokens, "tokens": tokens}
 
@@ -147,7 +147,7 @@ def bench_runtime(artifacts: Path, samples, max_new: int, repeats: int) -> dict:
     for row in ids.tolist():
         row = row[: row.index(eos)] if eos in row else row
         tokens.append([t for t in row if t != pad])
-    decoder_mb = sum((artifacts / f).stat().st_size for f in [pipe.manifest.graphs[mf.DECODER].file]) / 2**20
+    decoder_mb = (artifacts / pipe.manifest.graphs[mf.DECODER].file).stat().st_size / 2**20
     return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
             "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
             "size_mb": round(_dir_size_mb(artifacts), 2)}

@@ -67,6 +67,18 @@ class RasterGrid:
     crs: str | None
     transform: tuple[float, ...] | None
 
+    def pixel_to_map(self, x: float, y: float) -> tuple[float, float]:
+        """Pixel coordinates of the raster to map coordinates in ``crs``."""
+        return apply_affine(self.transform, x, y)
+
+
+def apply_affine(transform: tuple[float, ...] | None, x: float, y: float) -> tuple[float, float]:
+    """Affine (a, b, c, d, e, f), as rasterio orders it, applied to pixel (x, y)."""
+    if transform is None:
+        raise ValueError("not georeferenced: no map coordinates")
+    a, b, c, d, e, f = transform
+    return a * x + b * y + c, d * x + e * y + f
+
 
 @dataclass
 class View:
@@ -98,8 +110,7 @@ class View:
         """Canvas pixel coordinates (x right, y down) to map coordinates in ``crs``."""
         if self.transform is None:
             raise ValueError(f"{self.sources[0]} is not georeferenced: it has no map coordinates")
-        a, b, c, d, e, f = self.transform
-        return a * x + b * y + c, d * x + e * y + f
+        return apply_affine(self.transform, x, y)
 
 
 def _rasterio():

@@ -69,7 +69,7 @@ def resolve_precision(device: DevicePreset, requested: str, manifest: mf.Manifes
         raise EngineError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
     recipe = manifest.quantization.get("recipe") if manifest.quantization else None
     if requested == "auto":
-        requested = {"trt-int8": "int8", "trt-fp8": "fp8", "w4a16": "w4a16"}.get(recipe, "fp16")
+        requested = {r: p for p, r in RECIPE_FOR.items()}.get(recipe, "fp16")
         if recipe and requested == "fp16":
             raise EngineError(f"artifacts quantized with {recipe!r} are for ONNX Runtime on CPU, not TensorRT; "
                               "use the FP32 export or a trt-int8 / trt-fp8 / w4a16 quantization")

@@ -156,7 +156,7 @@ def check_profiles_against_graph(entry: mf.GraphEntry, profiles: list[Profile], 
         if graph == mf.DECODER:
             mask, embeds = profile.shapes[mf.ATTENTION_MASK], profile.shapes[mf.INPUTS_EMBEDS]
             past = profile.shapes[mf.past_names(1)[0]]
-            for i, part in enumerate(("min", "opt", "max")):
+            for part in ("min", "opt", "max"):
                 total = getattr(past, part)[2] + getattr(embeds, part)[1]
                 if getattr(mask, part)[1] != total:
                     raise EngineError(f"{where}: mask length {part} {getattr(mask, part)[1]} != past + seq {total}")

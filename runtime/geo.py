@@ -104,7 +104,8 @@ def non_max_suppression(detections: Sequence[Detection], iou_threshold: float = 
     return kept
 
 
-def _geometry(kind: str, points: list[tuple[float, float]]) -> dict:
+def shape_geometry(kind: str, points: list[tuple[float, float]]) -> dict:
+    """GeoJSON geometry of a SLIS shape kind: a Point for ``pt``, else a closed Polygon."""
     coords = [[float(x), float(y)] for x, y in points]
     if kind == "pt":
         return {"type": "Point", "coordinates": coords[0]}
@@ -137,7 +138,7 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
         points = d.map_points if georeferenced else d.pixel_points
         features.append({
             "type": "Feature",
-            "geometry": _geometry(d.kind, points),
+            "geometry": shape_geometry(d.kind, points),
             "properties": {"class": d.label, "score": round(d.score, 6), "shape": d.kind, "view": d.view,
                            "source": d.source, "pixel_box": [round(v, 2) for v in d.pixel_box], **d.extra},
         })

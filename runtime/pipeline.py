@@ -183,6 +183,10 @@ class Pipeline:
         embeds[is_image] = image_embeds.reshape(-1, embeds.shape[-1])
         return embeds
 
+    def inputs_embeds(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """The decoder's prefill input (B, S, D): token embeddings with the views' embeddings in place."""
+        return self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+
     def batch(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, np.ndarray]:
         return build_batch(samples, self.tokenizer, self.spec, max_new_tokens=max_new_tokens)
 
@@ -190,7 +194,7 @@ class Pipeline:
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and probabilities (B, T) for model-ready arrays (``build_batch`` output)."""
         generation = generation or GenerationConfig()
-        embeds = self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+        embeds = self.inputs_embeds(batch)
         start = time.perf_counter()
         ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
         self.timings["generate"] += time.perf_counter() - start
@@ -217,7 +221,7 @@ class Pipeline:
         """Yield the answer's text piece by piece as tokens are generated (one sample)."""
         generation = generation or GenerationConfig()
         batch = self.batch([self.sample(views, task, prompt)], generation.max_new_tokens)
-        embeds = self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+        embeds = self.inputs_embeds(batch)
         ids: list[int] = []
         shown = ""
         for step in self.decoder.steps(embeds, batch["attention_mask"], generation):

@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Sequence
 from eov_edge.errors import EOVError
 from eov_edge.raster import RasterGrid, View, Window, raster_grid
 from eov_edge.runtime.generation import GenerationConfig
-from eov_edge.runtime.geo import Detection, feature_collection, non_max_suppression
+from eov_edge.runtime.geo import Detection, feature_collection, non_max_suppression, shape_geometry
 from eov_edge.runtime.pipeline import SPATIAL_TASKS, Answer, Pipeline, peak_rss_mb, resolve_task
 
 GDAL_CACHE_MB = 64  # GDAL's default is 5% of RAM: a whole-scene pass would fill it
@@ -95,10 +95,8 @@ def _tile_feature(answer: dict, grid: RasterGrid) -> dict:
     col, row, width, height = answer["window"]
     corners = [(col, row), (col + width, row), (col + width, row + height), (col, row + height)]
     if grid.transform is not None:
-        a, b, c, d, e, f = grid.transform
-        corners = [(a * x + b * y + c, d * x + e * y + f) for x, y in corners]
-    ring = [[float(x), float(y)] for x, y in corners]
-    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]},
+        corners = [grid.pixel_to_map(x, y) for x, y in corners]
+    return {"type": "Feature", "geometry": shape_geometry("quad", corners),
             "properties": {"tile": answer["tile"], "answer": answer["text"]}}
 
 
