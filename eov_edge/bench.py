@@ -10,6 +10,9 @@ ms, time to first token, decode ms/token and tokens/s, end-to-end ms (median, mi
 disk, the ratio to the baseline, and decode time against the memory-bandwidth floor (decoder weight
 bytes read per token / read bandwidth measured in this run). Writes ``bench.json``, ``bench.md`` and
 ``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random weights (seed 0).
+
+With ``onnxruntime-genai`` installed (``--peer``, the default then), a second table puts our decode
+loop beside ONNX Runtime GenAI's on the same decoder weights (:mod:`eov_edge.bench_peer`).
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
 
 def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
-              recipe_artifacts: dict[str, Path] | None = None) -> dict:
+              recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
+              peer_prompt_tokens: int = 200) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
     time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts)."""
     import onnxruntime
@@ -217,6 +221,16 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
             "speedup_e2e": round(base["e2e_ms"]["median"] / row["e2e_ms"]["median"], 3),
             "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
         })
+    head_to_head = None
+    if peer:
+        from eov_edge.bench_peer import run_peer_bench
+
+        precision_of = {"runtime fp32": "fp32", "runtime ort-cpu-int8": "int8", "runtime ort-cpu-int4": "int4"}
+        ours = {precision_of[n]: d for n, d in rows_dirs.items() if n in precision_of}
+        floors = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
+        head_to_head = run_peer_bench(model.language_model, ours, out, floors, bandwidth, batch,
+                                      prompt_tokens=peer_prompt_tokens, max_new=max_new, repeats=repeats,
+                                      progress=progress)
     report = {
         "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
         "model": where, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -227,6 +241,11 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         "note": "quantized rows are not gated here (speed and size only); their accuracy is in the "
                 "quant_report.json of eov-export quantize",
     }
+    if head_to_head is not None:
+        import onnxruntime_genai
+
+        report["machine"]["onnxruntime_genai"] = onnxruntime_genai.__version__
+        report["decoder_head_to_head"] = head_to_head
     write_json_atomic(out / "bench.json", report)
     write_atomic(out / "bench.md", markdown(report))
     chart(report, out / "bench.png")
@@ -246,7 +265,12 @@ def markdown(report: dict) -> str:
                      f"{r['ttft_ms']['median']:.1f} | {r['encoder_ms']['median']:.1f} | {r['decode_ms_per_token']:.2f} "
                      f"({r['bandwidth_floor_ms']:.2f}) | {r['peak_rss_mb']} | {r['size_mb']} | "
                      f"{'yes' if r['tokens_identical_to_pytorch'] else 'no'} |")
-    return "\n".join(lines + ["", report["note"], ""])
+    lines += ["", report["note"], ""]
+    if report.get("decoder_head_to_head"):
+        from eov_edge.bench_peer import peer_markdown
+
+        lines.append(peer_markdown(report["decoder_head_to_head"]))
+    return "\n".join(lines)
 
 
 def chart(report: dict, path: Path) -> None:
@@ -279,13 +303,27 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 @click.option("--recipes", default=",".join(RECIPES), show_default=True, help="comma-separated, or empty")
-def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str) -> None:
+@click.option("--peer/--no-peer", default=None,
+              help="decoder head to head with ONNX Runtime GenAI [default: on when onnxruntime-genai is installed]")
+@click.option("--peer-prompt-tokens", type=int, default=200, show_default=True)
+def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str, peer: bool | None,
+         peer_prompt_tokens: int) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
+    from eov_edge.bench_peer import genai_available
+
     chosen = tuple(r for r in recipes.split(",") if r)
     unknown = [r for r in chosen if r not in RECIPES]
     if unknown:
         raise click.UsageError(f"unknown recipes {unknown}; eov-bench times {', '.join(RECIPES)}")
-    report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True))
+    missing = genai_available()
+    if peer and missing:
+        raise click.UsageError(missing)
+    if peer is None:
+        peer = missing is None
+        if missing:
+            click.echo(f"no decoder head to head: {missing}", err=True)
+    report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True),
+                       peer=peer, peer_prompt_tokens=peer_prompt_tokens)
     click.echo(markdown(report))
 
 

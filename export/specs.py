@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from eov_edge import manifest as mf
+from eov_edge.export.decoder_module import ExportDecoder
 from eov_edge.model import CachedDecoder, EarthOneVisionForConditionalGeneration
 
 Model = EarthOneVisionForConditionalGeneration
@@ -37,6 +38,9 @@ class GraphSpec:
     output_names: Callable[[Model], list[str]]
     dynamic_shapes: Callable[[Model], object]  # torch.export dynamic_shapes for `inputs`
     atol: float  # max abs difference allowed against PyTorch in fp32
+    # What validation compares the graph with; default: ``module`` itself. The decoder's is
+    # transformers' own forward, so a mistake in the export module cannot validate itself.
+    reference: Callable[[Model], nn.Module] | None = None
 
     @property
     def file(self) -> str:
@@ -79,6 +83,20 @@ def _decoder_inputs(model: Model, s: Shapes, g: torch.Generator) -> tuple:
     return embeds, mask, positions, past
 
 
+class _NewPositionsReference(nn.Module):
+    """``CachedDecoder`` (transformers' forward) with ``present`` cut to the new positions, the
+    export module's contract."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.decoder = CachedDecoder(model.language_model)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past):
+        logits, *presents = self.decoder(inputs_embeds, attention_mask, position_ids, past)
+        seq = inputs_embeds.shape[1]
+        return (logits, *(p[:, :, -seq:] for p in presents))
+
+
 def _num_layers(model: Model) -> int:
     return model.config.text_config.num_hidden_layers
 
@@ -104,7 +122,7 @@ GRAPH_SPECS: dict[str, GraphSpec] = {
     ),
     mf.DECODER: GraphSpec(
         mf.DECODER,
-        module=lambda m: CachedDecoder(m.language_model),
+        module=lambda m: ExportDecoder(m.language_model),
         inputs=_decoder_inputs,
         input_names=lambda m: [mf.INPUTS_EMBEDS, mf.ATTENTION_MASK, mf.POSITION_IDS] + mf.past_names(_num_layers(m)),
         output_names=lambda m: [mf.LOGITS] + mf.present_names(_num_layers(m)),
@@ -113,5 +131,6 @@ GRAPH_SPECS: dict[str, GraphSpec] = {
             tuple({0: d["batch"], 2: d["past"]} for _ in range(2 * _num_layers(m))),
         ))(_dims()),
         atol=1e-4,
+        reference=_NewPositionsReference,
     ),
 }

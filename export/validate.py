@@ -64,7 +64,7 @@ def graph_parity(directory: Path, model) -> list[OutputDiff]:
         plain_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         optimized = ort.InferenceSession(path, optimized_options, providers=["CPUExecutionProvider"])
         plain = ort.InferenceSession(path, plain_options, providers=["CPUExecutionProvider"])
-        module = spec.module(model).eval()
+        module = (spec.reference or spec.module)(model).eval()
         for k, shapes in enumerate(VALIDATION_CASES[name]):
             inputs = spec.inputs(model, shapes, torch.Generator().manual_seed(100 + k))
             with torch.no_grad():

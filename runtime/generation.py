@@ -1,13 +1,13 @@
 """Autoregressive decoding over the exported decoder graph with a preallocated KV cache (numpy only).
 
-The decoder graph's contract (``CachedDecoder``): ``past`` (B, KV, P, hd) in, ``present``
-(B, KV, P+S, hd) out, with an attention mask over all P+S positions and explicit position ids. We
-keep that graph and make the cache fixed-size instead of growing: after the prefill, every decode
-step feeds the *whole* preallocated buffer (capacity C = prompt + max_new_tokens - 1 slots) with the
-not-yet-written slots masked out, so every step has the same shapes, the present outputs are written
-into buffers allocated once (IOBinding), and only the new token's key/value (one slot) is copied
-into the cache. Masked slots get exactly zero attention weight, and positions come from the mask,
-not the slot index, so the tokens are those of PyTorch ``generate()`` (tested on calib_data).
+The decoder graph's contract (``ExportDecoder``): ``past`` (B, KV, P, hd) in, ``present``
+(B, KV, S, hd) out: the keys and values of the S positions just fed, nothing else. The runtime
+owns the cache: one buffer per layer and kind, of fixed capacity C = prompt + max_new_tokens - 1
+slots, allocated once per generation. Every decode step feeds the *whole* buffer with the
+not-yet-written slots masked out, so every step has the same shapes, the one-slot present outputs
+land in buffers bound once (IOBinding), and the runtime copies that slot into the cache: nothing
+else of the cache moves. Masked slots get exactly zero attention weight, and positions come from
+the mask, not the slot index, so the tokens are those of PyTorch ``generate()`` (tested on calib_data).
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ class GenerationConfig:
     """How to pick tokens: greedy by default; ``do_sample`` draws with a seeded generator."""
 
     max_new_tokens: int = 64
+    # EOS cannot be chosen before this many tokens (transformers' ``min_new_tokens``: its logit is
+    # set to -inf), so benchmarks time a fixed number of steps and stay comparable token for token.
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0  # 0: the whole vocabulary
@@ -35,6 +38,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {self.min_new_tokens}")
         if self.do_sample and not self.temperature > 0:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
 
@@ -52,15 +57,15 @@ class Step:
 class KVCache:
     """Per-layer key/value buffers allocated once per generation, plus the step mask.
 
-    keys/values: 2L arrays (B, KV, C, hd); present: 2L arrays (B, KV, C+1, hd) that the decoder
-    writes each step; mask: (B, C+1) i64 over [cache slots..., the new token].
+    past: 2L arrays (B, KV, C, hd); present: 2L arrays (B, KV, 1, hd), the fed token's key/value that
+    the decoder writes each step; mask: (B, C+1) i64 over [cache slots..., the new token].
     """
 
     def __init__(self, num_layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int) -> None:
         self.capacity = capacity
         self.length = 0  # slots written
         self.past = [np.zeros((batch, kv_heads, capacity, head_dim), np.float32) for _ in range(2 * num_layers)]
-        self.present = [np.empty((batch, kv_heads, capacity + 1, head_dim), np.float32)
+        self.present = [np.empty((batch, kv_heads, 1, head_dim), np.float32)
                         for _ in range(2 * num_layers)]
         self.mask = np.zeros((batch, capacity + 1), np.int64)
         self.mask[:, capacity] = 1  # the token being fed always attends to itself
@@ -80,11 +85,11 @@ class KVCache:
         self.length = length
 
     def append_step(self) -> None:
-        """Move the fed token's key/value (last slot of ``present``) into the next cache slot."""
+        """Move the fed token's key/value (``present``) into the next cache slot."""
         if self.length >= self.capacity:
             raise ValueError("KV cache full")
         for buffer, present in zip(self.past, self.present):
-            buffer[:, :, self.length] = present[:, :, self.capacity]
+            buffer[:, :, self.length] = present[:, :, 0]
         self.mask[:, self.length] = 1
         self.length += 1
 
@@ -133,25 +138,30 @@ class Decoder:
         cache = KVCache(m.num_layers, batch, m.num_kv_heads, m.head_dim, capacity)
         self.last_cache_bytes = cache.nbytes
         cache.write_prompt([out[name] for name in self.present_names], attention_mask)
-        next_position = positions[:, -1:] + 1  # (B, 1)
+        # Decode-step inputs live in buffers refilled in place, so the runner sees the same arrays
+        # every step and keeps its binding (see OrtRunner).
+        step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)
+        step_position = positions[:, -1:] + 1  # (B, 1)
+        feed = {mf.INPUTS_EMBEDS: step_embeds, mf.ATTENTION_MASK: cache.mask, mf.POSITION_IDS: step_position}
+        feed.update(zip(self.past_names, cache.past))
+        step_outputs = {mf.LOGITS: np.empty((batch, 1, len(self.embed_table)), np.float32)}  # (B, 1, V)
+        step_outputs.update(zip(self.present_names, cache.present))
         finished = np.zeros(batch, bool)
         for index in range(config.max_new_tokens):
             logits = out[mf.LOGITS][:, -1]  # (B, V)
+            if index < config.min_new_tokens:
+                logits = logits.copy()
+                logits[:, eos] = -np.inf
             ids, probs = self._pick(logits, config, rng)
             ids = np.where(finished, pad, ids)
             finished = finished | (ids == eos)
             yield Step(index, ids, probs, finished.copy())
             if finished.all() or index == config.max_new_tokens - 1:
                 return
-            feed = {
-                mf.INPUTS_EMBEDS: self.embed_table[ids][:, None, :].astype(np.float32, copy=False),  # (B, 1, D)
-                mf.ATTENTION_MASK: cache.mask,
-                mf.POSITION_IDS: next_position,
-            }
-            feed.update(zip(self.past_names, cache.past))
-            out = self.runner.infer(feed, outputs=dict(zip(self.present_names, cache.present)))
+            step_embeds[:, 0] = self.embed_table[ids]  # float16 tables are widened here
+            out = self.runner.infer(feed, outputs=step_outputs)
             cache.append_step()
-            next_position = next_position + 1
+            step_position += 1
 
     @staticmethod
     def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator

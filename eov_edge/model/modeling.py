@@ -91,7 +91,8 @@ class FeatureProjector(nn.Module):
 
 
 class CachedDecoder(nn.Module):
-    """One decoder step over flat KV-cache tensors: the graph the device runs for prefill and decode.
+    """One decoder step over flat KV-cache tensors through transformers' own forward: the reference
+    the exported decoder (``eov_edge.export.decoder_module.ExportDecoder``) is validated against.
 
     inputs_embeds (B, S, D), attention_mask (B, P+S) i64, position_ids (B, S) i64,
     past: 2L tensors (B, KV, P, hd) as key0, value0, key1, ... (P = 0 for prefill)

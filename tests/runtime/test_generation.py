@@ -50,7 +50,7 @@ def test_cache_buffers_are_allocated_once_per_generation(pipeline, monkeypatch):
     prefill, *steps = calls
     assert prefill[1] == {} and len(steps) >= 2
     assert all(step == steps[0] for step in steps), "cache arrays changed between steps"
-    assert len(steps[0][1]) == 2 * pipeline.manifest.num_layers
+    assert set(steps[0][1]) == {mf.LOGITS, *mf.present_names(pipeline.manifest.num_layers)}
 
 
 def test_kv_cache_writes_prompt_then_one_slot_per_step():
@@ -58,9 +58,9 @@ def test_kv_cache_writes_prompt_then_one_slot_per_step():
     prompt = [np.full((2, 1, 2, 2), 7.0, np.float32), np.full((2, 1, 2, 2), 8.0, np.float32)]
     cache.write_prompt(prompt, np.array([[0, 1], [1, 1]]))
     assert cache.mask.tolist() == [[0, 1, 0, 0, 1], [1, 1, 0, 0, 1]]
+    assert all(p.shape == (2, 1, 1, 2) for p in cache.present)  # the fed token only
     for present in cache.present:
-        present[...] = -1
-        present[:, :, 4] = 5.0  # the fed token's key/value sits in the last slot
+        present[...] = 5.0
     cache.append_step()
     assert cache.past[0][:, 0, :, 0].tolist() == [[7, 7, 5, 0], [7, 7, 5, 0]]
     assert cache.mask[:, 2].tolist() == [1, 1] and cache.length == 3

@@ -1,0 +1,197 @@
+"""Decoder head to head: our runtime's decode loop against ONNX Runtime GenAI, same weights, one run.
+
+ONNX Runtime GenAI (``onnxruntime-genai``: a C++ generation loop over ORT, fused
+GroupQueryAttention, KV buffers shared between past and present) is the mature peer for a
+Qwen2-style decoder on CPU. Its model builder takes our decoder as transformers saves it
+(``Qwen2ForCausalLM``), at fp32 and int4 (``MatMulNBits``, block 32, symmetric, accuracy level 4:
+the settings of our ``ort-cpu-int4`` recipe). Configured fairly: intra-op threads = the cores,
+``past_present_share_buffer`` with ``max_length`` = prompt + new tokens, ``prune_lm_head``.
+
+Both sides get the same prompt token ids (text only: GenAI's builder takes token ids, so the image
+embeddings are left out of this comparison; the end-to-end rows of ``eov-bench`` have them) and
+generate exactly ``max_new`` tokens greedily (EOS suppressed until then, ``min_new_tokens``).
+PyTorch ``generate()`` on the same ids is the token reference for the fp32 rows. Every row runs in
+its own process (no shared thread pools), in ``rounds`` interleaved rounds; each row reports the
+best round's median, which on a shared machine is the least disturbed one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+# peer precision -> the builder's precision flag and extra options
+PEER_PRECISIONS = {"fp32": "fp32", "int4": "int4"}
+PEER_EXTRA_OPTIONS = "prune_lm_head=true int4_block_size=32 int4_accuracy_level=4"
+
+TIMING_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+kind, where, spec = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+ids = np.array(spec["ids"], np.int64)  # (B, S)
+new, repeats = spec["max_new"], spec["repeats"]
+batch, prompt = ids.shape
+if kind == "ort-genai":
+    import onnxruntime_genai as og
+    model = og.Model(og.Config(where))
+    def generate():
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt + new, min_length=prompt + new, do_sample=False,
+                                  batch_size=batch)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(ids)  # prefill; the first token is chosen in the first generate_next_token
+        generator.generate_next_token()
+        first = time.perf_counter()
+        while not generator.is_done():
+            generator.generate_next_token()
+        end = time.perf_counter()
+        tokens = [generator.get_sequence(b)[prompt:].tolist() for b in range(batch)]
+        return first - start, end - first, tokens
+else:
+    from eov_edge.runtime.generation import GenerationConfig
+    from eov_edge.runtime.pipeline import Pipeline
+    pipe = Pipeline.from_artifacts(where, thread_pool="shared")
+    config = GenerationConfig(max_new_tokens=new, min_new_tokens=new)
+    mask = np.ones(ids.shape, np.int64)
+    def generate():
+        embeds = pipe.embed_table[ids].astype(np.float32)  # (B, S, D)
+        start = time.perf_counter()
+        steps = pipe.decoder.steps(embeds, mask, config)
+        chosen = [next(steps).token_ids]
+        first = time.perf_counter()
+        chosen += [s.token_ids for s in steps]
+        end = time.perf_counter()
+        return first - start, end - first, np.stack(chosen, 1).tolist()
+generate()  # warm-up
+runs = [generate() for _ in range(repeats)]
+print(json.dumps({"ttft_ms": [1000 * r[0] for r in runs],
+                  "decode_ms_per_token": [1000 * r[1] / max(new - 1, 1) for r in runs],
+                  "tokens": runs[-1][2]}))
+"""
+
+
+def genai_available() -> str | None:
+    """None if onnxruntime-genai imports, else why not."""
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError as err:
+        return f"onnxruntime-genai is not installed ({err}); pip install 'eov-edge[bench]'"
+    return None
+
+
+def build_ort_genai(language_model, out: Path, precision: str, threads: int, eos_token_id: int) -> Path:
+    """GenAI model folder ``out`` for our decoder weights at ``precision`` (fp32 or int4)."""
+    out = Path(out)
+    if (out / "genai_config.json").is_file():
+        return out
+    source = out.with_name(out.name + ".hf")
+    work = out.with_name(out.name + ".tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    if not (source / "config.json").is_file():
+        language_model.save_pretrained(source)
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-i", str(source),
+               "-o", str(work), "-p", PEER_PRECISIONS[precision], "-e", "cpu", "-c", str(work / "cache"),
+               "--extra_options", *PEER_EXTRA_OPTIONS.split()]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode != 0 or not (work / "genai_config.json").is_file():
+        raise RuntimeError(f"onnxruntime-genai's model builder failed:\n{done.stderr[-2000:]}")
+    shutil.rmtree(work / "cache", ignore_errors=True)
+    config_path = work / "genai_config.json"
+    config = json.loads(config_path.read_text())
+    decoder = config["model"]["decoder"]
+    decoder["session_options"]["intra_op_num_threads"] = threads  # its default ran one thread here
+    config["model"]["eos_token_id"] = [eos_token_id]  # the builder adds the tokenizer's guesses
+    config["search"]["past_present_share_buffer"] = True
+    config_path.write_text(json.dumps(config, indent=2))
+    os.replace(work, out)
+    return out
+
+
+def _time_row(kind: str, where: Path, ids: list[list[int]], max_new: int, repeats: int) -> dict:
+    spec = json.dumps({"ids": ids, "max_new": max_new, "repeats": repeats})
+    done = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, kind, str(where), spec], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing {kind} {where} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _reference_tokens(language_model, ids: list[list[int]], max_new: int) -> list[list[int]]:
+    import torch
+
+    with torch.no_grad():
+        out = language_model.generate(input_ids=torch.tensor(ids), attention_mask=torch.ones(len(ids), len(ids[0]),
+                                      dtype=torch.long), max_new_tokens=max_new, min_new_tokens=max_new,
+                                      do_sample=False)
+    return out[:, len(ids[0]):].tolist()
+
+
+def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
+                   bandwidth_gbs: float, batch: int, prompt_tokens: int = 200, max_new: int = 32,
+                   repeats: int = 5, rounds: int = 2, progress=print) -> dict:
+    """``ours``: precision -> our artifacts (fp32, int8, int4); ``floors_mb``: precision -> decoder
+    weight MiB read per token. Returns the table rows, keyed ``ours fp32`` ... ``ort-genai int4``."""
+    import numpy as np
+
+    threads = os.cpu_count() or 2
+    eos = int(language_model.config.eos_token_id)
+    vocab = int(language_model.config.vocab_size)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(8, vocab, size=(1, prompt_tokens)).repeat(batch, 0).tolist()  # same prompt per row
+    rows_where = {f"ours {p}": ("ours", Path(d)) for p, d in ours.items()}
+    for precision in PEER_PRECISIONS:
+        progress(f"building the ONNX Runtime GenAI {precision} model")
+        rows_where[f"ort-genai {precision}"] = ("ort-genai", build_ort_genai(
+            language_model, Path(out) / "artifacts" / f"ort-genai-{precision}", precision, threads, eos))
+    reference = _reference_tokens(language_model, ids, max_new)
+    measured: dict[str, list[dict]] = {name: [] for name in rows_where}
+    for round_index in range(rounds):
+        for name, (kind, where) in rows_where.items():
+            progress(f"decoder head to head, round {round_index + 1}/{rounds}: {name}")
+            measured[name].append(_time_row(kind, where, ids, max_new, repeats))
+    rows = {}
+    for name, runs in measured.items():
+        precision = name.split()[-1]
+        best = min(runs, key=lambda r: statistics.median(r["decode_ms_per_token"]))
+        decode = statistics.median(best["decode_ms_per_token"])
+        floor = floors_mb[precision] * 2**20 / (bandwidth_gbs * 1e9) * 1000
+        rows[name] = {
+            "ttft_ms": round(min(statistics.median(r["ttft_ms"]) for r in runs), 2),
+            "decode_ms_per_token": round(decode, 3),
+            "decode_ms_per_token_rounds": [round(statistics.median(r["decode_ms_per_token"]), 3) for r in runs],
+            "bandwidth_floor_ms": round(floor, 3),
+            "decode_vs_floor": round(decode / floor, 2),
+            "tokens_identical_to_pytorch": best["tokens"] == reference if precision == "fp32" else None,
+        }
+    for name, row in rows.items():
+        precision = name.split()[-1]
+        peer = rows.get(f"ort-genai {precision}")
+        if name.startswith("ours") and peer:
+            row["decode_vs_ort_genai"] = round(row["decode_ms_per_token"] / peer["decode_ms_per_token"], 3)
+            row["ttft_vs_ort_genai"] = round(row["ttft_ms"] / peer["ttft_ms"], 3)
+    return {"prompt_tokens": prompt_tokens, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
+            "rounds": rounds, "peer_options": {"threads": threads, "extra_options": PEER_EXTRA_OPTIONS,
+                                               "past_present_share_buffer": True},
+            "rows": rows}
+
+
+def peer_markdown(peer: dict) -> str:
+    lines = [f"## Decoder head to head with ONNX Runtime GenAI: prompt {peer['prompt_tokens']} tokens, batch "
+             f"{peer['batch']}, {peer['max_new_tokens']} new tokens",
+             "", f"Each row in its own process; best of {peer['rounds']} interleaved rounds of {peer['repeats']} "
+             "runs (median). Floor: decoder weight bytes per token / measured read bandwidth.", "",
+             "| decoder | first token ms | decode ms/token | floor ms | x floor | x ORT GenAI (decode / first token) "
+             "| tokens = PyTorch |", "|---|---|---|---|---|---|---|"]
+    for name, r in peer["rows"].items():
+        versus = (f"{r['decode_vs_ort_genai']:.3f} / {r['ttft_vs_ort_genai']:.3f}"
+                  if "decode_vs_ort_genai" in r else "-")
+        same = {True: "yes", False: "no", None: "-"}[r["tokens_identical_to_pytorch"]]
+        lines.append(f"| {name} | {r['ttft_ms']:.1f} | {r['decode_ms_per_token']:.2f} | {r['bandwidth_floor_ms']:.2f} "
+                     f"| {r['decode_vs_floor']:.2f} | {versus} | {same} |")
+    return "\n".join(lines + [""])
