@@ -15,7 +15,8 @@ from pathlib import Path
 from eov_edge.errors import EOVError
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT_VERSION = 1
+# 2: the decoder's present outputs hold the new positions only (B, KV, S, hd), not past + new.
+MANIFEST_FORMAT_VERSION = 2
 
 ENCODER, PROJECTOR, DECODER = "encoder", "projector", "decoder"
 GRAPH_FILES = {ENCODER: "encoder.onnx", PROJECTOR: "projector.onnx", DECODER: "decoder.onnx"}
