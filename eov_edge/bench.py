@@ -2,8 +2,8 @@
 
     eov-bench --preset nano --batch 1 --out bench/nano-b1
 
-Rows: PyTorch eager (the baseline), the runtime on FP32 ONNX Runtime, and the runtime on each CPU
-quantization recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate, for
+Rows: PyTorch eager (the baseline), the runtime on FP32 ONNX Runtime (its fused CPU decoder, and the
+portable decoder that TensorRT engines are built from), and the runtime on each CPU quantization recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate, for
 speed only: accuracy comes from ``eov-export quantize``'s report). For each: encoder and projector
 ms, time to first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of
 ``--repeats`` runs after a warm-up), peak RSS (measured in a separate process per row), size on
@@ -138,13 +138,14 @@ def bench_runtime(artifacts: Path, samples, max_new: int, repeats: int) -> dict:
     pipe = Pipeline.from_artifacts(artifacts, thread_pool="shared")
     batch = pipe.batch(samples, max_new)
     greedy = GenerationConfig(max_new_tokens=max_new)
-    e2e = _timed(lambda: pipe.generate_ids(batch, greedy), repeats)
-    ttft = _timed(lambda: pipe.generate_ids(pipe.batch(samples, 1), GenerationConfig(max_new_tokens=1)), repeats)
     for runner in pipe.runners.values():
         runner.timings.clear()
+    e2e = _timed(lambda: pipe.generate_ids(batch, greedy), repeats)
+    # one encoder / projector call per run; the first was the warm-up
+    encoder = [1000 * t for t in pipe.runners[mf.ENCODER].timings[1:]]
+    projector = [1000 * t for t in pipe.runners[mf.PROJECTOR].timings[1:]]
+    ttft = _timed(lambda: pipe.generate_ids(pipe.batch(samples, 1), GenerationConfig(max_new_tokens=1)), repeats)
     ids, _ = pipe.generate_ids(batch, greedy)
-    encoder = [1000 * t for t in pipe.runners[mf.ENCODER].timings]
-    projector = [1000 * t for t in pipe.runners[mf.PROJECTOR].timings]
     eos, pad = pipe.manifest.special_tokens["eos"], pipe.manifest.special_tokens["pad"]
     tokens = []
     for row in ids.tolist():
@@ -173,6 +174,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     import onnxruntime
     import torch
 
+    from eov_edge import manifest as mf
     from eov_edge.export.onnx_export import export_onnx
     from eov_edge.provenance import git_commit
     from eov_edge.quantize.build import write_ungated
@@ -183,12 +185,20 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     torch.set_num_threads(os.cpu_count() or 2)
     where = str(NANO_CHECKPOINT) if preset == "nano" else f"preset:{preset}"
     model, processor = _pytorch_model(where)
-    artifacts = Path(artifacts) if artifacts else out / "artifacts" / "fp32"
-    if not (artifacts / "manifest.json").is_file():
-        progress(f"exporting {preset} to {artifacts}")
-        export_onnx(artifacts, model_and_processor=(model, processor), overwrite=True, validate=False,
-                    checkpoint=NANO_CHECKPOINT if preset == "nano" else None, preset=None if preset == "nano" else preset)
-    rows_dirs = {"runtime fp32": artifacts}
+    rows_dirs = {}
+    if artifacts is None:
+        # The CPU rows run ONNX Runtime's fused decoder (--decoder ort-cpu), the fastest here; the
+        # portable decoder (the TensorRT engines' input) gets its own row.
+        artifacts = out / "artifacts" / "fp32"
+        for kind, folder in ((mf.ORT_CPU_DECODER, artifacts), (mf.PORTABLE_DECODER, out / "artifacts" / "fp32-portable")):
+            if not (folder / "manifest.json").is_file():
+                progress(f"exporting {preset} to {folder} ({kind} decoder)")
+                export_onnx(folder, model_and_processor=(model, processor), overwrite=True, validate=False,
+                            checkpoint=NANO_CHECKPOINT if preset == "nano" else None,
+                            preset=None if preset == "nano" else preset, decoder=kind)
+            rows_dirs["runtime fp32" if kind == mf.ORT_CPU_DECODER else "runtime fp32 portable"] = folder
+    else:
+        rows_dirs["runtime fp32"] = Path(artifacts)
     for recipe in recipes:
         target = Path((recipe_artifacts or {}).get(recipe) or out / "artifacts" / recipe)
         if not (target / "manifest.json").is_file():
@@ -225,7 +235,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     if peer:
         from eov_edge.bench_peer import run_peer_bench
 
-        precision_of = {"runtime fp32": "fp32", "runtime ort-cpu-int8": "int8", "runtime ort-cpu-int4": "int4"}
+        precision_of = {"runtime fp32": "fp32", "runtime fp32 portable": "fp32-portable", "runtime ort-cpu-int8": "int8",
+                        "runtime ort-cpu-int4": "int4"}
         ours = {precision_of[n]: d for n, d in rows_dirs.items() if n in precision_of}
         floors = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
         head_to_head = run_peer_bench(model.language_model, ours, out, floors, bandwidth, batch,

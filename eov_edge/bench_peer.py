@@ -135,8 +135,8 @@ def _reference_tokens(language_model, ids: list[list[int]], max_new: int) -> lis
 def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
                    bandwidth_gbs: float, batch: int, prompt_tokens: int = 200, max_new: int = 32,
                    repeats: int = 5, rounds: int = 2, progress=print) -> dict:
-    """``ours``: precision -> our artifacts (fp32, int8, int4); ``floors_mb``: precision -> decoder
-    weight MiB read per token. Returns the table rows, keyed ``ours fp32`` ... ``ort-genai int4``."""
+    """``ours``: precision -> our artifacts (fp32, fp32-portable, int8, int4); ``floors_mb``: precision
+    -> decoder weight MiB read per token. Returns the table rows, keyed ``ours fp32`` ... ``ort-genai int4``."""
     import numpy as np
 
     threads = os.cpu_count() or 2
@@ -158,20 +158,20 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
     rows = {}
     for name, runs in measured.items():
         precision = name.split()[-1]
+        base_precision = precision.split("-")[0]  # "fp32-portable" -> fp32
         best = min(runs, key=lambda r: statistics.median(r["decode_ms_per_token"]))
         decode = statistics.median(best["decode_ms_per_token"])
-        floor = floors_mb[precision] * 2**20 / (bandwidth_gbs * 1e9) * 1000
+        floor = floors_mb.get(precision, floors_mb.get(base_precision, 0.0)) * 2**20 / (bandwidth_gbs * 1e9) * 1000
         rows[name] = {
             "ttft_ms": round(min(statistics.median(r["ttft_ms"]) for r in runs), 2),
             "decode_ms_per_token": round(decode, 3),
             "decode_ms_per_token_rounds": [round(statistics.median(r["decode_ms_per_token"]), 3) for r in runs],
             "bandwidth_floor_ms": round(floor, 3),
-            "decode_vs_floor": round(decode / floor, 2),
-            "tokens_identical_to_pytorch": best["tokens"] == reference if precision == "fp32" else None,
+            "decode_vs_floor": round(decode / floor, 2) if floor else None,
+            "tokens_identical_to_pytorch": best["tokens"] == reference if base_precision == "fp32" else None,
         }
     for name, row in rows.items():
-        precision = name.split()[-1]
-        peer = rows.get(f"ort-genai {precision}")
+        peer = rows.get(f"ort-genai {name.split()[-1].split('-')[0]}")
         if name.startswith("ours") and peer:
             row["decode_vs_ort_genai"] = round(row["decode_ms_per_token"] / peer["decode_ms_per_token"], 3)
             row["ttft_vs_ort_genai"] = round(row["ttft_ms"] / peer["ttft_ms"], 3)
@@ -193,5 +193,5 @@ def peer_markdown(peer: dict) -> str:
                   if "decode_vs_ort_genai" in r else "-")
         same = {True: "yes", False: "no", None: "-"}[r["tokens_identical_to_pytorch"]]
         lines.append(f"| {name} | {r['ttft_ms']:.1f} | {r['decode_ms_per_token']:.2f} | {r['bandwidth_floor_ms']:.2f} "
-                     f"| {r['decode_vs_floor']:.2f} | {versus} | {same} |")
+                     f"| {r['decode_vs_floor']} | {versus} | {same} |")
     return "\n".join(lines + [""])

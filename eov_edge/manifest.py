@@ -24,6 +24,12 @@ EMBEDDING_FILE = "embed_tokens.npy"  # (vocab, Dlm) float32 table the runtime ga
 
 PIXEL_VALUES, MODALITY_IDS, FEATURES, IMAGE_EMBEDS = "pixel_values", "modality_ids", "features", "image_embeds"
 INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "inputs_embeds", "attention_mask", "position_ids", "logits"
+# The ONNX Runtime CPU decoder (export/ort_decoder.py) takes row lengths instead of a mask.
+SEQLENS_K, TOTAL_SEQUENCE_LENGTH = "seqlens_k", "total_sequence_length"
+# decoder.onnx kinds: "portable" (standard ops: ONNX Runtime, TensorRT) or "ort-cpu" (fused
+# ONNX Runtime contrib ops, a KV buffer shared between past and present)
+PORTABLE_DECODER, ORT_CPU_DECODER = "portable", "ort-cpu"
+DECODER_KINDS = (PORTABLE_DECODER, ORT_CPU_DECODER)
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -76,6 +82,7 @@ class Manifest:
     produced_by: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     quantization: dict = field(default_factory=dict)  # recipe, tools, calibration, gate (quantized artifacts)
+    decoder_kind: str = PORTABLE_DECODER
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -24,8 +24,11 @@ def main() -> None:
 @click.option("--opset", default=18, show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace an existing artifacts folder")
 @click.option("--no-validate", is_flag=True, help="skip the parity checks (not recommended)")
+@click.option("--decoder", type=click.Choice(["portable", "ort-cpu"]), default="portable", show_default=True,
+              help="portable: standard ops (ONNX Runtime, TensorRT engines, every recipe); ort-cpu: ONNX Runtime's "
+                   "fused kernels with a shared KV buffer, fastest on CPU (ONNX Runtime and its CPU recipes only)")
 def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: int, overwrite: bool,
-                 no_validate: bool) -> None:
+                 no_validate: bool, decoder: str) -> None:
     """Write encoder.onnx, projector.onnx, decoder.onnx, the embedding table, tokenizer and manifest."""
     from eov_edge.export.onnx_export import export_onnx, manifest_summary
     from eov_edge.ship import NANO_CHECKPOINT
@@ -34,7 +37,7 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
         checkpoint = NANO_CHECKPOINT
     try:
         manifest = export_onnx(out, checkpoint=checkpoint, preset=preset, opset=opset, overwrite=overwrite,
-                               validate=not no_validate)
+                               validate=not no_validate, decoder=decoder)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     click.echo(f"wrote {out}")

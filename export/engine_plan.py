@@ -175,6 +175,9 @@ def make_plan(artifacts: Path, device: DevicePreset, precision: str = "auto", ma
     """The plan for ``artifacts`` on ``device``; raises EngineError on anything impossible."""
     artifacts = Path(artifacts)
     manifest = mf.load_manifest(artifacts, verify_hashes=False)
+    if manifest.decoder_kind != mf.PORTABLE_DECODER:
+        raise EngineError(f"{artifacts}: its decoder is ONNX Runtime's fused CPU graph ({manifest.decoder_kind}), which "
+                          "TensorRT cannot import; export with --decoder portable (the default) for engines")
     precisions = resolve_precision(device, precision, manifest)  # refuses before any other work
     if max_batch < 1 or max_views < 1:
         raise EngineError("--max-batch and --max-views must be >= 1")

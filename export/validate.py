@@ -51,11 +51,61 @@ def _flatten(inputs) -> list[torch.Tensor]:
     return out
 
 
+def _run_shared_cache(session, embeds: np.ndarray, seqlens: np.ndarray, total: int, cache: list[np.ndarray],
+                      num_layers: int) -> np.ndarray:
+    """One call of the ORT CPU decoder with ``cache`` bound as both past and present (as the runtime does)."""
+    binding = session.io_binding()
+    binding.bind_cpu_input(mf.INPUTS_EMBEDS, np.ascontiguousarray(embeds, np.float32))
+    binding.bind_cpu_input(mf.SEQLENS_K, seqlens.astype(np.int32))
+    binding.bind_cpu_input(mf.TOTAL_SEQUENCE_LENGTH, np.array(total, np.int32))
+    binding.bind_output(mf.LOGITS, "cpu")
+    for names in (mf.past_names(num_layers), mf.present_names(num_layers)):
+        for name, array in zip(names, cache):
+            bind = binding.bind_input if names[0].startswith("past") else binding.bind_output
+            bind(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
+    session.run_with_iobinding(binding)
+    return binding.get_outputs()[0].numpy()
+
+
+def ort_cpu_decoder_parity(path: Path, model, optimized, plain) -> list[OutputDiff]:
+    """The fused ORT CPU decoder against transformers' forward (``CachedDecoder``): a 9-position
+    prefill, then 3 one-token steps; logits and the cache slots each call wrote."""
+    from eov_edge.model import CachedDecoder
+
+    reference = CachedDecoder(model.language_model).eval()
+    t = model.config.text_config
+    layers, kv, hd = t.num_hidden_layers, t.num_key_value_heads, t.hidden_size // t.num_attention_heads
+    g = torch.Generator().manual_seed(7)
+    prompt, steps, atol = 9, 3, GRAPH_SPECS[mf.DECODER].atol
+    embeds = torch.randn(1, prompt + steps, t.hidden_size, generator=g)
+    caches = {s: [np.zeros((1, kv, prompt + steps, hd), np.float32) for _ in range(2 * layers)]
+              for s in ("optimized", "plain")}
+    past = tuple(torch.zeros(1, kv, 0, hd) for _ in range(2 * layers))
+    rows, start = [], 0
+    for call, length in enumerate([prompt] + [1] * steps):
+        end = start + length
+        with torch.no_grad():
+            logits, *presents = reference(embeds[:, start:end], torch.ones(1, end, dtype=torch.long),
+                                          torch.arange(start, end)[None], past)
+        got = {s: _run_shared_cache(session, embeds[:, start:end].numpy(), np.array([end - 1]), end, caches[s], layers)
+               for s, session in (("optimized", optimized), ("plain", plain))}
+        case = "prefill seq=9" if call == 0 else f"decode past={start}"
+        diff = np.abs(got["optimized"] - logits.numpy())
+        rows.append(OutputDiff(mf.DECODER, case, mf.LOGITS, float(diff.max()), float(diff.mean()), atol,
+                               float(np.abs(got["optimized"] - got["plain"]).max())))
+        cache_diff = max(float(np.abs(c[:, :, :end] - p.numpy()).max()) for c, p in zip(caches["optimized"], presents))
+        rows.append(OutputDiff(mf.DECODER, case, "present (shared cache)", cache_diff, cache_diff, atol,
+                               max(float(np.abs(a - b).max()) for a, b in zip(caches["optimized"], caches["plain"]))))
+        past, start = tuple(presents), end
+    return rows
+
+
 def graph_parity(directory: Path, model) -> list[OutputDiff]:
     import onnxruntime as ort
 
     from eov_edge.runtime.runner import session_options
 
+    fused = mf.load_manifest(directory, verify_hashes=False).decoder_kind == mf.ORT_CPU_DECODER
     rows = []
     for name, spec in GRAPH_SPECS.items():
         path = str(directory / spec.file)
@@ -64,6 +114,9 @@ def graph_parity(directory: Path, model) -> list[OutputDiff]:
         plain_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         optimized = ort.InferenceSession(path, optimized_options, providers=["CPUExecutionProvider"])
         plain = ort.InferenceSession(path, plain_options, providers=["CPUExecutionProvider"])
+        if name == mf.DECODER and fused:
+            rows += ort_cpu_decoder_parity(directory / spec.file, model, optimized, plain)
+            continue
         module = (spec.reference or spec.module)(model).eval()
         for k, shapes in enumerate(VALIDATION_CASES[name]):
             inputs = spec.inputs(model, shapes, torch.Generator().manual_seed(100 + k))

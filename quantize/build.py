@@ -112,6 +112,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     if out.exists() and not overwrite:
         raise QuantizeError(f"{out} exists; pass --overwrite to replace it")
     manifest = mf.load_manifest(artifacts)
+    check_decoder_kind(recipe, manifest, artifacts)
     budget = max_drop if max_drop is not None else recipe.default_max_drop
     started = time.time()
 
@@ -176,11 +177,19 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     return report
 
 
+def check_decoder_kind(recipe: Recipe, manifest: mf.Manifest, artifacts: Path) -> None:
+    """TensorRT recipes need the portable decoder (TensorRT cannot import ORT's contrib ops)."""
+    if recipe.for_tensorrt and manifest.decoder_kind != mf.PORTABLE_DECODER:
+        raise QuantizeError(f"{recipe.name} is for TensorRT, but {artifacts} holds ONNX Runtime's fused CPU decoder "
+                            f"({manifest.decoder_kind}); quantize artifacts exported with --decoder portable")
+
+
 def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: CalibrationSet | None = None) -> Path:
     """Quantized artifacts WITHOUT the accuracy gate, for speed and size measurements only (eov-bench);
     the manifest says so. Never ship these: ``quantize_artifacts`` is the gated path."""
     recipe = RECIPES[recipe_name]
     artifacts, out = Path(artifacts), Path(out)
+    check_decoder_kind(recipe, mf.load_manifest(artifacts, verify_hashes=False), artifacts)
     if recipe.needs_calibration and calibration is None:
         calibration = calibration_set(artifacts)
     plans = recipe_plans(recipe, artifacts)

@@ -8,6 +8,10 @@ not-yet-written slots masked out, so every step has the same shapes, the one-slo
 land in buffers bound once (IOBinding), and the runtime copies that slot into the cache: nothing
 else of the cache moves. Masked slots get exactly zero attention weight, and positions come from
 the mask, not the slot index, so the tokens are those of PyTorch ``generate()`` (tested on calib_data).
+
+Artifacts exported with ``--decoder ort-cpu`` (``manifest.decoder_kind``) carry ONNX Runtime's fused
+decoder instead (``export/ort_decoder.py``): there the KV buffer is shared between ``past`` and
+``present`` and the graph itself writes the new positions; :meth:`Decoder._steps_shared_cache`.
 """
 
 from __future__ import annotations
@@ -126,7 +130,9 @@ class Decoder:
                 f"{prompt_length} prompt tokens + {config.max_new_tokens} new tokens exceed the context of "
                 f"{m.max_context}; shorten the prompt or lower max_new_tokens"
             )
-        eos, pad = m.special_tokens["eos"], m.special_tokens["pad"]
+        if m.decoder_kind == mf.ORT_CPU_DECODER:
+            yield from self._steps_shared_cache(inputs_embeds, attention_mask, config)
+            return
         rng = np.random.default_rng(config.seed)
         attention_mask = attention_mask.astype(np.int64, copy=False)
         positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
@@ -148,20 +154,68 @@ class Decoder:
         step_outputs.update(zip(self.present_names, cache.present))
         finished = np.zeros(batch, bool)
         for index in range(config.max_new_tokens):
-            logits = out[mf.LOGITS][:, -1]  # (B, V)
-            if index < config.min_new_tokens:
-                logits = logits.copy()
-                logits[:, eos] = -np.inf
-            ids, probs = self._pick(logits, config, rng)
-            ids = np.where(finished, pad, ids)
-            finished = finished | (ids == eos)
-            yield Step(index, ids, probs, finished.copy())
-            if finished.all() or index == config.max_new_tokens - 1:
+            step = self._choose(index, out[mf.LOGITS][:, -1], finished, config, rng)
+            yield step
+            if step.finished.all() or index == config.max_new_tokens - 1:
                 return
-            step_embeds[:, 0] = self.embed_table[ids]  # float16 tables are widened here
+            step_embeds[:, 0] = self.embed_table[step.token_ids]  # float16 tables are widened here
             out = self.runner.infer(feed, outputs=step_outputs)
             cache.append_step()
             step_position += 1
+
+    def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
+                            ) -> Iterator[Step]:
+        """The loop over the ONNX Runtime CPU decoder (``decoder_kind`` "ort-cpu"): one KV buffer per
+        layer and kind, bound as both ``past`` and ``present``; the graph writes each row's new K/V
+        at that row's length. Each prompt is prefilled on its own, unpadded (the buffers hold rows
+        from slot 0), then the batch decodes together, each row at its own length."""
+        m = self.manifest
+        batch, prompt_length, _ = inputs_embeds.shape
+        rng = np.random.default_rng(config.seed)
+        lengths = attention_mask.astype(np.int64).sum(-1)  # (B,) real prompt tokens (left padded)
+        if (lengths < 1).any():
+            raise PromptError("a prompt row has no tokens (its attention mask is all zero)")
+        capacity = int(lengths.max()) + config.max_new_tokens - 1
+        cache = [np.zeros((batch, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
+        self.last_cache_bytes = sum(c.nbytes for c in cache)
+        logits = np.empty((batch, 1, len(self.embed_table)), np.float32)  # (B, 1, V)
+        for row, length in enumerate(lengths.tolist()):
+            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[row:row + 1, prompt_length - length:],
+                                                           dtype=np.float32),
+                    mf.SEQLENS_K: np.array([length - 1], np.int32), mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
+            rows = [c[row:row + 1] for c in cache]  # (1, KV, C, hd) views into the shared buffers
+            feed.update(zip(self.past_names, rows))
+            self.runner.infer(feed, outputs={mf.LOGITS: logits[row:row + 1], **dict(zip(self.present_names, rows))})
+        # Decode: the same buffers every step, refilled in place (one binding for the whole loop).
+        step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)
+        seqlens = lengths.astype(np.int32)  # tokens already cached per row = GQA's seqlens_k for the next one
+        total = np.array(seqlens.max() + 1, np.int32)
+        feed = {mf.INPUTS_EMBEDS: step_embeds, mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total}
+        feed.update(zip(self.past_names, cache))
+        outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, cache))}
+        finished = np.zeros(batch, bool)
+        for index in range(config.max_new_tokens):
+            step = self._choose(index, logits[:, -1], finished, config, rng)
+            yield step
+            if step.finished.all() or index == config.max_new_tokens - 1:
+                return
+            step_embeds[:, 0] = self.embed_table[step.token_ids]
+            self.runner.infer(feed, outputs=outputs)
+            seqlens += 1
+            total += 1
+
+    def _choose(self, index: int, logits: np.ndarray, finished: np.ndarray, config: GenerationConfig,
+                rng: np.random.Generator) -> Step:
+        """Pick step ``index``'s tokens from logits (B, V); rows already finished get pad. Updates
+        ``finished`` in place."""
+        eos, pad = self.manifest.special_tokens["eos"], self.manifest.special_tokens["pad"]
+        if index < config.min_new_tokens:
+            logits = logits.copy()
+            logits[:, eos] = -np.inf
+        ids, probs = self._pick(logits, config, rng)
+        ids = np.where(finished, pad, ids)
+        finished |= ids == eos
+        return Step(index, ids, probs, finished.copy())
 
     @staticmethod
     def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator

@@ -68,3 +68,15 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("dev", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
 settings.load_profile("ci" if os.environ.get("EOV_REQUIRE_DATA") == "1" else "dev")
+
+
+@pytest.fixture(scope="session")
+def nano_fused_artifacts(tmp_path_factory, shipped):
+    """The shipped checkpoint with ONNX Runtime's fused CPU decoder (--decoder ort-cpu), validated:
+    graph parity against transformers' forward and 20 token-for-token comparisons with generate()."""
+    from eov_edge.export.onnx_export import export_onnx
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    out = tmp_path_factory.mktemp("fused") / "nano"
+    export_onnx(out, checkpoint=NANO_CHECKPOINT, model_and_processor=shipped, decoder="ort-cpu")
+    return out

@@ -1,0 +1,142 @@
+"""The decoder for ONNX Runtime on CPU: the portable decoder's weights in ORT's fused contrib ops.
+
+``eov-export onnx --decoder ort-cpu`` replaces ``decoder.onnx`` with this graph. It computes the same
+function as the portable graph (``decoder_module.ExportDecoder``) with ONNX Runtime's own kernels,
+the way ONNX Runtime GenAI's model builder lays out a Qwen2 decoder:
+
+- ``GroupQueryAttention`` (com.microsoft) per layer: RoPE inside (``do_rotary``, cos/sin tables of
+  the model's ``inv_freq``), grouped K/V heads, and a KV buffer shared between ``past`` and
+  ``present``: the runtime binds one (B, KV, C, hd) array per layer as both, the op writes the new
+  positions' K/V into it at each row's length. Nothing is copied, nothing is masked by hand;
+- ``SkipSimplifiedLayerNormalization``: residual Add + RMSNorm in one kernel;
+- one MatMul for Q/K/V (+ bias), one for gate/up, logits for the last position only.
+
+Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S, D) f32,
+``seqlens_k`` (B,) i32 = each row's valid length including the S fed positions, minus one,
+``total_sequence_length`` () i32 = the longest row's length including them, ``past.{i}.key|value``
+(B, KV, C, hd) -> ``logits`` (B, 1, V) of the last position, ``present.{i}.key|value`` (B, KV, C, hd).
+Rows are right-aligned at slot 0 (no left padding): the runtime prefills each prompt on its own and
+decodes the batch together, each row at its own length. ONNX Runtime only: TensorRT and the
+TensorRT recipes take the portable graph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from eov_edge import manifest as mf
+
+from eov_edge.manifest import SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+
+MS_DOMAIN = "com.microsoft"
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB message limit, with room for the graph
+
+
+def export_weights(language_model) -> dict[str, np.ndarray]:
+    """``ExportDecoder``'s tensors by name (fused Q/K/V and gate/up, (in, out) layouts, inv_freq).
+    Read from the module, not from the portable graph: the ONNX exporter merges identical
+    initializers (e.g. RMSNorm weights that are all ones), so their names are not a contract."""
+    from eov_edge.export.decoder_module import ExportDecoder
+
+    module = ExportDecoder(language_model)
+    tensors = dict(module.named_parameters())
+    tensors.update(module.named_buffers())
+    return {name: tensor.detach().float().numpy() for name, tensor in tensors.items()}
+
+
+def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin (max_positions, hd/2) f32, computed as Qwen2RotaryEmbedding does (float32 product)."""
+    positions = np.arange(max_positions, dtype=np.float32)[:, None]
+    angles = positions * inv_freq.astype(np.float32)[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf.Manifest) -> None:
+    """Write the fused decoder for ``manifest``'s model to ``target`` (replacing what is there) from
+    :func:`export_weights`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    text = manifest.model_config["text_config"]
+    layers, kv, hd = manifest.num_layers, manifest.num_kv_heads, manifest.head_dim
+    heads = text["num_attention_heads"]
+    hidden, intermediate = text["hidden_size"], text["intermediate_size"]
+    vocab = weights["lm_head"].shape[1]
+    eps = float(text["rms_norm_eps"])
+    missing = [n for n in ("inv_freq", "lm_head", "final_norm", "qkv_weight.0") if n not in weights]
+    if missing:
+        raise ValueError(f"not ExportDecoder's weights (no {missing})")
+    cos, sin = rotary_tables(weights["inv_freq"], manifest.max_context)
+
+    initializers = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache"),
+                    numpy_helper.from_array(np.array([intermediate, intermediate], np.int64), "gate_up_split"),
+                    numpy_helper.from_array(np.array([-1], np.int64), "last_index")]
+
+    def weight(name: str) -> str:
+        initializers.append(numpy_helper.from_array(weights[name].astype(np.float32), name))
+        return name
+
+    nodes = []
+    past = mf.past_names(layers)
+    present = mf.present_names(layers)
+    nodes.append(helper.make_node("SimplifiedLayerNormalization", [mf.INPUTS_EMBEDS, weight("input_norm.0")],
+                                  ["layer0.norm"], name="layer0.input_norm", epsilon=eps, axis=-1,
+                                  stash_type=1))
+    residual, normed = mf.INPUTS_EMBEDS, "layer0.norm"
+    for i in range(layers):
+        p = f"layer{i}"
+        nodes += [
+            helper.make_node("MatMul", [normed, weight(f"qkv_weight.{i}")], [f"{p}.qkv_mm"], name=f"{p}.qkv_proj"),
+            helper.make_node("Add", [f"{p}.qkv_mm", weight(f"qkv_bias.{i}")], [f"{p}.qkv"], name=f"{p}.qkv_bias"),
+            helper.make_node(
+                "GroupQueryAttention",
+                [f"{p}.qkv", "", "", past[2 * i], past[2 * i + 1], "seqlens_k", "total_sequence_length",
+                 "cos_cache", "sin_cache"],
+                [f"{p}.attn", present[2 * i], present[2 * i + 1]], name=f"{p}.attention", domain=MS_DOMAIN,
+                num_heads=heads, kv_num_heads=kv, scale=float(hd ** -0.5), do_rotary=1, rotary_interleaved=0,
+                local_window_size=-1),
+            helper.make_node("MatMul", [f"{p}.attn", weight(f"o_weight.{i}")], [f"{p}.o"], name=f"{p}.o_proj"),
+            helper.make_node("SkipSimplifiedLayerNormalization", [residual, f"{p}.o", weight(f"post_norm.{i}")],
+                             [f"{p}.post_norm", "", "", f"{p}.residual_attn"], name=f"{p}.post_norm",
+                             domain=MS_DOMAIN, epsilon=eps),
+            helper.make_node("MatMul", [f"{p}.post_norm", weight(f"gate_up_weight.{i}")], [f"{p}.gate_up"],
+                             name=f"{p}.gate_up_proj"),
+            helper.make_node("Split", [f"{p}.gate_up", "gate_up_split"], [f"{p}.gate", f"{p}.up"],
+                             name=f"{p}.gate_up_split", axis=-1),
+            helper.make_node("Sigmoid", [f"{p}.gate"], [f"{p}.gate_sigmoid"], name=f"{p}.silu_sigmoid"),
+            helper.make_node("Mul", [f"{p}.gate", f"{p}.gate_sigmoid"], [f"{p}.silu"], name=f"{p}.silu"),
+            helper.make_node("Mul", [f"{p}.silu", f"{p}.up"], [f"{p}.act"], name=f"{p}.gated"),
+            helper.make_node("MatMul", [f"{p}.act", weight(f"down_weight.{i}")], [f"{p}.down"], name=f"{p}.down_proj"),
+        ]
+        last = i == layers - 1
+        norm_weight = weight("final_norm") if last else weight(f"input_norm.{i + 1}")
+        normed = "final.norm" if last else f"layer{i + 1}.norm"
+        nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", [f"{p}.residual_attn", f"{p}.down",
+                                                                           norm_weight],
+                                      [normed, "", "", f"{p}.residual_mlp"], name=f"{p}.next_norm",
+                                      domain=MS_DOMAIN, epsilon=eps))
+        residual = f"{p}.residual_mlp"
+    nodes += [
+        helper.make_node("Gather", [normed, "last_index"], ["final.last"], name="last_position", axis=1),  # (B, 1, D)
+        helper.make_node("MatMul", ["final.last", weight("lm_head")], [mf.LOGITS], name="lm_head"),
+    ]
+    cache_shape = ["batch", kv, "capacity", hd]
+    inputs = [helper.make_tensor_value_info(mf.INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "seq", hidden]),
+              helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, ["batch"]),
+              helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, [])]
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in past]
+    outputs = [helper.make_tensor_value_info(mf.LOGITS, TensorProto.FLOAT, ["batch", 1, vocab])]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in present]
+    graph = helper.make_graph(nodes, "eov_decoder_ort_cpu", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="eov-edge")
+    model.ir_version = 10
+    target = Path(target)
+    for stale in (target, target.with_name(target.name + ".data")):
+        stale.unlink(missing_ok=True)
+    external = sum(t.nbytes for t in weights.values()) > EXTERNAL_DATA_BYTES
+    onnx.save_model(model, str(target), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=target.name + ".data" if external else None)
+

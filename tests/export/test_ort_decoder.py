@@ -1,0 +1,72 @@
+"""--decoder ort-cpu: ONNX Runtime's fused decoder, same function as the portable graph, shared KV buffer."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import pytest
+
+from eov_edge import manifest as mf
+from eov_edge.export.engine_plan import EngineError, make_plan
+from eov_edge.export.devices import get_device
+from eov_edge.quantize.build import QuantizeError, write_ungated
+from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.pipeline import Pipeline
+from eov_edge.export.validate import calib_pipeline_samples
+
+pytestmark = pytest.mark.slow
+
+
+def test_fused_graph_contract_and_validation(nano_fused_artifacts):
+    manifest = mf.load_manifest(nano_fused_artifacts)
+    assert manifest.decoder_kind == mf.ORT_CPU_DECODER
+    decoder = manifest.graphs[mf.DECODER]
+    layers = manifest.num_layers
+    assert [t.name for t in decoder.inputs] == [mf.INPUTS_EMBEDS, mf.SEQLENS_K, mf.TOTAL_SEQUENCE_LENGTH,
+                                                *mf.past_names(layers)]
+    assert decoder.inputs[2].shape == [] and decoder.inputs[1].dtype == "int32"
+    assert decoder.inputs[3].shape == decoder.outputs[1].shape  # past and present: one buffer
+    ops = collections.Counter(n.op_type for n in onnx.load(str(nano_fused_artifacts / decoder.file)).graph.node)
+    assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
+    assert ops["MatMul"] == 4 * layers + 1  # qkv, o, gate_up, down per layer; the LM head
+    # export validated it: against transformers' forward (prefill, then decode steps writing the
+    # shared cache) and token for token with generate() on every calib sample, alone and batched
+    validation = manifest.validation
+    shared = [g for g in validation["graphs"] if g["output"] == "present (shared cache)"]
+    assert len(shared) == 4 and all(g["max_abs"] < 1e-4 for g in shared)
+    assert validation["summary"]["token_identical"] == "20/20"
+
+
+def test_fused_and_portable_runtimes_give_the_same_tokens_and_probabilities(nano_fused_artifacts, nano_artifacts):
+    fused, portable = Pipeline.from_artifacts(nano_fused_artifacts), Pipeline.from_artifacts(nano_artifacts)
+    samples = [s for _, s in calib_pipeline_samples(fused.spec.image_size)][:4]  # prompts of different lengths
+    config = GenerationConfig(max_new_tokens=12, min_new_tokens=12)  # every step runs, rows never stop
+    batch = fused.batch(samples, 12)
+    assert len(set(batch["attention_mask"].sum(-1).tolist())) > 1
+    ids_f, probs_f = fused.generate_ids(batch, config)
+    ids_p, probs_p = portable.generate_ids(portable.batch(samples, 12), config)
+    assert ids_f.tolist() == ids_p.tolist()
+    np.testing.assert_allclose(probs_f, probs_p, atol=1e-4)
+    assert fused.stats()["kv_cache_mb"] > 0
+
+
+def test_fused_decoder_is_for_onnx_runtime_only(nano_fused_artifacts, tmp_path):
+    with pytest.raises(EngineError, match="--decoder portable"):
+        make_plan(nano_fused_artifacts, get_device("orin-nano"))
+    with pytest.raises(QuantizeError, match="--decoder portable"):
+        write_ungated(nano_fused_artifacts, "w4a16", tmp_path / "w4a16")
+    assert not (tmp_path / "w4a16").exists()
+
+
+def test_cpu_recipes_quantize_the_fused_decoder(nano_fused_artifacts, tmp_path):
+    out = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
+    graph = onnx.load(str(out / "decoder.onnx"))
+    ops = collections.Counter(n.op_type for n in graph.graph.node)
+    layers = mf.load_manifest(out).num_layers
+    assert ops["MatMulNBits"] == 4 * layers + 1 and ops["GroupQueryAttention"] == layers
+    pipe = Pipeline.from_artifacts(out)
+    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
+    assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
