@@ -151,11 +151,14 @@ def _quiet_ort_advice():
 
 
 def _dynamic_int8(recipe, graph, source, target, plan, calibration) -> dict:
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    # DefaultTensorType: ONNX shape inference cannot type the outputs of ORT's contrib ops (the
+    # fused CPU decoder); every activation of our graphs is float32.
     quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul", "Gemm", "Conv"],
                      nodes_to_quantize=plan.quantized, per_channel=True, weight_type=QuantType.QInt8,
-                     extra_options={"MatMulConstBOnly": True})
+                     extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT})
     return {"tool": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel",
             "activations": "int8 dynamic per tensor"}
 

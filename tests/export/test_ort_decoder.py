@@ -70,3 +70,15 @@ def test_cpu_recipes_quantize_the_fused_decoder(nano_fused_artifacts, tmp_path):
     samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
     ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
+
+
+def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path):
+    out = write_ungated(nano_fused_artifacts, "ort-cpu-int8", tmp_path / "int8")
+    ops = collections.Counter(n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node)
+    layers = mf.load_manifest(out).num_layers
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] >= 4 * layers + 1
+    assert ops["GroupQueryAttention"] == layers
+    pipe = Pipeline.from_artifacts(out)
+    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
+    assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
