@@ -167,8 +167,9 @@ class Decoder:
                             ) -> Iterator[Step]:
         """The loop over the ONNX Runtime CPU decoder (``decoder_kind`` "ort-cpu"): one KV buffer per
         layer and kind, bound as both ``past`` and ``present``; the graph writes each row's new K/V
-        at that row's length. Each prompt is prefilled on its own, unpadded (the buffers hold rows
-        from slot 0), then the batch decodes together, each row at its own length."""
+        at that row's length. Prompts are prefilled unpadded (the buffers hold rows from slot 0),
+        consecutive rows of equal length together, then the batch decodes together, each row at its
+        own length."""
         m = self.manifest
         batch, prompt_length, _ = inputs_embeds.shape
         rng = np.random.default_rng(config.seed)
@@ -179,13 +180,20 @@ class Decoder:
         cache = [np.zeros((batch, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
         self.last_cache_bytes = sum(c.nbytes for c in cache)
         logits = np.empty((batch, 1, len(self.embed_table)), np.float32)  # (B, 1, V)
-        for row, length in enumerate(lengths.tolist()):
-            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[row:row + 1, prompt_length - length:],
+        start = 0
+        while start < batch:  # consecutive rows of one prompt length prefill together (no padding)
+            length = int(lengths[start])
+            end = start + 1
+            while end < batch and lengths[end] == length:
+                end += 1
+            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[start:end, prompt_length - length:],
                                                            dtype=np.float32),
-                    mf.SEQLENS_K: np.array([length - 1], np.int32), mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
-            rows = [c[row:row + 1] for c in cache]  # (1, KV, C, hd) views into the shared buffers
+                    mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
+                    mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
+            rows = [c[start:end] for c in cache]  # (rows, KV, C, hd) views into the shared buffers
             feed.update(zip(self.past_names, rows))
-            self.runner.infer(feed, outputs={mf.LOGITS: logits[row:row + 1], **dict(zip(self.present_names, rows))})
+            self.runner.infer(feed, outputs={mf.LOGITS: logits[start:end], **dict(zip(self.present_names, rows))})
+            start = end
         # Decode: the same buffers every step, refilled in place (one binding for the whole loop).
         step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)
         seqlens = lengths.astype(np.int32)  # tokens already cached per row = GQA's seqlens_k for the next one
@@ -193,6 +201,7 @@ class Decoder:
         feed = {mf.INPUTS_EMBEDS: step_embeds, mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total}
         feed.update(zip(self.past_names, cache))
         outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, cache))}
+        decode_step = self.runner.bind(feed, outputs)  # checked and bound once: the loop only refills
         finished = np.zeros(batch, bool)
         for index in range(config.max_new_tokens):
             step = self._choose(index, logits[:, -1], finished, config, rng)
@@ -200,7 +209,7 @@ class Decoder:
             if step.finished.all() or index == config.max_new_tokens - 1:
                 return
             step_embeds[:, 0] = self.embed_table[step.token_ids]
-            self.runner.infer(feed, outputs=outputs)
+            decode_step()
             seqlens += 1
             total += 1
 
@@ -220,17 +229,22 @@ class Decoder:
     @staticmethod
     def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray]:
-        probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
+        rows = np.arange(len(logits))
         if not config.do_sample:
             ids = logits.argmax(-1)
-        else:
+            # the chosen token's probability under the model (temperature 1): 1 / sum(exp(l - l_max));
+            # float32 exponentials, float64 sum (the decode loop's hot path: no (B, V) float64 copy)
+            shifted = logits - logits[rows, ids][:, None]
+            return ids.astype(np.int64), 1.0 / np.exp(shifted).sum(-1, dtype=np.float64)
+        probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
+        if config.do_sample:
             scaled = logits.astype(np.float64) / config.temperature
             if config.top_k:
                 kth = np.sort(scaled, axis=-1)[:, -min(config.top_k, scaled.shape[-1])][:, None]
                 scaled = np.where(scaled < kth, -np.inf, scaled)
             sampling = softmax_last(scaled)
             ids = np.array([rng.choice(len(row), p=row) for row in sampling])
-        return ids.astype(np.int64), probs[np.arange(len(ids)), ids]
+        return ids.astype(np.int64), probs[rows, ids]
 
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
                  ) -> tuple[np.ndarray, np.ndarray]:

@@ -43,6 +43,25 @@ def test_preallocated_outputs_are_written_in_place(projector):
     np.testing.assert_array_equal(buffer, expected)
 
 
+def test_bound_call_sees_buffers_refilled_in_place(projector):
+    path, entry = projector
+    runner = OrtRunner(mf.PROJECTOR, path, entry)
+    first, second = features(entry, 2), features(entry, 2)[::-1].copy()
+    expected = [runner.infer({mf.FEATURES: f})[mf.IMAGE_EMBEDS] for f in (first, second)]
+    buffer_in = first.copy()
+    buffer_out = np.zeros_like(expected[0])
+    call = runner.bind({mf.FEATURES: buffer_in}, {mf.IMAGE_EMBEDS: buffer_out})
+    timed = len(runner.timings)
+    assert call()[mf.IMAGE_EMBEDS] is buffer_out
+    np.testing.assert_array_equal(buffer_out, expected[0])
+    buffer_in[...] = second  # refilled in place: the same binding reads the new values
+    call()
+    np.testing.assert_array_equal(buffer_out, expected[1])
+    assert len(runner.timings) == timed + 2
+    with pytest.raises(RunnerError, match="float64"):  # checked once, when bound
+        runner.bind({mf.FEATURES: first.astype(np.float64)}, {mf.IMAGE_EMBEDS: buffer_out})
+
+
 @pytest.mark.parametrize("feed, message", [
     ({}, "missing"),
     ({mf.FEATURES: np.zeros((1, 4, 4), np.float64)}, "float64"),
