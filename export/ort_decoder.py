@@ -9,7 +9,8 @@ the way ONNX Runtime GenAI's model builder lays out a Qwen2 decoder:
   ``present``: the runtime binds one (B, KV, C, hd) array per layer as both, the op writes the new
   positions' K/V into it at each row's length. Nothing is copied, nothing is masked by hand;
 - ``SkipSimplifiedLayerNormalization``: residual Add + RMSNorm in one kernel;
-- one MatMul for Q/K/V (+ bias), one for gate/up, logits for the last position only.
+- one MatMul for Q/K/V (+ bias unless it is all zero), gate and up as two MatMuls (no Split copy),
+  logits for the last position only.
 
 Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S, D) f32,
 ``seqlens_k`` (B,) i32 = each row's valid length including the S fed positions, minus one,
@@ -71,7 +72,6 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     cos, sin = rotary_tables(weights["inv_freq"], manifest.max_context)
 
     initializers = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache"),
-                    numpy_helper.from_array(np.array([intermediate, intermediate], np.int64), "gate_up_split"),
                     numpy_helper.from_array(np.array([-1], np.int64), "last_index")]
 
     def weight(name: str) -> str:
@@ -87,12 +87,20 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     residual, normed = mf.INPUTS_EMBEDS, "layer0.norm"
     for i in range(layers):
         p = f"layer{i}"
+        qkv = f"{p}.qkv_mm"
+        nodes.append(helper.make_node("MatMul", [normed, weight(f"qkv_weight.{i}")], [qkv], name=f"{p}.qkv_proj"))
+        if np.any(weights[f"qkv_bias.{i}"]):  # an all-zero bias (random init) adds nothing: no node
+            nodes.append(helper.make_node("Add", [qkv, weight(f"qkv_bias.{i}")], [f"{p}.qkv"], name=f"{p}.qkv_bias"))
+            qkv = f"{p}.qkv"
+        # gate and up as two MatMuls: one fused MatMul needs a Split that copies (S, 2I) per layer,
+        # which costs the prefill more than the second GEMM call saves the decode step
+        gate_up = weights[f"gate_up_weight.{i}"]  # (D, 2I)
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(gate_up[:, :intermediate]), f"gate_weight.{i}"))
+        initializers.append(numpy_helper.from_array(np.ascontiguousarray(gate_up[:, intermediate:]), f"up_weight.{i}"))
         nodes += [
-            helper.make_node("MatMul", [normed, weight(f"qkv_weight.{i}")], [f"{p}.qkv_mm"], name=f"{p}.qkv_proj"),
-            helper.make_node("Add", [f"{p}.qkv_mm", weight(f"qkv_bias.{i}")], [f"{p}.qkv"], name=f"{p}.qkv_bias"),
             helper.make_node(
                 "GroupQueryAttention",
-                [f"{p}.qkv", "", "", past[2 * i], past[2 * i + 1], "seqlens_k", "total_sequence_length",
+                [qkv, "", "", past[2 * i], past[2 * i + 1], SEQLENS_K, TOTAL_SEQUENCE_LENGTH,
                  "cos_cache", "sin_cache"],
                 [f"{p}.attn", present[2 * i], present[2 * i + 1]], name=f"{p}.attention", domain=MS_DOMAIN,
                 num_heads=heads, kv_num_heads=kv, scale=float(hd ** -0.5), do_rotary=1, rotary_interleaved=0,
@@ -101,10 +109,8 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
             helper.make_node("SkipSimplifiedLayerNormalization", [residual, f"{p}.o", weight(f"post_norm.{i}")],
                              [f"{p}.post_norm", "", "", f"{p}.residual_attn"], name=f"{p}.post_norm",
                              domain=MS_DOMAIN, epsilon=eps),
-            helper.make_node("MatMul", [f"{p}.post_norm", weight(f"gate_up_weight.{i}")], [f"{p}.gate_up"],
-                             name=f"{p}.gate_up_proj"),
-            helper.make_node("Split", [f"{p}.gate_up", "gate_up_split"], [f"{p}.gate", f"{p}.up"],
-                             name=f"{p}.gate_up_split", axis=-1),
+            helper.make_node("MatMul", [f"{p}.post_norm", f"gate_weight.{i}"], [f"{p}.gate"], name=f"{p}.gate_proj"),
+            helper.make_node("MatMul", [f"{p}.post_norm", f"up_weight.{i}"], [f"{p}.up"], name=f"{p}.up_proj"),
             helper.make_node("Sigmoid", [f"{p}.gate"], [f"{p}.gate_sigmoid"], name=f"{p}.silu_sigmoid"),
             helper.make_node("Mul", [f"{p}.gate", f"{p}.gate_sigmoid"], [f"{p}.silu"], name=f"{p}.silu"),
             helper.make_node("Mul", [f"{p}.silu", f"{p}.up"], [f"{p}.act"], name=f"{p}.gated"),
