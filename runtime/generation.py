@@ -88,12 +88,14 @@ class KVCache:
         self.mask[:, :length] = prompt_mask
         self.length = length
 
-    def append_step(self) -> None:
-        """Move the fed token's key/value (``present``) into the next cache slot."""
+    def append_step(self, copy: bool = True) -> None:
+        """Move the fed token's key/value (``present``) into the next cache slot and unmask it.
+        ``copy=False``: a runner that keeps the cache on its device appended the slot there."""
         if self.length >= self.capacity:
             raise ValueError("KV cache full")
-        for buffer, present in zip(self.past, self.present):
-            buffer[:, :, self.length] = present[:, :, 0]
+        if copy:
+            for buffer, present in zip(self.past, self.present):
+                buffer[:, :, self.length] = present[:, :, 0]
         self.mask[:, self.length] = 1
         self.length += 1
 
@@ -152,6 +154,7 @@ class Decoder:
         feed.update(zip(self.past_names, cache.past))
         step_outputs = {mf.LOGITS: np.empty((batch, 1, len(self.embed_table)), np.float32)}  # (B, 1, V)
         step_outputs.update(zip(self.present_names, cache.present))
+        decode_step = self.runner.bind_decode(feed, step_outputs, cache, dict(zip(self.present_names, self.past_names)))
         finished = np.zeros(batch, bool)
         for index in range(config.max_new_tokens):
             step = self._choose(index, out[mf.LOGITS][:, -1], finished, config, rng)
@@ -159,8 +162,7 @@ class Decoder:
             if step.finished.all() or index == config.max_new_tokens - 1:
                 return
             step_embeds[:, 0] = self.embed_table[step.token_ids]  # float16 tables are widened here
-            out = self.runner.infer(feed, outputs=step_outputs)
-            cache.append_step()
+            out = decode_step()  # runs the step and appends its key/value to the cache
             step_position += 1
 
     def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
@@ -229,13 +231,13 @@ class Decoder:
     @staticmethod
     def _pick(logits: np.ndarray, config: GenerationConfig, rng: np.random.Generator
               ) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.arange(len(logits))
         if not config.do_sample:
-            ids = logits.argmax(-1)
+            ids = logits.argmax(-1)  # (B,) int64
             # the chosen token's probability under the model (temperature 1): 1 / sum(exp(l - l_max));
             # float32 exponentials, float64 sum (the decode loop's hot path: no (B, V) float64 copy)
-            shifted = logits - logits[rows, ids][:, None]
-            return ids.astype(np.int64), 1.0 / np.exp(shifted).sum(-1, dtype=np.float64)
+            top = np.take_along_axis(logits, ids[:, None], -1)  # (B, 1)
+            return ids, 1.0 / np.exp(logits - top).sum(-1, dtype=np.float64)
+        rows = np.arange(len(logits))
         probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
         if config.do_sample:
             scaled = logits.astype(np.float64) / config.temperature

@@ -133,6 +133,20 @@ class Runner(ABC):
                    ) -> Callable[[], dict[str, np.ndarray]]:
         return lambda: self.infer(feed, outputs)
 
+    def bind_decode(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], cache,
+                    past_of: dict[str, str]) -> Callable[[], dict[str, np.ndarray]]:
+        """Decode steps over a KV cache (``generation.KVCache``): each call runs the graph, then
+        appends the fed token's key/value (``present`` name -> the ``past`` name it extends) and
+        unmasks its slot. Here the cache lives in host memory and every step goes through
+        :meth:`infer` (which the calibration recorder wraps); ``TensorRTRunner`` keeps it on the GPU."""
+
+        def step() -> dict[str, np.ndarray]:
+            result = self.infer(feed, outputs)
+            cache.append_step()
+            return result
+
+        return step
+
     def check_feed(self, feed: dict[str, np.ndarray]) -> None:
         """Names, dtypes, ranks and fixed sizes as the manifest says; one named axis, one size."""
         expected = {spec.name: spec for spec in self.entry.inputs}

@@ -6,14 +6,17 @@ deserialized; each call picks the optimization profile (the decoder's "prefill" 
 past, "decode" otherwise), sets input shapes, and runs ``execute_async_v3`` on one stream with
 device buffers that grow but are never reallocated for a smaller call.
 
-Not yet done (stated in the README): the KV cache still crosses the PCIe/shared-memory boundary each
-step (the generation loop hands numpy buffers to every runner); keeping it on the device needs the
-decoder loop to own device buffers. This module is not exercised on our CPU-only machines; its
-tests skip without TensorRT and a GPU.
+Decode steps (:meth:`TensorRTRunner.bind_decode`) keep the KV cache on the device: the prompt's
+cache is uploaded once, each step uploads only the new token's embedding, the mask and the position,
+appends the step's key/value to the device cache with one strided device-to-device copy per tensor
+(``cudaMemcpy2DAsync``: B*KV rows of hd values into slot ``length`` of rows C*hd apart) and downloads
+only the logits. This module is not exercised on our CPU-only machines; its tests skip without
+TensorRT and a GPU.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +113,70 @@ class TensorRTRunner(Runner):
         _cuda_check(cudart.cudaStreamSynchronize(self.stream))
         return results
 
+    def bind_decode(self, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], cache,
+                    past_of: dict[str, str]):
+        """Decode steps with the KV cache resident on the GPU (see the module docstring). ``feed``'s
+        past arrays hold the prompt's cache now (uploaded once, never read again on the host);
+        the other inputs are refilled in place by the caller between steps."""
+        self.check_feed(feed)
+        self.activate()
+        trt, cudart, context = self._trt, self._cudart, self.context
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        d2d = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+        self._free_decode_buffers()
+        profile = self.profile_names.index("decode") if "decode" in self.profile_names else 0
+        context.set_optimization_profile_async(profile, self.stream)
+        self._current_profile = profile
+        resident = set(past_of.values()) | set(past_of)  # past inputs and present outputs stay on the GPU
+        pointers = {}
+        for name, array in feed.items():
+            array = np.ascontiguousarray(array)
+            context.set_input_shape(name, array.shape)
+            pointers[name] = int(_cuda_check(cudart.cudaMalloc(max(array.nbytes, 1))))
+            if name in resident:  # the prompt's cache, once
+                _cuda_check(cudart.cudaMemcpyAsync(pointers[name], array.ctypes.data, array.nbytes, h2d, self.stream))
+            context.set_tensor_address(name, pointers[name])
+        for name in self.output_names:
+            shape = tuple(context.get_tensor_shape(name))
+            nbytes = int(np.prod(shape)) * trt.nptype(self.engine.get_tensor_dtype(name))().itemsize
+            pointers[name] = int(_cuda_check(cudart.cudaMalloc(max(nbytes, 1))))
+            context.set_tensor_address(name, pointers[name])
+        self._decode_pointers = list(pointers.values())
+        uploads = [(pointers[n], a) for n, a in feed.items() if n not in resident]
+        downloads = [(pointers[n], outputs[n]) for n in self.output_names if n not in resident and n in outputs]
+        copies = []  # present (B, KV, 1, hd) -> slot `length` of past (B, KV, C, hd)
+        for present, past in past_of.items():
+            batch, heads, capacity, head_dim = feed[past].shape
+            item = trt.nptype(self.engine.get_tensor_dtype(past))().itemsize
+            copies.append((pointers[past], pointers[present], capacity * head_dim * item, head_dim * item,
+                           batch * heads))
+
+        def step() -> dict[str, np.ndarray]:
+            start = time.perf_counter()
+            for pointer, array in uploads:  # embedding, mask, position: refilled in place by the loop
+                _cuda_check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self.stream))
+            if not context.execute_async_v3(self.stream):
+                raise RunnerError(f"{self.name}: TensorRT execution failed")
+            for past, present, row_bytes, slot_bytes, rows in copies:
+                _cuda_check(cudart.cudaMemcpy2DAsync(past + cache.length * slot_bytes, row_bytes, present, slot_bytes,
+                                                     slot_bytes, rows, d2d, self.stream))
+            for pointer, host in downloads:
+                _cuda_check(cudart.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes, d2h, self.stream))
+            _cuda_check(cudart.cudaStreamSynchronize(self.stream))
+            cache.append_step(copy=False)  # the slot was written on the device; unmask it
+            self.timings.append(time.perf_counter() - start)
+            return outputs
+
+        return step
+
+    def _free_decode_buffers(self) -> None:
+        for pointer in getattr(self, "_decode_pointers", []):
+            self._cudart.cudaFree(pointer)
+        self._decode_pointers = []
+
     def _deactivate(self) -> None:
+        self._free_decode_buffers()
         for pointer, _ in self._buffers.values():
             self._cudart.cudaFree(pointer)
         self._buffers.clear()

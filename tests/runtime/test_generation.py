@@ -64,7 +64,9 @@ def test_kv_cache_writes_prompt_then_one_slot_per_step():
     cache.append_step()
     assert cache.past[0][:, 0, :, 0].tolist() == [[7, 7, 5, 0], [7, 7, 5, 0]]
     assert cache.mask[:, 2].tolist() == [1, 1] and cache.length == 3
-    cache.append_step()
+    cache.append_step(copy=False)  # a device-resident cache (TensorRT) wrote the slot itself
+    assert cache.past[0][:, 0, :, 0].tolist() == [[7, 7, 5, 0], [7, 7, 5, 0]]
+    assert cache.mask[:, 3].tolist() == [1, 1] and cache.length == 4
     with pytest.raises(ValueError, match="full"):
         cache.append_step()
 
