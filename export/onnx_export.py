@@ -95,38 +95,36 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
             f"{spec.file} uses ops TensorRT's ONNX parser cannot import: {dict(unsupported)}; change the model "
             "code that produces them (the exporter is not patched)"
         )
-    return mf.GraphEntry(
-        file=spec.file, sha256=mf.sha256_file(path),
-        inputs=_tensor_specs(loaded.graph.input), outputs=_tensor_specs(loaded.graph.output),
-        external_data=data_file,
-        external_data_sha256=mf.sha256_file(directory / data_file) if data_file else None,
-        opset=opset,
-    )
+    return graph_entry(directory, spec.file, opset, loaded)
 
 
-def graph_entry(directory: Path, file: str, opset: int, precision: str = "fp32") -> mf.GraphEntry:
-    """The manifest entry of a graph file as written (hashes, I/O read back from the graph)."""
+def graph_entry(directory: Path, file: str, opset: int, loaded=None) -> mf.GraphEntry:
+    """The manifest entry of a graph file as written: hashes, and the I/O read back from the graph
+    (``loaded``: the graph already loaded without its external data, to skip a second read)."""
     import onnx
 
-    loaded = onnx.load(str(directory / file), load_external_data=False)
+    if loaded is None:
+        loaded = onnx.load(str(directory / file), load_external_data=False)
     data_file = file + ".data" if (directory / (file + ".data")).is_file() else None
     return mf.GraphEntry(
         file=file, sha256=mf.sha256_file(directory / file),
         inputs=_tensor_specs(loaded.graph.input), outputs=_tensor_specs(loaded.graph.output),
-        precision=precision, external_data=data_file,
+        external_data=data_file,
         external_data_sha256=mf.sha256_file(directory / data_file) if data_file else None, opset=opset,
     )
 
 
-def fuse_decoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, language_model) -> mf.GraphEntry:
-    """Replace ``directory``'s portable decoder.onnx with ONNX Runtime's fused decoder (same weights)."""
+def fuse_decoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, language_model, external_threshold: int
+                             ) -> None:
+    """Replace ``directory``'s portable decoder.onnx with ONNX Runtime's fused decoder (same weights)
+    and its entry in ``manifest``."""
     from eov_edge.export.ort_decoder import build_ort_decoder, export_weights
 
     file = mf.GRAPH_FILES[mf.DECODER]
-    build_ort_decoder(export_weights(language_model), directory / file, manifest)  # staging: replaced in place
-    entry = graph_entry(directory, file, manifest.graphs[mf.DECODER].opset)
-    manifest.graphs[mf.DECODER] = entry
-    return entry
+    build_ort_decoder(export_weights(language_model), directory / file, manifest,  # staging: replaced in place
+                      external_threshold)
+    manifest.graphs[mf.DECODER] = graph_entry(directory, file, manifest.graphs[mf.DECODER].opset)
+    manifest.decoder_kind = mf.ORT_CPU_DECODER
 
 
 def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory: Path, source: str) -> mf.Manifest:
@@ -201,10 +199,10 @@ def export_onnx(
         source = str(checkpoint) if checkpoint else f"preset {preset}, random init, seed {seed}"
         manifest = build_manifest(model, processor, graphs, staging, source)
         if decoder == mf.ORT_CPU_DECODER:
-            graphs[mf.DECODER] = fuse_decoder_for_ort_cpu(staging, manifest, model.language_model)
-            manifest.decoder_kind = decoder
+            fuse_decoder_for_ort_cpu(staging, manifest, model.language_model, external_threshold)
         listed = {mf.MANIFEST_FILE, mf.EMBEDDING_FILE, TOKENIZER_FILE}
-        listed |= {g.file for g in graphs.values()} | {g.external_data for g in graphs.values() if g.external_data}
+        entries = manifest.graphs.values()
+        listed |= {g.file for g in entries} | {g.external_data for g in entries if g.external_data}
         unlisted = sorted(p.name for p in staging.iterdir() if p.name not in listed)
         if unlisted:
             raise ExportError(f"the export wrote files the manifest does not list: {unlisted}")

@@ -16,8 +16,8 @@ Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S, D) f32
 ``seqlens_k`` (B,) i32 = each row's valid length including the S fed positions, minus one,
 ``total_sequence_length`` () i32 = the longest row's length including them, ``past.{i}.key|value``
 (B, KV, C, hd) -> ``logits`` (B, 1, V) of the last position, ``present.{i}.key|value`` (B, KV, C, hd).
-Rows are right-aligned at slot 0 (no left padding): the runtime prefills each prompt on its own and
-decodes the batch together, each row at its own length. ONNX Runtime only: TensorRT and the
+Rows start at slot 0 (no left padding): the runtime prefills prompts unpadded (rows of one length
+together) and decodes the batch together, each row at its own length. ONNX Runtime only: TensorRT and the
 TensorRT recipes take the portable graph.
 """
 
@@ -28,11 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from eov_edge import manifest as mf
-
 from eov_edge.manifest import SEQLENS_K, TOTAL_SEQUENCE_LENGTH
 
 MS_DOMAIN = "com.microsoft"
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GiB message limit, with room for the graph
 
 
 def export_weights(language_model) -> dict[str, np.ndarray]:
@@ -54,9 +52,11 @@ def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray,
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf.Manifest) -> None:
+def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf.Manifest,
+                      external_threshold: int) -> None:
     """Write the fused decoder for ``manifest``'s model to ``target`` (replacing what is there) from
-    :func:`export_weights`."""
+    :func:`export_weights`; weights as external data above ``external_threshold`` bytes, as the
+    portable graphs."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -142,7 +142,7 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     target = Path(target)
     for stale in (target, target.with_name(target.name + ".data")):
         stale.unlink(missing_ok=True)
-    external = sum(t.nbytes for t in weights.values()) > EXTERNAL_DATA_BYTES
+    external = sum(t.nbytes for t in weights.values()) > external_threshold
     onnx.save_model(model, str(target), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=target.name + ".data" if external else None)
 
