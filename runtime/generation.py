@@ -135,7 +135,6 @@ class Decoder:
         if m.decoder_kind == mf.ORT_CPU_DECODER:
             yield from self._steps_shared_cache(inputs_embeds, attention_mask, config)
             return
-        rng = np.random.default_rng(config.seed)
         attention_mask = attention_mask.astype(np.int64, copy=False)
         positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
         empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
@@ -155,15 +154,8 @@ class Decoder:
         step_outputs = {mf.LOGITS: np.empty((batch, 1, len(self.embed_table)), np.float32)}  # (B, 1, V)
         step_outputs.update(zip(self.present_names, cache.present))
         decode_step = self.runner.bind_decode(feed, step_outputs, cache, dict(zip(self.present_names, self.past_names)))
-        finished = np.zeros(batch, bool)
-        for index in range(config.max_new_tokens):
-            step = self._choose(index, out[mf.LOGITS][:, -1], finished, config, rng)
-            yield step
-            if step.finished.all() or index == config.max_new_tokens - 1:
-                return
-            step_embeds[:, 0] = self.embed_table[step.token_ids]  # float16 tables are widened here
-            out = decode_step()  # runs the step and appends its key/value to the cache
-            step_position += 1
+        yield from self._tokens(out[mf.LOGITS][:, -1], step_embeds, decode_step,
+                                lambda: np.add(step_position, 1, out=step_position), config)
 
     def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
                             ) -> Iterator[Step]:
@@ -174,7 +166,6 @@ class Decoder:
         own length."""
         m = self.manifest
         batch, prompt_length, _ = inputs_embeds.shape
-        rng = np.random.default_rng(config.seed)
         lengths = attention_mask.astype(np.int64).sum(-1)  # (B,) real prompt tokens (left padded)
         if (lengths < 1).any():
             raise PromptError("a prompt row has no tokens (its attention mask is all zero)")
@@ -204,16 +195,28 @@ class Decoder:
         feed.update(zip(self.past_names, cache))
         outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, cache))}
         decode_step = self.runner.bind(feed, outputs)  # checked and bound once: the loop only refills
-        finished = np.zeros(batch, bool)
+
+        def advance() -> None:
+            np.add(seqlens, 1, out=seqlens)
+            np.add(total, 1, out=total)
+
+        yield from self._tokens(logits[:, -1], step_embeds, decode_step, advance, config)
+
+    def _tokens(self, logits: np.ndarray, step_embeds: np.ndarray, decode_step, advance, config: GenerationConfig
+                ) -> Iterator[Step]:
+        """The token loop both decoders share: choose from ``logits`` (B, V), yield, write the
+        chosen tokens' embeddings into ``step_embeds`` (B, 1, D), run ``decode_step`` (which returns
+        the outputs with the new logits), ``advance`` the position inputs in place."""
+        rng = np.random.default_rng(config.seed)
+        finished = np.zeros(len(logits), bool)
         for index in range(config.max_new_tokens):
-            step = self._choose(index, logits[:, -1], finished, config, rng)
+            step = self._choose(index, logits, finished, config, rng)
             yield step
             if step.finished.all() or index == config.max_new_tokens - 1:
                 return
-            step_embeds[:, 0] = self.embed_table[step.token_ids]
-            decode_step()
-            seqlens += 1
-            total += 1
+            step_embeds[:, 0] = self.embed_table[step.token_ids]  # float16 tables are widened here
+            logits = decode_step()[mf.LOGITS][:, -1]
+            advance()
 
     def _choose(self, index: int, logits: np.ndarray, finished: np.ndarray, config: GenerationConfig,
                 rng: np.random.Generator) -> Step:
