@@ -3,13 +3,15 @@
     eov-bench --preset nano --batch 1 --out bench/nano-b1
 
 Rows: PyTorch eager (the baseline), the runtime on FP32 ONNX Runtime (its fused CPU decoder, and the
-portable decoder that TensorRT engines are built from), and the runtime on each CPU quantization recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate, for
-speed only: accuracy comes from ``eov-export quantize``'s report). For each: encoder and projector
-ms, time to first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of
-``--repeats`` runs after a warm-up), peak RSS (measured in a separate process per row), size on
-disk, the ratio to the baseline, and decode time against the memory-bandwidth floor (decoder weight
-bytes read per token / weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run). Writes ``bench.json``, ``bench.md`` and
-``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random weights (seed 0).
+portable decoder that TensorRT engines are built from), and the runtime on each CPU quantization
+recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate, for speed only:
+accuracy comes from ``eov-export quantize``'s report). For each: encoder and projector ms, time to
+first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of ``--repeats`` runs
+after a warm-up), peak RSS (measured in a separate process per row), size on disk, the ratio to the
+baseline, and decode time against the memory-bandwidth floor (decoder weight bytes read per token /
+weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run). Writes ``bench.json``,
+``bench.md`` and ``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random
+weights (seed 0).
 
 With ``onnxruntime-genai`` installed (``--peer``, the default then), a second table puts our decode
 loop beside ONNX Runtime GenAI's on the same decoder weights (:mod:`eov_edge.bench_peer`).
@@ -81,9 +83,9 @@ def _pytorch_model(where: str):
 def read_bandwidth_gbs(size_mb: int = 256, repeats: int = 20) -> float:
     """Weight-streaming bandwidth, GB/s: ONNX Runtime's own MatMul of one row against a ``size_mb``
     float32 weight (the decode step's kernel, on every core), median of ``repeats`` (the best is an
-    outlier on this VM: 30-52 GB/s between runs). numpy's sum or
-    BLAS GEMV read slower here (25-33 GB/s against ORT's ~40 GB/s on the same 2 cores), which would
-    put decode steps below their "floor"."""
+    outlier on this VM: 30-52 GB/s between runs). numpy's sum or BLAS GEMV read slower here (25-33
+    GB/s against ORT's ~40 GB/s on the same 2 cores), which would put decode steps below their
+    "floor"."""
     import numpy as np
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
