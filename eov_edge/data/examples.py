@@ -327,7 +327,10 @@ class ExampleFactory:
             answer = "yes " + slis.serialize([obj])
         else:
             answer = "no"
-        aux = [None, self.object_aux(boxes)]
+        # Both views show the window's own objects too: the dense targets mark them in both, so the
+        # auxiliary head is never told "no object" where one is (the pasted chip is added on view 2).
+        present = self.boxes_in(scene.objects, x0, y0, crop)
+        aux = [self.object_aux(present), self.object_aux(present + boxes)]
         return Example("change", [before, after], "Has anything changed between the two images?", answer,
                        {"changed": changed, "boxes": boxes}, scene.source, aux)
 
@@ -344,6 +347,7 @@ class ExampleFactory:
         cy = crop / 2 - dy + rng.uniform(-0.1, 0.1) * crop
         views, boxes = [], []
         scale = self.size / crop
+        present = self.boxes_in(scene.objects, x0, y0, crop)  # the background frame's own objects
         for t in range(3):
             px = int(np.clip(cx + t * dx - w / 2, 0, crop - w))
             py = int(np.clip(cy + t * dy - h / 2, 0, crop - h))
@@ -359,7 +363,7 @@ class ExampleFactory:
             instruction, answer, kind = f"Track the {label} across the frames.", slis.serialize(objs), "track"
         return Example("temporal", views, instruction, answer,
                        {"kind": kind, "direction": DIRECTIONS[k], "boxes": boxes}, scene.source,
-                       [self.object_aux([bx]) for bx in boxes])
+                       [self.object_aux(present + [bx]) for bx in boxes])
 
     def _cross_modal(self, rng: random.Random) -> Example:
         k = rng.randrange(len(self.pairs))
