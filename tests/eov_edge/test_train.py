@@ -7,7 +7,16 @@ import torch
 
 from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES
 from eov_edge.processor import load_checkpoint
-from eov_edge.train import StageConfig, TrainConfig, aux_loss, train
+from eov_edge.train import (
+    StageConfig,
+    TrainConfig,
+    aux_loss,
+    init_for_training,
+    language_loss,
+    sincos_2d,
+    smooth_bins,
+    train,
+)
 
 
 def test_aux_loss_picks_object_or_land_cover_per_view():
@@ -45,3 +54,62 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(tmp_path, shared_data):
     reloaded, _ = load_checkpoint(again)
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 40)
+    labels = torch.tensor([[-100, 3, 20, 21, 25, -100], [-100, -100, 5, 22, 7, 1]])
+    ours = language_loss(logits, labels, loc_first=20, num_loc=10, smoothing=0.0, sigma_bins=2.0)
+    assert ours.item() == pytest.approx(ForCausalLMLoss(logits, labels, 40).item(), rel=1e-6)
+
+
+def test_smoothed_location_loss_prefers_a_near_miss_to_a_far_one():
+    # One supervised location token (bin 50 of 100); the model puts its mass on bin 52 or on bin 90.
+    labels = torch.tensor([[-100, 10 + 50]])
+    near, far = torch.full((1, 2, 120), -20.0), torch.full((1, 2, 120), -20.0)
+    near[0, 0, 10 + 52] = 10.0
+    far[0, 0, 10 + 90] = 10.0
+
+    def loss(logits, smoothing):
+        return language_loss(logits, labels, loc_first=10, num_loc=100, smoothing=smoothing, sigma_bins=5.0).item()
+
+    assert loss(near, 0.0) == pytest.approx(loss(far, 0.0))  # plain cross-entropy: a miss is a miss
+    assert loss(near, 0.5) < loss(far, 0.5) - 0.5
+    # a text token is unaffected by the smoothing
+    text = torch.tensor([[-100, 3]])
+    logits = torch.randn(1, 2, 120)
+    assert language_loss(logits, text, 10, 100, 0.5, 5.0).item() == pytest.approx(
+        language_loss(logits, text, 10, 100, 0.0, 5.0).item())
+
+
+def test_training_init_gives_neighbouring_bins_and_patches_similar_codes():
+    bins = smooth_bins(1000, 256)  # (1000, 256)
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(bins[500], bins[501], dim=0) > 0.95
+    assert cos(bins[500], bins[505], dim=0) > cos(bins[500], bins[600], dim=0) + 0.3
+    patches = sincos_2d(14, 192)  # (196, 192), row-major grid
+    assert patches.shape == (196, 192)
+    centre = 7 * 14 + 7
+    assert cos(patches[centre], patches[centre + 1], dim=0) > cos(patches[centre], patches[centre + 5], dim=0)
+    assert cos(patches[centre], patches[centre + 14], dim=0) > cos(patches[centre], patches[centre + 70], dim=0)
+
+
+def test_init_for_training_writes_the_codes_into_the_model():
+    from eov_edge import slis
+    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+    from eov_edge.tokenizer import TextTokenizer
+
+    torch.manual_seed(0)
+    model = EarthOneVisionForConditionalGeneration(EarthOneVisionConfig.from_preset("nano"))
+    tokenizer = TextTokenizer.from_file()
+    init_for_training(model, tokenizer)
+    ids = [tokenizer.token_to_id(t) for t in slis.LOC_TOKENS]
+    table = model.get_input_embeddings().weight
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(table[ids[300]], table[ids[301]], dim=0) > 0.95
+    assert model.get_output_embeddings().weight.data_ptr() == table.data_ptr()  # tied: the head moves too
+    positions = model.vision_encoder.embeddings.position_embedding.weight
+    assert cos(positions[0], positions[1], dim=0) > cos(positions[0], positions[195], dim=0)
