@@ -40,6 +40,7 @@ from eov_edge.processor import EarthOneVisionProcessor, save_checkpoint
 from eov_edge.tokenizer import TextTokenizer
 
 PARAMETER_GROUPS = ("stem", "trunk", "projector", "decoder", "aux")
+IMAGE_POSITION_RMS = 0.5  # the projector output is ~0.24 rms at init: position a little stronger
 
 
 @dataclass
@@ -56,6 +57,7 @@ class StageConfig:
     # bins; 1000 bins over 224 px, so 10 bins ~ 2 px). A prediction one bin off is then nearly as
     # good as the exact bin, which gives every coordinate a dense gradient instead of 1-of-1000.
     loc_smoothing: float = 0.5
+    pointer_weight: float = 1.0  # TrainingHeads.pointer: which image token a coordinate is about
     loc_sigma_bins: float = 10.0
 
 
@@ -90,15 +92,78 @@ class TrainConfig:
         return cls(preset=preset, stages=stages, **kwargs)
 
 
-class DenseAuxHead(nn.Module):
-    """Training-only head on the encoder's multi-level patch features (not exported)."""
+class TrainingHeads(nn.Module):
+    """Training-only heads (not in the checkpoint's model, not exported).
 
-    def __init__(self, feature_dim: int) -> None:
+    dense: per encoder patch, object centre/cover and land-cover logits from the multi-level features.
+    pointer: at every location token of the answer, which of the view's image-token cells (the
+        merged 7x7 grid on nano) holds the shape's centre, read linearly from the decoder state that
+        predicts the location token. A coarse target (49 cells, not 1000 bins) that makes the
+        decoder gather where the object is before it emits a coordinate; without it a from-scratch
+        run emitted the same box for every image (docs/data.md).
+    """
+
+    def __init__(self, feature_dim: int, text_width: int, tokens_per_view: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(feature_dim, AUX_CHANNELS)
+        self.dense = nn.Linear(feature_dim, AUX_CHANNELS)
+        self.pointer = nn.Linear(text_width, tokens_per_view)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.proj(features)  # (V, N, AUX)
+        return self.dense(features)  # (V, N, AUX)
+
+
+@dataclass(frozen=True)
+class PointerIds:
+    """Token ids the pointer targets are read from."""
+
+    image: int
+    box_open: int
+    loc_first: int
+    view_first: int  # <t0>; <t1>.. follow
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: TextTokenizer, image_token_id: int) -> "PointerIds":
+        views = [tokenizer.token_to_id(t) for t in slis.VIEW_TOKENS]
+        if views != list(range(views[0], views[0] + len(views))):
+            raise ValueError("the tokenizer's view tokens must have consecutive ids")
+        return cls(image_token_id, tokenizer.token_to_id("<box>"), tokenizer.token_to_id(slis.LOC_TOKENS[0]),
+                   views[0])
+
+
+def pointer_targets(labels: torch.Tensor, ids: PointerIds, tokens_per_view: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """For every location token of every box in the answers (labels (B, S)): the state that
+    predicts it, as (row, position), and the image-token cell (row-major) holding the box centre."""
+    side = int(round(math.sqrt(tokens_per_view)))
+    queries, targets = [], []
+    for row in range(labels.shape[0]):
+        answer = [(pos, tok) for pos, tok in enumerate(labels[row].tolist()) if tok != -100]
+        i = 0
+        while i < len(answer):
+            if answer[i][1] == ids.box_open and i + 4 < len(answer):
+                locs = [t - ids.loc_first for _, t in answer[i + 1 : i + 5]]
+                if all(0 <= b < slis.NUM_LOC_BINS for b in locs):
+                    col = min(side - 1, int((locs[0] + locs[2]) / 2 / slis.NUM_LOC_BINS * side))
+                    cell_row = min(side - 1, int((locs[1] + locs[3]) / 2 / slis.NUM_LOC_BINS * side))
+                    for pos, _ in answer[i + 1 : i + 5]:
+                        queries.append((row, pos - 1))
+                        targets.append(cell_row * side + col)
+                i += 4
+            i += 1
+    return queries, targets
+
+
+def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tensor, ids: PointerIds,
+                 tokens_per_view: int) -> torch.Tensor:
+    """Cross-entropy of the cell read from each coordinate's predicting state; 0 without boxes.
+
+    hidden (B, S, D): the decoder's last-layer states.
+    """
+    queries, targets = pointer_targets(labels, ids, tokens_per_view)
+    if not queries:
+        return hidden.sum() * 0.0
+    rows = torch.tensor([r for r, _ in queries])
+    positions = torch.tensor([p for _, p in queries])
+    return nn.functional.cross_entropy(heads.pointer(hidden[rows, positions]), torch.tensor(targets))  # (M, K)
 
 
 def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
@@ -121,7 +186,7 @@ def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tens
     return sum(losses) if losses else logits.sum() * 0.0
 
 
-def parameter_groups(model: EarthOneVisionForConditionalGeneration, aux: DenseAuxHead) -> dict[str, list[nn.Parameter]]:
+def parameter_groups(model: EarthOneVisionForConditionalGeneration, aux: TrainingHeads) -> dict[str, list[nn.Parameter]]:
     encoder = model.vision_encoder
     return {
         "stem": list(encoder.embeddings.parameters()) + list(encoder.modality_embedding.parameters()),
@@ -174,8 +239,22 @@ def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: 
         table.copy_(code * (0.5 / code.pow(2).mean().sqrt()))
         tokens = model.get_input_embeddings().weight  # (V, Dlm), tied with the output head
         ids = torch.tensor([tokenizer.token_to_id(t) for t in slis.LOC_TOKENS])
-        code = smooth_bins(len(ids), tokens.shape[1])
-        tokens[ids] = code * (tokens.std() / code.std())
+        half = tokens.shape[1] // 2
+        code = smooth_bins(len(ids), half)  # (1000, Dlm/2)
+        # The same code in both halves of a location token; an image token carries its x code in
+        # the first half and its y code in the second (below), so emitting "x1" or "y1" is copying
+        # one half of the attended image token's position.
+        loc = torch.nn.functional.pad(torch.cat([code, code], dim=1), (0, tokens.shape[1] - 2 * half))
+        tokens[ids] = loc * (tokens.std() / loc.std())
+        positions = model.projector.position_embedding  # (N', Dlm) or None
+        if positions is not None:
+            side = int(round(math.sqrt(positions.shape[0])))
+            centres = [slis.quantize((i + 0.5) / side, 1.0) for i in range(side)]  # bin of each column
+            rows = torch.tensor([centres[r] for r in range(side) for _ in range(side)])  # (N',)
+            cols = torch.tensor([centres[c] for _ in range(side) for c in range(side)])
+            grid_code = torch.cat([code[cols], code[rows]], dim=1)  # (N', 2*half): x then y
+            grid_code = torch.nn.functional.pad(grid_code, (0, positions.shape[1] - 2 * half))
+            positions.copy_(grid_code * (IMAGE_POSITION_RMS / grid_code.pow(2).mean().sqrt()))
 
 
 def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, num_loc: int,
@@ -216,16 +295,19 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
     return batch
 
 
-def training_step(model, aux_head, batch: dict[str, torch.Tensor], stage: StageConfig,
-                  loc_first: int) -> tuple[torch.Tensor, dict]:
+def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], stage: StageConfig,
+                  ids: PointerIds) -> tuple[torch.Tensor, dict]:
     features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])  # (V, N, T*D)
     image_embeds = model.projector(features)  # (V, N', Dlm)
     inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
-    out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"])  # logits (B, S, V)
-    lm = language_loss(out.logits, batch["labels"], loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
+    out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
+                output_hidden_states=True)  # logits (B, S, V)
+    lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins)
-    dense = aux_loss(aux_head(features), batch["aux_targets"], batch["aux_mask"])
-    return lm + stage.aux_weight * dense, {"lm": lm.item(), "aux": dense.item()}
+    dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
+    pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1])
+    loss = lm + stage.aux_weight * dense + stage.pointer_weight * pointer
+    return loss, {"lm": lm.item(), "aux": dense.item(), "pointer": pointer.item()}
 
 
 @torch.no_grad()
@@ -273,12 +355,13 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     model_config = EarthOneVisionConfig.from_preset(config.preset)
     model = EarthOneVisionForConditionalGeneration(model_config)
     processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
-    aux_head = DenseAuxHead(model_config.multi_level_dim)
+    aux_head = TrainingHeads(model_config.multi_level_dim, model_config.text_config.hidden_size,
+                             model_config.image_tokens_per_view)
     init_for_training(model, processor.tokenizer)
     loc_ids = [processor.tokenizer.token_to_id(t) for t in slis.LOC_TOKENS]
-    loc_first = loc_ids[0]
-    if loc_ids != list(range(loc_first, loc_first + len(loc_ids))):
+    if loc_ids != list(range(loc_ids[0], loc_ids[0] + len(loc_ids))):
         raise ValueError("the tokenizer's location tokens must have consecutive ids (language_loss slices them)")
+    pointer_ids = PointerIds.from_tokenizer(processor.tokenizer, model_config.image_token_id)
     start_stage, start_step, log, state = 0, 0, [], None
     resume = out / "last"
     if (resume / "trainer.pt").is_file():
@@ -322,7 +405,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
             batch = collate(examples, processor, grid)
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr * _lr_factor(step, stage)
-            loss, parts = training_step(model, aux_head, batch, stage, loc_first)
+            loss, parts = training_step(model, aux_head, batch, stage, pointer_ids)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -330,7 +413,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
             if step % config.log_every == 0 or step == stage.steps - 1:
                 log.append({"stage": stage.name, "step": step, "loss": loss.item(), **parts,
                             "elapsed_s": round(time.time() - started, 1)})
-                bar.set_postfix(lm=f"{parts['lm']:.3f}", aux=f"{parts['aux']:.3f}")
+                bar.set_postfix(lm=f"{parts['lm']:.3f}", aux=f"{parts['aux']:.3f}", ptr=f"{parts['pointer']:.3f}")
             if (step + 1) % config.validate_every == 0:
                 log.append({"stage": stage.name, "step": step, "val_loss": validation_losses(model, processor, val_examples)})
             if (step + 1) % config.save_every == 0:

@@ -36,6 +36,9 @@ class EarthOneVisionConfig(PreTrainedConfig):
     feature_layers: 1-based depths of the vision layers whose outputs are concatenated per token
         (FGVLA multi-level features); None means 1/4, 1/2, 3/4 and the last layer.
     merge_size: side of the square of patch tokens merged into one image token (pixel-unshuffle).
+    image_position_embedding: add a learned (tokens per view, decoder width) table to the projector's
+        output, so every image token carries its grid position in the language space (what the
+        decoder reads to emit a location token). Every preset has it; False keeps older checkpoints.
     """
 
     model_type = "earth_onevision"
@@ -51,6 +54,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
     feature_layers: list[int] | None = None
     merge_size: int = 2
     projector_hidden_act: str = "gelu"
+    image_position_embedding: bool = False
     image_token_id: int = SPECIAL_TOKENS.index(IMAGE)
     initializer_range: float = 0.02
     preset: str | None = None
@@ -161,6 +165,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
             eos_token_id=eos,
             bos_token_id=None,
         )
+        overrides.setdefault("image_position_embedding", True)
         return cls(vision_config=vision, text_config=text, preset=name, **overrides)
 
 

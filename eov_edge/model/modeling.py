@@ -64,7 +64,8 @@ class SpectralVisionEncoder(nn.Module):
 
 
 class FeatureProjector(nn.Module):
-    """Merge 2x2 neighbouring tokens, then LayerNorm -> Linear -> GELU -> Linear to decoder width."""
+    """Merge 2x2 neighbouring tokens, then LayerNorm -> Linear -> GELU -> Linear to decoder width,
+    plus (``image_position_embedding``) a learned position per merged token in the decoder's space."""
 
     def __init__(self, config: EarthOneVisionConfig) -> None:
         super().__init__()
@@ -76,6 +77,10 @@ class FeatureProjector(nn.Module):
         self.fc1 = nn.Linear(merged_dim, text_width)
         self.act = ACT2FN[config.projector_hidden_act]
         self.fc2 = nn.Linear(text_width, text_width)
+        tokens = (config.grid_size // config.merge_size) ** 2
+        self.position_embedding = (
+            nn.Parameter(torch.zeros(tokens, text_width)) if config.image_position_embedding else None
+        )  # (N', Dlm)
 
     def merge_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """features (V, g*g, C) -> (V, (g/m)^2, m*m*C), row-major over the merged grid."""
@@ -87,7 +92,10 @@ class FeatureProjector(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (V, N, C) -> image_embeds (V, N/4, Dlm)."""
         merged = self.merge_tokens(features)  # (V, N', 4C)
-        return self.fc2(self.act(self.fc1(self.norm(merged))))  # (V, N', Dlm)
+        embeds = self.fc2(self.act(self.fc1(self.norm(merged))))  # (V, N', Dlm)
+        if self.position_embedding is not None:
+            embeds = embeds + self.position_embedding  # (V, N', Dlm) + (N', Dlm)
+        return embeds
 
 
 class CachedDecoder(nn.Module):
@@ -149,6 +157,8 @@ class EarthOneVisionPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Conv2d):  # the 16-channel patch embedding
             init.lecun_normal_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, FeatureProjector) and module.position_embedding is not None:
+            init.zeros_(module.position_embedding)  # training starts it from a grid code (train.py)
 
 
 class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
