@@ -68,6 +68,7 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
                              f"{', '.join(s['task_weights'])} | {', '.join(s['trainable'])} |"
                              for s in config["stages"]),
             seed=config["seed"],
+            run_name=run.name,
             scale=round(config["stages"][-1]["steps"] / 1600, 3),
             fingerprint="\n".join(f"- {k}: {v}" for k, v in data_fingerprint(data_dir()).items()),
             table=markdown(report),
@@ -91,8 +92,8 @@ Preset `{preset}`, {parameters:,} parameters, stored as fp16 safetensors (loads 
 Trained from scratch on 2 CPU cores in {wall_minutes:.0f} minutes with:
 
 ```bash
-eov-train --preset nano --out runs/nano-v1 --seed {seed} --scale {scale}
-python -m eov_edge.ship --run runs/nano-v1 --out eov_edge/assets/eov-nano
+eov-train --preset nano --out runs/{run_name} --seed {seed} --scale {scale}
+python -m eov_edge.ship --run runs/{run_name} --out eov_edge/assets/eov-nano --per-task {per_task}
 ```
 
 Training code: git commit {commit}. Software: {versions}.
@@ -102,6 +103,11 @@ Training code: git commit {commit}. Software: {versions}.
 | stage | steps | batch | lr | tasks | trainable |
 |---|---|---|---|---|---|
 {stages}
+
+Training-only parts, not in this checkpoint and not exported (`eov_edge/train.py`, `docs/data.md`):
+a dense head on the encoder's patches (object centre and cover, land-cover fractions), a pointer
+head (which image-token cell each coordinate is about), Gaussian-smoothed location targets, and
+sine-cosine starting points for the ViT positions, the image-token positions and the location tokens.
 
 ## Data
 

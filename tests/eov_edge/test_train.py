@@ -113,3 +113,44 @@ def test_init_for_training_writes_the_codes_into_the_model():
     assert model.get_output_embeddings().weight.data_ptr() == table.data_ptr()  # tied: the head moves too
     positions = model.vision_encoder.embeddings.position_embedding.weight
     assert cos(positions[0], positions[1], dim=0) > cos(positions[0], positions[195], dim=0)
+
+
+def test_pointer_targets_name_the_cell_of_each_box_centre():
+    from eov_edge import slis
+    from eov_edge.tokenizer import TextTokenizer
+    from eov_edge.train import PointerIds, pointer_targets
+
+    tokenizer = TextTokenizer.from_file()
+    ids = PointerIds.from_tokenizer(tokenizer, image_token_id=4)
+    # two boxes: centre (x 150, y 850) bins -> cell row 5, col 1 of 7; centre (900, 50) -> row 0, col 6
+    answer = slis.serialize([slis.SpatialObject("box", (100, 800, 200, 900)),
+                             slis.SpatialObject("box", (850, 0, 950, 100), view=1)])
+    answer_ids = tokenizer.encode(answer)
+    prompt = [5, 6, 7]
+    labels = torch.tensor([[-100] * len(prompt) + answer_ids, [-100] * (len(prompt) + len(answer_ids))])
+    queries, targets = pointer_targets(labels, ids, tokens_per_view=49)
+    assert targets == [5 * 7 + 1] * 4 + [0 * 7 + 6] * 4
+    assert all(row == 0 for row, _ in queries)  # the second row has no answer
+    loc_positions = [p for p, t in enumerate(labels[0].tolist()) if ids.loc_first <= t < ids.loc_first + 1000]
+    assert [p for _, p in queries] == [p - 1 for p in loc_positions]  # the states that predict them
+    assert pointer_targets(torch.full((1, 5), -100), ids, 49) == ([], [])
+
+
+def test_pointer_loss_trains_the_head_towards_the_target_cell():
+    from eov_edge.train import PointerIds, TrainingHeads, pointer_loss
+
+    torch.manual_seed(0)
+    ids = PointerIds(image=4, box_open=10, loc_first=20, view_first=1200)
+    labels = torch.tensor([[-100, -100, 10, 20 + 100, 20 + 800, 20 + 200, 20 + 900, 11]])  # cell (5, 1)
+    hidden = torch.randn(1, 8, 16)
+    heads = TrainingHeads(feature_dim=8, text_width=16, tokens_per_view=49)
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.5)
+    first = pointer_loss(heads, hidden, labels, ids, 49)
+    for _ in range(30):
+        loss = pointer_loss(heads, hidden, labels, ids, 49)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first.item() / 4
+    predicted = heads.pointer(hidden[0, 2:6]).argmax(-1)  # the states before the 4 location tokens
+    assert predicted.tolist() == [36] * 4
