@@ -58,6 +58,8 @@ class StageConfig:
     # good as the exact bin, which gives every coordinate a dense gradient instead of 1-of-1000.
     loc_smoothing: float = 0.5
     pointer_weight: float = 1.0  # TrainingHeads.pointer: which image token a coordinate is about
+    attention_weight: float = 1.0  # attention_loss: head 0 of these decoder layers finds the object
+    attention_layers: tuple[int, ...] = (2, 3)
     loc_sigma_bins: float = 10.0
 
 
@@ -130,16 +132,21 @@ class PointerIds:
                    views[0])
 
 
-def pointer_targets(labels: torch.Tensor, ids: PointerIds, tokens_per_view: int) -> tuple[list[tuple[int, int]], list[int]]:
+def pointer_targets(labels: torch.Tensor, ids: PointerIds, tokens_per_view: int,
+                    ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """For every location token of every box in the answers (labels (B, S)): the state that
-    predicts it, as (row, position), and the image-token cell (row-major) holding the box centre."""
+    predicts it, as (row, position), the image-token cell (row-major) holding the box centre, and
+    the view the box is in (its ``<tN>`` tag, else 0)."""
     side = int(round(math.sqrt(tokens_per_view)))
-    queries, targets = [], []
+    queries, targets, views = [], [], []
     for row in range(labels.shape[0]):
         answer = [(pos, tok) for pos, tok in enumerate(labels[row].tolist()) if tok != -100]
-        i = 0
+        view, i = 0, 0
         while i < len(answer):
-            if answer[i][1] == ids.box_open and i + 4 < len(answer):
+            tok = answer[i][1]
+            if ids.view_first <= tok < ids.view_first + slis.MAX_VIEWS:
+                view = tok - ids.view_first
+            if tok == ids.box_open and i + 4 < len(answer):
                 locs = [t - ids.loc_first for _, t in answer[i + 1 : i + 5]]
                 if all(0 <= b < slis.NUM_LOC_BINS for b in locs):
                     col = min(side - 1, int((locs[0] + locs[2]) / 2 / slis.NUM_LOC_BINS * side))
@@ -147,9 +154,34 @@ def pointer_targets(labels: torch.Tensor, ids: PointerIds, tokens_per_view: int)
                     for pos, _ in answer[i + 1 : i + 5]:
                         queries.append((row, pos - 1))
                         targets.append(cell_row * side + col)
+                        views.append(view)
                 i += 4
             i += 1
-    return queries, targets
+    return queries, targets, views
+
+
+def attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor, labels: torch.Tensor,
+                   ids: PointerIds, tokens_per_view: int, layers: tuple[int, ...]) -> torch.Tensor:
+    """Attention supervision: head 0 of each of ``layers``, at the state that predicts a box
+    coordinate, should attend to the image token holding the box centre (-log of that weight).
+
+    attentions: per decoder layer (B, H, S, S) softmax weights (eager attention). Trains the
+    decoder's own query/key maps to find the object, which the language loss alone teaches too
+    slowly: the first coordinate of a box is the one no earlier answer token gives away.
+    """
+    queries, cells, views = pointer_targets(labels, ids, tokens_per_view)
+    rows, positions, keys = [], [], []
+    for (row, pos), cell, view in zip(queries, cells, views):
+        images = (input_ids[row] == ids.image).nonzero()[:, 0]
+        if (view + 1) * tokens_per_view <= images.numel():
+            rows.append(row)
+            positions.append(pos)
+            keys.append(int(images[view * tokens_per_view + cell]))
+    if not rows:
+        return attentions[0].sum() * 0.0
+    r, q, k = torch.tensor(rows), torch.tensor(positions), torch.tensor(keys)
+    weights = torch.stack([attentions[layer][r, 0, q, k] for layer in layers])  # (L, M)
+    return -torch.log(weights + 1e-6).mean()
 
 
 def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tensor, ids: PointerIds,
@@ -158,7 +190,7 @@ def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tenso
 
     hidden (B, S, D): the decoder's last-layer states.
     """
-    queries, targets = pointer_targets(labels, ids, tokens_per_view)
+    queries, targets, _ = pointer_targets(labels, ids, tokens_per_view)
     if not queries:
         return hidden.sum() * 0.0
     rows = torch.tensor([r for r, _ in queries])
@@ -300,14 +332,21 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])  # (V, N, T*D)
     image_embeds = model.projector(features)  # (V, N', Dlm)
     inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
-    out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
-                output_hidden_states=True)  # logits (B, S, V)
+    supervise_attention = stage.attention_weight > 0
+    out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], output_hidden_states=True,
+                output_attentions=supervise_attention)  # logits (B, S, V)
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins)
     dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
     pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1])
     loss = lm + stage.aux_weight * dense + stage.pointer_weight * pointer
-    return loss, {"lm": lm.item(), "aux": dense.item(), "pointer": pointer.item()}
+    parts = {"lm": lm.item(), "aux": dense.item(), "pointer": pointer.item()}
+    if supervise_attention:
+        attend = attention_loss(out.attentions, batch["input_ids"], batch["labels"], ids, image_embeds.shape[1],
+                                stage.attention_layers)
+        loss = loss + stage.attention_weight * attend
+        parts["attention"] = attend.item()
+    return loss, parts
 
 
 @torch.no_grad()
@@ -333,13 +372,13 @@ def _lr_factor(step: int, stage: StageConfig) -> float:
 
 
 def _save_state(out: Path, model, processor, aux_head, optimizer, stage_index: int, step: int, config: TrainConfig,
-                log: list[dict]) -> None:
+                log: list[dict], commit: str | None) -> None:
     tmp = out / "last.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(model, processor, tmp / "model")
     torch.save({"aux": aux_head.state_dict(), "optimizer": optimizer.state_dict(),
                 "stage_index": stage_index, "step": step}, tmp / "trainer.pt")
-    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=git_commit()), indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=commit), indent=1))
     (tmp / "log.json").write_text(json.dumps(log))
     shutil.rmtree(out / "last", ignore_errors=True)
     os.replace(tmp, out / "last")
@@ -350,6 +389,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     from tqdm import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()  # the code this process runs, even if the tree moves on while it trains
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     model_config = EarthOneVisionConfig.from_preset(config.preset)
@@ -373,6 +413,10 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         where = (f"stage {config.stages[start_stage].name}, step {start_step}"
                  if start_stage < len(config.stages) else "the end: every stage is done")
         print(f"resuming {out} at {where}")
+    if any(stage.attention_weight > 0 for stage in config.stages):
+        # attention_loss reads the decoder's softmax weights, which only eager attention returns
+        # (not saved with the checkpoint: loading gives sdpa again).
+        model.language_model.set_attn_implementation("eager")
     grid = model_config.grid_size
     factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,
                              hit_uav_limit=config.hit_uav_limit)
@@ -417,12 +461,12 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
             if (step + 1) % config.validate_every == 0:
                 log.append({"stage": stage.name, "step": step, "val_loss": validation_losses(model, processor, val_examples)})
             if (step + 1) % config.save_every == 0:
-                _save_state(out, model, processor, aux_head, optimizer, stage_index, step + 1, config, log)
+                _save_state(out, model, processor, aux_head, optimizer, stage_index, step + 1, config, log, commit)
         log.append({"stage": stage.name, "step": stage.steps, "val_loss": validation_losses(model, processor, val_examples),
                     "elapsed_s": round(time.time() - started, 1)})
         model.eval()
         save_checkpoint(model, processor, out / f"stage-{stage.name}")
-        _save_state(out, model, processor, aux_head, optimizer, stage_index + 1, 0, config, log)
+        _save_state(out, model, processor, aux_head, optimizer, stage_index + 1, 0, config, log, commit)
     final = out / "final"
     save_checkpoint(model, processor, final)
     (final / "train_log.json").write_text(json.dumps(log))

@@ -128,12 +128,13 @@ def test_pointer_targets_name_the_cell_of_each_box_centre():
     answer_ids = tokenizer.encode(answer)
     prompt = [5, 6, 7]
     labels = torch.tensor([[-100] * len(prompt) + answer_ids, [-100] * (len(prompt) + len(answer_ids))])
-    queries, targets = pointer_targets(labels, ids, tokens_per_view=49)
+    queries, targets, views = pointer_targets(labels, ids, tokens_per_view=49)
     assert targets == [5 * 7 + 1] * 4 + [0 * 7 + 6] * 4
+    assert views == [0] * 4 + [1] * 4  # the second box carries <t1>
     assert all(row == 0 for row, _ in queries)  # the second row has no answer
     loc_positions = [p for p, t in enumerate(labels[0].tolist()) if ids.loc_first <= t < ids.loc_first + 1000]
     assert [p for _, p in queries] == [p - 1 for p in loc_positions]  # the states that predict them
-    assert pointer_targets(torch.full((1, 5), -100), ids, 49) == ([], [])
+    assert pointer_targets(torch.full((1, 5), -100), ids, 49) == ([], [], [])
 
 
 def test_pointer_loss_trains_the_head_towards_the_target_cell():
@@ -154,3 +155,26 @@ def test_pointer_loss_trains_the_head_towards_the_target_cell():
     assert loss.item() < first.item() / 4
     predicted = heads.pointer(hidden[0, 2:6]).argmax(-1)  # the states before the 4 location tokens
     assert predicted.tolist() == [36] * 4
+
+
+def test_attention_loss_reads_the_weight_on_the_box_centre_token_of_its_view():
+    from eov_edge.train import PointerIds, attention_loss
+
+    ids = PointerIds(image=4, box_open=10, loc_first=20, view_first=1200)
+    tokens_per_view = 4  # a 2x2 grid of image tokens per view
+    # two views: image tokens at 0-3 and 4-7; the answer names view 1, box centre in cell (1, 0)
+    input_ids = torch.tensor([[4, 4, 4, 4, 4, 4, 4, 4, 7, 1201, 10, 20 + 100, 20 + 600, 20 + 300, 20 + 900, 11]])
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 9:] = input_ids[0, 9:]
+    seq = input_ids.shape[1]
+    uniform = torch.full((1, 2, seq, seq), 1.0 / seq)
+    focused = torch.zeros(1, 2, seq, seq)
+    focused[0, 0, :, 4 + 2] = 1.0  # head 0 looks at view 1's cell 2 from everywhere
+    focused[0, 1] = 1.0 / seq
+    loss = attention_loss((uniform, focused), input_ids, labels, ids, tokens_per_view, layers=(1,))
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
+    loss = attention_loss((uniform, focused), input_ids, labels, ids, tokens_per_view, layers=(0,))
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(float(seq))).item(), rel=1e-4)
+    wrong_view = torch.zeros(1, 2, seq, seq)
+    wrong_view[0, 0, :, 2] = 1.0  # the same cell in view 0
+    assert attention_loss((wrong_view,), input_ids, labels, ids, tokens_per_view, layers=(0,)).item() > 10
