@@ -237,7 +237,9 @@ class OrtRunner(Runner):
                 f"ONNX Runtime here offers {available}, not {unavailable}; install onnxruntime-gpu for CUDA "
                 "(pip install 'eov-edge[gpu]') or run with --providers cpu"
             )
-        if self.thread_pool == "shared":
+        # EOV_THREAD_POOL=session keeps per-session pools in a process that also hosts other ONNX
+        # Runtime users (the test suite, a notebook): once the shared pool exists, ORT refuses them.
+        if self.thread_pool == "shared" and os.environ.get("EOV_THREAD_POOL") != "session":
             self.threads = ort_shared_thread_pool(self.threads)  # the first runner in a process fixes its size
         options = session_options(self.threads)
         try:

@@ -7,6 +7,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# In-process eov-run / eov-bench tests ask for ONNX Runtime's shared thread pool, after which ORT
+# refuses every per-session pool in the worker (onnxruntime.quantization's own sessions included).
+os.environ.setdefault("EOV_THREAD_POOL", "session")
 
 from pathlib import Path  # noqa: E402
 

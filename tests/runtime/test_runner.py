@@ -138,8 +138,11 @@ def test_shared_thread_pool_gives_the_same_tokens(nano_artifacts, pipeline, cali
     from eov_edge.calib import load_calib_samples
     from eov_edge.runtime.generation import GenerationConfig
 
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "EOV_THREAD_POOL"}  # the shared pool for real
     out = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(nano_artifacts)], capture_output=True,
-                         text=True, timeout=300)
+                         text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     views = load_calib_samples()[1].read(size=pipeline.spec.image_size)
     [answer] = pipeline.answer(views, task="caption", generation=GenerationConfig(max_new_tokens=12))
