@@ -161,7 +161,7 @@ def pointer_targets(labels: torch.Tensor, ids: PointerIds, tokens_per_view: int,
 
 
 def attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor, labels: torch.Tensor,
-                   ids: PointerIds, tokens_per_view: int, layers: tuple[int, ...]) -> torch.Tensor:
+                   ids: PointerIds, tokens_per_view: int, layers: tuple[int, ...], targets=None) -> torch.Tensor:
     """Attention supervision: head 0 of each of ``layers``, at the state that predicts a box
     coordinate, should attend to the image token holding the box centre (-log of that weight).
 
@@ -169,10 +169,13 @@ def attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor
     decoder's own query/key maps to find the object, which the language loss alone teaches too
     slowly: the first coordinate of a box is the one no earlier answer token gives away.
     """
-    queries, cells, views = pointer_targets(labels, ids, tokens_per_view)
+    queries, cells, views = targets or pointer_targets(labels, ids, tokens_per_view)
     rows, positions, keys = [], [], []
+    image_positions: dict[int, torch.Tensor] = {}  # per batch row
     for (row, pos), cell, view in zip(queries, cells, views):
-        images = (input_ids[row] == ids.image).nonzero()[:, 0]
+        if row not in image_positions:
+            image_positions[row] = (input_ids[row] == ids.image).nonzero()[:, 0]
+        images = image_positions[row]
         if (view + 1) * tokens_per_view <= images.numel():
             rows.append(row)
             positions.append(pos)
@@ -185,17 +188,18 @@ def attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor
 
 
 def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tensor, ids: PointerIds,
-                 tokens_per_view: int) -> torch.Tensor:
+                 tokens_per_view: int, targets=None) -> torch.Tensor:
     """Cross-entropy of the cell read from each coordinate's predicting state; 0 without boxes.
 
-    hidden (B, S, D): the decoder's last-layer states.
+    hidden (B, S, D): the decoder's last-layer states. ``targets``: ``pointer_targets``' result, when
+    the caller already has it.
     """
-    queries, targets, _ = pointer_targets(labels, ids, tokens_per_view)
+    queries, cells, _ = targets or pointer_targets(labels, ids, tokens_per_view)
     if not queries:
         return hidden.sum() * 0.0
     rows = torch.tensor([r for r, _ in queries])
     positions = torch.tensor([p for _, p in queries])
-    return nn.functional.cross_entropy(heads.pointer(hidden[rows, positions]), torch.tensor(targets))  # (M, K)
+    return nn.functional.cross_entropy(heads.pointer(hidden[rows, positions]), torch.tensor(cells))  # (M, K)
 
 
 def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
@@ -338,12 +342,13 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins)
     dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
-    pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1])
+    boxes = pointer_targets(batch["labels"], ids, image_embeds.shape[1])  # shared by both losses below
+    pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1], boxes)
     loss = lm + stage.aux_weight * dense + stage.pointer_weight * pointer
     parts = {"lm": lm.item(), "aux": dense.item(), "pointer": pointer.item()}
     if supervise_attention:
         attend = attention_loss(out.attentions, batch["input_ids"], batch["labels"], ids, image_embeds.shape[1],
-                                stage.attention_layers)
+                                stage.attention_layers, boxes)
         loss = loss + stage.attention_weight * attend
         parts["attention"] = attend.item()
     return loss, parts
