@@ -135,6 +135,30 @@ def test_pointer_targets_name_the_cell_of_each_box_centre():
     loc_positions = [p for p, t in enumerate(labels[0].tolist()) if ids.loc_first <= t < ids.loc_first + 1000]
     assert [p for _, p in queries] == [p - 1 for p in loc_positions]  # the states that predict them
     assert pointer_targets(torch.full((1, 5), -100), ids, 49) == ([], [], [])
+    # only the first two coordinates of each box: the states before x1 and y1
+    first_two, cells, _ = pointer_targets(labels, ids, tokens_per_view=49, coordinates=(0, 1))
+    assert [p for _, p in first_two] == [p - 1 for p in loc_positions[0:2] + loc_positions[4:6]]
+    assert cells == [5 * 7 + 1] * 2 + [0 * 7 + 6] * 2
+
+
+def test_pool_to_tokens_follows_the_projector_merge_order():
+    from eov_edge.model import EarthOneVisionConfig
+    from eov_edge.model.modeling import FeatureProjector
+    from eov_edge.train import pool_to_tokens
+
+    k = 2 * len(OBJECT_CLASSES)
+    grid, merge = 4, 2
+    targets = torch.zeros(1, grid * grid, AUX_CHANNELS)
+    targets[0, 1 * grid + 3, 0] = 1.0  # an object centre in patch (row 1, col 3): merged token (0, 1)
+    targets[0, :, k] = torch.arange(grid * grid, dtype=torch.float32)  # land channel: the patch index
+    pooled = pool_to_tokens(targets, grid, merge)  # (1, 4, AUX)
+    assert pooled[0, :, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    # the projector's own merge puts the same patches in each token
+    projector = FeatureProjector(EarthOneVisionConfig.from_preset("nano"))
+    projector.grid_size, projector.merge_size = grid, merge
+    merged = projector.merge_tokens(targets[..., k : k + 1])  # (1, 4, 4): the 4 patch indices per token
+    assert pooled[0, :, k].tolist() == merged[0].mean(-1).tolist()
+    assert merged[0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]
 
 
 def test_pointer_loss_trains_the_head_towards_the_target_cell():
