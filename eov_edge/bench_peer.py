@@ -58,7 +58,7 @@ else:
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
     pipe = Pipeline.from_artifacts(where, thread_pool="shared")
-    config = GenerationConfig(max_new_tokens=new, min_new_tokens=new)
+    config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, slis_grammar=False)  # as ORT GenAI
     mask = np.ones(ids.shape, np.int64)
     def generate():
         embeds = pipe.embed_table[ids].astype(np.float32)  # (B, S, D)

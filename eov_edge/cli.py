@@ -35,13 +35,21 @@ def train_main(preset: str, out: Path, seed: int, scale: float, data_root: Path 
 @click.option("--checkpoint", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="report JSON (a .md is written beside)")
 @click.option("--per-task", default=48, show_default=True, help="validation examples per task kind")
+@click.option("--task", "tasks", multiple=True, help="only these task kinds (repeatable; default: all nine)")
+@click.option("--slis-grammar/--no-slis-grammar", default=True, show_default=True,
+              help="grammar-constrained decoding of spatial answers, as the runtime does by default; "
+                   "--no-slis-grammar measures how well-formed the model's own answers are")
 @_data_option
-def eval_main(checkpoint: Path, out: Path, per_task: int, data_root: Path | None) -> None:
+def eval_main(checkpoint: Path, out: Path, per_task: int, tasks: tuple[str, ...], slis_grammar: bool,
+              data_root: Path | None) -> None:
     """Evaluate every task kind on held-out real data, beside image-blind baselines."""
-    from eov_edge.evaluate import markdown, run_eval
+    from eov_edge.evaluate import TASKS, markdown, run_eval
 
     root = data_root or data_dir()
     if not root.is_dir():
         raise click.UsageError(f"real-data folder {root} not found; pass --data or set EOV_DATA_DIR")
-    report = run_eval(checkpoint, out, root, per_task=per_task)
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise click.UsageError(f"unknown task kind(s) {unknown}; choose from {', '.join(TASKS)}")
+    report = run_eval(checkpoint, out, root, per_task=per_task, tasks=tasks or tuple(TASKS), slis_grammar=slis_grammar)
     click.echo(markdown(report))

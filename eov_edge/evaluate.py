@@ -130,8 +130,9 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
 
 
 def evaluate(model, processor, examples: list[Example], train_examples: list[Example], batch_size: int = 16,
-             max_new_tokens: int = 64, progress: bool = True) -> dict:
-    """Greedy answers for ``examples`` and the per-task report."""
+             max_new_tokens: int = 64, progress: bool = True, slis_grammar: bool = True) -> dict:
+    """Greedy answers for ``examples`` and the per-task report (``slis_grammar``: constrained
+    decoding of spatial answers, :mod:`eov_edge.slis_grammar`)."""
     from tqdm import tqdm
 
     from eov_edge.inputs import Sample
@@ -141,10 +142,11 @@ def evaluate(model, processor, examples: list[Example], train_examples: list[Exa
     for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, mininterval=5):
         chunk = examples[i : i + batch_size]
         answers = processor.answer(model, [Sample(views=e.views, instruction=e.instruction) for e in chunk],
-                                   max_new_tokens=max_new_tokens)
+                                   max_new_tokens=max_new_tokens, slis_grammar=slis_grammar)
         predictions += [a.text for a in answers]
     report = score_predictions(predictions, examples, train_examples, model.config.image_size)
     report["seconds"] = round(time.time() - started, 1)
+    report["slis_grammar"] = slis_grammar
     return report
 
 
@@ -177,7 +179,7 @@ def markdown(report: dict) -> str:
 
 
 def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 48, seed: int = EVAL_SEED,
-             progress: bool = True) -> dict:
+             progress: bool = True, tasks: tuple[str, ...] = tuple(TASKS), slis_grammar: bool = True) -> dict:
     """Evaluate a checkpoint on the val split and write ``out`` (JSON) and ``out`` with .md."""
     import torch
 
@@ -186,9 +188,9 @@ def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 48, s
     torch.set_num_threads(int(os.environ.get("EOV_THREADS", "2")))
     model, processor = load_checkpoint(checkpoint)
     size, patch = model.config.image_size, model.config.vision_config.patch_size
-    val = build_examples(ExampleFactory(data_root, "val", size, patch), per_task, seed)
-    train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1)
-    report = evaluate(model, processor, val, train, progress=progress)
+    val = build_examples(ExampleFactory(data_root, "val", size, patch), per_task, seed, tasks)
+    train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1, tasks)
+    report = evaluate(model, processor, val, train, progress=progress, slis_grammar=slis_grammar)
     report.update({"checkpoint": str(checkpoint), "per_task": per_task, "seed": seed})
     write_json_atomic(out, report)
     out.with_suffix(".md").write_text(markdown(report))

@@ -24,6 +24,7 @@ import numpy as np
 from eov_edge import manifest as mf
 from eov_edge.errors import PromptError
 from eov_edge.runtime.runner import Runner
+from eov_edge.slis_grammar import SlisGrammar
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0: the whole vocabulary
     seed: int = 0
+    # Mask tokens that would break a spatial answer's SLIS grammar (eov_edge.slis_grammar), as
+    # PyTorch generate() does by default; reported probabilities are then those of the constrained
+    # distribution. Off only to compare with a decoder loop that has no such rule (ORT GenAI).
+    slis_grammar: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -209,8 +214,9 @@ class Decoder:
         the outputs with the new logits), ``advance`` the position inputs in place."""
         rng = np.random.default_rng(config.seed)
         finished = np.zeros(len(logits), bool)
+        grammar = SlisGrammar(len(logits)) if config.slis_grammar else None
         for index in range(config.max_new_tokens):
-            step = self._choose(index, logits, finished, config, rng)
+            step = self._choose(index, logits, finished, config, rng, grammar)
             yield step
             if step.finished.all() or index == config.max_new_tokens - 1:
                 return
@@ -219,15 +225,20 @@ class Decoder:
             advance()
 
     def _choose(self, index: int, logits: np.ndarray, finished: np.ndarray, config: GenerationConfig,
-                rng: np.random.Generator) -> Step:
+                rng: np.random.Generator, grammar: SlisGrammar | None = None) -> Step:
         """Pick step ``index``'s tokens from logits (B, V); rows already finished get pad. Updates
-        ``finished`` in place."""
+        ``finished`` and ``grammar`` in place."""
         eos, pad = self.manifest.special_tokens["eos"], self.manifest.special_tokens["pad"]
+        if index < config.min_new_tokens or grammar is not None:
+            logits = logits.copy()  # the runner's output buffer stays as the model wrote it
         if index < config.min_new_tokens:
-            logits = logits.copy()
             logits[:, eos] = -np.inf
+        if grammar is not None:
+            grammar.constrain(logits, np.flatnonzero(~finished).tolist())
         ids, probs = self._pick(logits, config, rng)
         ids = np.where(finished, pad, ids)
+        if grammar is not None:
+            grammar.advance(ids.tolist())
         finished |= ids == eos
         return Step(index, ids, probs, finished.copy())
 

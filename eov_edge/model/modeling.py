@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, PreTrainedModel, Qwen2ForCausalLM
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+from transformers import Qwen2ForCausalLM
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -29,6 +30,7 @@ from transformers.models.siglip.modeling_siglip import (
 
 from eov_edge.errors import PromptError, ViewMismatchError
 from eov_edge.model.config import EarthOneVisionConfig
+from eov_edge.slis_grammar import SlisGrammar
 
 
 class SpectralVisionEncoder(nn.Module):
@@ -96,6 +98,24 @@ class FeatureProjector(nn.Module):
         if self.position_embedding is not None:
             embeds = embeds + self.position_embedding  # (V, N', Dlm) + (N', Dlm)
         return embeds
+
+
+class SlisLogitsProcessor(LogitsProcessor):
+    """transformers' hook for :class:`eov_edge.slis_grammar.SlisGrammar`: one instance per
+    ``generate()`` call; each call reads the tokens chosen since the previous one."""
+
+    def __init__(self) -> None:
+        self.grammar: SlisGrammar | None = None
+        self.seen = 0
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # input_ids (B, T): the generated tokens so far (with inputs_embeds prompts, T starts at 0)
+        if self.grammar is None:
+            self.grammar, self.seen = SlisGrammar(input_ids.shape[0]), input_ids.shape[1]
+        for column in input_ids[:, self.seen :].T.tolist():
+            self.grammar.advance(column)
+        self.seen = input_ids.shape[1]
+        return self.grammar.constrain(scores.clone())  # (B, V)
 
 
 class CachedDecoder(nn.Module):
@@ -269,15 +289,21 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
         modality_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
+        slis_grammar: bool = True,
         **kwargs,
     ) -> torch.Tensor:
         """Answer ids (B, new_tokens) for left-padded prompts; greedy unless told otherwise.
 
         The views are encoded once; the decoder's own ``generate`` then runs with the KV cache.
+        ``slis_grammar``: mask tokens that would break a spatial answer's grammar
+        (:mod:`eov_edge.slis_grammar`; the device runtime does the same by default).
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, modality_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if slis_grammar:
+            kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []),
+                                                              SlisLogitsProcessor()])
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
         kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)

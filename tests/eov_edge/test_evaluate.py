@@ -45,3 +45,31 @@ def test_temporal_direction_baseline_without_direction_questions_in_train():
     train = [example("temporal", "", {"kind": "track", "boxes": []})]
     s = score("temporal", ["north"], examples, train, size=224)
     assert s["direction_accuracy"] == 1.0 and s["baseline_direction_accuracy"] == 1.0
+
+
+def test_eval_cli_refuses_an_unknown_task_kind(tmp_path):
+    from click.testing import CliRunner
+
+    from eov_edge.cli import eval_main
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    result = CliRunner().invoke(eval_main, ["--checkpoint", str(NANO_CHECKPOINT), "--out", str(tmp_path / "r.json"),
+                                            "--task", "segmentation", "--data", str(tmp_path)])
+    assert result.exit_code == 2 and "unknown task kind" in result.output
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.data
+def test_eval_of_chosen_tasks_records_the_decoding_mode(tmp_path, shared_data):
+    import json
+
+    from eov_edge.evaluate import run_eval
+    from eov_edge.ship import NANO_CHECKPOINT
+
+    for grammar in (True, False):
+        out = tmp_path / f"grammar-{grammar}.json"
+        run_eval(NANO_CHECKPOINT, out, shared_data, per_task=2, tasks=("grounding",), slis_grammar=grammar,
+                 progress=False)
+        report = json.loads(out.read_text())
+        assert list(report["tasks"]) == ["grounding"] and report["tasks"]["grounding"]["n"] == 2
+        assert report["slis_grammar"] is grammar

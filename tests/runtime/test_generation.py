@@ -97,3 +97,32 @@ def test_generation_config_and_context_checks(pipeline):
 
     with pytest.raises(PromptError, match="exceed the context"):
         next(decoder.steps(embeds, np.ones((1, length), np.int64), GenerationConfig(max_new_tokens=1)))
+
+
+def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
+    """The runtime masks what breaks SLIS (as PyTorch generate() does by default) and leaves the
+    runner's logits buffer as the model wrote it."""
+    from eov_edge.slis_grammar import CLOSE_IDS, LOC_FIRST, OPEN_IDS, SlisGrammar
+
+    decoder = Decoder(pipeline.runners[mf.DECODER], pipeline.embed_table, pipeline.manifest)
+    vocab = len(pipeline.embed_table)
+    logits = np.zeros((2, vocab), np.float32)
+    logits[:, LOC_FIRST + 7] = 10.0  # a location token outside any shape: malformed
+    logits[:, 20 + LOC_FIRST] = 9.0
+    box = next(i for i, k in OPEN_IDS.items() if k == "box")
+    logits[:, box] = 5.0
+    before = logits.copy()
+    rng = np.random.default_rng(0)
+    free = decoder._choose(0, logits, np.zeros(2, bool), GenerationConfig(slis_grammar=False), rng)
+    assert free.token_ids.tolist() == [LOC_FIRST + 7] * 2
+    grammar = SlisGrammar(2)
+    step = decoder._choose(0, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
+    assert step.token_ids.tolist() == [box, box] and np.array_equal(logits, before)
+    unconstrained = np.exp(before[0, box] - before[0].max()) / np.exp(before[0] - before[0].max()).sum()
+    assert np.all(step.probs > unconstrained)  # renormalized over the legal tokens
+    # inside the box now: the location token is legal; after four of them only </box> is
+    for _ in range(4):
+        step = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
+        assert step.token_ids.tolist() == [LOC_FIRST + 7] * 2 or step.token_ids.tolist() == [LOC_FIRST + 20] * 2
+    step = decoder._choose(5, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
+    assert step.token_ids.tolist() == [CLOSE_IDS["box"]] * 2

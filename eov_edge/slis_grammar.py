@@ -1,0 +1,85 @@
+"""Grammar-constrained decoding for SLIS: a decoder can only emit well-formed shapes.
+
+Greedy decoding picks the most likely token, which for a small or half-trained model can be a
+location token outside any shape, text inside a box, a box closed after three coordinates, or
+x2 < x1. :class:`SlisGrammar` tracks, per batch row, where the answer stands in the grammar of
+:mod:`eov_edge.slis` and masks the logits of every token that would break it:
+
+- outside a shape: no location token and no closing tag;
+- inside ``<box>``/``<quad>``/``<pt>``: location tokens until the shape has its count, then only
+  its closing tag; in a box, x2 >= x1 and y2 >= y1;
+- inside ``<poly>``: location tokens, and the closing tag once there are >= 3 whole vertices.
+
+The mask only removes options; where the model's own choice is legal, it is unchanged, so a
+well-trained model decodes the same tokens with or without it. PyTorch ``generate()``
+(:class:`eov_edge.model.modeling.SlisLogitsProcessor`) and the device runtime
+(:mod:`eov_edge.runtime.generation`) both use this class, so their tokens stay identical. It works
+on numpy arrays and torch tensors alike (slices and scalar reads only); no torch import here.
+
+The token ids are fixed by :data:`eov_edge.prompt.SPECIAL_TOKENS` (every tokenizer is checked
+against that table on load). A shape cut off by ``max_new_tokens`` stays open: that is a length
+limit, not a grammar choice, and :func:`eov_edge.slis.parse` reports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from eov_edge import slis
+from eov_edge.prompt import SPECIAL_TOKENS
+
+LOC_FIRST = SPECIAL_TOKENS.index(slis.LOC_TOKENS[0])
+LOC_END = LOC_FIRST + slis.NUM_LOC_BINS  # exclusive
+OPEN_IDS: dict[int, str] = {SPECIAL_TOKENS.index(f"<{k}>"): k for k in slis.SHAPE_KINDS}
+CLOSE_IDS: dict[str, int] = {k: SPECIAL_TOKENS.index(f"</{k}>") for k in slis.SHAPE_KINDS}
+FIXED_LOCS: dict[str, int] = {"box": 4, "quad": 8, "pt": 2}
+NEG_INF = float("-inf")
+
+
+class SlisGrammar:
+    """Per-row SLIS state over a batch of answers being decoded; see the module docstring."""
+
+    def __init__(self, batch: int) -> None:
+        self.open_kind: list[str | None] = [None] * batch
+        self.bins: list[list[int]] = [[] for _ in range(batch)]
+
+    def advance(self, token_ids: Sequence[int]) -> None:
+        """Record one chosen token per row."""
+        for row, token in enumerate(token_ids):
+            token = int(token)
+            kind = self.open_kind[row]
+            if token in OPEN_IDS and kind is None:
+                self.open_kind[row], self.bins[row] = OPEN_IDS[token], []
+            elif kind is not None and token == CLOSE_IDS[kind]:
+                self.open_kind[row], self.bins[row] = None, []
+            elif kind is not None and LOC_FIRST <= token < LOC_END:
+                self.bins[row].append(token - LOC_FIRST)
+
+    def constrain(self, logits: Any, rows: Sequence[int] | None = None) -> Any:
+        """Set the logits (B, V) of illegal next tokens to -inf, in place; returns ``logits``.
+
+        ``rows``: only these rows (e.g. the unfinished ones); all by default.
+        """
+        for row in range(len(self.open_kind)) if rows is None else rows:
+            kind = self.open_kind[row]
+            if kind is None:
+                logits[row, LOC_FIRST:LOC_END] = NEG_INF
+                for close in CLOSE_IDS.values():
+                    logits[row, close] = NEG_INF
+                continue
+            count, close = len(self.bins[row]), CLOSE_IDS[kind]
+            if kind in FIXED_LOCS and count >= FIXED_LOCS[kind]:
+                keep = float(logits[row, close])
+                logits[row, :] = NEG_INF
+                logits[row, close] = keep
+                continue
+            may_close = kind == "poly" and count >= 2 * slis.MIN_POLY_VERTICES and count % 2 == 0
+            keep = float(logits[row, close])
+            lowest = LOC_FIRST
+            if kind == "box" and count >= 2:  # x2 >= x1, y2 >= y1
+                lowest += self.bins[row][count - 2]
+            logits[row, :lowest] = NEG_INF
+            logits[row, LOC_END:] = NEG_INF
+            if may_close:
+                logits[row, close] = keep
+        return logits
