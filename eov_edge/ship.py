@@ -57,6 +57,7 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
         save_checkpoint(model, processor, staging / "ckpt")
         report = run_eval(staging / "ckpt", staging / "eval.json", data_dir(), per_task=per_task)
         shutil.copy(run / "final" / "train_log.json", staging / "ckpt" / "train_log.json")
+        shutil.copy(run / "last" / "train_config.json", staging / "ckpt" / "train_config.json")
         shutil.copy(staging / "eval.json", staging / "ckpt" / "eval.json")
         log = json.loads((run / "final" / "train_log.json").read_text())
         config = json.loads((run / "last" / "train_config.json").read_text())
@@ -74,6 +75,7 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
             table=markdown(report),
             verdict=verdict(report),
             per_task=per_task,
+            decoding="SLIS grammar-constrained" if report.get("slis_grammar", True) else "unconstrained",
             commit=commit or config.get("git_commit") or git_commit(),
             versions=f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"Python {platform.python_version()}, {os.cpu_count()} CPU cores",
@@ -105,9 +107,11 @@ Training code: git commit {commit}. Software: {versions}.
 {stages}
 
 Training-only parts, not in this checkpoint and not exported (`eov_edge/train.py`, `docs/data.md`):
-a dense head on the encoder's patches (object centre and cover, land-cover fractions), a pointer
-head (which image-token cell each coordinate is about), Gaussian-smoothed location targets, and
-sine-cosine starting points for the ViT positions, the image-token positions and the location tokens.
+dense heads on the encoder's patches and on the projector's output tokens (object centre and cover,
+land-cover fractions), a pointer head and attention supervision (which image token the first
+coordinates of a box are about), Gaussian-smoothed location targets, and sine-cosine starting
+points for the ViT positions, the image-token positions and the location tokens. The whole training
+configuration (every stage's options and the commit) is in `train_config.json` beside this card.
 
 ## Data
 
@@ -120,6 +124,7 @@ imagery). Fingerprints of the files read:
 ## Validation metrics (held-out split, {per_task} examples per task, seed 1000)
 
 Baselines ignore the image: majority training answer, mean training box, most common caption.
+Greedy answers, {decoding} (`eov_edge/slis_grammar.py`, as the runtime decodes by default).
 
 {verdict}
 
