@@ -49,6 +49,7 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
 
     from eov_edge.evaluate import markdown, run_eval
     from eov_edge.processor import load_checkpoint, save_checkpoint
+    from eov_edge.train import TrainConfig
 
     model, processor = load_checkpoint(run / "final")
     model = model.to(torch.float16)
@@ -70,7 +71,8 @@ def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) ->
                              for s in config["stages"]),
             seed=config["seed"],
             run_name=run.name,
-            scale=round(config["stages"][-1]["steps"] / 1600, 3),
+            scale=round(sum(st["steps"] for st in config["stages"])
+                        / sum(st.steps for st in TrainConfig.pcma(config["preset"]).stages), 3),
             fingerprint="\n".join(f"- {k}: {v}" for k, v in data_fingerprint(data_dir()).items()),
             table=markdown(report),
             verdict=verdict(report),
