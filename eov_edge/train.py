@@ -10,7 +10,6 @@ Stages (each a :class:`StageConfig`; see docs/data.md for the data of each task)
 3. ``imaging_physics``: SAR, multispectral and optical-from-multispectral views (land cover,
    multi-label, cross-modal); stem, modality embeddings and trunk train, the decoder stays frozen.
 4. ``joint``: every task kind, everything trainable.
-5. ``polish``: every task kind at a low rate, weighted towards the whole-image answers.
 The decoder is trained from scratch here (there is no pretrained LLM to keep frozen), so unlike the
 paper's alignment stage, stage 1 also trains it.
 
@@ -98,13 +97,6 @@ class TrainConfig:
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
             StageConfig("joint", steps(1600), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
                         lr=5e-4),
-            # The joint stage's object tasks and box losses leave the answers read from the whole
-            # image (land cover, presence) under their baselines; a short low-rate pass over every
-            # task, weighted towards those, brings them back (docs/runs/nano-v5-eval.md).
-            StageConfig("polish", steps(300), {"vqa": 2.0, "multilabel": 1.5, "classification": 1.0,
-                                                "cross_modal": 1.0, "caption": 0.5, "grounding": 1.0,
-                                                "detection": 1.0, "change": 1.0, "temporal": 1.0},
-                        lr=2e-4, warmup_steps=20),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
@@ -465,7 +457,8 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     val_examples = [val_factory.sample(task, val_rng) for task in
                     dict.fromkeys(t for st in config.stages for t in st.task_weights)
                     for _ in range(config.validation_per_task)]
-    started = time.time()
+    # wall time counts across resumptions: the model card reports the whole run's
+    started = time.time() - max((e.get("elapsed_s", 0.0) for e in log), default=0.0)
     for stage_index in range(start_stage, len(config.stages)):
         stage = config.stages[stage_index]
         groups = parameter_groups(model, aux_head)
