@@ -217,11 +217,12 @@ def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tenso
     return nn.functional.cross_entropy(heads.pointer(hidden[rows, positions]), torch.tensor(cells))  # (M, K)
 
 
-def pool_to_tokens(targets: torch.Tensor, grid: int, merge: int) -> torch.Tensor:
-    """Patch targets (V, g*g, AUX) -> merged-token targets (V, (g/m)^2, AUX), in the projector's
-    token order: object centre/cover is the max over the m*m patches, land-cover fractions the mean."""
-    v, a, n = targets.shape[0], targets.shape[-1], grid // merge
-    x = targets.reshape(v, n, merge, n, merge, a).permute(0, 1, 3, 2, 4, 5).reshape(v, n * n, merge * merge, a)
+def pool_to_tokens(targets: torch.Tensor, projector) -> torch.Tensor:
+    """Patch targets (V, g*g, AUX) -> merged-token targets (V, (g/m)^2, AUX), grouped by the
+    projector's own ``merge_tokens``: object centre/cover is the max over the m*m patches, land-cover
+    fractions the mean."""
+    merged = projector.merge_tokens(targets)  # (V, N', m*m*AUX), patch-major within a token
+    x = merged.reshape(*merged.shape[:2], projector.merge_size**2, targets.shape[-1])  # (V, N', m*m, AUX)
     k = 2 * len(OBJECT_CLASSES)
     return torch.cat([x[..., :k].amax(dim=2), x[..., k:].mean(dim=2)], dim=-1)
 
@@ -366,7 +367,7 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins)
     dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
-    token_targets = pool_to_tokens(batch["aux_targets"], model.projector.grid_size, model.projector.merge_size)
+    token_targets = pool_to_tokens(batch["aux_targets"], model.projector)  # (V, N', AUX)
     token_dense = aux_loss(heads.token_dense(image_embeds), token_targets, batch["aux_mask"])  # (V, N', AUX)
     boxes = pointer_targets(batch["labels"], ids, image_embeds.shape[1], stage.pointer_coordinates)  # shared below
     pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1], boxes)

@@ -151,11 +151,11 @@ def test_pool_to_tokens_follows_the_projector_merge_order():
     targets = torch.zeros(1, grid * grid, AUX_CHANNELS)
     targets[0, 1 * grid + 3, 0] = 1.0  # an object centre in patch (row 1, col 3): merged token (0, 1)
     targets[0, :, k] = torch.arange(grid * grid, dtype=torch.float32)  # land channel: the patch index
-    pooled = pool_to_tokens(targets, grid, merge)  # (1, 4, AUX)
-    assert pooled[0, :, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
-    # the projector's own merge puts the same patches in each token
     projector = FeatureProjector(EarthOneVisionConfig.from_preset("nano"))
     projector.grid_size, projector.merge_size = grid, merge
+    pooled = pool_to_tokens(targets, projector)  # (1, 4, AUX)
+    assert pooled[0, :, 0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    # the projector's own merge puts the same patches in each token
     merged = projector.merge_tokens(targets[..., k : k + 1])  # (1, 4, 4): the 4 patch indices per token
     assert pooled[0, :, k].tolist() == merged[0].mean(-1).tolist()
     assert merged[0, 1].tolist() == [2.0, 3.0, 6.0, 7.0]
