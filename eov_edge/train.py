@@ -67,6 +67,8 @@ class StageConfig:
     # while the first coordinate, the one that must come from the image, stayed at chance (0.16).
     pointer_coordinates: tuple[int, ...] = (0, 1)
     token_aux_weight: float = 1.0  # TrainingHeads.token_dense on the projector output
+    # answer_attention_loss: at a VQA answer, the same heads look at the asked class's objects
+    answer_attention_weight: float = 1.0
 
 
 @dataclass
@@ -95,7 +97,7 @@ class TrainConfig:
                         token_aux_weight=2.0),
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
-            StageConfig("joint", steps(1600), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
+            StageConfig("joint", steps(2400), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
                         lr=5e-4),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
@@ -200,6 +202,41 @@ def attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor
     r, q, k = torch.tensor(rows), torch.tensor(positions), torch.tensor(keys)
     weights = torch.stack([attentions[layer][r, 0, q, k] for layer in layers])  # (L, M)
     return -torch.log(weights + 1e-6).mean()
+
+
+def answer_attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch.Tensor, labels: torch.Tensor,
+                          asked_class: torch.Tensor, token_targets: torch.Tensor, image_token_id: int,
+                          layers: tuple[int, ...]) -> torch.Tensor:
+    """Attention supervision for counting and presence questions.
+
+    At the state that predicts the first answer token, head 0 of each of ``layers`` should spread
+    its attention over the image tokens holding a centre of the asked class: soft cross-entropy
+    against that class's centre map, normalised. Rows whose question names no class
+    (``asked_class`` -1) or whose view holds no such object give no term. Without it the decoder
+    answered counts from the question alone (always "0" for cars and people, "1" for ships) while
+    the token-level object head found the objects (docs/runs/nano-v5-eval.md).
+
+    attentions: per decoder layer (B, H, S, S); asked_class (B,); token_targets (V, N', AUX), the
+    batch's views in row order (``pool_to_tokens``); one view per asking row.
+    """
+    tokens_per_view = token_targets.shape[1]
+    is_image = input_ids == image_token_id  # (B, S)
+    first_view = torch.cumsum(is_image.sum(1) // tokens_per_view, 0) - is_image.sum(1) // tokens_per_view  # (B,)
+    terms = []
+    for row in (asked_class >= 0).nonzero()[:, 0].tolist():
+        centres = token_targets[int(first_view[row]), :, 2 * int(asked_class[row])]  # (N',)
+        answer = (labels[row] != -100).nonzero()[:, 0]
+        if centres.sum() == 0 or answer.numel() == 0:
+            continue
+        keys = is_image[row].nonzero()[:tokens_per_view, 0]  # (N',) positions of the view's tokens
+        query = int(answer[0]) - 1
+        target = centres / centres.sum()
+        for layer in layers:
+            weights = attentions[layer][row, 0, query, keys]  # (N',)
+            terms.append(-(target * torch.log(weights + 1e-6)).sum())
+    if not terms:
+        return attentions[0].sum() * 0.0
+    return torch.stack(terms).mean()
 
 
 def pointer_loss(heads: TrainingHeads, hidden: torch.Tensor, labels: torch.Tensor, ids: PointerIds,
@@ -353,6 +390,9 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
                            else torch.from_numpy(aux).reshape(grid * grid, AUX_CHANNELS))
     batch["aux_targets"] = torch.stack(targets)
     batch["aux_mask"] = torch.tensor(has)
+    # the object class a counting or presence question asks about (answer_attention_loss), else -1
+    batch["asked_class"] = torch.tensor([OBJECT_CLASSES.index(e.target["class"]) if e.task == "vqa" else -1
+                                         for e in examples])
     return batch
 
 
@@ -378,6 +418,11 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
                                 stage.attention_layers, boxes)
         loss = loss + stage.attention_weight * attend
         parts["attention"] = attend.item()
+        if stage.answer_attention_weight > 0:
+            look = answer_attention_loss(out.attentions, batch["input_ids"], batch["labels"], batch["asked_class"],
+                                         token_targets, ids.image, stage.attention_layers)
+            loss = loss + stage.answer_attention_weight * look
+            parts["answer_attention"] = look.item()
     return loss, parts
 
 

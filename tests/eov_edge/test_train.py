@@ -202,3 +202,49 @@ def test_attention_loss_reads_the_weight_on_the_box_centre_token_of_its_view():
     wrong_view = torch.zeros(1, 2, seq, seq)
     wrong_view[0, 0, :, 2] = 1.0  # the same cell in view 0
     assert attention_loss((wrong_view,), input_ids, labels, ids, tokens_per_view, layers=(0,)).item() > 10
+
+
+def test_answer_attention_loss_spreads_over_the_asked_class_centres_of_the_rows_own_view():
+    from eov_edge.train import answer_attention_loss
+
+    image = 4
+    tokens_per_view = 4
+    # row 0: one view (tokens 0-3), asks about class 1; row 1: one view, asks nothing
+    input_ids = torch.tensor([[4, 4, 4, 4, 7, 8, 9, 30], [4, 4, 4, 4, 7, 8, 9, 31]])
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 7] = input_ids[:, 7]  # the answer token; it is predicted from position 6
+    targets = torch.zeros(2, tokens_per_view, AUX_CHANNELS)
+    targets[0, 1, 2 * 1] = 1.0  # class 1 centres in cells 1 and 3 of row 0's view
+    targets[0, 3, 2 * 1] = 1.0
+    targets[0, 2, 2 * 0] = 1.0  # a class-0 object: not asked about
+    targets[1, 0, 2 * 1] = 1.0  # row 1's view: not asked about
+    seq = input_ids.shape[1]
+    spread = torch.zeros(2, 2, seq, seq)
+    spread[0, 0, 6, [1, 3]] = 0.5
+    asked = torch.tensor([1, -1])
+    loss = answer_attention_loss((spread,), input_ids, labels, asked, targets, image, layers=(0,))
+    assert loss.item() == pytest.approx(-torch.log(torch.tensor(0.5)).item(), rel=1e-4)
+    wrong = torch.zeros(2, 2, seq, seq)
+    wrong[0, 0, 6, 2] = 1.0  # all on the class-0 object
+    assert answer_attention_loss((wrong,), input_ids, labels, asked, targets, image, layers=(0,)).item() > 10
+    # no asked class with an object in view: no term
+    none_asked = torch.tensor([-1, -1])
+    assert answer_attention_loss((wrong,), input_ids, labels, none_asked, targets, image, layers=(0,)).item() == 0.0
+    absent = torch.tensor([2, -1])
+    assert answer_attention_loss((wrong,), input_ids, labels, absent, targets, image, layers=(0,)).item() == 0.0
+
+
+def test_answer_attention_loss_finds_the_view_of_a_later_row():
+    from eov_edge.train import answer_attention_loss
+
+    # row 0 has two views (8 image tokens), row 1 one view: row 1's targets are view index 2
+    input_ids = torch.tensor([[4] * 8 + [7, 30], [4] * 4 + [7, 8, 9, 8, 9, 31]])
+    labels = torch.full_like(input_ids, -100)
+    labels[:, 9] = input_ids[:, 9]
+    targets = torch.zeros(3, 4, AUX_CHANNELS)
+    targets[2, 2, 0] = 1.0  # class 0 centre in cell 2 of row 1's view
+    seq = input_ids.shape[1]
+    look = torch.zeros(2, 1, seq, seq)
+    look[1, 0, 8, 2] = 1.0
+    loss = answer_attention_loss((look,), input_ids, labels, torch.tensor([-1, 0]), targets, 4, layers=(0,))
+    assert loss.item() == pytest.approx(0.0, abs=1e-5)
