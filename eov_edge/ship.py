@@ -111,7 +111,8 @@ Training code: git commit {commit}. Software: {versions}.
 Training-only parts, not in this checkpoint and not exported (`eov_edge/train.py`, `docs/data.md`):
 dense heads on the encoder's patches and on the projector's output tokens (object centre and cover,
 land-cover fractions), a pointer head and attention supervision (which image token the first
-coordinates of a box are about), Gaussian-smoothed location targets, and sine-cosine starting
+coordinates of a box are about; which image tokens hold the class a counting or presence question
+asks about), Gaussian-smoothed location targets, and sine-cosine starting
 points for the ViT positions, the image-token positions and the location tokens. The whole training
 configuration (every stage's options and the commit) is in `train_config.json` beside this card.
 
