@@ -9,7 +9,9 @@ accuracy comes from ``eov-export quantize``'s report). For each: encoder and pro
 first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of ``--repeats`` runs
 after a warm-up), peak RSS (measured in a separate process per row), size on disk, the ratio to the
 baseline, and decode time against the memory-bandwidth floor (decoder weight bytes read per token /
-weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run). Writes ``bench.json``,
+weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run). Every row is timed in its
+own process, one after the other: the runtime without PyTorch loaded (as it runs on a device), the
+baseline without ONNX Runtime sessions beside it. Writes ``bench.json``,
 ``bench.md`` and ``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random
 weights (seed 0).
 
@@ -52,6 +54,22 @@ else:
     samples = _samples(pipe.spec.image_size, batch)
     pipe.generate_ids(pipe.batch(samples, max_new), GenerationConfig(max_new_tokens=max_new))
 print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+"""
+
+
+TIMING_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from eov_edge.bench import _pytorch_model, _samples, bench_pytorch, bench_runtime
+kind, where, batch, max_new, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if kind == "pytorch":
+    import torch
+    torch.set_num_threads(os.cpu_count() or 2)
+    model, processor = _pytorch_model(where)
+    row = bench_pytorch(model, processor, _samples(model.config.image_size, batch), max_new, repeats)
+else:
+    row = bench_runtime(Path(where), batch, max_new, repeats)
+print(json.dumps(row))
 """
 
 
@@ -152,12 +170,13 @@ def bench_pytorch(model, processor, samples, max_new: int, repeats: int) -> dict
             "e2e_ms": _stats(e2e), "new_tokens": new_tokens, "tokens": tokens}
 
 
-def bench_runtime(artifacts: Path, samples, max_new: int, repeats: int) -> dict:
+def bench_runtime(artifacts: Path, batch_size: int, max_new: int, repeats: int) -> dict:
     from eov_edge import manifest as mf
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
     pipe = Pipeline.from_artifacts(artifacts, thread_pool="shared")
+    samples = _samples(pipe.spec.image_size, batch_size)
     batch = pipe.batch(samples, max_new)
     greedy = GenerationConfig(max_new_tokens=max_new)
     for runner in pipe.runners.values():
@@ -178,6 +197,15 @@ def bench_runtime(artifacts: Path, samples, max_new: int, repeats: int) -> dict:
     return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
             "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
             "size_mb": round(_dir_size_mb(artifacts), 2)}
+
+
+def _timed_row(kind: str, where: str, batch: int, max_new: int, repeats: int) -> dict:
+    """``bench_pytorch`` or ``bench_runtime`` in a fresh process (``TIMING_SCRIPT``)."""
+    out = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, kind, where, str(batch), str(max_new), str(repeats)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"timing the {kind} row ({where}) failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
@@ -228,18 +256,16 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
             progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")
             write_ungated(artifacts, recipe, target)
         rows_dirs[f"runtime {recipe}"] = target
-    samples = _samples(model.config.image_size, batch)
     bandwidth = read_bandwidth_gbs()
     progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
-    rows = {"pytorch eager": bench_pytorch(model, processor, samples, max_new, repeats)}
+    rows = {"pytorch eager": _timed_row("pytorch", where, batch, max_new, repeats)}
     rows["pytorch eager"]["size_mb"] = round(_weights_mb(model), 2)
     rows["pytorch eager"]["decoder_mb"] = round(sum(p.numel() * p.element_size()
                                                     for p in model.language_model.parameters()) / 2**20, 2)
     rows["pytorch eager"]["peak_rss_mb"] = _peak("pytorch", where, batch, max_new)
     for name, directory in rows_dirs.items():
-        time.sleep(0.2)  # let the other side's threads stop spinning
         progress(f"timing {name}")
-        rows[name] = bench_runtime(directory, samples, max_new, repeats)
+        rows[name] = _timed_row("runtime", str(directory), batch, max_new, repeats)
         rows[name]["peak_rss_mb"] = _peak("runtime", str(directory), batch, max_new)
     base = rows["pytorch eager"]
     for name, row in rows.items():
