@@ -24,6 +24,14 @@ from eov_edge.paths import write_json_atomic
 from eov_edge.tasks import TASKS
 
 EVAL_SEED = 1000
+BOOTSTRAP_RESAMPLES = 200
+
+# The metric that decides, per task, whether the model beats its image-blind baseline.
+HEADLINE_METRICS = {
+    "classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
+    "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
+    "cross_modal": "accuracy",
+}
 
 
 @dataclass
@@ -73,10 +81,12 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
         out["baseline_cider_d"] = metrics.cider_d([majority] * len(refs), refs)
     elif task == "vqa":
         out["accuracy"] = metrics.accuracy(preds, targets)
-        base = []
-        for e in examples:  # majority answer of the same question in training
-            same = [t.answer for t in train if t.instruction == e.instruction]
-            base.append(Counter(same).most_common(1)[0][0] if same else majority)
+        by_question: dict[str, Counter] = {}
+        for t in train:
+            by_question.setdefault(t.instruction, Counter())[t.answer] += 1
+        # majority answer of the same question in training
+        base = [by_question[e.instruction].most_common(1)[0][0] if e.instruction in by_question else majority
+                for e in examples]
         out["baseline_accuracy"] = metrics.accuracy(base, targets)
         for kind in ("count", "presence"):
             idx = [i for i, e in enumerate(examples) if e.target["kind"] == kind]
@@ -129,6 +139,22 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
     return out
 
 
+def margin_interval(task: str, preds: list[str], examples: list[Example], train: list[Example], size: int,
+                    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% paired bootstrap interval of (model - baseline) on the task's headline metric: both are
+    scored on the same resampled examples, so the interval says whether the margin is more than
+    the luck of which examples were drawn."""
+    metric = HEADLINE_METRICS[task]
+    rng = random.Random(seed)
+    margins = []
+    for _ in range(resamples):
+        idx = [rng.randrange(len(examples)) for _ in examples]
+        scores = score(task, [preds[i] for i in idx], [examples[i] for i in idx], train, size)
+        margins.append(scores[metric] - scores[f"baseline_{metric}"])
+    margins.sort()
+    return margins[int(0.025 * (resamples - 1))], margins[int(round(0.975 * (resamples - 1)))]
+
+
 def evaluate(model, processor, examples: list[Example], train_examples: list[Example], batch_size: int = 16,
              max_new_tokens: int = 64, progress: bool = True, slis_grammar: bool = True) -> dict:
     """Greedy answers for ``examples`` and the per-task report (``slis_grammar``: constrained
@@ -157,8 +183,14 @@ def score_predictions(predictions: list[str], examples: list[Example], train_exa
     for task in dict.fromkeys(e.task for e in examples):
         idx = [i for i, e in enumerate(examples) if e.task == task]
         train = [e for e in train_examples if e.task == task]
-        report["tasks"][task] = score(task, [predictions[i] for i in idx], [examples[i] for i in idx], train,
-                                      image_size)
+        task_preds, task_examples = [predictions[i] for i in idx], [examples[i] for i in idx]
+        scores = score(task, task_preds, task_examples, train, image_size)
+        if task in HEADLINE_METRICS:
+            metric = HEADLINE_METRICS[task]
+            scores["headline"] = metric
+            scores["margin"] = scores[metric] - scores[f"baseline_{metric}"]
+            scores["margin_ci95"] = list(margin_interval(task, task_preds, task_examples, train, image_size))
+        report["tasks"][task] = scores
         report["tasks"][task]["examples"] = [
             {"instruction": examples[i].instruction, "answer": examples[i].answer, "prediction": predictions[i]}
             for i in idx[:3]
@@ -166,15 +198,26 @@ def score_predictions(predictions: list[str], examples: list[Example], train_exa
     return report
 
 
+SKIPPED_KEYS = ("n", "distinct_answers", "examples", "well_formed", "headline", "margin", "margin_ci95")
+
+
 def markdown(report: dict) -> str:
     lines = ["| task | n | metric | model | baseline | distinct answers |", "|---|---|---|---|---|---|"]
     for task, scores in report["tasks"].items():
         for key, value in scores.items():
-            if key.startswith("baseline_") or key in ("n", "distinct_answers", "examples", "well_formed"):
+            if key.startswith("baseline_") or key in SKIPPED_KEYS:
                 continue
             base = scores.get(f"baseline_{key}")
             base_text = f"{base:.3f}" if isinstance(base, float) else "-"
             lines.append(f"| {task} | {scores['n']} | {key} | {value:.3f} | {base_text} | {scores['distinct_answers']} |")
+    lines += ["", "Margin over the baseline on each task's headline metric, with its 95% paired bootstrap interval "
+              f"({BOOTSTRAP_RESAMPLES} resamples of the examples):", "",
+              "| task | metric | margin | 95% interval | clearly above |", "|---|---|---|---|---|"]
+    for task, scores in report["tasks"].items():
+        if "margin" in scores:
+            low, high = scores["margin_ci95"]
+            lines.append(f"| {task} | {scores['headline']} | {scores['margin']:+.3f} | [{low:+.3f}, {high:+.3f}] | "
+                         f"{'yes' if low > 0 else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

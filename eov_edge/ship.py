@@ -134,26 +134,23 @@ Greedy answers, {decoding} (`eov_edge/slis_grammar.py`, as the runtime decodes b
 {table}
 """
 
-# The metric that decides, per task, whether the model beats its image-blind baseline.
-HEADLINE_METRICS = {
-    "classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
-    "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
-    "cross_modal": "accuracy",
-}
-
-
 def verdict(report: dict) -> str:
-    """Which tasks beat their baseline on the headline metric, and which do not (said plainly)."""
+    """Which tasks beat their baseline on the headline metric beyond the luck of the draw (the 95%
+    bootstrap interval of the margin above 0), and which do not (said plainly)."""
+    from eov_edge.evaluate import HEADLINE_METRICS
+
     above, below = [], []
     for task, metric in HEADLINE_METRICS.items():
         scores = report["tasks"].get(task)
         if scores is None:
             continue
         model, base = scores[metric], scores[f"baseline_{metric}"]
-        text = f"{task} ({metric} {model:.3f} vs {base:.3f}, {scores['distinct_answers']} distinct answers)"
-        (above if model > base + 0.02 else below).append(text)
-    return ("Beats the baseline: " + ("; ".join(above) or "none") + ".\n\n"
-            "At or below the baseline (not learned yet): " + ("; ".join(below) or "none") + ".")
+        low, high = scores["margin_ci95"]
+        text = (f"{task} ({metric} {model:.3f} vs {base:.3f}, margin {model - base:+.3f}, 95% interval "
+                f"[{low:+.3f}, {high:+.3f}], {scores['distinct_answers']} distinct answers)")
+        (above if low > 0 else below).append(text)
+    return ("Clearly beats the baseline: " + ("; ".join(above) or "none") + ".\n\n"
+            "Not clearly above the baseline: " + ("; ".join(below) or "none") + ".")
 
 
 def main(argv: list[str] | None = None) -> None:

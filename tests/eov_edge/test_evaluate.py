@@ -73,3 +73,33 @@ def test_eval_of_chosen_tasks_records_the_decoding_mode(tmp_path, shared_data):
         report = json.loads(out.read_text())
         assert list(report["tasks"]) == ["grounding"] and report["tasks"]["grounding"]["n"] == 2
         assert report["slis_grammar"] is grammar
+
+
+def test_margin_interval_is_paired_and_separates_a_clear_win_from_a_tie():
+    from eov_edge.evaluate import margin_interval, score_predictions
+
+    train = [example("classification", "forest", {})] * 3
+    truth = ["forest", "water"] * 20  # the baseline ("forest") is right on half
+    examples = [example("classification", t, {}) for t in truth]
+    low, high = margin_interval("classification", truth, examples, train, 224)
+    assert 0.3 < low <= 0.5 <= high < 0.7  # a perfect model: +0.5, and never a negative resample
+    low, high = margin_interval("classification", ["forest"] * 40, examples, train, 224)
+    assert low == high == 0.0  # the baseline's own answers: paired, so exactly 0 on every resample
+    coin = ["forest", "forest", "water", "water"] * 10  # right on half, not the same half as the baseline
+    low, high = margin_interval("classification", coin, examples, train, 224)
+    assert low < 0 < high
+    report = score_predictions(coin, examples, train, 224)["tasks"]["classification"]
+    assert report["headline"] == "accuracy" and report["margin"] == pytest.approx(0.0)
+    assert report["margin_ci95"][0] < 0 < report["margin_ci95"][1]
+
+
+def test_ship_verdict_calls_a_task_learned_only_when_its_interval_is_above_zero():
+    from eov_edge.ship import verdict
+
+    def task(model, base, low):
+        return {"accuracy": model, "baseline_accuracy": base, "margin_ci95": [low, low + 0.2], "distinct_answers": 2}
+
+    text = verdict({"tasks": {"classification": task(0.8, 0.5, 0.1), "cross_modal": task(0.55, 0.5, -0.05)}})
+    clearly, rest = text.split("\n\n")
+    assert "classification" in clearly and "cross_modal" not in clearly
+    assert "cross_modal" in rest and "+0.050" in rest
