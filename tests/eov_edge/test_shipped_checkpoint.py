@@ -54,3 +54,8 @@ def test_recorded_eval_beats_image_blind_baselines():
     assert tasks["vqa"]["accuracy"] > tasks["vqa"]["baseline_accuracy"]
     assert tasks["classification"]["accuracy"] > tasks["classification"]["baseline_accuracy"]
     assert tasks["grounding"]["well_formed"] >= 0.99
+    for task, scores in tasks.items():
+        # the answers depend on the input on every task, and each margin carries its interval
+        assert scores["distinct_answers"] >= 2, task
+        low, high = scores["margin_ci95"]
+        assert low <= scores["margin"] <= high, task
