@@ -212,9 +212,10 @@ def answer_attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch
     At the state that predicts the first answer token, head 0 of each of ``layers`` should spread
     its attention over the image tokens holding a centre of the asked class: soft cross-entropy
     against that class's centre map, normalised. Rows whose question names no class
-    (``asked_class`` -1) or whose view holds no such object give no term. Without it the decoder
+    (``asked_class`` -1) or whose view holds no such object give no term. Added because nano-v5
     answered counts from the question alone (always "0" for cars and people, "1" for ships) while
-    the token-level object head found the objects (docs/runs/nano-v5-eval.md).
+    its token-level object head found the objects; measured in nano-v6 (docs/runs/nano-v6-eval.md),
+    it added no VQA accuracy beyond what the longer joint stage gave on its own.
 
     attentions: per decoder layer (B, H, S, S); asked_class (B,); token_targets (V, N', AUX), the
     batch's views in row order (``pool_to_tokens``); one view per asking row.
@@ -401,9 +402,8 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])  # (V, N, T*D)
     image_embeds = model.projector(features)  # (V, N', Dlm)
     inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
-    supervise_attention = stage.attention_weight > 0
     out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], output_hidden_states=True,
-                output_attentions=supervise_attention)  # logits (B, S, V)
+                output_attentions=reads_attention(stage))  # logits (B, S, V)
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins)
     dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
@@ -413,17 +413,22 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1], boxes)
     loss = lm + stage.aux_weight * dense + stage.token_aux_weight * token_dense + stage.pointer_weight * pointer
     parts = {"lm": lm.item(), "aux": dense.item(), "token_aux": token_dense.item(), "pointer": pointer.item()}
-    if supervise_attention:
+    if stage.attention_weight > 0:
         attend = attention_loss(out.attentions, batch["input_ids"], batch["labels"], ids, image_embeds.shape[1],
                                 stage.attention_layers, boxes)
         loss = loss + stage.attention_weight * attend
         parts["attention"] = attend.item()
-        if stage.answer_attention_weight > 0:
-            look = answer_attention_loss(out.attentions, batch["input_ids"], batch["labels"], batch["asked_class"],
-                                         token_targets, ids.image, stage.attention_layers)
-            loss = loss + stage.answer_attention_weight * look
-            parts["answer_attention"] = look.item()
+    if stage.answer_attention_weight > 0:
+        look = answer_attention_loss(out.attentions, batch["input_ids"], batch["labels"], batch["asked_class"],
+                                     token_targets, ids.image, stage.attention_layers)
+        loss = loss + stage.answer_attention_weight * look
+        parts["answer_attention"] = look.item()
     return loss, parts
+
+
+def reads_attention(stage: StageConfig) -> bool:
+    """Whether the stage's losses read the decoder's attention weights (eager attention only)."""
+    return stage.attention_weight > 0 or stage.answer_attention_weight > 0
 
 
 @torch.no_grad()
@@ -490,7 +495,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         where = (f"stage {config.stages[start_stage].name}, step {start_step}"
                  if start_stage < len(config.stages) else "the end: every stage is done")
         print(f"resuming {out} at {where}")
-    if any(stage.attention_weight > 0 for stage in config.stages):
+    if any(reads_attention(stage) for stage in config.stages):
         # attention_loss reads the decoder's softmax weights, which only eager attention returns
         # (not saved with the checkpoint: loading gives sdpa again).
         model.language_model.set_attn_implementation("eager")

@@ -248,3 +248,35 @@ def test_answer_attention_loss_finds_the_view_of_a_later_row():
     look[1, 0, 8, 2] = 1.0
     loss = answer_attention_loss((look,), input_ids, labels, torch.tensor([-1, 0]), targets, 4, layers=(0,))
     assert loss.item() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.data
+def test_vqa_batches_carry_the_asked_class_and_the_answer_attention_loss_runs_without_box_attention(shared_data):
+    import random
+
+    from eov_edge.data.examples import ExampleFactory
+    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+    from eov_edge.processor import EarthOneVisionProcessor
+    from eov_edge.tokenizer import TextTokenizer
+    from eov_edge.train import PointerIds, TrainingHeads, collate, training_step
+
+    torch.manual_seed(0)
+    config = EarthOneVisionConfig.from_preset("nano")
+    model = EarthOneVisionForConditionalGeneration(config)
+    model.language_model.set_attn_implementation("eager")
+    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
+    heads = TrainingHeads(config.multi_level_dim, config.text_config.hidden_size, config.image_tokens_per_view)
+    factory = ExampleFactory(shared_data, "train", config.image_size, config.vision_config.patch_size,
+                             hit_uav_limit=40)
+    rng = random.Random(3)
+    examples = [factory.sample("vqa", rng) for _ in range(6)] + [factory.sample("caption", rng)]
+    batch = collate(examples, processor, config.grid_size)
+    assert batch["asked_class"].tolist() == [OBJECT_CLASSES.index(e.target["class"]) for e in examples[:6]] + [-1]
+    stage = StageConfig("joint", 1, {"vqa": 1.0}, attention_weight=0.0, answer_attention_weight=1.0)
+    loss, parts = training_step(model, heads, batch, stage, PointerIds.from_tokenizer(processor.tokenizer,
+                                                                                      config.image_token_id))
+    assert "attention" not in parts
+    assert any(e.target["count"] > 0 for e in examples[:6])  # this seed asks about objects in view
+    assert parts["answer_attention"] > 0  # so there is a real term, though box attention is off
+    loss.backward()
+    assert torch.isfinite(loss)
