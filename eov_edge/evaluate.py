@@ -221,7 +221,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 48, seed: int = EVAL_SEED,
+def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 256, seed: int = EVAL_SEED,
              progress: bool = True, tasks: tuple[str, ...] = tuple(TASKS), slis_grammar: bool = True) -> dict:
     """Evaluate a checkpoint on the val split and write ``out`` (JSON) and ``out`` with .md."""
     import torch

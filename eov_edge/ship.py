@@ -1,6 +1,6 @@
 """Package a training run as the shipped checkpoint, with a model card that says how it was made.
 
-    python -m eov_edge.ship --run runs/nano-v1 --out eov_edge/assets/eov-nano
+    python -m eov_edge.ship --run runs/nano-v6 --out eov_edge/assets/eov-nano --per-task 256
 
 Stores the weights as fp16 safetensors (the card says so; they load as fp32), evaluates the stored
 weights on the validation split, and writes README.md (model card), eval.json and train_log.json.
@@ -43,7 +43,7 @@ def data_fingerprint(root: Path) -> dict[str, str]:
     return out
 
 
-def ship(run: Path, out: Path, per_task: int = 48, commit: str | None = None) -> dict:
+def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None) -> dict:
     import torch
     import transformers
 
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=NANO_CHECKPOINT)
-    parser.add_argument("--per-task", type=int, default=48)
+    parser.add_argument("--per-task", type=int, default=256)
     parser.add_argument("--commit", default=None, help="git commit that trained the run (default: recorded)")
     args = parser.parse_args(argv)
     ship(args.run, args.out, args.per_task, args.commit)
