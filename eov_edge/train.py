@@ -496,8 +496,8 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
                  if start_stage < len(config.stages) else "the end: every stage is done")
         print(f"resuming {out} at {where}")
     if any(reads_attention(stage) for stage in config.stages):
-        # attention_loss reads the decoder's softmax weights, which only eager attention returns
-        # (not saved with the checkpoint: loading gives sdpa again).
+        # attention_loss and answer_attention_loss read the decoder's softmax weights, which only
+        # eager attention returns (not saved with the checkpoint: loading gives sdpa again).
         model.language_model.set_attn_implementation("eager")
     grid = model_config.grid_size
     factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,

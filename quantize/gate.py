@@ -19,7 +19,8 @@ from eov_edge.data.examples import Example
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
 
 EVAL_SEED = 2000  # not eov-eval's seed: the gate's samples are its own
-# "margin" is the headline metric minus its baseline: its drop is the headline metric's, already a row
+# "margin" (eov-eval reports, e.g. the PyTorch column of benchmarks/accuracy.py) is the headline
+# metric minus its baseline: its drop is the headline metric's, already a row
 NOT_METRICS = ("n", "distinct_answers", "examples", "margin")
 
 

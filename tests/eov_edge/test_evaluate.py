@@ -76,7 +76,7 @@ def test_eval_of_chosen_tasks_records_the_decoding_mode(tmp_path, shared_data):
 
 
 def test_margin_interval_is_paired_and_separates_a_clear_win_from_a_tie():
-    from eov_edge.evaluate import margin_interval, score_predictions
+    from eov_edge.evaluate import add_margins, margin_interval, score_predictions
 
     train = [example("classification", "forest", {})] * 3
     truth = ["forest", "water"] * 20  # the baseline ("forest") is right on half
@@ -88,7 +88,9 @@ def test_margin_interval_is_paired_and_separates_a_clear_win_from_a_tie():
     coin = ["forest", "forest", "water", "water"] * 10  # right on half, not the same half as the baseline
     low, high = margin_interval("classification", coin, examples, train, 224)
     assert low < 0 < high
-    report = score_predictions(coin, examples, train, 224)["tasks"]["classification"]
+    full = score_predictions(coin, examples, train, 224)
+    add_margins(full, coin, examples, train, 224)
+    report = full["tasks"]["classification"]
     assert report["headline"] == "accuracy" and report["margin"] == pytest.approx(0.0)
     assert report["margin_ci95"][0] < 0 < report["margin_ci95"][1]
 
