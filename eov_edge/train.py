@@ -37,9 +37,12 @@ from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES, Example, Exampl
 from eov_edge.inputs import Sample
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
 from eov_edge.processor import EarthOneVisionProcessor, save_checkpoint
+from eov_edge.tasks import TASKS
 from eov_edge.tokenizer import TextTokenizer
 
 PARAMETER_GROUPS = ("stem", "trunk", "projector", "decoder", "aux")
+TASK_KINDS = tuple(TASKS)
+LOSS_NORMALIZATIONS = ("token", "task", "example")
 IMAGE_POSITION_RMS = 0.5  # the projector output is ~0.24 rms at init: position a little stronger
 
 
@@ -69,6 +72,13 @@ class StageConfig:
     token_aux_weight: float = 1.0  # TrainingHeads.token_dense on the projector output
     # answer_attention_loss: at a VQA answer, the same heads look at the asked class's objects
     answer_attention_weight: float = 1.0
+    # language_loss's mean: "token" (every answer token alike), "task" (each task's tokens weighted
+    # by its share of the batch's examples) or "example" (every example alike); see language_loss
+    loss_normalization: str = "token"
+
+    def __post_init__(self) -> None:
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, not {self.loss_normalization!r}")
 
 
 @dataclass
@@ -98,7 +108,7 @@ class TrainConfig:
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
             StageConfig("joint", steps(2400), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
-                        lr=5e-4),
+                        lr=5e-4, loss_normalization="task"),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
@@ -357,11 +367,15 @@ def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: 
 
 
 def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, num_loc: int,
-                  smoothing: float, sigma_bins: float) -> torch.Tensor:
+                  smoothing: float, sigma_bins: float, row_groups: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token cross-entropy, Gaussian-smoothed over location bins where the label is one.
 
-    logits (B, S, V), labels (B, S) with -100 on unsupervised positions; mean over supervised
-    tokens, as transformers' causal-LM loss (which this equals when ``smoothing`` is 0).
+    logits (B, S, V), labels (B, S) with -100 on unsupervised positions. Without ``row_groups``:
+    the mean over supervised tokens, as transformers' causal-LM loss (which this equals when
+    ``smoothing`` is 0). With ``row_groups`` (B,) ints: each group's token mean, weighted by its
+    share of the rows, so a group's weight is its number of examples, not of answer tokens. Groups
+    = tasks: a task mixture weight means what it says, where per token a 2-token VQA answer
+    carried ~1/35 of a 70-token detection list (docs/data.md); groups = rows: per-example mean.
     """
     targets = labels[:, 1:]  # (B, S-1)
     valid = targets != -100
@@ -377,7 +391,16 @@ def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, nu
         soft_nll = -(soft * log_p[is_loc][:, loc_first : loc_first + num_loc]).sum(-1)  # (M_loc,)
         per_token = per_token.clone()
         per_token[is_loc] = (1 - smoothing) * per_token[is_loc] + smoothing * soft_nll
-    return per_token.mean()
+    if row_groups is None:
+        return per_token.mean()
+    groups = row_groups[valid.nonzero()[:, 0]]  # (M,) each supervised token's group, row-major like per_token
+    size = int(row_groups.max()) + 1
+    token_sum = torch.zeros(size, dtype=per_token.dtype).index_add_(0, groups, per_token)  # (G,)
+    token_count = torch.bincount(groups, minlength=size)  # (G,)
+    supervised_rows = row_groups[valid.any(1)]  # rows with at least one supervised token
+    row_share = torch.bincount(supervised_rows, minlength=size) / supervised_rows.numel()  # (G,)
+    present = token_count > 0
+    return (row_share[present] * token_sum[present] / token_count[present]).sum()
 
 
 def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: int) -> dict[str, torch.Tensor]:
@@ -394,6 +417,7 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
     # the object class a counting or presence question asks about (answer_attention_loss), else -1
     batch["asked_class"] = torch.tensor([OBJECT_CLASSES.index(e.target["class"]) if e.task == "vqa" else -1
                                          for e in examples])
+    batch["task_index"] = torch.tensor([TASK_KINDS.index(e.task) for e in examples])  # (B,) loss_groups
     return batch
 
 
@@ -405,7 +429,7 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], output_hidden_states=True,
                 output_attentions=reads_attention(stage))  # logits (B, S, V)
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
-                       stage.loc_sigma_bins)
+                       stage.loc_sigma_bins, loss_groups(batch, stage.loss_normalization))
     dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
     token_targets = pool_to_tokens(batch["aux_targets"], model.projector)  # (V, N', AUX)
     token_dense = aux_loss(heads.token_dense(image_embeds), token_targets, batch["aux_mask"])  # (V, N', AUX)
@@ -424,6 +448,17 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
         loss = loss + stage.answer_attention_weight * look
         parts["answer_attention"] = look.item()
     return loss, parts
+
+
+def loss_groups(batch: dict[str, torch.Tensor], normalization: str) -> torch.Tensor | None:
+    """The ``row_groups`` argument of :func:`language_loss` for a stage's ``loss_normalization``."""
+    if normalization == "token":
+        return None
+    if normalization == "task":
+        return batch["task_index"]
+    if normalization == "example":
+        return torch.arange(batch["task_index"].shape[0])
+    raise ValueError(f"loss_normalization must be one of {LOSS_NORMALIZATIONS}, not {normalization!r}")
 
 
 def reads_attention(stage: StageConfig) -> bool:

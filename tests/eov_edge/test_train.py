@@ -13,6 +13,7 @@ from eov_edge.train import (
     aux_loss,
     init_for_training,
     language_loss,
+    loss_groups,
     sincos_2d,
     smooth_bins,
     train,
@@ -64,6 +65,38 @@ def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():
     labels = torch.tensor([[-100, 3, 20, 21, 25, -100], [-100, -100, 5, 22, 7, 1]])
     ours = language_loss(logits, labels, loc_first=20, num_loc=10, smoothing=0.0, sigma_bins=2.0)
     assert ours.item() == pytest.approx(ForCausalLMLoss(logits, labels, 40).item(), rel=1e-6)
+
+
+def test_grouped_language_loss_weighs_groups_by_examples_not_tokens():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 40)
+    # row 0 supervises one token (a "yes"), rows 1 and 2 five and two tokens
+    labels = torch.tensor([[-100, -100, -100, -100, 7, -100], [-100, 3, 9, 21, 25, 1], [-100, -100, -100, 4, 2, -100]])
+    nll = -torch.log_softmax(logits[:, :-1], dim=-1)  # (B, S-1, V) predicts labels[:, 1:]
+    tokens = [torch.stack([nll[r, p - 1, labels[r, p]] for p in range(1, 6) if labels[r, p] != -100]) for r in range(3)]
+    per_token = language_loss(logits, labels, loc_first=20, num_loc=10, smoothing=0.0, sigma_bins=2.0)
+    assert per_token.item() == pytest.approx((torch.cat(tokens).sum() / 8).item(), rel=1e-5)
+    per_example = language_loss(logits, labels, 20, 10, 0.0, 2.0, row_groups=torch.arange(3))
+    assert per_example.item() == pytest.approx(sum(t.mean() for t in tokens).item() / 3, rel=1e-5)
+    # rows 0 and 2 one task, row 1 another: 2/3 x the first task's token mean + 1/3 x the second's
+    per_task = language_loss(logits, labels, 20, 10, 0.0, 2.0, row_groups=torch.tensor([4, 1, 4]))
+    first = torch.cat([tokens[0], tokens[2]]).mean()
+    assert per_task.item() == pytest.approx((2 / 3 * first + 1 / 3 * tokens[1].mean()).item(), rel=1e-5)
+    # a row with nothing supervised takes no share; smoothing applies per token before the means
+    empty = torch.cat([labels, torch.full((1, 6), -100)])
+    four = torch.randn(4, 6, 40)
+    four[:3] = logits
+    assert language_loss(four, empty, 20, 10, 0.5, 2.0, row_groups=torch.tensor([4, 1, 4, 0])).item() == pytest.approx(
+        language_loss(logits, labels, 20, 10, 0.5, 2.0, row_groups=torch.tensor([4, 1, 4])).item(), rel=1e-6)
+
+
+def test_loss_groups_follow_the_stage_normalization():
+    batch = {"task_index": torch.tensor([2, 0, 2])}
+    assert loss_groups(batch, "token") is None
+    assert loss_groups(batch, "task").tolist() == [2, 0, 2]
+    assert loss_groups(batch, "example").tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="loss_normalization"):
+        StageConfig("joint", 1, {"vqa": 1.0}, loss_normalization="sequence")
 
 
 def test_smoothed_location_loss_prefers_a_near_miss_to_a_far_one():
