@@ -43,6 +43,9 @@ class GenerationConfig:
     # PyTorch generate() does by default; reported probabilities are then those of the constrained
     # distribution. Off only to compare with a decoder loop that has no such rule (ORT GenAI).
     slis_grammar: bool = True
+    # With the grammar: a location token is the mean bin of the model's distribution, not its
+    # argmax (eov_edge.slis_grammar), as PyTorch generate() does by default.
+    expected_locations: bool = True
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -214,7 +217,7 @@ class Decoder:
         the outputs with the new logits), ``advance`` the position inputs in place."""
         rng = np.random.default_rng(config.seed)
         finished = np.zeros(len(logits), bool)
-        grammar = SlisGrammar(len(logits)) if config.slis_grammar else None
+        grammar = SlisGrammar(len(logits), config.expected_locations) if config.slis_grammar else None
         for index in range(config.max_new_tokens):
             step = self._choose(index, logits, finished, config, rng, grammar)
             yield step

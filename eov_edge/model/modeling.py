@@ -104,14 +104,15 @@ class SlisLogitsProcessor(LogitsProcessor):
     """transformers' hook for :class:`eov_edge.slis_grammar.SlisGrammar`: one instance per
     ``generate()`` call; each call reads the tokens chosen since the previous one."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected_locations: bool = True) -> None:
         self.grammar: SlisGrammar | None = None
         self.seen = 0
+        self.expected_locations = expected_locations
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # input_ids (B, T): the generated tokens so far (with inputs_embeds prompts, T starts at 0)
         if self.grammar is None:
-            self.grammar, self.seen = SlisGrammar(input_ids.shape[0]), input_ids.shape[1]
+            self.grammar, self.seen = SlisGrammar(input_ids.shape[0], self.expected_locations), input_ids.shape[1]
         for column in input_ids[:, self.seen :].T.tolist():
             self.grammar.advance(column)
         self.seen = input_ids.shape[1]
@@ -290,6 +291,7 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         generation_config: GenerationConfig | None = None,
         slis_grammar: bool = True,
+        expected_locations: bool = True,
         **kwargs,
     ) -> torch.Tensor:
         """Answer ids (B, new_tokens) for left-padded prompts; greedy unless told otherwise.
@@ -297,13 +299,15 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
         The views are encoded once; the decoder's own ``generate`` then runs with the KV cache.
         ``slis_grammar``: mask tokens that would break a spatial answer's grammar
         (:mod:`eov_edge.slis_grammar`; the device runtime does the same by default).
+        ``expected_locations``: with the grammar, a location token is the mean bin of the model's
+        distribution, not its argmax (see that module).
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, modality_ids)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if slis_grammar:
             kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []),
-                                                              SlisLogitsProcessor()])
+                                                              SlisLogitsProcessor(expected_locations)])
         kwargs.setdefault("do_sample", False)
         kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id)
         kwargs.setdefault("eos_token_id", self.config.text_config.eos_token_id)

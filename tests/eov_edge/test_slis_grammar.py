@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from eov_edge import slis
 from eov_edge.prompt import SPECIAL_TOKENS
-from eov_edge.slis_grammar import CLOSE_IDS, LOC_END, LOC_FIRST, OPEN_IDS, SlisGrammar
+from eov_edge.slis_grammar import CLOSE_IDS, LOC_END, LOC_FIRST, OPEN_IDS, SlisGrammar, expected_bin
 
 VOCAB = LOC_END + 8  # every special token plus a few ordinary ones
 BOX = SPECIAL_TOKENS.index("<box>")
@@ -23,10 +23,10 @@ def text_of(ids: list[int]) -> str:
     return "".join(pieces)
 
 
-def greedy(logits_per_step: np.ndarray) -> tuple[list[list[int]], SlisGrammar]:
+def greedy(logits_per_step: np.ndarray, expected_locations: bool = True) -> tuple[list[list[int]], SlisGrammar]:
     """logits_per_step (T, B, V) -> the constrained greedy ids per row."""
     steps, batch, _ = logits_per_step.shape
-    grammar = SlisGrammar(batch)
+    grammar = SlisGrammar(batch, expected_locations)
     chosen: list[list[int]] = [[] for _ in range(batch)]
     for t in range(steps):
         ids = grammar.constrain(logits_per_step[t].copy()).argmax(-1)
@@ -57,13 +57,50 @@ def test_any_logits_give_well_formed_answers(seed, bias):
             assert len(parsed.problems) == 1 and "never closed" in parsed.problems[0]
 
 
-def test_legal_choices_are_left_alone():
+@pytest.mark.parametrize("expected_locations", [False, True])
+def test_legal_choices_are_left_alone(expected_locations):
     answer = [BOX, LOC_FIRST + 10, LOC_FIRST + 20, LOC_FIRST + 30, LOC_FIRST + 40, CLOSE_IDS["box"], 1]
     logits = np.zeros((len(answer), 1, VOCAB), np.float32)
     for t, token in enumerate(answer):
-        logits[t, 0, token] = 5.0
-    chosen, _ = greedy(logits)
+        logits[t, 0, token] = 50.0  # a confident model: its mean bin is its argmax
+    chosen, _ = greedy(logits, expected_locations)
     assert chosen == [answer]
+
+
+def test_expected_bin_is_the_rounded_mean_of_the_distribution():
+    two_peaks = np.full(1000, -30.0)
+    two_peaks[[100, 300]] = 0.0
+    assert expected_bin(two_peaks) == 200
+    assert expected_bin(np.zeros(4)) == 2  # mean 1.5 rounds half up
+    assert expected_bin(torch.tensor(two_peaks, dtype=torch.float32)) == 200
+    spike = np.full(10, -50.0)
+    spike[9] = 0.0
+    assert expected_bin(spike) == 9
+
+
+def test_a_location_is_the_mean_of_the_model_distribution_not_its_argmax():
+    # The failure seen on the shipped nano model: a spike at bin 0 beats a broad bump around 600.
+    bins = np.arange(LOC_END - LOC_FIRST)
+    logits = np.full((1, VOCAB), -5.0, np.float32)
+    logits[0, LOC_FIRST:LOC_END] = 2.0 - 0.5 * ((bins - 600) / 40.0) ** 2
+    logits[0, LOC_FIRST] = 4.0
+    grammar = SlisGrammar(1)
+    grammar.advance([BOX])
+    masked = grammar.constrain(logits.copy())
+    chosen = int(masked.argmax())
+    assert np.isfinite(masked[0]).sum() == 1  # the grammar chose: nothing else is left
+    p = np.exp(logits[0, LOC_FIRST:LOC_END].astype(np.float64) - 4.0)
+    assert chosen - LOC_FIRST == int(np.floor((p * bins).sum() / p.sum() + 0.5))
+    assert 500 < chosen - LOC_FIRST < 600
+    argmax_grammar = SlisGrammar(1, expected_locations=False)
+    argmax_grammar.advance([BOX])
+    assert int(argmax_grammar.constrain(logits.copy()).argmax()) == LOC_FIRST
+    # x2 >= x1: the mean is over the legal bins only (flat from 600: the mean of 600..999)
+    grammar.advance([LOC_FIRST + 600])
+    grammar.advance([LOC_FIRST + 700])
+    flat = np.zeros((1, VOCAB), np.float32)
+    flat[0, LOC_FIRST : LOC_FIRST + 600] = 30.0  # illegal bins carry no weight
+    assert int(grammar.constrain(flat).argmax()) - LOC_FIRST == 800  # 799.5 rounds up
 
 
 def test_box_corners_stay_ordered_and_the_box_closes_after_four():

@@ -102,7 +102,7 @@ def test_generation_config_and_context_checks(pipeline):
 def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
     """The runtime masks what breaks SLIS (as PyTorch generate() does by default) and leaves the
     runner's logits buffer as the model wrote it."""
-    from eov_edge.slis_grammar import CLOSE_IDS, LOC_FIRST, OPEN_IDS, SlisGrammar
+    from eov_edge.slis_grammar import CLOSE_IDS, LOC_FIRST, OPEN_IDS, SlisGrammar, expected_bin
 
     decoder = Decoder(pipeline.runners[mf.DECODER], pipeline.embed_table, pipeline.manifest)
     vocab = len(pipeline.embed_table)
@@ -120,9 +120,16 @@ def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
     assert step.token_ids.tolist() == [box, box] and np.array_equal(logits, before)
     unconstrained = np.exp(before[0, box] - before[0].max()) / np.exp(before[0] - before[0].max()).sum()
     assert np.all(step.probs > unconstrained)  # renormalized over the legal tokens
-    # inside the box now: the location token is legal; after four of them only </box> is
+    # inside the box now: a location token, the mean bin of the legal ones (expected_locations, the
+    # default: reported with probability 1); after four of them only </box> is legal
+    argmax_grammar = SlisGrammar(2, expected_locations=False)
+    argmax_grammar.advance([box, box])
+    argmax = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, argmax_grammar)
+    assert argmax.token_ids.tolist() == [LOC_FIRST + 7] * 2
     for _ in range(4):
+        lowest = max(grammar.bins[0][-2:-1] or [0])  # x2 >= x1, y2 >= y1
         step = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
-        assert step.token_ids.tolist() == [LOC_FIRST + 7] * 2 or step.token_ids.tolist() == [LOC_FIRST + 20] * 2
+        mean = LOC_FIRST + lowest + expected_bin(before[0, LOC_FIRST + lowest : LOC_FIRST + 1000])
+        assert step.token_ids.tolist() == [mean] * 2 and np.allclose(step.probs, 1.0)
     step = decoder._choose(5, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
     assert step.token_ids.tolist() == [CLOSE_IDS["box"]] * 2
