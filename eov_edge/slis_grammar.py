@@ -18,7 +18,9 @@ a density over position; its argmax is unstable where that density is broad, and
 nano checkpoint 42% of greedy grounding boxes were ``<loc_0>`` x4 (a spike at bin 0 beating a
 broad bump elsewhere). Decoding the integral of the distribution is what Distribution Focal Loss
 detectors (GFL, YOLOv8) do with their per-edge bin distributions. The chosen location's reported
-probability is then 1: it is the distribution's mean, not a pick from it. A polygon's vertices
+probability (``location_mass``, which the runtime reports and detection scores multiply) is the
+model's mass within +-10 bins of it (the sigma of the training target): how sure the model is of
+the position, not of one bin. A polygon's vertices
 stay argmax, where the closing tag competes with the next vertex (no task emits polygons yet). PyTorch ``generate()``
 (:class:`eov_edge.model.modeling.SlisLogitsProcessor`) and the device runtime
 (:mod:`eov_edge.runtime.generation`) both use this class, so their tokens stay identical. It works
@@ -54,6 +56,7 @@ class SlisGrammar:
         self.open_kind: list[str | None] = [None] * batch
         self.bins: list[list[int]] = [[] for _ in range(batch)]
         self.expected_locations = expected_locations
+        self.location_mass: dict[int, float] = {}  # row -> mass near the chosen bin, last constrain()
 
     def advance(self, token_ids: Sequence[int]) -> None:
         """Record one chosen token per row."""
@@ -72,6 +75,7 @@ class SlisGrammar:
 
         ``rows``: only these rows (e.g. the unfinished ones); all by default.
         """
+        self.location_mass = {}
         for row in range(len(self.open_kind)) if rows is None else rows:
             kind = self.open_kind[row]
             if kind is None:
@@ -91,7 +95,8 @@ class SlisGrammar:
             if kind == "box" and count >= 2:  # x2 >= x1, y2 >= y1
                 lowest += self.bins[row][count - 2]
             if self.expected_locations and kind in FIXED_LOCS:
-                chosen = lowest + expected_bin(logits[row, lowest:LOC_END])
+                offset, self.location_mass[row] = expected_bin(logits[row, lowest:LOC_END], with_mass=True)
+                chosen = lowest + offset
                 logits[row, :] = NEG_INF
                 logits[row, chosen] = 0.0
                 continue
@@ -102,13 +107,21 @@ class SlisGrammar:
         return logits
 
 
-def expected_bin(logits: Any) -> int:
-    """Index of the mean of softmax(``logits``) (a 1-D numpy array or torch tensor), rounded half up.
+LOCATION_MASS_RADIUS = 10  # bins: the sigma of the training target (StageConfig.loc_sigma_bins)
+
+
+def expected_bin(logits: Any, with_mass: bool = False) -> Any:
+    """Index of the mean of softmax(``logits``) (a 1-D numpy array or torch tensor), rounded half up;
+    with ``with_mass`` also the probability within ``LOCATION_MASS_RADIUS`` bins of it.
 
     float64 throughout, so PyTorch and the runtime round the same mean the same way."""
     if hasattr(logits, "detach"):  # a torch tensor (no torch import here)
         logits = logits.detach().cpu().double().numpy()
     values = np.asarray(logits, dtype=np.float64)
     weights = np.exp(values - values.max())
-    mean = float((weights * np.arange(len(values))).sum() / weights.sum())
-    return min(len(values) - 1, int(np.floor(mean + 0.5)))
+    total = weights.sum()
+    index = min(len(values) - 1, int(np.floor(float((weights * np.arange(len(values))).sum() / total) + 0.5)))
+    if not with_mass:
+        return index
+    near = weights[max(0, index - LOCATION_MASS_RADIUS) : index + LOCATION_MASS_RADIUS + 1].sum()
+    return index, float(near / total)

@@ -239,6 +239,10 @@ class Decoder:
         if grammar is not None:
             grammar.constrain(logits, np.flatnonzero(~finished).tolist())
         ids, probs = self._pick(logits, config, rng)
+        if grammar is not None and grammar.location_mass:
+            # a location chosen as the distribution's mean: report the model's mass around it
+            rows = list(grammar.location_mass)
+            probs[rows] = [grammar.location_mass[r] for r in rows]
         ids = np.where(finished, pad, ids)
         if grammar is not None:
             grammar.advance(ids.tolist())

@@ -76,6 +76,10 @@ def test_expected_bin_is_the_rounded_mean_of_the_distribution():
     spike = np.full(10, -50.0)
     spike[9] = 0.0
     assert expected_bin(spike) == 9
+    # the mass near the mean: all of it for a spike, none between two far peaks, 21/1000 when flat
+    assert expected_bin(spike, with_mass=True)[1] == pytest.approx(1.0)
+    assert expected_bin(two_peaks, with_mass=True)[1] == pytest.approx(0.0, abs=1e-9)
+    assert expected_bin(np.zeros(1000), with_mass=True) == (500, pytest.approx(21 / 1000))
 
 
 def test_a_location_is_the_mean_of_the_model_distribution_not_its_argmax():
@@ -89,6 +93,7 @@ def test_a_location_is_the_mean_of_the_model_distribution_not_its_argmax():
     masked = grammar.constrain(logits.copy())
     chosen = int(masked.argmax())
     assert np.isfinite(masked[0]).sum() == 1  # the grammar chose: nothing else is left
+    assert 0.0 < grammar.location_mass[0] < 0.5  # a broad bump: little mass near the chosen bin
     p = np.exp(logits[0, LOC_FIRST:LOC_END].astype(np.float64) - 4.0)
     assert chosen - LOC_FIRST == int(np.floor((p * bins).sum() / p.sum() + 0.5))
     assert 500 < chosen - LOC_FIRST < 600

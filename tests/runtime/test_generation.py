@@ -121,7 +121,7 @@ def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
     unconstrained = np.exp(before[0, box] - before[0].max()) / np.exp(before[0] - before[0].max()).sum()
     assert np.all(step.probs > unconstrained)  # renormalized over the legal tokens
     # inside the box now: a location token, the mean bin of the legal ones (expected_locations, the
-    # default: reported with probability 1); after four of them only </box> is legal
+    # default), reported with the model's mass within 10 bins of it; after four only </box> is legal
     argmax_grammar = SlisGrammar(2, expected_locations=False)
     argmax_grammar.advance([box, box])
     argmax = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, argmax_grammar)
@@ -129,7 +129,8 @@ def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
     for _ in range(4):
         lowest = max(grammar.bins[0][-2:-1] or [0])  # x2 >= x1, y2 >= y1
         step = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
-        mean = LOC_FIRST + lowest + expected_bin(before[0, LOC_FIRST + lowest : LOC_FIRST + 1000])
-        assert step.token_ids.tolist() == [mean] * 2 and np.allclose(step.probs, 1.0)
+        offset, mass = expected_bin(before[0, LOC_FIRST + lowest : LOC_FIRST + 1000], with_mass=True)
+        assert step.token_ids.tolist() == [LOC_FIRST + lowest + offset] * 2
+        assert np.allclose(step.probs, mass) and 0.0 < mass < 1.0
     step = decoder._choose(5, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
     assert step.token_ids.tolist() == [CLOSE_IDS["box"]] * 2
