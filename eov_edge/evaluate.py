@@ -40,9 +40,42 @@ class Prediction:
     text: str
 
 
-def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tuple(TASKS)) -> list[Example]:
+def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tuple(TASKS),
+                   with_views: bool = True) -> list[Example]:
+    """``per_task`` examples of each task, drawn in task order from one generator seeded ``seed``.
+
+    ``with_views=False`` drops each example's images once drawn (the same draws: the generator
+    does not see it): what a baseline fitted on answers and targets needs, at ~1/1000 of the memory
+    (a view is a 16-slot float32 canvas, 3.2 MB at 224 px).
+    """
     rng = random.Random(seed)
-    return [factory.sample(task, rng) for task in tasks for _ in range(per_task)]
+    examples = []
+    for task in tasks:
+        for _ in range(per_task):
+            example = factory.sample(task, rng)
+            if not with_views:
+                example.views, example.aux = [], []
+            examples.append(example)
+    return examples
+
+
+def predict(model, processor, examples: list[Example], batch_size: int = 16, max_new_tokens: int = 64,
+            progress: bool = True, slis_grammar: bool = True, drop_views: bool = False) -> list[str]:
+    """Greedy answers for ``examples``; ``drop_views``: free each batch's images once answered."""
+    from tqdm import tqdm
+
+    from eov_edge.inputs import Sample
+
+    predictions: list[str] = []
+    for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, mininterval=5):
+        chunk = examples[i : i + batch_size]
+        answers = processor.answer(model, [Sample(views=e.views, instruction=e.instruction) for e in chunk],
+                                   max_new_tokens=max_new_tokens, slis_grammar=slis_grammar)
+        predictions += [a.text for a in answers]
+        if drop_views:
+            for example in chunk:
+                example.views, example.aux = [], []
+    return predictions
 
 
 def _first_box(text: str, size: int) -> metrics.Box | None:
@@ -156,20 +189,12 @@ def margin_interval(task: str, preds: list[str], examples: list[Example], train:
 
 
 def evaluate(model, processor, examples: list[Example], train_examples: list[Example], batch_size: int = 16,
-             max_new_tokens: int = 64, progress: bool = True, slis_grammar: bool = True) -> dict:
+             max_new_tokens: int = 64, progress: bool = True, slis_grammar: bool = True,
+             drop_views: bool = False) -> dict:
     """Greedy answers for ``examples`` and the per-task report (``slis_grammar``: constrained
-    decoding of spatial answers, :mod:`eov_edge.slis_grammar`)."""
-    from tqdm import tqdm
-
-    from eov_edge.inputs import Sample
-
-    predictions: list[str] = []
+    decoding of spatial answers, :mod:`eov_edge.slis_grammar`; ``drop_views``: see :func:`predict`)."""
     started = time.time()
-    for i in tqdm(range(0, len(examples), batch_size), desc="eval", disable=not progress, mininterval=5):
-        chunk = examples[i : i + batch_size]
-        answers = processor.answer(model, [Sample(views=e.views, instruction=e.instruction) for e in chunk],
-                                   max_new_tokens=max_new_tokens, slis_grammar=slis_grammar)
-        predictions += [a.text for a in answers]
+    predictions = predict(model, processor, examples, batch_size, max_new_tokens, progress, slis_grammar, drop_views)
     report = score_predictions(predictions, examples, train_examples, model.config.image_size)
     add_margins(report, predictions, examples, train_examples, model.config.image_size)
     report["seconds"] = round(time.time() - started, 1)
@@ -245,9 +270,12 @@ def run_eval(checkpoint: Path, out: Path, data_root: Path, per_task: int = 256, 
     torch.set_num_threads(int(os.environ.get("EOV_THREADS", "2")))
     model, processor = load_checkpoint(checkpoint)
     size, patch = model.config.image_size, model.config.vision_config.patch_size
+    # Images are freed as soon as they are answered (training examples: at once, the baselines read
+    # answers only): at 256 per task, keeping them all took ~20 GB.
     val = build_examples(ExampleFactory(data_root, "val", size, patch), per_task, seed, tasks)
-    train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1, tasks)
-    report = evaluate(model, processor, val, train, progress=progress, slis_grammar=slis_grammar)
+    train = build_examples(ExampleFactory(data_root, "train", size, patch), 4 * per_task, seed + 1, tasks,
+                           with_views=False)
+    report = evaluate(model, processor, val, train, progress=progress, slis_grammar=slis_grammar, drop_views=True)
     report.update({"checkpoint": str(checkpoint), "per_task": per_task, "seed": seed})
     write_json_atomic(out, report)
     out.with_suffix(".md").write_text(markdown(report))

@@ -48,7 +48,8 @@ def gate_examples(data_root: Path, image_size: int, patch_size: int, per_task: i
     if not (Path(data_root) / "README.md").is_file():
         raise QuantizeError(f"the accuracy gate needs the held-out real data at {data_root} (set EOV_DATA_DIR)")
     val = build_examples(ExampleFactory(data_root, "val", image_size, patch_size), per_task, seed)
-    train = build_examples(ExampleFactory(data_root, "train", image_size, patch_size), per_task, seed + 1)
+    train = build_examples(ExampleFactory(data_root, "train", image_size, patch_size), per_task, seed + 1,
+                           with_views=False)  # the baselines read answers only
     calib_names = {Path(s).name for s in calibration.sources} | {Path(s).parent.name for s in calibration.sources}
     kept = [e for e in val if Path(e.source).name not in calib_names]
     return kept, train, len(val) - len(kept)

@@ -75,6 +75,28 @@ def test_eval_of_chosen_tasks_records_the_decoding_mode(tmp_path, shared_data):
         assert report["slis_grammar"] is grammar
 
 
+@pytest.mark.data
+def test_examples_without_views_are_the_same_draws(shared_data):
+    from eov_edge.data.examples import ExampleFactory
+    from eov_edge.evaluate import build_examples, predict
+
+    factory = ExampleFactory(shared_data, "val", 224, 16, hit_uav_limit=20)
+    tasks = ("vqa", "change", "cross_modal")
+    full = build_examples(factory, 3, seed=5, tasks=tasks)
+    light = build_examples(factory, 3, seed=5, tasks=tasks, with_views=False)
+    assert [(e.task, e.instruction, e.answer, str(e.target)) for e in full] == [
+        (e.task, e.instruction, e.answer, str(e.target)) for e in light]
+    assert all(e.views for e in full) and not any(e.views or e.aux for e in light)
+
+    class Echo:  # a processor stand-in: answers each sample with its number of views
+        def answer(self, model, samples, **kwargs):
+            return [type("Answer", (), {"text": str(len(s.views))}) for s in samples]
+
+    answers = predict(None, Echo(), full, batch_size=4, progress=False, drop_views=True)
+    assert answers == ["1"] * 3 + ["2"] * 6  # answered with the images, which are freed after
+    assert not any(e.views for e in full)
+
+
 def test_margin_interval_is_paired_and_separates_a_clear_win_from_a_tie():
     from eov_edge.evaluate import add_margins, margin_interval, score_predictions
 
