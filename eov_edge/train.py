@@ -108,7 +108,7 @@ class TrainConfig:
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
             StageConfig("joint", steps(2400), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
-                        lr=5e-4, loss_normalization="task"),
+                        lr=5e-4),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
