@@ -11,17 +11,17 @@ x2 < x1. :class:`SlisGrammar` tracks, per batch row, where the answer stands in 
 - inside ``<poly>``: location tokens, and the closing tag once there are >= 3 whole vertices.
 
 The mask only removes options. One choice is the grammar's own (``expected_locations``, on by
-default): where the next token must be a location of a box, quad or point, it is the mean bin of the model's distribution
-over the legal bins, rounded, not its argmax. A coordinate is ordinal and the model is trained
-against a Gaussian over neighbouring bins (``eov_edge.train.language_loss``), so its distribution is
-a density over position; its argmax is unstable where that density is broad, and on the shipped
-nano checkpoint 42% of greedy grounding boxes were ``<loc_0>`` x4 (a spike at bin 0 beating a
-broad bump elsewhere). Decoding the integral of the distribution is what Distribution Focal Loss
-detectors (GFL, YOLOv8) do with their per-edge bin distributions. The chosen location's reported
-probability (``location_mass``, which the runtime reports and detection scores multiply) is the
-model's mass within +-10 bins of it (the sigma of the training target): how sure the model is of
-the position, not of one bin. A polygon's vertices
-stay argmax, where the closing tag competes with the next vertex (no task emits polygons yet). PyTorch ``generate()``
+default): where the next token must be a location of a box, quad or point, it is the mean bin of
+the model's distribution over the legal bins, rounded, not its argmax. A coordinate is ordinal and
+the model is trained against a Gaussian over neighbouring bins (``eov_edge.train.language_loss``),
+so its distribution is a density over position; its argmax is unstable where that density is broad,
+and on the shipped nano checkpoint 42% of greedy grounding boxes were ``<loc_0>`` x4 (a spike at
+bin 0 beating a broad bump elsewhere). Decoding the integral of the distribution is what
+Distribution Focal Loss detectors (GFL, YOLOv8) do with their per-edge bin distributions. The
+chosen location's reported probability (``location_mass``, which the runtime reports and detection
+scores multiply) is the model's mass within +-10 bins of it (the sigma of the training target): how
+sure the model is of the position, not of one bin. A polygon's vertices stay argmax, where the
+closing tag competes with the next vertex (no task emits polygons yet). PyTorch ``generate()``
 (:class:`eov_edge.model.modeling.SlisLogitsProcessor`) and the device runtime
 (:mod:`eov_edge.runtime.generation`) both use this class, so their tokens stay identical. It works
 on numpy arrays and torch tensors alike (slices and scalar reads, and a float64 numpy copy of the
