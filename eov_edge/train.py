@@ -395,7 +395,7 @@ def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, nu
         return per_token.mean()
     groups = row_groups[valid.nonzero()[:, 0]]  # (M,) each supervised token's group, row-major like per_token
     size = int(row_groups.max()) + 1
-    token_sum = torch.zeros(size, dtype=per_token.dtype).index_add_(0, groups, per_token)  # (G,)
+    token_sum = per_token.new_zeros(size).index_add_(0, groups, per_token)  # (G,)
     token_count = torch.bincount(groups, minlength=size)  # (G,)
     supervised_rows = row_groups[valid.any(1)]  # rows with at least one supervised token
     row_share = torch.bincount(supervised_rows, minlength=size) / supervised_rows.numel()  # (G,)
