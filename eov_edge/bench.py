@@ -32,6 +32,7 @@ from pathlib import Path
 
 import click
 
+from eov_edge.bench_peer import DEFAULT_INT4_BLOCK_SIZE
 from eov_edge.paths import write_atomic, write_json_atomic
 
 RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
@@ -219,9 +220,10 @@ def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
 def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
               recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
-              peer_prompt_tokens: int = 200) -> dict:
+              peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
-    time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts)."""
+    time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts).
+    ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match)."""
     import onnxruntime
     import torch
 
@@ -251,10 +253,12 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     else:
         rows_dirs["runtime fp32"] = Path(artifacts)
     for recipe in recipes:
-        target = Path((recipe_artifacts or {}).get(recipe) or out / "artifacts" / recipe)
+        blocks = int4_block_size if recipe == "ort-cpu-int4" else None
+        folder = recipe + (f"-b{blocks}" if blocks and blocks != DEFAULT_INT4_BLOCK_SIZE else "")
+        target = Path((recipe_artifacts or {}).get(recipe) or out / "artifacts" / folder)
         if not (target / "manifest.json").is_file():
             progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")
-            write_ungated(artifacts, recipe, target)
+            write_ungated(artifacts, recipe, target, int4_block_size=blocks)
         rows_dirs[f"runtime {recipe}"] = target
     bandwidth = read_bandwidth_gbs()
     progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
@@ -290,10 +294,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         floors = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
         head_to_head = run_peer_bench(model.language_model, ours, out, floors, bandwidth, batch,
                                       prompt_tokens=peer_prompt_tokens, max_new=max_new, repeats=repeats,
-                                      progress=progress)
+                                      progress=progress, int4_block_size=int4_block_size)
     report = {
         "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
-        "model": where, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+        "int4_block_size": int4_block_size, "model": where, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                     "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
                                     "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),
@@ -316,7 +320,9 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# eov-bench: {report['preset']}, batch {report['batch']}, up to {report['max_new_tokens']} new tokens",
              "", f"{m['cpus']} CPU(s), {m['platform']}, memory read {m['read_bandwidth_gbs']} GB/s; median of "
-             f"{report['repeats']} runs after a warm-up (min-max in brackets).", "",
+             f"{report['repeats']} runs after a warm-up (min-max in brackets)"
+             + (f"; ort-cpu-int4 in blocks of {report['int4_block_size']} weights" if "runtime ort-cpu-int4"
+                in report["rows"] and report.get("int4_block_size") else "") + ".", "",
              "| backend | end to end ms | x PyTorch | first token ms | encoder ms | decode ms/token (floor) | "
              "peak RSS MiB | size MiB | tokens = PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["rows"].items():
@@ -384,8 +390,11 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--peer/--no-peer", default=None,
               help="decoder head to head with ONNX Runtime GenAI [default: on when onnxruntime-genai is installed]")
 @click.option("--peer-prompt-tokens", type=int, default=200, show_default=True)
+@click.option("--int4-block-size", type=click.Choice(["16", "32", "64", "128", "256"]),
+              default=str(DEFAULT_INT4_BLOCK_SIZE), show_default=True,
+              help="weights per scale of the ort-cpu-int4 row and of ORT GenAI's int4")
 def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str, peer: bool | None,
-         peer_prompt_tokens: int) -> None:
+         peer_prompt_tokens: int, int4_block_size: str) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     from eov_edge.bench_peer import genai_available
 
@@ -401,7 +410,7 @@ def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, 
         if missing:
             click.echo(f"no decoder head to head: {missing}", err=True)
     report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True),
-                       peer=peer, peer_prompt_tokens=peer_prompt_tokens)
+                       peer=peer, peer_prompt_tokens=peer_prompt_tokens, int4_block_size=int(int4_block_size))
     click.echo(markdown(report))
 
 

@@ -3,8 +3,8 @@
 ONNX Runtime GenAI (``onnxruntime-genai``: a C++ generation loop over ORT, fused
 GroupQueryAttention, KV buffers shared between past and present) is the mature peer for a
 Qwen2-style decoder on CPU. Its model builder takes our decoder as transformers saves it
-(``Qwen2ForCausalLM``), at fp32 and int4 (``MatMulNBits``, block 32, symmetric, accuracy level 4:
-the settings of our ``ort-cpu-int4`` recipe). Configured fairly: intra-op threads = the cores,
+(``Qwen2ForCausalLM``), at fp32 and int4 (``MatMulNBits``, symmetric, accuracy level 4, the block size of our
+``ort-cpu-int4`` row: the settings of our recipe). Configured fairly: intra-op threads = the cores,
 ``past_present_share_buffer`` with ``max_length`` = prompt + new tokens, ``prune_lm_head``.
 
 Both sides get the same prompt token ids (text only: GenAI's builder takes token ids, so the image
@@ -28,7 +28,14 @@ from pathlib import Path
 
 # peer precision -> the builder's precision flag and extra options
 PEER_PRECISIONS = {"fp32": "fp32", "int4": "int4"}
-PEER_EXTRA_OPTIONS = "prune_lm_head=true int4_block_size=32 int4_accuracy_level=4"
+DEFAULT_INT4_BLOCK_SIZE = 32  # ours and GenAI's default
+
+
+def peer_extra_options(int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> str:
+    """The model builder's options: int4 as our ``ort-cpu-int4`` recipe makes it (same block size)."""
+    # (onnxruntime-genai 0.18 reads "block_size" and "accuracy_level"; the older int4_ names are ignored)
+    return f"prune_lm_head=true block_size={int4_block_size} accuracy_level=4"
+
 
 TIMING_SCRIPT = r"""
 import json, sys, time
@@ -86,7 +93,8 @@ def genai_available() -> str | None:
     return None
 
 
-def build_ort_genai(language_model, out: Path, precision: str, threads: int, eos_token_id: int) -> Path:
+def build_ort_genai(language_model, out: Path, precision: str, threads: int, eos_token_id: int,
+                    int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> Path:
     """GenAI model folder ``out`` for our decoder weights at ``precision`` (fp32 or int4)."""
     out = Path(out)
     if (out / "genai_config.json").is_file():
@@ -98,7 +106,7 @@ def build_ort_genai(language_model, out: Path, precision: str, threads: int, eos
         language_model.save_pretrained(source)
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", str(source), "-i", str(source),
                "-o", str(work), "-p", PEER_PRECISIONS[precision], "-e", "cpu", "-c", str(work / "cache"),
-               "--extra_options", *PEER_EXTRA_OPTIONS.split()]
+               "--extra_options", *peer_extra_options(int4_block_size).split()]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0 or not (work / "genai_config.json").is_file():
         raise RuntimeError(f"onnxruntime-genai's model builder failed:\n{done.stderr[-2000:]}")
@@ -135,9 +143,11 @@ def _reference_tokens(language_model, ids: list[list[int]], max_new: int) -> lis
 
 def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
                    bandwidth_gbs: float, batch: int, prompt_tokens: int = 200, max_new: int = 32,
-                   repeats: int = 5, rounds: int = 4, progress=print) -> dict:
-    """``ours``: precision -> our artifacts (fp32, fp32-portable, int8, int4); ``floors_mb``: precision
-    -> decoder weight MiB read per token. Returns the table rows, keyed ``ours fp32`` ... ``ort-genai int4``."""
+                   repeats: int = 5, rounds: int = 4, progress=print,
+                   int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
+    """``ours``: precision -> our artifacts (fp32, fp32-portable, int8, int4, the last with blocks of
+    ``int4_block_size``); ``floors_mb``: precision -> decoder weight MiB read per token. Returns the
+    table rows, keyed ``ours fp32`` ... ``ort-genai int4`` (GenAI's int4 at the same block size)."""
     import numpy as np
 
     threads = os.cpu_count() or 2
@@ -148,8 +158,10 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
     rows_where = {f"ours {p}": ("ours", Path(d)) for p, d in ours.items()}
     for precision in PEER_PRECISIONS:
         progress(f"building the ONNX Runtime GenAI {precision} model")
+        folder = f"ort-genai-{precision}" + (f"-b{int4_block_size}" if precision == "int4"
+                                              and int4_block_size != DEFAULT_INT4_BLOCK_SIZE else "")
         rows_where[f"ort-genai {precision}"] = ("ort-genai", build_ort_genai(
-            language_model, Path(out) / "artifacts" / f"ort-genai-{precision}", precision, threads, eos))
+            language_model, Path(out) / "artifacts" / folder, precision, threads, eos, int4_block_size))
     reference = _reference_tokens(language_model, ids, max_new)
     measured: dict[str, list[dict]] = {name: [] for name in rows_where}
     for round_index in range(rounds):
@@ -183,7 +195,7 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
             row["ttft_vs_ort_genai"] = round(statistics.median(
                 a / b for a, b in zip(row["ttft_ms_rounds"], peer["ttft_ms_rounds"])), 3)
     return {"prompt_tokens": prompt_tokens, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
-            "rounds": rounds, "peer_options": {"threads": threads, "extra_options": PEER_EXTRA_OPTIONS,
+            "rounds": rounds, "peer_options": {"threads": threads, "extra_options": peer_extra_options(int4_block_size),
                                                "past_present_share_buffer": True},
             "rows": rows}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from eov_edge.errors import EOVError
+from eov_edge.quantize.recipes import INT4_BLOCK_SIZES
 
 
 @click.group()
@@ -58,15 +59,19 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
               help="held-out examples per task for the gate (one changed answer in 100 moves a metric 1 point)")
 @click.option("--quantize-lm-head/--keep-lm-head", default=None,
               help="override the recipe's default for the LM head (TensorRT recipes keep it in float)")
+@click.option("--int4-block-size", type=click.Choice([str(s) for s in INT4_BLOCK_SIZES]), default=None,
+              help="weights per scale for ort-cpu-int4 and w4a16 [default: 32]; larger is faster on CPU, the gate "
+                   "decides if it holds")
 @click.option("--overwrite", is_flag=True)
 def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
-                     per_task: int, quantize_lm_head: bool, overwrite: bool) -> None:
+                     per_task: int, quantize_lm_head: bool, int4_block_size: str | None, overwrite: bool) -> None:
     """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
     from eov_edge.quantize.build import quantize_artifacts
 
     try:
         report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
-                                    quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True))
+                                    quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True),
+                                    int4_block_size=int(int4_block_size) if int4_block_size else None)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     size = report["size"]

@@ -28,7 +28,7 @@ from eov_edge.paths import staged_folder
 from eov_edge.quantize import gate
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
-from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, quantize_graph, recipe_plans
+from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, quantize_graph, recipe_plans, with_int4_block_size
 
 REPORT_FILE = "quant_report.json"
 MAX_FALLBACK_ROUNDS = 6
@@ -98,14 +98,16 @@ def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], cali
 
 def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: Path | None = None,
                        max_drop: float | None = None, per_task: int = 100, data_root: Path | None = None,
-                       overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print) -> dict:
-    """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``)."""
+                       overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print,
+                       int4_block_size: int | None = None) -> dict:
+    """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``).
+    ``int4_block_size`` overrides an INT4 recipe's block (refused for the others)."""
     from eov_edge.evaluate import score_predictions
     from eov_edge.paths import data_dir
 
     if recipe_name not in RECIPES:
         raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
-    recipe = RECIPES[recipe_name]
+    recipe = with_int4_block_size(RECIPES[recipe_name], int4_block_size)
     artifacts, out = Path(artifacts), Path(out)
     if out.resolve() == artifacts.resolve():
         raise QuantizeError("--out must differ from --artifacts (the FP32 artifacts are the gate's reference)")
@@ -184,10 +186,11 @@ def check_decoder_kind(recipe: Recipe, manifest: mf.Manifest, artifacts: Path) -
                             f"({manifest.decoder_kind}); quantize artifacts exported with --decoder portable")
 
 
-def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: CalibrationSet | None = None) -> Path:
+def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: CalibrationSet | None = None,
+                  int4_block_size: int | None = None) -> Path:
     """Quantized artifacts WITHOUT the accuracy gate, for speed and size measurements only (eov-bench);
     the manifest says so. Never ship these: ``quantize_artifacts`` is the gated path."""
-    recipe = RECIPES[recipe_name]
+    recipe = with_int4_block_size(RECIPES[recipe_name], int4_block_size)
     artifacts, out = Path(artifacts), Path(out)
     check_decoder_kind(recipe, mf.load_manifest(artifacts, verify_hashes=False), artifacts)
     if recipe.needs_calibration and calibration is None:

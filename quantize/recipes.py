@@ -3,7 +3,8 @@
 | recipe         | graphs            | how                                                   | library                     |
 |----------------|-------------------|-------------------------------------------------------|-----------------------------|
 | ort-cpu-int8   | all three         | dynamic INT8 (weights per channel, activations at run) | onnxruntime.quantization     |
-| ort-cpu-int4   | decoder           | weight-only 4-bit MatMulNBits (block 32, symmetric)     | onnxruntime MatMulNBits      |
+| ort-cpu-int4   | decoder           | weight-only 4-bit MatMulNBits (block 32 by default,     | onnxruntime MatMulNBits      |
+|                |                   | symmetric)                                             |                             |
 | trt-int8       | all three         | static QDQ, symmetric INT8, weights per channel,       | onnxruntime.quantize_static  |
 |                |                   | activations per tensor, calibrated on calib_data       |                             |
 | trt-fp8        | all three         | static QDQ, FLOAT8 E4M3 (compute capability >= 8.9)     | onnxruntime.quantize_static  |
@@ -13,6 +14,12 @@
 Only MatMuls with a constant 2-D weight are quantized: the attention products, norms, softmax and
 the patch-embedding Conv stay in float by construction, and the LM head (the MatMul whose weight
 has the vocabulary as a dimension) is excluded by default, as DESIGN.md section 6 asks.
+
+The INT4 recipes take a block size (``with_int4_block_size``): one fp scale per this many weights
+along the input dimension. 32 is ONNX Runtime GenAI's default and the most accurate; larger blocks
+store fewer scales and run faster on CPU, most of all in the prefill (MatMulNBits with int8 compute
+pays per block; measured in the README's table of figures); the accuracy gate decides
+whether a size holds.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import logging
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +49,23 @@ class Recipe:
     quantize_lm_head: bool = False  # default for the LM head (DESIGN.md keeps it in float for TensorRT)
     quantize_conv: bool = False  # the patch-embedding Conv
     embedding_dtype: str = "float32"  # the token embedding table the runtime gathers from
+    int4_block_size: int | None = None  # weights per scale along the input dimension (INT4 recipes)
+
+
+# MatMulNBits accepts power-of-two blocks of at least 16 weights
+INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
+    """``recipe`` with its INT4 blocks of ``block_size`` weights (None: the recipe's own)."""
+    if block_size is None:
+        return recipe
+    if recipe.int4_block_size is None:
+        raise QuantizeError(f"{recipe.name} has no INT4 blocks; a block size applies to "
+                            f"{', '.join(n for n, r in RECIPES.items() if r.int4_block_size)} only")
+    if block_size not in INT4_BLOCK_SIZES:
+        raise QuantizeError(f"INT4 block size {block_size} is not one of {INT4_BLOCK_SIZES}")
+    return replace(recipe, int4_block_size=block_size)
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
@@ -51,13 +75,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            quantize_lm_head=True, quantize_conv=True, embedding_dtype="float16"),
     Recipe("ort-cpu-int4", (mf.DECODER,), "int4-weight-only", "onnxruntime-cpu", False, 2.0,
            description="4-bit weight-only decoder MatMuls (MatMulNBits), FP16 embedding table",
-           quantize_lm_head=True, embedding_dtype="float16"),
+           quantize_lm_head=True, embedding_dtype="float16", int4_block_size=32),
     Recipe("trt-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-qdq", "tensorrt", True, 1.0, True,
            "explicit symmetric INT8 QDQ for TensorRT"),
     Recipe("trt-fp8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "fp8-e4m3-qdq", "tensorrt-sm89+", True, 1.0, True,
            "FLOAT8 E4M3 QDQ for TensorRT on compute capability >= 8.9 (ORT CPU emulates it)"),
     Recipe("w4a16", (mf.DECODER,), "int4-weight-qdq", "tensorrt-orin", False, 2.0, True,
-           "4-bit block-wise weights as DequantizeLinear, float activations (FP16 engine on Orin)"),
+           "4-bit block-wise weights as DequantizeLinear, float activations (FP16 engine on Orin)",
+           int4_block_size=32),
 )}
 
 
@@ -172,13 +197,14 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
     model = onnx.load(str(source))
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4 if not qdq else None,
+        model, bits=4, block_size=recipe.int4_block_size, is_symmetric=True, accuracy_level=4 if not qdq else None,
         nodes_to_exclude=plan.excluded, quant_format=fmt, op_types_to_quantize=("MatMul",),
     )  # default algorithm: round-to-nearest per block
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     done = _quantized_by_nbits(target, qdq)
-    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)", "weights": "int4 block 32 symmetric",
+    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)", "weights": f"int4 block {recipe.int4_block_size} symmetric",
+            "block_size": recipe.int4_block_size,
             "activations": "float (fp16 on the TensorRT engine)" if qdq else "float, int8 compute (accuracy_level 4)",
             "format": "DequantizeLinear (QDQ)" if qdq else "MatMulNBits", "nodes_rewritten": done}
 

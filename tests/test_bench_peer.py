@@ -40,3 +40,16 @@ def test_genai_model_is_configured_fairly(shipped, tmp_path):
     assert config["model"]["eos_token_id"] == [1]
     assert config["search"]["past_present_share_buffer"] is True
     assert not (tmp_path / "og.tmp").exists()  # built aside, renamed into place
+
+
+@pytest.mark.slow
+def test_genai_int4_uses_our_block_size(shipped, tmp_path):
+    import onnx
+
+    model, _ = shipped
+    folder = build_ort_genai(model.language_model, tmp_path / "og4", "int4", threads=2, eos_token_id=1,
+                             int4_block_size=64)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {64}
+    assert {a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"} == {4}

@@ -13,7 +13,7 @@ from eov_edge.quantize import build
 from eov_edge.quantize.calibration import CalibrationSet, FeedReader, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
 from eov_edge.quantize.gate import output_error
-from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph
+from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph, with_int4_block_size
 
 pytestmark = pytest.mark.slow
 
@@ -82,6 +82,42 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
         assert 0 < error < 0.1, (recipe, graph, error)
         if r.for_tensorrt:
             assert tensorrt_qdq_problems(target, r.target) == []
+
+
+@pytest.mark.parametrize("recipe", ["ort-cpu-int4", "w4a16"])
+def test_int4_block_size_sets_the_blocks_and_their_scales(recipe, nano_artifacts, calibration, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    source = nano_artifacts / mf.GRAPH_FILES[mf.DECODER]
+    plan = plan_graph(source, 3098, keep_lm_head=False)
+    errors, scale_counts = {}, {}
+    for block in (32, 128):
+        r = with_int4_block_size(RECIPES[recipe], block)
+        target = tmp_path / f"{block}.onnx"
+        info = quantize_graph(r, mf.DECODER, source, target, plan, None)
+        assert info["block_size"] == block and f"block {block}" in info["weights"]
+        model = onnx.load(str(target))
+        if recipe == "ort-cpu-int4":
+            nodes = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+            assert {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {block}
+        else:
+            nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+            assert {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {block}
+        initializers = {i.name: i for i in model.graph.initializer}
+        scale_counts[block] = sum(numpy_helper.to_array(initializers[n.input[2 if recipe == "ort-cpu-int4" else 1]]).size
+                                  for n in nodes)
+        errors[block] = output_error(source, target, calibration.feeds[mf.DECODER], max_feeds=6)
+    assert scale_counts[32] == 4 * scale_counts[128]  # one scale per block (every input width is a multiple of 128)
+    assert 0 < errors[32] < errors[128] < 0.2, errors  # coarser scales, larger error
+
+
+def test_int4_block_size_is_refused_where_it_does_not_apply():
+    assert with_int4_block_size(RECIPES["ort-cpu-int4"], None) is RECIPES["ort-cpu-int4"]
+    with pytest.raises(QuantizeError, match="no INT4 blocks"):
+        with_int4_block_size(RECIPES["ort-cpu-int8"], 64)
+    with pytest.raises(QuantizeError, match="not one of"):
+        with_int4_block_size(RECIPES["ort-cpu-int4"], 48)
 
 
 def test_decoder_lm_head_is_found_and_kept_in_float(nano_artifacts):
@@ -199,3 +235,6 @@ def test_cli_quantize_errors(nano_artifacts, tmp_path):
     result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "ort-cpu-int8",
                                        "--out", str(nano_artifacts)])
     assert result.exit_code == 1 and "differ" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "ort-cpu-int8",
+                                       "--int4-block-size", "64", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "no INT4 blocks" in result.output and not (tmp_path / "x").exists()
