@@ -195,6 +195,22 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
     assert not out.exists() and not list(tmp_path.glob(".broken.*"))
     rejected = json.loads((tmp_path / "broken.rejected.json").read_text())
     assert rejected["accepted"] is False and any(not r["ok"] for r in rejected["rows"])
+    # the message says how many answers changed behind each broken task
+    changed = rejected["rounds"][-1]["changed_answers"]
+    broken_task = next(r["task"] for r in rejected["rows"] if not r["ok"])
+    assert 0 < changed[broken_task][0] <= changed[broken_task][1] <= 4
+    assert f"{broken_task} {changed[broken_task][0]} of {changed[broken_task][1]}" in str(err.value)
+
+
+def test_changed_answers_counts_per_task():
+    from eov_edge.data.examples import Example
+    from eov_edge.quantize.gate import changed_answers
+
+    examples = [Example(task=t, views=[], instruction="q", answer="a", target={}, source="s")
+                for t in ("vqa", "vqa", "temporal")]
+    assert changed_answers(["1", "2", "north"], ["1", "3", "north"], examples) == {"vqa": [1, 2], "temporal": [0, 1]}
+    with pytest.raises(ValueError):
+        changed_answers(["1"], ["1", "2"], examples[:2])
 
 
 def test_fallback_restores_the_budget(nano_artifacts, tmp_path, monkeypatch):
