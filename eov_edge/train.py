@@ -107,14 +107,8 @@ class TrainConfig:
                         token_aux_weight=2.0),
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
-            # Per task (loss_normalization "task"): a task's weight is its share of the language
-            # gradient, not its answers' length; per token, one-token cross-modal answers got 1.6%
-            # of it and were never learned (docs/data.md). Multi-label and captions are raised to
-            # the share they had per token (10.4% and 12.1%): a run at weight 1 fell below the
-            # multi-label baseline.
-            StageConfig("joint", steps(2400),
-                        {**object_tasks, **land_tasks, "caption": 1.5, "multilabel": 1.5, "change": 1.5, "temporal": 1.5},
-                        lr=5e-4, loss_normalization="task"),
+            StageConfig("joint", steps(2400), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
+                        lr=5e-4),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
