@@ -255,9 +255,10 @@ class Decoder:
         if not config.do_sample:
             ids = logits.argmax(-1)  # (B,) int64
             # the chosen token's probability under the model (temperature 1): 1 / sum(exp(l - l_max));
-            # float32 exponentials, float64 sum (the decode loop's hot path: no (B, V) float64 copy)
-            top = np.take_along_axis(logits, ids[:, None], -1)  # (B, 1)
-            return ids, 1.0 / np.exp(logits - top).sum(-1, dtype=np.float64)
+            # float32 exponentials, float64 sum (the decode loop's hot path: no (B, V) float64 copy;
+            # plain indexing, not take_along_axis, which costs ~30 us a step building its indices)
+            shifted = logits - logits[np.arange(len(ids)), ids][:, None]  # (B, V)
+            return ids, 1.0 / np.exp(shifted, out=shifted).sum(-1, dtype=np.float64)
         rows = np.arange(len(logits))
         probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
         if config.do_sample:
