@@ -34,6 +34,7 @@ import click
 
 from eov_edge.bench_peer import DEFAULT_INT4_BLOCK_SIZE
 from eov_edge.paths import write_atomic, write_json_atomic
+from eov_edge.quantize.recipes import INT4_BLOCK_SIZES
 
 RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
 
@@ -297,9 +298,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                                       progress=progress, int4_block_size=int4_block_size)
     report = {
         "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
-        "int4_block_size": int4_block_size, "model": where, "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                    "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
-                                    "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
+        "int4_block_size": int4_block_size, "model": where,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
+                    "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),
         "rows": {name: {k: v for k, v in row.items() if k != "tokens"} for name, row in rows.items()},
         "note": "quantized rows are not gated here (speed and size only); their accuracy is in the "
@@ -390,7 +392,7 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--peer/--no-peer", default=None,
               help="decoder head to head with ONNX Runtime GenAI [default: on when onnxruntime-genai is installed]")
 @click.option("--peer-prompt-tokens", type=int, default=200, show_default=True)
-@click.option("--int4-block-size", type=click.Choice(["16", "32", "64", "128", "256"]),
+@click.option("--int4-block-size", type=click.Choice([str(size) for size in INT4_BLOCK_SIZES]),
               default=str(DEFAULT_INT4_BLOCK_SIZE), show_default=True,
               help="weights per scale of the ort-cpu-int4 row and of ORT GenAI's int4")
 def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str, peer: bool | None,

@@ -203,7 +203,8 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     done = _quantized_by_nbits(target, qdq)
-    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)", "weights": f"int4 block {recipe.int4_block_size} symmetric",
+    return {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)",
+            "weights": f"int4 block {recipe.int4_block_size} symmetric",
             "block_size": recipe.int4_block_size,
             "activations": "float (fp16 on the TensorRT engine)" if qdq else "float, int8 compute (accuracy_level 4)",
             "format": "DequantizeLinear (QDQ)" if qdq else "MatMulNBits", "nodes_rewritten": done}

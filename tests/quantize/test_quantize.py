@@ -105,8 +105,8 @@ def test_int4_block_size_sets_the_blocks_and_their_scales(recipe, nano_artifacts
             nodes = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
             assert {a.i for n in nodes for a in n.attribute if a.name == "block_size"} == {block}
         initializers = {i.name: i for i in model.graph.initializer}
-        scale_counts[block] = sum(numpy_helper.to_array(initializers[n.input[2 if recipe == "ort-cpu-int4" else 1]]).size
-                                  for n in nodes)
+        scale_input = 2 if recipe == "ort-cpu-int4" else 1  # MatMulNBits (A, B, scales), DequantizeLinear (x, scale)
+        scale_counts[block] = sum(numpy_helper.to_array(initializers[n.input[scale_input]]).size for n in nodes)
         errors[block] = output_error(source, target, calibration.feeds[mf.DECODER], max_feeds=6)
     assert scale_counts[32] == 4 * scale_counts[128]  # one scale per block (every input width is a multiple of 128)
     assert 0 < errors[32] < errors[128] < 0.2, errors  # coarser scales, larger error
