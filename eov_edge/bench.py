@@ -32,9 +32,9 @@ from pathlib import Path
 
 import click
 
-from eov_edge.bench_peer import DEFAULT_INT4_BLOCK_SIZE
+from eov_edge.bench_peer import int4_folder
 from eov_edge.paths import write_atomic, write_json_atomic
-from eov_edge.quantize.recipes import INT4_BLOCK_SIZES
+from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
 
 RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
 
@@ -255,7 +255,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         rows_dirs["runtime fp32"] = Path(artifacts)
     for recipe in recipes:
         blocks = int4_block_size if recipe == "ort-cpu-int4" else None
-        folder = recipe + (f"-b{blocks}" if blocks and blocks != DEFAULT_INT4_BLOCK_SIZE else "")
+        folder = int4_folder(recipe, blocks) if blocks else recipe
         target = Path((recipe_artifacts or {}).get(recipe) or out / "artifacts" / folder)
         if not (target / "manifest.json").is_file():
             progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")

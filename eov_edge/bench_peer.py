@@ -26,9 +26,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE
+
 # peer precision -> the builder's precision flag and extra options
 PEER_PRECISIONS = {"fp32": "fp32", "int4": "int4"}
-DEFAULT_INT4_BLOCK_SIZE = 32  # ours and GenAI's default
+
+
+def int4_folder(name: str, int4_block_size: int) -> str:
+    """Artifacts folder ``name``, suffixed with a non-default block size (cached folders of another
+    block size are then never reused)."""
+    return name if int4_block_size == DEFAULT_INT4_BLOCK_SIZE else f"{name}-b{int4_block_size}"
 
 
 def peer_extra_options(int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> str:
@@ -158,8 +165,9 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
     rows_where = {f"ours {p}": ("ours", Path(d)) for p, d in ours.items()}
     for precision in PEER_PRECISIONS:
         progress(f"building the ONNX Runtime GenAI {precision} model")
-        folder = f"ort-genai-{precision}" + (f"-b{int4_block_size}" if precision == "int4"
-                                              and int4_block_size != DEFAULT_INT4_BLOCK_SIZE else "")
+        folder = f"ort-genai-{precision}"
+        if precision == "int4":
+            folder = int4_folder(folder, int4_block_size)
         rows_where[f"ort-genai {precision}"] = ("ort-genai", build_ort_genai(
             language_model, Path(out) / "artifacts" / folder, precision, threads, eos, int4_block_size))
     reference = _reference_tokens(language_model, ids, max_new)
@@ -195,8 +203,9 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
             row["ttft_vs_ort_genai"] = round(statistics.median(
                 a / b for a, b in zip(row["ttft_ms_rounds"], peer["ttft_ms_rounds"])), 3)
     return {"prompt_tokens": prompt_tokens, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
-            "rounds": rounds, "peer_options": {"threads": threads, "extra_options": peer_extra_options(int4_block_size),
-                                               "past_present_share_buffer": True},
+            "rounds": rounds,
+            "peer_options": {"threads": threads, "extra_options": peer_extra_options(int4_block_size),
+                             "past_present_share_buffer": True},
             "rows": rows}
 
 

@@ -54,7 +54,7 @@ def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tupl
         for _ in range(per_task):
             example = factory.sample(task, rng)
             if not with_views:
-                example.views, example.aux = [], []
+                _drop_images(example)
             examples.append(example)
     return examples
 
@@ -74,8 +74,13 @@ def predict(model, processor, examples: list[Example], batch_size: int = 16, max
         predictions += [a.text for a in answers]
         if drop_views:
             for example in chunk:
-                example.views, example.aux = [], []
+                _drop_images(example)
     return predictions
+
+
+def _drop_images(example: Example) -> None:
+    """Free an example's views and dense targets (its answer and metric targets stay)."""
+    example.views, example.aux = [], []
 
 
 def _first_box(text: str, size: int) -> metrics.Box | None:

@@ -52,8 +52,9 @@ class Recipe:
     int4_block_size: int | None = None  # weights per scale along the input dimension (INT4 recipes)
 
 
-# MatMulNBits accepts power-of-two blocks of at least 16 weights
+# MatMulNBits accepts power-of-two blocks of at least 16 weights; 32 is also ORT GenAI's default
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
+DEFAULT_INT4_BLOCK_SIZE = 32
 
 
 def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
@@ -75,14 +76,14 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            quantize_lm_head=True, quantize_conv=True, embedding_dtype="float16"),
     Recipe("ort-cpu-int4", (mf.DECODER,), "int4-weight-only", "onnxruntime-cpu", False, 2.0,
            description="4-bit weight-only decoder MatMuls (MatMulNBits), FP16 embedding table",
-           quantize_lm_head=True, embedding_dtype="float16", int4_block_size=32),
+           quantize_lm_head=True, embedding_dtype="float16", int4_block_size=DEFAULT_INT4_BLOCK_SIZE),
     Recipe("trt-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-qdq", "tensorrt", True, 1.0, True,
            "explicit symmetric INT8 QDQ for TensorRT"),
     Recipe("trt-fp8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "fp8-e4m3-qdq", "tensorrt-sm89+", True, 1.0, True,
            "FLOAT8 E4M3 QDQ for TensorRT on compute capability >= 8.9 (ORT CPU emulates it)"),
     Recipe("w4a16", (mf.DECODER,), "int4-weight-qdq", "tensorrt-orin", False, 2.0, True,
            "4-bit block-wise weights as DequantizeLinear, float activations (FP16 engine on Orin)",
-           int4_block_size=32),
+           int4_block_size=DEFAULT_INT4_BLOCK_SIZE),
 )}
 
 
