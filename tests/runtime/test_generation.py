@@ -134,3 +134,33 @@ def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
         assert np.allclose(step.probs, mass) and 0.0 < mass < 1.0
     step = decoder._choose(5, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
     assert step.token_ids.tolist() == [CLOSE_IDS["box"]] * 2
+
+
+@pytest.mark.parametrize("artifacts", ["nano_artifacts", "nano_fused_artifacts"])
+def test_greedy_hot_path_gives_the_general_loops_tokens_and_probabilities(artifacts, request, monkeypatch):
+    """Greedy decoding without the grammar takes its own loop (Python lists for per-row state, one
+    scratch buffer): the same tokens and bit-identical probabilities as the loop through _choose,
+    with EOS suppressed (min_new_tokens) and with rows that end early; no scores when told."""
+    from eov_edge.runtime.pipeline import Pipeline
+
+    with Pipeline.from_artifacts(request.getfixturevalue(artifacts), threads=1) as pipe:
+        samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:4]
+        batch = pipe.batch(samples, 24)
+        configs = [GenerationConfig(max_new_tokens=24, slis_grammar=False),
+                   GenerationConfig(max_new_tokens=24, min_new_tokens=24, slis_grammar=False)]
+        fast = [pipe.generate_ids(batch, config) for config in configs]
+        with monkeypatch.context() as patch:
+            patch.setattr(Decoder, "_tokens", Decoder._tokens_general)
+            general = [pipe.generate_ids(batch, config) for config in configs]
+        unscored_ids, unscored_probs = pipe.generate_ids(
+            batch, GenerationConfig(max_new_tokens=24, slis_grammar=False, output_scores=False))
+    eos, pad = pipe.manifest.special_tokens["eos"], pipe.manifest.special_tokens["pad"]
+    for (ids, probs), (ref_ids, ref_probs) in zip(fast, general):
+        assert np.array_equal(ids, ref_ids)
+        assert np.array_equal(probs, ref_probs)
+    free_ids, suppressed_ids = fast[0][0], fast[1][0]
+    ended = [row for row in free_ids.tolist() if eos in row]
+    assert ended and any(row.index(eos) < len(row) - 1 for row in ended)  # rows that end early ...
+    assert all(set(row[row.index(eos) + 1:]) <= {pad} for row in ended)  # ... are padded after EOS
+    assert suppressed_ids.shape[1] == 24 and not (suppressed_ids == eos).any()
+    assert np.array_equal(unscored_ids, free_ids) and np.isnan(unscored_probs).all()
