@@ -218,13 +218,31 @@ def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
     return round(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"], 1)
 
 
+def _merge_rounds(runs: list[dict]) -> dict:
+    """One row from its rounds: each timing's median is the median of the rounds' medians, its min
+    and max those of all runs; everything else (tokens, sizes) from the first round."""
+    row = dict(runs[0])
+    for key in ("encoder_ms", "projector_ms", "ttft_ms", "e2e_ms"):
+        row[key] = {"median": round(statistics.median(r[key]["median"] for r in runs), 3),
+                    "min": min(r[key]["min"] for r in runs), "max": max(r[key]["max"] for r in runs)}
+    row["e2e_ms_rounds"] = [r["e2e_ms"]["median"] for r in runs]
+    return row
+
+
 def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
               recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
-              peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
+              peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE,
+              rounds: int = 3) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
     time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts).
-    ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match)."""
+    ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match).
+    ``rounds``: every row is timed once per round, rows interleaved (PyTorch, runtime fp32, ...,
+    PyTorch, ...); a row's ratio to PyTorch is the median over rounds of the within-round ratio. The
+    machine's speed drifts by 20-30% over minutes (a shared VM: the same fp32 row measured 2.0x and
+    2.7x PyTorch in two runs 30 minutes apart), so unpaired ratios measure the drift."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     import onnxruntime
     import torch
 
@@ -263,14 +281,18 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         rows_dirs[f"runtime {recipe}"] = target
     bandwidth = read_bandwidth_gbs()
     progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
-    rows = {"pytorch eager": _timed_row("pytorch", where, batch, max_new, repeats)}
+    timed: dict[str, list[dict]] = {"pytorch eager": [], **{name: [] for name in rows_dirs}}
+    for round_index in range(rounds):
+        for name in timed:
+            progress(f"timing {name}, round {round_index + 1}/{rounds}")
+            timed[name].append(_timed_row("pytorch", where, batch, max_new, repeats) if name == "pytorch eager"
+                               else _timed_row("runtime", str(rows_dirs[name]), batch, max_new, repeats))
+    rows = {name: _merge_rounds(runs) for name, runs in timed.items()}
     rows["pytorch eager"]["size_mb"] = round(_weights_mb(model), 2)
     rows["pytorch eager"]["decoder_mb"] = round(sum(p.numel() * p.element_size()
                                                     for p in model.language_model.parameters()) / 2**20, 2)
     rows["pytorch eager"]["peak_rss_mb"] = _peak("pytorch", where, batch, max_new)
     for name, directory in rows_dirs.items():
-        progress(f"timing {name}")
-        rows[name] = _timed_row("runtime", str(directory), batch, max_new, repeats)
         rows[name]["peak_rss_mb"] = _peak("runtime", str(directory), batch, max_new)
     base = rows["pytorch eager"]
     for name, row in rows.items():
@@ -282,7 +304,9 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
             "decode_tokens_per_s": round(batch * 1000 / decode_ms, 1) if decode_ms else None,
             "bandwidth_floor_ms": round(floor_ms, 3),
             "decode_vs_floor": round(decode_ms / floor_ms, 2) if floor_ms else None,
-            "speedup_e2e": round(base["e2e_ms"]["median"] / row["e2e_ms"]["median"], 3),
+            # paired: each round's PyTorch median over this row's, then the median over rounds
+            "speedup_e2e": round(statistics.median(b / r for b, r in zip(base["e2e_ms_rounds"], row["e2e_ms_rounds"])),
+                                 3),
             "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
         })
     head_to_head = None
@@ -297,7 +321,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                                       prompt_tokens=peer_prompt_tokens, max_new=max_new, repeats=repeats,
                                       progress=progress, int4_block_size=int4_block_size)
     report = {
-        "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats,
+        "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats, "rounds": rounds,
         "int4_block_size": int4_block_size, "model": where,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
@@ -321,8 +345,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [f"# eov-bench: {report['preset']}, batch {report['batch']}, up to {report['max_new_tokens']} new tokens",
-             "", f"{m['cpus']} CPU(s), {m['platform']}, memory read {m['read_bandwidth_gbs']} GB/s; median of "
-             f"{report['repeats']} runs after a warm-up (min-max in brackets)"
+             "", f"{m['cpus']} CPU(s), {m['platform']}, memory read {m['read_bandwidth_gbs']} GB/s; "
+             f"{report.get('rounds', 1)} interleaved round(s) of {report['repeats']} runs after a warm-up per row: "
+             "median over rounds of each round's median (min-max of all runs in brackets); x PyTorch is paired, "
+             "the median over rounds of the ratio within a round"
              + (f"; ort-cpu-int4 in blocks of {report['int4_block_size']} weights" if "runtime ort-cpu-int4"
                 in report["rows"] and report.get("int4_block_size") else "") + ".", "",
              "| backend | end to end ms | x PyTorch | first token ms | encoder ms | decode ms/token (floor) | "
@@ -387,6 +413,8 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--batch", type=int, default=1, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="interleaved rounds of every row; x PyTorch is the median of the within-round ratios")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 @click.option("--recipes", default=",".join(RECIPES), show_default=True, help="comma-separated, or empty")
 @click.option("--peer/--no-peer", default=None,
@@ -395,8 +423,8 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--int4-block-size", type=click.Choice([str(size) for size in INT4_BLOCK_SIZES]),
               default=str(DEFAULT_INT4_BLOCK_SIZE), show_default=True,
               help="weights per scale of the ort-cpu-int4 row and of ORT GenAI's int4")
-def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, recipes: str, peer: bool | None,
-         peer_prompt_tokens: int, int4_block_size: str) -> None:
+def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
+         peer: bool | None, peer_prompt_tokens: int, int4_block_size: str) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     from eov_edge.bench_peer import genai_available
 
@@ -412,7 +440,8 @@ def main(preset: str, batch: int, out: Path, repeats: int, max_new_tokens: int, 
         if missing:
             click.echo(f"no decoder head to head: {missing}", err=True)
     report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True),
-                       peer=peer, peer_prompt_tokens=peer_prompt_tokens, int4_block_size=int(int4_block_size))
+                       peer=peer, peer_prompt_tokens=peer_prompt_tokens, int4_block_size=int(int4_block_size),
+                       rounds=rounds)
     click.echo(markdown(report))
 
 

@@ -33,11 +33,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--per-task", type=int, default=32, help="held-out examples per task for the gate")
     parser.add_argument("--repeats", type=int, default=3, help="benchmark repeats")
+    parser.add_argument("--rounds", type=int, default=3, help="benchmark rounds (eov-bench --rounds)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test of this chain)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.per_task, args.repeats, args.max_new_tokens = 4, 1, 8
+        args.per_task, args.repeats, args.max_new_tokens, args.rounds = 4, 1, 8, 2
 
     from eov_edge.bench import run_bench
     from eov_edge.calib import load_calib_samples
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     step("benchmark PyTorch eager vs the FP32 and INT8 runtime (same inputs, same run)")
     bench = run_bench("nano", 1, out / "bench", repeats=args.repeats, max_new=args.max_new_tokens,
                       recipes=("ort-cpu-int8",), progress=lambda m: print("  " + m, flush=True),
-                      artifacts=fp32, recipe_artifacts={"ort-cpu-int8": int8})
+                      artifacts=fp32, recipe_artifacts={"ort-cpu-int8": int8},
+                      rounds=args.rounds)
 
     print("\n=== report")
     print("\naccuracy, ort-cpu-int8 against FP32 on held-out data (points):")

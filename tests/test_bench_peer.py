@@ -28,6 +28,9 @@ def test_ours_and_ort_genai_agree_with_pytorch_token_for_token(shipped, nano_art
         assert row["decode_vs_floor"] == pytest.approx(row["decode_ms_per_token"] / row["bandwidth_floor_ms"], rel=0.02)
     assert rows["ours fp32"]["decode_vs_ort_genai"] == pytest.approx(
         rows["ours fp32"]["decode_ms_per_token"] / rows["ort-genai fp32"]["decode_ms_per_token"], rel=0.01)
+    # ours decodes without probabilities, as GenAI; the default scored loop is timed beside it
+    assert rows["ours fp32"]["decode_ms_per_token_scored"] > 0
+    assert rows["ort-genai fp32"]["decode_ms_per_token_scored"] is None
     assert "| ours fp32 |" in peer_markdown(peer)
 
 

@@ -20,4 +20,9 @@ def test_demo_chain_runs_end_to_end(tmp_path, shared_data, capsys):
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert set(bench["rows"]) == {"pytorch eager", "runtime fp32", "runtime ort-cpu-int8"}
     assert bench["rows"]["runtime fp32"]["tokens_identical_to_pytorch"]
+    # two interleaved rounds (--quick): x PyTorch is the median of the within-round ratios
+    fp32, base = bench["rows"]["runtime fp32"], bench["rows"]["pytorch eager"]
+    assert bench["rounds"] == 2 and len(fp32["e2e_ms_rounds"]) == len(base["e2e_ms_rounds"]) == 2
+    paired = sorted(b / r for b, r in zip(base["e2e_ms_rounds"], fp32["e2e_ms_rounds"]))
+    assert fp32["speedup_e2e"] == pytest.approx((paired[0] + paired[1]) / 2, rel=1e-3)
     assert (tmp_path / "bench" / "bench.png").stat().st_size > 1000
