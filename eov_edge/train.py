@@ -75,6 +75,9 @@ class StageConfig:
     # language_loss's mean: "token" (every answer token alike), "task" (each task's tokens weighted
     # by its share of the batch's examples) or "example" (every example alike); see language_loss
     loss_normalization: str = "token"
+    # cross_modal_alignment_loss: the image tokens of co-registered SAR and optical crops of one place
+    # are pulled together cell by cell, against the same cell of the batch's other places
+    cross_modal_align_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
@@ -275,6 +278,40 @@ def pool_to_tokens(targets: torch.Tensor, projector) -> torch.Tensor:
     return torch.cat([x[..., :k].amax(dim=2), x[..., k:].mean(dim=2)], dim=-1)
 
 
+def co_registered_views(examples: list[Example]) -> torch.Tensor:
+    """(P,) the flat view index (over the batch's views, in order) of the SAR view of each
+    cross-modal example whose two views show the same place (answer A); its optical view is next."""
+    first, starts = 0, []
+    for example in examples:
+        if example.task == "cross_modal" and example.target.get("answer") == "A":
+            starts.append(first)
+        first += len(example.views)
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def cross_modal_alignment_loss(image_embeds: torch.Tensor, sar_views: torch.Tensor,
+                               position_embedding: torch.Tensor | None, temperature: float = 0.1) -> torch.Tensor:
+    """Contrastive alignment of co-registered SAR and optical image tokens (PCMA's imaging-physics
+    gap, cell by cell).
+
+    image_embeds (V, N', D): the projector output; sar_views (P,): views whose next view is the
+    optical crop of the same window. The projector's position embedding is removed first, and the
+    negatives of SAR cell n of place p are cell n of the batch's other places (InfoNCE over places,
+    both directions): matching by position alone cannot lower it, only what the two sensors share.
+    Needs two places; else 0.
+    """
+    if len(sar_views) < 2:
+        return image_embeds.sum() * 0.0
+    content = image_embeds if position_embedding is None else image_embeds - position_embedding  # (V, N', D)
+    sar = nn.functional.normalize(content[sar_views], dim=-1)  # (P, N', D)
+    optical = nn.functional.normalize(content[sar_views + 1], dim=-1)  # (P, N', D)
+    similarity = torch.einsum("pnd,qnd->npq", sar, optical) / temperature  # (N', P, P): SAR p vs optical q
+    target = torch.arange(len(sar_views)).repeat(similarity.shape[0])  # (N' * P,)
+    forward = nn.functional.cross_entropy(similarity.flatten(0, 1), target)
+    backward = nn.functional.cross_entropy(similarity.transpose(1, 2).flatten(0, 1), target)
+    return (forward + backward) / 2
+
+
 def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
     """logits, targets (V, N, AUX); has_target (V,) bool.
 
@@ -418,6 +455,7 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
     batch["asked_class"] = torch.tensor([OBJECT_CLASSES.index(e.target["class"]) if e.task == "vqa" else -1
                                          for e in examples])
     batch["task_index"] = torch.tensor([TASK_KINDS.index(e.task) for e in examples])  # (B,) loss_groups
+    batch["co_registered_sar_views"] = co_registered_views(examples)  # (P,) cross_modal_alignment_loss
     return batch
 
 
@@ -442,6 +480,11 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
                                 stage.attention_layers, boxes)
         loss = loss + stage.attention_weight * attend
         parts["attention"] = attend.item()
+    if stage.cross_modal_align_weight > 0:
+        align = cross_modal_alignment_loss(image_embeds, batch["co_registered_sar_views"],
+                                           model.projector.position_embedding)
+        loss = loss + stage.cross_modal_align_weight * align
+        parts["cross_modal_align"] = align.item()
     if stage.answer_attention_weight > 0:
         look = answer_attention_loss(out.attentions, batch["input_ids"], batch["labels"], batch["asked_class"],
                                      token_targets, ids.image, stage.attention_layers)

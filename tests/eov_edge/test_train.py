@@ -313,3 +313,39 @@ def test_vqa_batches_carry_the_asked_class_and_the_answer_attention_loss_runs_wi
     assert parts["answer_attention"] > 0  # so there is a real term, though box attention is off
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_co_registered_views_name_the_sar_view_of_each_same_place_example():
+    from types import SimpleNamespace
+
+    def example(task, views, answer=None):
+        return SimpleNamespace(task=task, views=[None] * views, target={"answer": answer} if answer else {})
+
+    batch = [example("temporal", 3), example("cross_modal", 2, "A"), example("vqa", 1),
+             example("cross_modal", 2, "B"), example("cross_modal", 2, "A")]
+    from eov_edge.train import co_registered_views
+
+    assert co_registered_views(batch).tolist() == [3, 8]  # views 0-2 temporal, 3-4 a pair, 5 vqa, 6-7 B, 8-9
+
+
+def test_cross_modal_alignment_loss_rewards_shared_content_not_position():
+    from eov_edge.train import cross_modal_alignment_loss
+
+    torch.manual_seed(0)
+    places, tokens, width = 4, 9, 16
+    position = torch.randn(tokens, width)
+    content = torch.randn(places, tokens, width)
+
+    def views(sar, optical):  # (2P, N, D): SAR p at 2p, optical p at 2p + 1
+        return torch.stack([sar, optical], 1).flatten(0, 1) + position
+
+    sar_views = torch.arange(places) * 2
+    matched = cross_modal_alignment_loss(views(content, content), sar_views, position)
+    shuffled = cross_modal_alignment_loss(views(content, content.roll(1, 0)), sar_views, position)
+    position_only = cross_modal_alignment_loss(views(torch.zeros_like(content), torch.zeros_like(content)),
+                                               sar_views, position)
+    assert matched < 0.01 < torch.log(torch.tensor(places)) < shuffled
+    # tokens that only carry their position (the same for every place) stay at chance: log(P)
+    assert position_only == pytest.approx(torch.log(torch.tensor(float(places))).item(), rel=1e-4)
+    # one place has no negatives: no signal
+    assert cross_modal_alignment_loss(views(content, content), sar_views[:1], position) == 0
