@@ -12,7 +12,6 @@ work of a step (choose the token, look up its embedding, advance the counters, t
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
