@@ -61,8 +61,15 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(args.rounds):
         for name, config in configs.items():
             measured[name].append(decode(config))
+    import platform
+
+    import onnxruntime
+
+    from eov_edge.provenance import git_commit
+
     report = {"artifacts": str(args.artifacts), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-              "rounds": args.rounds, "rows": {}}
+              "rounds": args.rounds, "git_commit": git_commit(), "onnxruntime": onnxruntime.__version__,
+              "numpy": np.__version__, "python": platform.python_version(), "rows": {}}
     for name, runs in measured.items():
         loop_ms = statistics.median(r[0] for r in runs)
         call_ms = statistics.median(r[1] for r in runs)
