@@ -151,7 +151,12 @@ def test_accepted_quantization_is_a_complete_artifacts_folder(nano_artifacts, tm
 
     calib_view = calib_samples["ucmerced_airplane00"].views[0][0]
     out = tmp_path / "int8"
-    report = build.quantize_artifacts(nano_artifacts, "ort-cpu-int8", out, per_task=4, progress=lambda m: None)
+    # 4 examples per task: one changed answer is 25 points. Which answers of a chance-level task flip
+    # depends on the CPU's int8 kernels (an AVX2-only AMD EPYC flipped one cross-modal answer of 4
+    # that earlier sessions' machines kept), so the budget here tolerates one answer per task; this test is about
+    # the accepted folder, the gate's refusals are tested below and measured at 100-256 per task.
+    report = build.quantize_artifacts(nano_artifacts, "ort-cpu-int8", out, per_task=4, max_drop=25.0,
+                                      progress=lambda m: None)
     assert report["accepted"] and (out / "quant_report.json").is_file() and (out / "quant_report.md").is_file()
     assert report["size"]["ratio"] > 1.8
     manifest = mf.load_manifest(out)  # hashes of the new graphs match
