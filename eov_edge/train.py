@@ -109,13 +109,9 @@ class TrainConfig:
                         {"vqa": 1.0, "caption": 1.0, "classification": 1.0, "grounding": 1.0}, aux_weight=2.0,
                         token_aux_weight=2.0),
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
-            # cross-modal alignment (PCMA's imaging-physics gap, docs/data.md): a 250-step probe from the
-            # shipped nano-v6 on cross-modal data took held-out accuracy 0.449 -> 0.578 with it (95%
-            # margin [+0.043, +0.211]) and to 0.535 without it ([-0.027, +0.219])
-            StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux"),
-                        cross_modal_align_weight=1.0),
+            StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
             StageConfig("joint", steps(2400), dict(object_tasks, **land_tasks, change=1.5, temporal=1.5),
-                        lr=5e-4, cross_modal_align_weight=1.0),
+                        lr=5e-4),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
