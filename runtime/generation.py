@@ -112,6 +112,19 @@ class KVCache:
         self.length += 1
 
 
+def chosen_token_probs(logits: np.ndarray, ids: np.ndarray, out: np.ndarray | None = None,
+                       excluded: int | None = None) -> np.ndarray:
+    """Each row's probability of its chosen token under the model (temperature 1), (B,) float64:
+    1 / sum(exp(l - l_chosen)) over logits (B, V); float32 exponentials, float64 sum (no (B, V)
+    float64 copy; plain indexing, not take_along_axis, which costs ~30 us a step building its
+    indices). ``out``: a (B, V) float32 scratch written instead of allocating; ``excluded``: a
+    token left out of the sum (EOS before min_new_tokens) without copying ``logits`` to mask it."""
+    shifted = np.subtract(logits, logits[np.arange(len(ids)), ids][:, None], out=out)  # (B, V)
+    if excluded is not None:
+        shifted[:, excluded] = -np.inf
+    return 1.0 / np.exp(shifted, out=shifted).sum(-1, dtype=np.float64)
+
+
 def softmax_last(logits: np.ndarray) -> np.ndarray:
     """Softmax over the last axis in float64 (probabilities reported as scores)."""
     shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
@@ -229,7 +242,6 @@ class Decoder:
         # lists, numpy only on (B, V) and (B, D), nothing allocated at (B, V).
         eos, pad = self.manifest.special_tokens["eos"], self.manifest.special_tokens["pad"]
         batch = len(logits)
-        rows = np.arange(batch)
         finished = [False] * batch
         scratch = np.empty(logits.shape, np.float32)  # (B, V), reused every step
         table = self.embed_table
@@ -243,12 +255,7 @@ class Decoder:
                 ids = scratch.argmax(-1)
                 source = scratch
             if config.output_scores:
-                # the chosen token's probability: 1 / sum(exp(l - l_chosen)) over the allowed tokens;
-                # float32 exponentials, float64 sum (as _pick)
-                np.subtract(source, source[rows, ids][:, None], out=scratch)
-                if masked:
-                    scratch[:, eos] = -np.inf
-                probs = 1.0 / np.exp(scratch, out=scratch).sum(-1, dtype=np.float64)
+                probs = chosen_token_probs(source, ids, out=scratch, excluded=eos if masked else None)
             else:
                 probs = np.full(batch, np.nan)
             chosen = ids.tolist()
@@ -308,11 +315,7 @@ class Decoder:
               ) -> tuple[np.ndarray, np.ndarray]:
         if not config.do_sample:
             ids = logits.argmax(-1)  # (B,) int64
-            # the chosen token's probability under the model (temperature 1): 1 / sum(exp(l - l_max));
-            # float32 exponentials, float64 sum (the decode loop's hot path: no (B, V) float64 copy;
-            # plain indexing, not take_along_axis, which costs ~30 us a step building its indices)
-            shifted = logits - logits[np.arange(len(ids)), ids][:, None]  # (B, V)
-            return ids, 1.0 / np.exp(shifted, out=shifted).sum(-1, dtype=np.float64)
+            return ids, chosen_token_probs(logits, ids)
         rows = np.arange(len(logits))
         probs = softmax_last(logits)  # (B, V), the model's own distribution (temperature 1)
         if config.do_sample:
