@@ -349,3 +349,41 @@ def test_cross_modal_alignment_loss_rewards_shared_content_not_position():
     assert position_only == pytest.approx(torch.log(torch.tensor(float(places))).item(), rel=1e-4)
     # one place has no negatives: no signal
     assert cross_modal_alignment_loss(views(content, content), sar_views[:1], position) == 0
+
+
+@pytest.mark.data
+def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared_data):
+    import random
+
+    from eov_edge.data.examples import ExampleFactory
+    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+    from eov_edge.processor import EarthOneVisionProcessor
+    from eov_edge.tokenizer import TextTokenizer
+    from eov_edge.train import LANGUAGE_LOSS_ONLY, PointerIds, TrainingHeads, collate, training_step
+
+    torch.manual_seed(0)
+    config = EarthOneVisionConfig.from_preset("nano")
+    model = EarthOneVisionForConditionalGeneration(config)
+    model.language_model.set_attn_implementation("eager")  # the heads' stage reads attention weights
+    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
+    heads = TrainingHeads(config.multi_level_dim, config.text_config.hidden_size, config.image_tokens_per_view)
+    factory = ExampleFactory(shared_data, "train", config.image_size, config.vision_config.patch_size,
+                             hit_uav_limit=40)
+    rng = random.Random(5)
+    batch = collate([factory.sample(task, rng) for task in ("grounding", "vqa", "classification")], processor,
+                    config.grid_size)
+    ids = PointerIds.from_tokenizer(processor.tokenizer, config.image_token_id)
+    with_heads = StageConfig("joint", 1, {"vqa": 1.0})
+    language_only = StageConfig("answers", 1, {"vqa": 1.0}, **LANGUAGE_LOSS_ONLY)
+    loss, parts = training_step(model, heads, batch, language_only, ids)
+    assert set(parts) == {"lm"} and loss.item() == pytest.approx(parts["lm"])
+    loss.backward()
+    assert all(p.grad is None for p in heads.parameters())  # no head was run
+    assert all(p.grad is not None for p in model.projector.parameters())  # the answers still train the projector
+    full, full_parts = training_step(model, heads, batch, with_heads, ids)
+    assert full_parts["lm"] == pytest.approx(parts["lm"])  # the same language loss, plus the heads' terms
+    assert {"aux", "token_aux", "pointer", "attention"} <= set(full_parts) and full.item() > loss.item()
+    recipe = TrainConfig.pcma("nano").stages
+    assert [s.name for s in recipe] == ["alignment", "viewpoint", "imaging_physics", "joint", "answers"]
+    assert recipe[-1].task_weights == recipe[-2].task_weights
+    assert all(getattr(recipe[-1], name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
