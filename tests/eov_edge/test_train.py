@@ -283,15 +283,14 @@ def test_answer_attention_loss_finds_the_view_of_a_later_row():
     assert loss.item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.data
-def test_vqa_batches_carry_the_asked_class_and_the_answer_attention_loss_runs_without_box_attention(shared_data):
-    import random
-
+def _nano_training_parts(shared_data):
+    """A seeded nano model (eager attention: the heads' stages read attention weights), its
+    processor, training heads, pointer ids and a small training-split example factory."""
     from eov_edge.data.examples import ExampleFactory
     from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
     from eov_edge.processor import EarthOneVisionProcessor
     from eov_edge.tokenizer import TextTokenizer
-    from eov_edge.train import PointerIds, TrainingHeads, collate, training_step
+    from eov_edge.train import PointerIds, TrainingHeads
 
     torch.manual_seed(0)
     config = EarthOneVisionConfig.from_preset("nano")
@@ -299,15 +298,25 @@ def test_vqa_batches_carry_the_asked_class_and_the_answer_attention_loss_runs_wi
     model.language_model.set_attn_implementation("eager")
     processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
     heads = TrainingHeads(config.multi_level_dim, config.text_config.hidden_size, config.image_tokens_per_view)
+    ids = PointerIds.from_tokenizer(processor.tokenizer, config.image_token_id)
     factory = ExampleFactory(shared_data, "train", config.image_size, config.vision_config.patch_size,
                              hit_uav_limit=40)
+    return model, processor, heads, ids, factory
+
+
+@pytest.mark.data
+def test_vqa_batches_carry_the_asked_class_and_the_answer_attention_loss_runs_without_box_attention(shared_data):
+    import random
+
+    from eov_edge.train import collate, training_step
+
+    model, processor, heads, ids, factory = _nano_training_parts(shared_data)
     rng = random.Random(3)
     examples = [factory.sample("vqa", rng) for _ in range(6)] + [factory.sample("caption", rng)]
-    batch = collate(examples, processor, config.grid_size)
+    batch = collate(examples, processor, model.config.grid_size)
     assert batch["asked_class"].tolist() == [OBJECT_CLASSES.index(e.target["class"]) for e in examples[:6]] + [-1]
     stage = StageConfig("joint", 1, {"vqa": 1.0}, attention_weight=0.0, answer_attention_weight=1.0)
-    loss, parts = training_step(model, heads, batch, stage, PointerIds.from_tokenizer(processor.tokenizer,
-                                                                                      config.image_token_id))
+    loss, parts = training_step(model, heads, batch, stage, ids)
     assert "attention" not in parts
     assert any(e.target["count"] > 0 for e in examples[:6])  # this seed asks about objects in view
     assert parts["answer_attention"] > 0  # so there is a real term, though box attention is off
@@ -355,24 +364,12 @@ def test_cross_modal_alignment_loss_rewards_shared_content_not_position():
 def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared_data):
     import random
 
-    from eov_edge.data.examples import ExampleFactory
-    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
-    from eov_edge.processor import EarthOneVisionProcessor
-    from eov_edge.tokenizer import TextTokenizer
-    from eov_edge.train import LANGUAGE_LOSS_ONLY, PointerIds, TrainingHeads, collate, training_step
+    from eov_edge.train import LANGUAGE_LOSS_ONLY, collate, training_step
 
-    torch.manual_seed(0)
-    config = EarthOneVisionConfig.from_preset("nano")
-    model = EarthOneVisionForConditionalGeneration(config)
-    model.language_model.set_attn_implementation("eager")  # the heads' stage reads attention weights
-    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
-    heads = TrainingHeads(config.multi_level_dim, config.text_config.hidden_size, config.image_tokens_per_view)
-    factory = ExampleFactory(shared_data, "train", config.image_size, config.vision_config.patch_size,
-                             hit_uav_limit=40)
+    model, processor, heads, ids, factory = _nano_training_parts(shared_data)
     rng = random.Random(5)
     batch = collate([factory.sample(task, rng) for task in ("grounding", "vqa", "classification")], processor,
-                    config.grid_size)
-    ids = PointerIds.from_tokenizer(processor.tokenizer, config.image_token_id)
+                    model.config.grid_size)
     with_heads = StageConfig("joint", 1, {"vqa": 1.0})
     language_only = StageConfig("answers", 1, {"vqa": 1.0}, **LANGUAGE_LOSS_ONLY)
     loss, parts = training_step(model, heads, batch, language_only, ids)
