@@ -11,9 +11,10 @@ Stages (each a :class:`StageConfig`; see docs/data.md for the data of each task)
    multi-label, cross-modal); stem, modality embeddings and trunk train, the decoder stays frozen.
 4. ``joint``: every task kind, everything trainable.
 5. ``answers``: the joint stage's task mix with the language loss alone (the training-only heads'
-   losses off), a fresh optimizer at half the learning rate. Measured from nano-v6: 400 more joint
-   steps like this lifted classification, VQA, grounding and change (docs/data.md); the heads' dense
-   targets had helped the vision tower find objects early but compete with the answers late.
+   losses off), a fresh optimizer at half the learning rate. From nano-v6's weights, 400 such steps
+   lifted classification, VQA, grounding and change; the run with it (nano-v10, shipped) clears 7 task
+   kinds against v6's 6 (docs/data.md). A guess at why: the heads' targets help the vision tower
+   find objects early but compete with the answers late.
 The decoder is trained from scratch here (there is no pretrained LLM to keep frozen), so unlike the
 paper's alignment stage, stage 1 also trains it.
 
