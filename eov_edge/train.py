@@ -485,12 +485,14 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
         dense = aux_loss(heads(features), batch["aux_targets"], batch["aux_mask"])
         loss = loss + stage.aux_weight * dense
         parts["aux"] = dense.item()
-    token_targets = pool_to_tokens(batch["aux_targets"], model.projector)  # (V, N', AUX)
+    token_targets = (pool_to_tokens(batch["aux_targets"], model.projector)  # (V, N', AUX), shared below
+                     if stage.token_aux_weight > 0 or stage.answer_attention_weight > 0 else None)
     if stage.token_aux_weight > 0:
         token_dense = aux_loss(heads.token_dense(image_embeds), token_targets, batch["aux_mask"])  # (V, N', AUX)
         loss = loss + stage.token_aux_weight * token_dense
         parts["token_aux"] = token_dense.item()
-    boxes = pointer_targets(batch["labels"], ids, image_embeds.shape[1], stage.pointer_coordinates)  # shared below
+    boxes = (pointer_targets(batch["labels"], ids, image_embeds.shape[1], stage.pointer_coordinates)  # shared below
+             if stage.pointer_weight > 0 or stage.attention_weight > 0 else None)
     if stage.pointer_weight > 0:
         pointer = pointer_loss(heads, out.hidden_states[-1], batch["labels"], ids, image_embeds.shape[1], boxes)
         loss = loss + stage.pointer_weight * pointer
