@@ -24,7 +24,7 @@ import numpy as np
 from eov_edge import manifest as mf
 from eov_edge.errors import PromptError
 from eov_edge.runtime.runner import Runner
-from eov_edge.slis_grammar import SlisGrammar
+from eov_edge.slis_grammar import CLOSE_IDS, LOC_END, LOC_FIRST, SlisGrammar
 
 
 @dataclass(frozen=True)
@@ -233,35 +233,33 @@ class Decoder:
         """The token loop both decoders share: choose from ``logits`` (B, V), yield, write the
         chosen tokens' embeddings into ``step_embeds`` (B, 1, D), run ``decode_step`` (which returns
         the outputs with the new logits), ``advance`` the position inputs in place."""
-        if config.do_sample or config.slis_grammar:
+        if config.do_sample or (config.slis_grammar and not config.expected_locations):
             yield from self._tokens_general(logits, step_embeds, decode_step, advance, config)
             return
-        # Greedy without the grammar: the hot path. Each step's host work runs right after the graph
-        # has streamed every weight through the caches, so every numpy call pays cold caches
-        # (~10-40 us each measured in this loop, against 1-10 us warm): per-row bookkeeping in Python
-        # lists, numpy only on (B, V) and (B, D), nothing allocated at (B, V).
+        # Greedy (with or without the grammar): the hot path. Each step's host work runs right after
+        # the graph has streamed every weight through the caches, so every numpy call pays cold
+        # caches (~10-40 us each measured in this loop, against 1-10 us warm): per-row bookkeeping in
+        # Python lists, numpy only on (B, V) rows and (B, D), nothing allocated at (B, V). Tokens and
+        # probabilities are bit-identical to the loop through _choose (tested).
         eos, pad = self.manifest.special_tokens["eos"], self.manifest.special_tokens["pad"]
         batch = len(logits)
         finished = [False] * batch
         scratch = np.empty(logits.shape, np.float32)  # (B, V), reused every step
+        grammar = SlisGrammar(batch) if config.slis_grammar else None
         table = self.embed_table
         for index in range(config.max_new_tokens):
             masked = index < config.min_new_tokens  # EOS may not be chosen yet
-            ids = logits.argmax(-1)  # (B,) int64
-            source = logits  # the runner's output buffer: read, never written
-            if masked and eos in ids.tolist():
-                np.copyto(scratch, logits)
-                scratch[:, eos] = -np.inf
-                ids = scratch.argmax(-1)
-                source = scratch
-            if config.output_scores:
-                probs = chosen_token_probs(source, ids, out=scratch, excluded=eos if masked else None)
+            if grammar is None:
+                ids, probs = _greedy_choice(logits, masked, eos, scratch, config.output_scores)
             else:
-                probs = np.full(batch, np.nan)
+                ids, probs = _greedy_grammar_choice(logits, masked, eos, finished, grammar, scratch,
+                                                    config.output_scores)
             chosen = ids.tolist()
             if True in finished:
                 chosen = [pad if done else token for token, done in zip(chosen, finished)]
                 ids = np.array(chosen, np.int64)
+            if grammar is not None:
+                grammar.advance(chosen)
             finished = [done or token == eos for token, done in zip(chosen, finished)]
             yield Step(index, ids, probs, np.array(finished))
             if False not in finished or index == config.max_new_tokens - 1:
@@ -333,3 +331,68 @@ class Decoder:
         early are padded like ``generate()`` pads them."""
         steps = list(self.steps(inputs_embeds, attention_mask, config))
         return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)
+
+
+def _greedy_choice(logits: np.ndarray, masked: bool, eos: int, scratch: np.ndarray, scores: bool
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy ids (B,) and their probabilities (B,) (NaN without ``scores``) from logits (B, V),
+    EOS excluded when ``masked``; the runner's buffer is read, never written (``scratch`` is)."""
+    ids = logits.argmax(-1)  # (B,) int64
+    source = logits
+    if masked and eos in ids.tolist():
+        np.copyto(scratch, logits)
+        scratch[:, eos] = -np.inf
+        ids = scratch.argmax(-1)
+        source = scratch
+    if not scores:
+        return ids, np.full(len(ids), np.nan)
+    return ids, chosen_token_probs(source, ids, out=scratch, excluded=eos if masked else None)
+
+
+_CLOSE_TOKENS = sorted(CLOSE_IDS.values())
+_CLOSE_TOKEN_SET = frozenset(_CLOSE_TOKENS)
+
+
+def _greedy_grammar_choice(logits: np.ndarray, masked: bool, eos: int, finished: list[bool],
+                           grammar: SlisGrammar, scratch: np.ndarray, scores: bool
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_greedy_choice` under the SLIS grammar, without copying the logits of a row whose
+    argmax the grammar allows (most steps: text outside any shape). Its probability is then the
+    one over the legal tokens: the illegal ones (location tokens, closing tags, EOS when
+    ``masked``) set to -inf in the shifted scratch row, as the loop through ``_choose`` masks its
+    copy before the same arithmetic. A row inside a shape, or whose argmax is illegal, takes that
+    loop's route row by row (copy, ``SlisGrammar.constrain``, argmax; a location's probability is
+    the grammar's ``location_mass``). Rows already finished are not constrained (as there)."""
+    ids = logits.argmax(-1)  # (B,) int64
+    chosen = ids.tolist()
+    probs = np.full(len(chosen), np.nan)
+    for row, token in enumerate(chosen):
+        line = scratch[row]  # (V,) a view
+        if finished[row]:  # padding from here on; its probability as the general loop reports it
+            if scores:
+                probs[row] = chosen_token_probs(logits[row : row + 1], ids[row : row + 1],
+                                                out=scratch[row : row + 1])[0]
+            continue
+        outside = grammar.open_kind[row] is None
+        if outside and not (LOC_FIRST <= token < LOC_END or token in _CLOSE_TOKEN_SET or (masked and token == eos)):
+            if scores:  # the legal argmax: probability over the legal tokens, no copy of the row
+                np.subtract(logits[row], logits[row, token], out=line)
+                line[LOC_FIRST:LOC_END] = -np.inf
+                line[_CLOSE_TOKENS] = -np.inf
+                if masked:
+                    line[eos] = -np.inf
+                probs[row] = 1.0 / np.exp(line, out=line).sum(dtype=np.float64)
+            continue
+        np.copyto(line, logits[row])
+        if masked:
+            line[eos] = -np.inf
+        grammar.constrain(scratch, [row])
+        token = chosen[row] = int(line.argmax())
+        if row in grammar.location_mass:
+            probs[row] = grammar.location_mass[row]
+        elif scores:
+            probs[row] = chosen_token_probs(scratch[row : row + 1], np.array([token]),
+                                            out=scratch[row : row + 1])[0]
+    if not scores:
+        probs[:] = np.nan
+    return np.array(chosen, np.int64), probs

@@ -137,6 +137,43 @@ def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
 
 
 @pytest.mark.parametrize("artifacts", ["nano_artifacts", "nano_fused_artifacts"])
+def test_greedy_grammar_hot_path_gives_the_general_loops_tokens_and_probabilities(artifacts, request, monkeypatch):
+    """Greedy decoding under the SLIS grammar (the runtime's default) takes the hot loop too: a row
+    whose argmax the grammar allows is not copied, its probability is taken over the legal tokens;
+    rows inside a box go the general route row by row. Same tokens and bit-identical probabilities
+    (locations: the grammar's mass) as the loop through _choose, in one batch mixing boxes and
+    text, with EOS suppressed and with rows that end early."""
+    from eov_edge.runtime.pipeline import Pipeline
+    from eov_edge.slis_grammar import LOC_END, LOC_FIRST, OPEN_IDS
+    from eov_edge.inputs import Sample
+
+    with Pipeline.from_artifacts(request.getfixturevalue(artifacts), threads=1) as pipe:
+        calib = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)]
+        thermal = calib[6:8]  # the two HIT-UAV detection samples
+        boxes = [Sample(views=thermal[0].views, instruction="Where is the largest car?"),
+                 Sample(views=thermal[1].views, instruction="Where is the largest person?")]
+        batch = pipe.batch(calib[:2] + thermal + boxes, 24)
+        configs = [GenerationConfig(max_new_tokens=24), GenerationConfig(max_new_tokens=24, min_new_tokens=24)]
+        with monkeypatch.context() as patch:
+            patch.setattr(Decoder, "_choose", None)  # the hot loop never goes through _choose
+            fast = [pipe.generate_ids(batch, config) for config in configs]
+        with monkeypatch.context() as patch:
+            patch.setattr(Decoder, "_tokens", Decoder._tokens_general)
+            general = [pipe.generate_ids(batch, config) for config in configs]
+        unscored_ids, unscored_probs = pipe.generate_ids(batch,
+                                                         GenerationConfig(max_new_tokens=24, output_scores=False))
+    for (ids, probs), (ref_ids, ref_probs) in zip(fast, general):
+        assert np.array_equal(ids, ref_ids)
+        assert np.array_equal(probs, ref_probs)
+    ids = fast[0][0]
+    assert np.isin(ids, list(OPEN_IDS)).any() and ((ids >= LOC_FIRST) & (ids < LOC_END)).any()  # boxes decoded
+    eos = pipe.manifest.special_tokens["eos"]
+    assert any(eos in row[:-1] for row in ids.tolist())  # a row ended early, the batch went on
+    assert not (fast[1][0] == eos).any()
+    assert np.array_equal(unscored_ids, ids) and np.isnan(unscored_probs).all()
+
+
+@pytest.mark.parametrize("artifacts", ["nano_artifacts", "nano_fused_artifacts"])
 def test_greedy_hot_path_gives_the_general_loops_tokens_and_probabilities(artifacts, request, monkeypatch):
     """Greedy decoding without the grammar takes its own loop (Python lists for per-row state, one
     scratch buffer): the same tokens and bit-identical probabilities as the loop through _choose,
