@@ -27,7 +27,8 @@ def main() -> None:
 @click.option("--no-validate", is_flag=True, help="skip the parity checks (not recommended)")
 @click.option("--decoder", type=click.Choice(["portable", "ort-cpu"]), default="portable", show_default=True,
               help="portable: standard ops (ONNX Runtime, TensorRT engines, every recipe); ort-cpu: ONNX Runtime's "
-                   "fused kernels with a shared KV buffer, fastest on CPU (ONNX Runtime and its CPU recipes only)")
+                   "fused kernels (decoder with a shared KV buffer, encoder with fused attention), fastest on CPU "
+                   "(ONNX Runtime and its CPU recipes only)")
 def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: int, overwrite: bool,
                  no_validate: bool, decoder: str) -> None:
     """Write encoder.onnx, projector.onnx, decoder.onnx, the embedding table, tokenizer and manifest."""

@@ -127,6 +127,65 @@ def fuse_decoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, language_mo
     manifest.decoder_kind = mf.ORT_CPU_DECODER
 
 
+def fuse_encoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, vision_config, external_threshold: int
+                             ) -> bool:
+    """Replace ``directory``'s portable encoder.onnx with ONNX Runtime's fused ViT graph (same
+    weights) and its entry in ``manifest``; returns whether it did.
+
+    ONNX Runtime's transformer optimizer, CLIP fusions: per layer one ``Attention`` op (Q/K/V packed
+    into one MatMul, softmax and head reshapes inside the kernel), ``FastGelu`` for the tanh GELU
+    (exported as Pow/Tanh/Mul/Add, seven passes over the MLP activations) and
+    ``SkipLayerNormalization`` for residual + LayerNorm. The optimizer matches patterns; if it does
+    not fuse every layer's attention (another exporter or transformers version), the portable
+    encoder stays, with a warning.
+    """
+    import onnx
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    layers, heads = vision_config.num_hidden_layers, vision_config.num_attention_heads
+    path = directory / mf.GRAPH_FILES[mf.ENCODER]
+    graph = onnx.load(str(path))  # with its external data, if any
+    _feature_norms_last(graph.graph)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized = optimize_model(graph, model_type="clip", num_heads=heads, hidden_size=vision_config.hidden_size,
+                                   opt_level=0)
+    fused = optimized.get_fused_operator_statistics()
+    if fused.get("Attention", 0) != layers:
+        warnings.warn(f"ONNX Runtime's optimizer fused {fused.get('Attention', 0)} of the encoder's {layers} "
+                      "attention layers; the encoder stays portable (still correct, slower on CPU)")
+        return False
+    data = directory / (path.name + ".data")
+    external = data.is_file() or sum(t.ByteSize() for t in optimized.model.graph.initializer) > external_threshold
+    data.unlink(missing_ok=True)  # loaded into memory above; written again below if needed
+    optimized.save_model_to_file(str(path), use_external_data_format=external)
+    manifest.graphs[mf.ENCODER] = graph_entry(directory, path.name, manifest.graphs[mf.ENCODER].opset)
+    return True
+
+
+def _feature_norms_last(graph) -> None:
+    """Move the LayerNorms of the multi-level features (FGVLA: read by the output Concat only) to just
+    before that Concat, in place. The exporter places each right after its layer's residual Add,
+    before the next layer's own LayerNorm on the same Add; ONNX Runtime's CLIP attention fusion takes
+    the Add's first LayerNorm child as the attention input and so skipped every layer after a
+    feature level (nano: 3 of 6 fused). Still a topological order: these nodes feed only the Concat."""
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    concat = next((n for n in graph.node if n.op_type == "Concat" and n.output[0] == graph.output[0].name), None)
+    if concat is None:
+        return
+    late = [n for n in graph.node
+            if n.op_type == "LayerNormalization" and consumers.get(n.output[0]) == [concat.name]]
+    moved = {id(n) for n in late}
+    nodes = [n for n in graph.node if id(n) not in moved]
+    at = nodes.index(concat)
+    ordered = nodes[:at] + late + nodes[at:]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
 def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory: Path, source: str) -> mf.Manifest:
     import onnx
     import onnxruntime
@@ -176,7 +235,8 @@ def export_onnx(
     """Export, validate and atomically publish the artifacts folder ``out``.
 
     decoder: "portable" (standard ops: ONNX Runtime and TensorRT) or "ort-cpu" (ONNX Runtime's
-        fused contrib ops, built from the portable graph's weights: the fastest on CPU).
+        fused contrib ops, built from the portable graphs' weights: the fastest on CPU; the decoder
+        rebuilt as ONNX Runtime GenAI lays it out, the encoder through ONNX Runtime's optimizer).
     """
     out = Path(out)
     if decoder not in mf.DECODER_KINDS:
@@ -200,6 +260,7 @@ def export_onnx(
         manifest = build_manifest(model, processor, graphs, staging, source)
         if decoder == mf.ORT_CPU_DECODER:
             fuse_decoder_for_ort_cpu(staging, manifest, model.language_model, external_threshold)
+            fuse_encoder_for_ort_cpu(staging, manifest, model.config.vision_config, external_threshold)
         listed = {mf.MANIFEST_FILE, mf.EMBEDDING_FILE, TOKENIZER_FILE}
         entries = manifest.graphs.values()
         listed |= {g.file for g in entries} | {g.external_data for g in entries if g.external_data}

@@ -39,6 +39,32 @@ def test_fused_graph_contract_and_validation(nano_fused_artifacts):
     assert validation["summary"]["token_identical"] == "20/20"
 
 
+def test_fused_encoder_has_onnx_runtimes_vit_kernels_and_the_portable_encoders_output(nano_fused_artifacts,
+                                                                                        nano_artifacts):
+    """--decoder ort-cpu also runs the encoder through ONNX Runtime's optimizer: one Attention,
+    FastGelu and two SkipLayerNormalization per layer (no decomposed softmax or tanh GELU left),
+    the same features as the portable encoder, and the export's validation against PyTorch passed."""
+    import onnxruntime as ort
+
+    manifest = mf.load_manifest(nano_fused_artifacts)
+    layers = manifest.model_config["vision_config"]["num_hidden_layers"]
+    fused_file = nano_fused_artifacts / manifest.graphs[mf.ENCODER].file
+    ops = collections.Counter(n.op_type for n in onnx.load(str(fused_file)).graph.node)
+    assert ops["Attention"] == layers and ops["FastGelu"] == layers
+    assert ops["SkipLayerNormalization"] == 2 * layers
+    assert ops["Softmax"] == ops["Tanh"] == 0
+    portable_file = nano_artifacts / mf.load_manifest(nano_artifacts).graphs[mf.ENCODER].file
+    sessions = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (fused_file, portable_file)]
+    with Pipeline.from_artifacts(nano_artifacts) as pipe:  # thermal frames and a Sentinel-2 pair
+        batch = pipe.batch([s for _, s in calib_pipeline_samples(manifest.image_size)[6:9]], 1)
+    feed = {mf.PIXEL_VALUES: batch[mf.PIXEL_VALUES], mf.MODALITY_IDS: batch[mf.MODALITY_IDS]}
+    assert len(feed[mf.PIXEL_VALUES]) == 4
+    fused, portable = (session.run(None, feed)[0] for session in sessions)
+    np.testing.assert_allclose(fused, portable, atol=1e-4, rtol=0)
+    encoder_checks = [g for g in manifest.validation["graphs"] if g["graph"] == mf.ENCODER]
+    assert encoder_checks and all(max(g["max_abs"], g["ort_optimizer_max_abs"]) <= g["atol"] for g in encoder_checks)
+
+
 def test_fused_and_portable_runtimes_give_the_same_tokens_and_probabilities(nano_fused_artifacts, nano_artifacts):
     fused, portable = Pipeline.from_artifacts(nano_fused_artifacts), Pipeline.from_artifacts(nano_artifacts)
     samples = [s for _, s in calib_pipeline_samples(fused.spec.image_size)][:4]  # prompts of different lengths
