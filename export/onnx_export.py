@@ -134,8 +134,9 @@ def fuse_encoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, vision_conf
 
     ONNX Runtime's transformer optimizer, CLIP fusions: per layer one ``Attention`` op (Q/K/V packed
     into one MatMul, softmax and head reshapes inside the kernel), ``FastGelu`` for the tanh GELU
-    (exported as Pow/Tanh/Mul/Add, seven passes over the MLP activations) and
-    ``SkipLayerNormalization`` for residual + LayerNorm. The optimizer matches patterns; if it does
+    (exported as Pow, Tanh and five Mul/Add passes over the MLP activations) and
+    ``SkipLayerNormalization`` for residual + LayerNorm. ``ort-cpu-int8`` then leaves the packed
+    Q/K/V weights in float (it quantizes MatMuls). The optimizer matches patterns; if it does
     not fuse every layer's attention (another exporter or transformers version), the portable
     encoder stays, with a warning.
     """
