@@ -166,6 +166,9 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
             for error, graph, node in take:
                 plans[graph].excluded.append(node)
                 fallback.append({"graph": graph, "node": node, "relative_error_alone": round(error, 6)})
+            if not any(plans[g].quantized for g in recipe.graphs):
+                # the next round would gate the FP32 model itself and "accept" it under the recipe's name
+                _refuse(out, recipe, rows, rounds, budget, max_drop, all_float=True)
         gate_summary = {"budget_points": budget, "examples": len(examples), "dropped_for_calibration_overlap": dropped,
                         "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": fallback, "accepted": True}
         final = _update_manifest(staging, recipe, tools, calibration, gate_summary)
@@ -206,19 +209,27 @@ def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: Cal
     return out
 
 
-def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: float | None) -> None:
+def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: float | None,
+            all_float: bool = False) -> None:
+    """Raise the gate's refusal; ``all_float``: the fallback would have put every node back in float."""
     rejected = out.with_name(out.name + ".rejected.json")
     rejected.write_text(json.dumps({"recipe": recipe.name, "accepted": False, "budget_points": budget,
-                                    "rows": gate.rows_as_dicts(rows), "rounds": rounds}, indent=1))
+                                    "rows": gate.rows_as_dicts(rows), "rounds": rounds,
+                                    "every_node_in_float": all_float}, indent=1))
     hint = ("raise --max-drop or try another recipe" if max_drop is not None
             else "pass --max-drop POINTS to let the most sensitive layers fall back to float")
     broken = gate.broken_tasks(rows)
     changed = rounds[-1]["changed_answers"]
     # A metric on few examples moves in steps of one answer, which can exceed the budget: say so
     changed_text = ", ".join(f"{t} {changed[t][0]} of {changed[t][1]}" for t in broken if t in changed)
+    why = f"{', '.join(broken)} dropped more than {budget:g} points"
+    if all_float:
+        in_float = sum(len(nodes) for nodes in rounds[-1]["float_nodes"].values())
+        why = (f"holding the budget would take every quantizable node back to float, i.e. the FP32 model "
+               f"(with {in_float} in float, {why})")
     raise QuantizeError(
-        f"{recipe.name} refused: {', '.join(broken)} dropped more than {budget:g} points "
-        f"against FP32 ({hint}; report: {rejected})\n{gate.table([r for r in rows if not r.ok])}\n"
+        f"{recipe.name} refused: {why} against FP32 ({hint}; report: {rejected})\n"
+        f"{gate.table([r for r in rows if not r.ok])}\n"
         f"Answers that differ from FP32's: {changed_text}. Where a handful of answers make the drop, "
         f"a larger --per-task measures it in finer steps."
     )

@@ -249,6 +249,31 @@ def test_fallback_restores_the_budget(nano_artifacts, tmp_path, monkeypatch):
     assert len(report["gate"]["rounds"]) >= 2
 
 
+def test_fallback_that_would_leave_nothing_quantized_is_refused(nano_artifacts, tmp_path, monkeypatch):
+    """A model so sensitive that only FP32 holds the budget (nano-v10 under ort-cpu-int8 at 100 per
+    task: 7 rounds, every node back in float) gets a refusal, not FP32 graphs under the recipe's name.
+    Here every round fails while any node is quantized; sensitivity is stubbed (graph order)."""
+    from eov_edge.quantize import gate
+
+    real, quantized_now = build.quantize_graph, {}
+
+    def recording(recipe, graph, source, target, plan, calibration):
+        quantized_now[graph] = list(plan.quantized)
+        return real(recipe, graph, source, target, plan, calibration)
+
+    monkeypatch.setattr(build, "quantize_graph", recording)
+    monkeypatch.setattr(build, "_sensitivity", lambda recipe, source, plans, calibration, work: [
+        (1.0, g, n) for g in recipe.graphs for n in plans[g].quantized])
+    monkeypatch.setattr(gate, "broken_tasks", lambda rows: ["caption"] if any(quantized_now.values()) else [])
+    out = tmp_path / "int4"
+    with pytest.raises(QuantizeError, match="every quantizable node back to float"):
+        build.quantize_artifacts(nano_artifacts, "ort-cpu-int4", out, per_task=2, max_drop=2.0, progress=lambda m: None)
+    assert not out.exists()
+    rejected = json.loads((tmp_path / "int4.rejected.json").read_text())
+    assert rejected["every_node_in_float"] is True and len(rejected["rounds"]) >= 3  # 1, 2, 4, ... back to float
+    assert all(quantized_now.values())  # no gate round ran on the all-float graphs
+
+
 def test_cli_quantize_errors(nano_artifacts, tmp_path):
     from eov_edge.export.cli import main
 
