@@ -128,9 +128,9 @@ def fuse_decoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, language_mo
 
 
 def fuse_encoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, vision_config, external_threshold: int
-                             ) -> bool:
+                             ) -> None:
     """Replace ``directory``'s portable encoder.onnx with ONNX Runtime's fused ViT graph (same
-    weights) and its entry in ``manifest``; returns whether it did.
+    weights) and its entry in ``manifest``.
 
     ONNX Runtime's transformer optimizer, CLIP fusions: per layer one ``Attention`` op (Q/K/V packed
     into one MatMul, softmax and head reshapes inside the kernel), ``FastGelu`` for the tanh GELU
@@ -155,13 +155,12 @@ def fuse_encoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, vision_conf
     if fused.get("Attention", 0) != layers:
         warnings.warn(f"ONNX Runtime's optimizer fused {fused.get('Attention', 0)} of the encoder's {layers} "
                       "attention layers; the encoder stays portable (still correct, slower on CPU)")
-        return False
+        return
     data = directory / (path.name + ".data")
     external = data.is_file() or sum(t.ByteSize() for t in optimized.model.graph.initializer) > external_threshold
     data.unlink(missing_ok=True)  # loaded into memory above; written again below if needed
     optimized.save_model_to_file(str(path), use_external_data_format=external)
     manifest.graphs[mf.ENCODER] = graph_entry(directory, path.name, manifest.graphs[mf.ENCODER].opset)
-    return True
 
 
 def _feature_norms_last(graph) -> None:

@@ -113,12 +113,13 @@ class KVCache:
 
 
 def chosen_token_probs(logits: np.ndarray, ids: np.ndarray, out: np.ndarray | None = None,
-                       excluded: int | None = None) -> np.ndarray:
+                       excluded: int | np.ndarray | None = None) -> np.ndarray:
     """Each row's probability of its chosen token under the model (temperature 1), (B,) float64:
     1 / sum(exp(l - l_chosen)) over logits (B, V); float32 exponentials, float64 sum (no (B, V)
     float64 copy; plain indexing, not take_along_axis, which costs ~30 us a step building its
-    indices). ``out``: a (B, V) float32 scratch written instead of allocating; ``excluded``: a
-    token left out of the sum (EOS before min_new_tokens) without copying ``logits`` to mask it."""
+    indices). ``out``: a (B, V) float32 scratch written instead of allocating; ``excluded``: token
+    ids (one, or an array) left out of the sum (EOS before min_new_tokens, what the SLIS grammar
+    forbids) without copying ``logits`` to mask them."""
     shifted = np.subtract(logits, logits[np.arange(len(ids)), ids][:, None], out=out)  # (B, V)
     if excluded is not None:
         shifted[:, excluded] = -np.inf
@@ -349,8 +350,9 @@ def _greedy_choice(logits: np.ndarray, masked: bool, eos: int, scratch: np.ndarr
     return ids, chosen_token_probs(source, ids, out=scratch, excluded=eos if masked else None)
 
 
-_CLOSE_TOKENS = sorted(CLOSE_IDS.values())
-_CLOSE_TOKEN_SET = frozenset(_CLOSE_TOKENS)
+_CLOSE_TOKEN_SET = frozenset(CLOSE_IDS.values())
+# what the grammar forbids outside any shape: every location token and every closing tag
+_ILLEGAL_OUTSIDE = np.r_[LOC_FIRST:LOC_END, sorted(_CLOSE_TOKEN_SET)].astype(np.int64)
 
 
 def _greedy_grammar_choice(logits: np.ndarray, masked: bool, eos: int, finished: list[bool],
@@ -358,41 +360,36 @@ def _greedy_grammar_choice(logits: np.ndarray, masked: bool, eos: int, finished:
                            ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_greedy_choice` under the SLIS grammar, without copying the logits of a row whose
     argmax the grammar allows (most steps: text outside any shape). Its probability is then the
-    one over the legal tokens: the illegal ones (location tokens, closing tags, EOS when
-    ``masked``) set to -inf in the shifted scratch row, as the loop through ``_choose`` masks its
-    copy before the same arithmetic. A row inside a shape, or whose argmax is illegal, takes that
-    loop's route row by row (copy, ``SlisGrammar.constrain``, argmax; a location's probability is
-    the grammar's ``location_mass``). Rows already finished are not constrained (as there)."""
+    one over the legal tokens (the illegal ones, and EOS when ``masked``, excluded from the sum), as
+    the loop through ``_choose`` computes it on its masked copy. A row inside a shape, or whose
+    argmax is illegal, takes that loop's route row by row (copy, ``SlisGrammar.constrain``, argmax;
+    a location's probability is the grammar's ``location_mass``). Rows already finished are not
+    constrained (as there)."""
     ids = logits.argmax(-1)  # (B,) int64
     chosen = ids.tolist()
     probs = np.full(len(chosen), np.nan)
+    illegal = np.append(_ILLEGAL_OUTSIDE, eos) if masked else _ILLEGAL_OUTSIDE
     for row, token in enumerate(chosen):
-        line = scratch[row]  # (V,) a view
+        rows = slice(row, row + 1)
         if finished[row]:  # padding from here on; its probability as the general loop reports it
             if scores:
-                probs[row] = chosen_token_probs(logits[row : row + 1], ids[row : row + 1],
-                                                out=scratch[row : row + 1])[0]
+                probs[row] = chosen_token_probs(logits[rows], ids[rows], out=scratch[rows])[0]
             continue
-        outside = grammar.open_kind[row] is None
-        if outside and not (LOC_FIRST <= token < LOC_END or token in _CLOSE_TOKEN_SET or (masked and token == eos)):
-            if scores:  # the legal argmax: probability over the legal tokens, no copy of the row
-                np.subtract(logits[row], logits[row, token], out=line)
-                line[LOC_FIRST:LOC_END] = -np.inf
-                line[_CLOSE_TOKENS] = -np.inf
-                if masked:
-                    line[eos] = -np.inf
-                probs[row] = 1.0 / np.exp(line, out=line).sum(dtype=np.float64)
+        if grammar.open_kind[row] is None and not (LOC_FIRST <= token < LOC_END or token in _CLOSE_TOKEN_SET
+                                                   or (masked and token == eos)):
+            if scores:  # the legal argmax: no copy of the row
+                probs[row] = chosen_token_probs(logits[rows], ids[rows], out=scratch[rows], excluded=illegal)[0]
             continue
+        line = scratch[row]  # (V,) a view
         np.copyto(line, logits[row])
         if masked:
             line[eos] = -np.inf
         grammar.constrain(scratch, [row])
         token = chosen[row] = int(line.argmax())
+        if not scores:
+            continue
         if row in grammar.location_mass:
             probs[row] = grammar.location_mass[row]
-        elif scores:
-            probs[row] = chosen_token_probs(scratch[row : row + 1], np.array([token]),
-                                            out=scratch[row : row + 1])[0]
-    if not scores:
-        probs[:] = np.nan
+        else:
+            probs[row] = chosen_token_probs(scratch[rows], np.array([token]), out=scratch[rows])[0]
     return np.array(chosen, np.int64), probs
