@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from eov_edge.paths import staged_folder
-from eov_edge.provenance import git_commit
+from eov_edge.provenance import git_commit, weights_sha256
 from eov_edge import __version__, bands
 from eov_edge import manifest as mf
 from eov_edge.errors import EOVError
@@ -214,6 +214,7 @@ def build_manifest(model, processor, graphs: dict[str, mf.GraphEntry], directory
         slis_version=SLIS_VERSION,
         produced_by={
             "eov_edge": __version__, "git_commit": git_commit(), "source": source,
+            "weights_sha256": weights_sha256(model),
             "torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
         },

@@ -13,6 +13,7 @@ from eov_edge.export import onnx_export
 from eov_edge.export.cli import main as export_cli
 from eov_edge.export.onnx_export import ExportError, export_onnx, load_model
 from eov_edge.export.validate import VALIDATION_CASES, ParityError, validate_artifacts
+from eov_edge.provenance import weights_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +66,17 @@ def test_graph_contract(artifacts, nano):
     table = np.load(out / mf.EMBEDDING_FILE)
     assert np.array_equal(table, model.get_input_embeddings().weight.detach().numpy())
     assert loaded.produced_by["torch"].startswith("2.13") and loaded.band_table["canvas_version"] == 1
+    # the weights' hash ties the artifacts to their model (eov-bench refuses artifacts of another one)
+    assert loaded.produced_by["weights_sha256"] == weights_sha256(model)
+    weight = next(model.parameters())
+    kept = weight.detach().clone()
+    with torch.no_grad():
+        weight.view(-1)[0] += 1.0
+    try:
+        assert weights_sha256(model) != loaded.produced_by["weights_sha256"]
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
 
 
 def test_external_data_for_large_graphs(artifacts):
