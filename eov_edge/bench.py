@@ -33,6 +33,7 @@ from pathlib import Path
 import click
 
 from eov_edge.bench_peer import int4_folder
+from eov_edge.errors import EOVError
 from eov_edge.paths import write_atomic, write_json_atomic
 from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
 
@@ -130,6 +131,50 @@ def read_bandwidth_gbs(size_mb: int = 256, repeats: int = 20) -> float:
         session.run(None, {"x": x})
         times.append(time.perf_counter() - start)
     return weight.nbytes / statistics.median(times) / 1e9
+
+
+class BenchError(EOVError, ValueError):
+    """Artifacts given to the benchmark that do not belong to its model or recipe."""
+
+
+def check_supplied_artifacts(directory: Path, weights_hash: str, recipe: str | None,
+                             int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
+    """Artifacts passed in (``--artifacts``, ``--recipe-artifacts``) must hold the benchmarked model's
+    weights (the manifest's ``weights_sha256``) and, for a recipe row, that recipe's graphs (INT4: in
+    the benchmark's block size, which ORT GenAI's int4 row matches); returns the manifest's gate
+    summary (empty for FP32 artifacts)."""
+    from eov_edge import manifest as mf
+
+    try:
+        manifest = mf.load_manifest(directory)
+    except mf.ManifestError as err:
+        raise BenchError(str(err)) from None
+    recorded = manifest.produced_by.get("weights_sha256")
+    if recorded is None:
+        raise BenchError(f"{directory}: its manifest does not record the weights' hash (exported before "
+                         "eov-edge recorded it); re-export with eov-export onnx (and re-quantize) to time it")
+    if recorded != weights_hash:
+        raise BenchError(f"{directory}: exported from other weights ({manifest.produced_by.get('source')}) than "
+                         "the benchmarked model; pass artifacts of this preset or checkpoint")
+    made_with = (manifest.quantization or {}).get("recipe")
+    if made_with != recipe:
+        want = f"the {recipe} recipe's artifacts" if recipe else "FP32 artifacts (eov-export onnx)"
+        raise BenchError(f"{directory}: made with {made_with or 'no recipe (FP32)'}, this row takes {want}")
+    blocks = manifest.quantization.get("graphs", {}).get("decoder", {}).get("block_size") if recipe else None
+    if blocks is not None and blocks != int4_block_size:
+        raise BenchError(f"{directory}: INT4 in blocks of {blocks} weights, the benchmark's are {int4_block_size}; "
+                         f"pass --int4-block-size {blocks}")
+    return (manifest.quantization or {}).get("gate") or {}
+
+
+def gate_status(gate: dict) -> str:
+    """One line on a quantized row's accuracy: what its manifest's gate summary says."""
+    if not gate or not gate.get("accepted"):
+        return "not gated (speed and size only)"
+    floats = len(gate.get("fallback") or [])
+    worst = max((r.get("drop", 0.0) for r in gate.get("rows", [])), default=0.0)
+    return (f"gate accepted: worst drop {worst:.2f} points (budget {gate.get('budget_points')}) on "
+            f"{gate.get('examples')} held-out examples, {floats} node(s) back in float")
 
 
 def _stats(values: list[float]) -> dict:
@@ -248,7 +293,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
 
     from eov_edge import manifest as mf
     from eov_edge.export.onnx_export import export_onnx
-    from eov_edge.provenance import git_commit
+    from eov_edge.provenance import git_commit, weights_sha256
     from eov_edge.quantize.build import write_ungated
     from eov_edge.ship import NANO_CHECKPOINT
 
@@ -258,6 +303,15 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     where = str(NANO_CHECKPOINT) if preset == "nano" else f"preset:{preset}"
     model, processor = _pytorch_model(where)
     rows_dirs = {}
+    gates: dict[str, str] = {}
+    supplied = {None: artifacts} if artifacts is not None else {}
+    supplied.update({recipe: Path(d) for recipe, d in (recipe_artifacts or {}).items() if recipe in recipes})
+    if supplied:
+        weights_hash = weights_sha256(model)
+        for recipe, directory in supplied.items():
+            gate = check_supplied_artifacts(Path(directory), weights_hash, recipe, int4_block_size)
+            if recipe:
+                gates[f"runtime {recipe}"] = gate_status(gate)
     if artifacts is None:
         # The CPU rows run ONNX Runtime's fused decoder (--decoder ort-cpu), the fastest here; the
         # portable decoder (the TensorRT engines' input) gets its own row.
@@ -279,6 +333,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
             progress(f"quantizing with {recipe} (no accuracy gate: speed and size only)")
             write_ungated(artifacts, recipe, target, int4_block_size=blocks)
         rows_dirs[f"runtime {recipe}"] = target
+        gates.setdefault(f"runtime {recipe}", gate_status({}))
     bandwidth = read_bandwidth_gbs()
     progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
     timed: dict[str, list[dict]] = {"pytorch eager": [], **{name: [] for name in rows_dirs}}
@@ -328,8 +383,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                     "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),
         "rows": {name: {k: v for k, v in row.items() if k != "tokens"} for name, row in rows.items()},
-        "note": "quantized rows are not gated here (speed and size only); their accuracy is in the "
-                "quant_report.json of eov-export quantize",
+        "quantized_rows_accuracy": gates,
+        "note": "quantized rows made here are not gated (speed and size only); their accuracy is in the "
+                "quant_report.json of eov-export quantize, and rows given gate-accepted artifacts "
+                "(--recipe-artifacts) say so",
     }
     if head_to_head is not None:
         import onnxruntime_genai
@@ -363,6 +420,9 @@ def markdown(report: dict) -> str:
     if slow:
         lines += ["", f"Decode steps above {FLOOR_TARGET}x their floor, and why:"]
         lines += [f"- {n}: {r['decode_vs_floor']}x ({_floor_reason(n)})" for n, r in slow]
+    if report.get("quantized_rows_accuracy"):
+        lines += ["", "Accuracy of the quantized rows (from their manifests):"]
+        lines += [f"- {name}: {status}" for name, status in report["quantized_rows_accuracy"].items()]
     lines += ["", report["note"], ""]
     if report.get("decoder_head_to_head"):
         from eov_edge.bench_peer import peer_markdown
@@ -408,6 +468,24 @@ def chart(report: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) -> dict[str, Path]:
+    """``RECIPE=DIR`` options into {recipe: folder}; each recipe once, among those timed."""
+    given: dict[str, Path] = {}
+    for value in values:
+        recipe, sep, folder = value.partition("=")
+        if not sep or not folder:
+            raise click.UsageError(f"--recipe-artifacts {value!r}: write RECIPE=DIR, e.g. ort-cpu-int8=artifacts/nano-int8")
+        if recipe not in recipes:
+            raise click.UsageError(f"--recipe-artifacts {value!r}: {recipe!r} is not among the timed recipes "
+                                   f"({', '.join(recipes) or 'none'})")
+        if recipe in given:
+            raise click.UsageError(f"--recipe-artifacts: {recipe} given twice")
+        if not Path(folder).is_dir():
+            raise click.UsageError(f"--recipe-artifacts {value!r}: {folder} is not a folder")
+        given[recipe] = Path(folder)
+    return given
+
+
 @click.command()
 @click.option("--preset", type=click.Choice(["nano", "small"]), default="nano", show_default=True)
 @click.option("--batch", type=int, default=1, show_default=True)
@@ -423,8 +501,15 @@ def chart(report: dict, path: Path) -> None:
 @click.option("--int4-block-size", type=click.Choice([str(size) for size in INT4_BLOCK_SIZES]),
               default=str(DEFAULT_INT4_BLOCK_SIZE), show_default=True,
               help="weights per scale of the ort-cpu-int4 row and of ORT GenAI's int4")
+@click.option("--artifacts", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="FP32 artifacts of this preset's model to time (default: export them here, fused CPU and "
+                   "portable decoders)")
+@click.option("--recipe-artifacts", multiple=True, metavar="RECIPE=DIR",
+              help="quantized artifacts to time for RECIPE, e.g. gate-accepted ones from eov-export quantize "
+                   "(default: quantize here without the gate); repeatable")
 def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
-         peer: bool | None, peer_prompt_tokens: int, int4_block_size: str) -> None:
+         peer: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
+         recipe_artifacts: tuple[str, ...]) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     from eov_edge.bench_peer import genai_available
 
@@ -432,6 +517,7 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
     unknown = [r for r in chosen if r not in RECIPES]
     if unknown:
         raise click.UsageError(f"unknown recipes {unknown}; eov-bench times {', '.join(RECIPES)}")
+    given = parse_recipe_artifacts(recipe_artifacts, chosen)
     missing = genai_available()
     if peer and missing:
         raise click.UsageError(missing)
@@ -439,9 +525,13 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         peer = missing is None
         if missing:
             click.echo(f"no decoder head to head: {missing}", err=True)
-    report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen, progress=lambda m: click.echo(m, err=True),
-                       peer=peer, peer_prompt_tokens=peer_prompt_tokens, int4_block_size=int(int4_block_size),
-                       rounds=rounds)
+    try:
+        report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen,
+                           progress=lambda m: click.echo(m, err=True), peer=peer, peer_prompt_tokens=peer_prompt_tokens,
+                           int4_block_size=int(int4_block_size), rounds=rounds, artifacts=artifacts,
+                           recipe_artifacts=given)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
     click.echo(markdown(report))
 
 

@@ -20,6 +20,8 @@ def test_demo_chain_runs_end_to_end(tmp_path, shared_data, capsys):
     bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert set(bench["rows"]) == {"pytorch eager", "runtime fp32", "runtime ort-cpu-int8"}
     assert bench["rows"]["runtime fp32"]["tokens_identical_to_pytorch"]
+    # the demo times its own gate-accepted INT8 artifacts, and the report says they are
+    assert bench["quantized_rows_accuracy"]["runtime ort-cpu-int8"].startswith("gate accepted: worst drop")
     # two interleaved rounds (--quick): x PyTorch is the median of the within-round ratios
     fp32, base = bench["rows"]["runtime fp32"], bench["rows"]["pytorch eager"]
     assert bench["rounds"] == 2 and len(fp32["e2e_ms_rounds"]) == len(base["e2e_ms_rounds"]) == 2

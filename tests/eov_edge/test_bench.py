@@ -1,0 +1,81 @@
+"""eov-bench's checks on the artifacts it is given: the benchmarked model's weights, the row's recipe."""
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from eov_edge.bench import BenchError, check_supplied_artifacts, gate_status, main, parse_recipe_artifacts
+from eov_edge.provenance import weights_sha256
+
+
+@pytest.fixture(scope="module")
+def nano_hash(shipped):
+    model, _ = shipped
+    return weights_sha256(model)
+
+
+def _copy_with_manifest(source, target, edit):
+    shutil.copytree(source, target)
+    path = target / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    return target
+
+
+def test_fp32_artifacts_of_the_benchmarked_model_are_accepted_for_the_fp32_row_only(nano_artifacts, nano_hash):
+    assert check_supplied_artifacts(nano_artifacts, nano_hash, None) == {}
+    with pytest.raises(BenchError, match="made with no recipe .FP32., this row takes the ort-cpu-int8 recipe"):
+        check_supplied_artifacts(nano_artifacts, nano_hash, "ort-cpu-int8")
+
+
+def test_artifacts_of_other_weights_or_without_their_hash_are_refused(nano_artifacts, nano_hash, tmp_path):
+    other = _copy_with_manifest(nano_artifacts, tmp_path / "other",
+                                lambda m: m["produced_by"].update(weights_sha256="0" * 64))
+    with pytest.raises(BenchError, match="exported from other weights"):
+        check_supplied_artifacts(other, nano_hash, None)
+    old = _copy_with_manifest(nano_artifacts, tmp_path / "old", lambda m: m["produced_by"].pop("weights_sha256"))
+    with pytest.raises(BenchError, match="re-export with eov-export onnx"):
+        check_supplied_artifacts(old, nano_hash, None)
+    (old / "decoder.onnx").write_bytes(b"truncated")
+    with pytest.raises(BenchError, match="sha256 differs from the manifest"):
+        check_supplied_artifacts(old, nano_hash, None)
+
+
+def test_quantized_artifacts_must_be_the_rows_recipe_and_block_size(nano_artifacts, nano_hash, tmp_path):
+    gate = {"accepted": True, "budget_points": 2.0, "examples": 2300,
+            "rows": [{"task": "vqa", "drop": 0.4}, {"task": "caption", "drop": 1.25}],
+            "fallback": [{"graph": "decoder", "node": "node_matmul_31"}]}
+    int4 = _copy_with_manifest(nano_artifacts, tmp_path / "int4", lambda m: m.update(quantization={
+        "recipe": "ort-cpu-int4", "graphs": {"decoder": {"block_size": 128}}, "gate": gate}))
+    with pytest.raises(BenchError, match="ort-cpu-int4, this row takes the ort-cpu-int8"):
+        check_supplied_artifacts(int4, nano_hash, "ort-cpu-int8")
+    with pytest.raises(BenchError, match="blocks of 128 weights, the benchmark's are 32; pass --int4-block-size 128"):
+        check_supplied_artifacts(int4, nano_hash, "ort-cpu-int4", int4_block_size=32)
+    summary = check_supplied_artifacts(int4, nano_hash, "ort-cpu-int4", int4_block_size=128)
+    assert gate_status(summary) == ("gate accepted: worst drop 1.25 points (budget 2.0) on 2300 held-out examples, "
+                                    "1 node(s) back in float")
+    assert gate_status({}) == gate_status({"skipped": "not gated"}) == "not gated (speed and size only)"
+
+
+def test_recipe_artifacts_option_is_parsed_and_checked(tmp_path):
+    recipes = ("ort-cpu-int8", "ort-cpu-int4")
+    assert parse_recipe_artifacts((f"ort-cpu-int8={tmp_path}",), recipes) == {"ort-cpu-int8": tmp_path}
+    for value, message in ((str(tmp_path), "write RECIPE=DIR"), (f"trt-int8={tmp_path}", "not among the timed"),
+                           (f"ort-cpu-int4={tmp_path / 'missing'}", "is not a folder")):
+        result = CliRunner().invoke(main, ["--out", str(tmp_path / "b"), "--no-peer", "--recipe-artifacts", value])
+        assert result.exit_code == 2 and message in result.output, result.output
+    twice = CliRunner().invoke(main, ["--out", str(tmp_path / "b"), "--no-peer", "--recipe-artifacts",
+                                      f"ort-cpu-int8={tmp_path}", "--recipe-artifacts", f"ort-cpu-int8={tmp_path}"])
+    assert twice.exit_code == 2 and "given twice" in twice.output
+
+
+def test_cli_refuses_artifacts_of_another_model_before_timing_anything(nano_artifacts, tmp_path):
+    # nano's artifacts given to the small preset's benchmark: a clear error, no traceback, no report
+    result = CliRunner().invoke(main, ["--preset", "small", "--out", str(tmp_path / "b"), "--no-peer",
+                                       "--recipes", "", "--artifacts", str(nano_artifacts)])
+    assert result.exit_code == 1 and "exported from other weights" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "b" / "bench.json").exists()
