@@ -29,6 +29,17 @@ def default_feature_layers(depth: int) -> list[int]:
     return sorted({max(1, math.ceil(depth * q / 4)) for q in (1, 2, 3, 4)})
 
 
+VISION_STEMS = ("patch", "conv")
+
+
+def conv_stem_stages(patch_size: int) -> int | None:
+    """Stride-2 stages of the convolutional stem for ``patch_size`` (16 -> 4), or None if it is not
+    a power of two >= 4."""
+    if patch_size < 4 or patch_size & (patch_size - 1):
+        return None
+    return patch_size.bit_length() - 1
+
+
 @strict
 class EarthOneVisionConfig(PreTrainedConfig):
     r"""Earth-OneVision: spectral-canvas ViT encoder, multi-level projector, Qwen2 decoder.
@@ -39,6 +50,11 @@ class EarthOneVisionConfig(PreTrainedConfig):
     image_position_embedding: add a learned (tokens per view, decoder width) table to the projector's
         output, so every image token carries its grid position in the language space (what the
         decoder reads to emit a location token). Every preset has it; False keeps older checkpoints.
+    vision_stem: how pixels become patch tokens. "patch": one Conv2d with kernel = stride = patch
+        size (ViT). "conv": stride-2 3x3 convolutions (BatchNorm, ReLU) down to the same patch grid,
+        then a 1x1 convolution (Xiao et al. 2021, "Early convolutions help transformers see
+        better"): a 5-15 px object is seen by overlapping small kernels instead of falling inside
+        one 16-px patch's single linear map. Needs a power-of-two patch size of at least 4.
     """
 
     model_type = "earth_onevision"
@@ -55,6 +71,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
     merge_size: int = 2
     projector_hidden_act: str = "gelu"
     image_position_embedding: bool = False
+    vision_stem: str = "patch"
     image_token_id: int = SPECIAL_TOKENS.index(IMAGE)
     initializer_range: float = 0.02
     preset: str | None = None
@@ -82,6 +99,16 @@ class EarthOneVisionConfig(PreTrainedConfig):
                 f"the patch grid ({self.grid_size}x{self.grid_size}) must be divisible by merge_size="
                 f"{self.merge_size}: change image_size or patch_size"
             )
+        if self.vision_stem not in VISION_STEMS:
+            raise ConfigError(f"vision_stem must be one of {VISION_STEMS}, got {self.vision_stem!r}")
+        if self.vision_stem == "conv":
+            stages = conv_stem_stages(vision.patch_size)
+            if stages is None or vision.hidden_size % 2 ** (stages - 1):
+                raise ConfigError(
+                    f"vision_stem='conv' halves the resolution per stage down to the patch grid: patch_size "
+                    f"({vision.patch_size}) must be a power of two >= 4 and the vision width "
+                    f"({vision.hidden_size}) divisible by 2**(stages - 1); use vision_stem='patch'"
+                )
         if self.feature_layers is None:
             self.feature_layers = default_feature_layers(vision.num_hidden_layers)
         layers = list(self.feature_layers)

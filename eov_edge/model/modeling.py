@@ -29,8 +29,28 @@ from transformers.models.siglip.modeling_siglip import (
 )
 
 from eov_edge.errors import PromptError, ViewMismatchError
-from eov_edge.model.config import EarthOneVisionConfig
+from eov_edge.model.config import EarthOneVisionConfig, conv_stem_stages
 from eov_edge.slis_grammar import SlisGrammar
+
+
+class ConvPatchStem(nn.Sequential):
+    """Convolutional stem (``vision_stem="conv"``): (V, C, H, W) -> (V, D, H/p, W/p) by log2(p)
+    stride-2 3x3 convolutions, each with BatchNorm and ReLU, widths D/2**(k-1) ... D/2, D, then a
+    1x1 convolution. It replaces the patch embedding's single Conv2d(kernel = stride = p), so
+    SiglipVisionEmbeddings (positions, flattening) is unchanged."""
+
+    def __init__(self, in_channels: int, width: int, patch_size: int) -> None:
+        stages = conv_stem_stages(patch_size)
+        widths = [in_channels] + [width // 2 ** (stages - 1 - k) for k in range(stages)]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        super().__init__(*layers, nn.Conv2d(width, width, 1))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """SiglipVisionEmbeddings casts its input to ``patch_embedding.weight.dtype``."""
+        return self[0].weight
 
 
 class SpectralVisionEncoder(nn.Module):
@@ -45,6 +65,8 @@ class SpectralVisionEncoder(nn.Module):
         self.feature_layers = tuple(config.feature_layers)
         # Conv2d(16 -> D, patch, stride patch) + learned positions; one stem for every sensor.
         self.embeddings = SiglipVisionEmbeddings(vision)
+        if config.vision_stem == "conv":
+            self.embeddings.patch_embedding = ConvPatchStem(vision.num_channels, vision.hidden_size, vision.patch_size)
         self.modality_embedding = nn.Embedding(config.num_modalities, vision.hidden_size)
         # Layers past the deepest tap would never be used: don't build them.
         self.layers = nn.ModuleList(SiglipEncoderLayer(vision) for _ in range(max(self.feature_layers)))
@@ -175,9 +197,15 @@ class EarthOneVisionPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.fc2.weight)
             init.normal_(module.fc1.bias, std=1e-6)
             init.normal_(module.fc2.bias, std=1e-6)
-        elif isinstance(module, nn.Conv2d):  # the 16-channel patch embedding
+        elif isinstance(module, nn.Conv2d):  # the patch embedding, or the convolutional stem's layers
             init.lecun_normal_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):  # the convolutional stem
+            init.ones_(module.weight)
             init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
         elif isinstance(module, FeatureProjector) and module.position_embedding is not None:
             init.zeros_(module.position_embedding)  # training starts it from a grid code (train.py)
 

@@ -214,3 +214,31 @@ def test_not_enough_disk_is_refused_before_writing(tmp_path, nano, monkeypatch):
     with pytest.raises(ExportError, match="MiB free"):
         export_onnx(tmp_path / "out", model_and_processor=nano, preset="nano")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conv_stem_exports_with_parity_and_tensorrt_ops(tmp_path):
+    """vision_stem="conv": the encoder graph carries the stem's convolutions (BatchNorm with its
+    running statistics) and still matches PyTorch, graph by graph and token for token."""
+    from eov_edge.export.tensorrt_ops import unsupported_ops
+    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+    from eov_edge.processor import EarthOneVisionProcessor
+    from eov_edge.tokenizer import TextTokenizer
+
+    torch.manual_seed(0)
+    config = EarthOneVisionConfig.from_preset("nano", vision_stem="conv")
+    model = wide_init(EarthOneVisionForConditionalGeneration._from_config(config, attn_implementation="eager").eval())
+    with torch.no_grad():
+        for module in model.vision_encoder.embeddings.patch_embedding:
+            if isinstance(module, torch.nn.BatchNorm2d):  # as after training: not the identity
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), config)
+    manifest = export_onnx(tmp_path / "conv", model_and_processor=(model, processor), preset="nano")
+    assert manifest.model_config["vision_stem"] == "conv"
+    assert manifest.validation["summary"]["max_abs_logits"] <= 1e-4
+    assert all(r["max_abs"] <= 1e-4 for r in manifest.validation["graphs"]), manifest.validation["graphs"]
+    pipeline = manifest.validation["pipeline"]
+    assert pipeline["identical"] == pipeline["comparisons"] == 20
+    encoder = onnx.load(str(tmp_path / "conv" / manifest.graphs["encoder"].file), load_external_data=False)
+    assert sum(n.op_type == "Conv" for n in encoder.graph.node) == 5
+    assert not unsupported_ops(encoder)

@@ -56,8 +56,24 @@ def test_bad_configs_name_the_field_to_change():
         EarthOneVisionConfig.from_preset("nano", merge_size=4)  # 14x14 grid
     with pytest.raises(ConfigError, match="unknown preset"):
         EarthOneVisionConfig.from_preset("huge")
+    with pytest.raises(ConfigError, match="vision_stem must be one of"):
+        EarthOneVisionConfig.from_preset("nano", vision_stem="cnn")
     base = EarthOneVisionConfig.from_preset("nano")
     vision = base.vision_config.to_dict()
     vision["num_channels"] = 3
     with pytest.raises(ConfigError, match="num_channels"):
         EarthOneVisionConfig(vision_config=vision, text_config=base.text_config.to_dict())
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    assert EarthOneVisionConfig.from_preset("nano", vision_stem="conv").vision_stem == "conv"
+    assert EarthOneVisionConfig.from_preset("nano").vision_stem == "patch"
+    base = EarthOneVisionConfig.from_preset("nano")
+    vision = base.vision_config.to_dict()
+    vision.update(patch_size=14, image_size=224)
+    with pytest.raises(ConfigError, match="power of two >= 4"):
+        EarthOneVisionConfig(vision_config=vision, text_config=base.text_config.to_dict(), vision_stem="conv")
+    # an older config.json without the field is a patch stem
+    data = base.to_dict()
+    data.pop("vision_stem")
+    assert EarthOneVisionConfig(**{k: v for k, v in data.items() if k != "model_type"}).vision_stem == "patch"

@@ -204,3 +204,43 @@ def test_encoder_and_projector_export_without_patching(model):
     features = model.vision_encoder(*more)
     projector = torch.export.export(model.projector, (features,), dynamic_shapes=({0: views},))
     torch.testing.assert_close(projector.module()(features[:1]), model.projector(features[:1]))
+
+
+def test_conv_stem_keeps_the_patch_grid_and_trains_saves_and_exports(tmp_path, processor, real_samples):
+    from eov_edge.model.modeling import ConvPatchStem
+
+    model = build(seed=5, vision_stem="conv")
+    c = model.config
+    stem = model.vision_encoder.embeddings.patch_embedding
+    assert isinstance(stem, ConvPatchStem)
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 4 + [(1, 1)]
+    assert [m.out_channels for m in stem if isinstance(m, torch.nn.Conv2d)] == [24, 48, 96, 192, 192]
+    pixels = torch.randn(2, 16, c.image_size, c.image_size)
+    features = model.vision_encoder(pixels, torch.tensor([0, 2]))
+    assert features.shape == (2, c.grid_size**2, 4 * c.vision_config.hidden_size)
+    # a pixel moves only the tokens whose receptive field holds it (no global mixing in the stem)
+    tokens = model.vision_encoder.embeddings(pixels)
+    moved = pixels.clone()
+    moved[0, :, 0, 0] += 5.0
+    changed = (model.vision_encoder.embeddings(moved) - tokens).abs().amax(-1)  # (V, N)
+    assert changed[0, 0] > 0 and changed[0, 1:].eq(0).all() and changed[1].eq(0).all()
+
+    # BatchNorm running statistics are part of the checkpoint: train a step, save, reload, same logits
+    model.train()
+    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), c)
+    samples = [Sample(views=s.views, instruction=s.instruction, answer="pasture") for s in real_samples[:2]]
+    loss = model(**processor(samples, with_labels=True, padding_side="right")).loss
+    loss.backward()
+    assert stem[0].weight.grad.abs().sum() > 0 and stem[1].num_batches_tracked.item() == 1
+    model.eval()
+    save_checkpoint(model, processor, tmp_path / "ckpt")
+    loaded, _ = load_checkpoint(tmp_path / "ckpt")
+    assert loaded.config.vision_stem == "conv"
+    batch = processor(real_samples[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    views = torch.export.Dim("views", min=1, max=64)
+    encoder = torch.export.export(loaded.vision_encoder, (pixels, torch.tensor([0, 2])),
+                                  dynamic_shapes=({0: views}, {0: views}))
+    torch.testing.assert_close(encoder.module()(pixels[:1], torch.tensor([1])),
+                               loaded.vision_encoder(pixels[:1], torch.tensor([1])))
