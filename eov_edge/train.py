@@ -354,6 +354,14 @@ def parameter_groups(model: EarthOneVisionForConditionalGeneration, aux: Trainin
     }
 
 
+def freeze_batch_norm(module: nn.Module) -> None:
+    """BatchNorm layers (``vision_stem="conv"``) to eval mode: a stage that does not train the stem
+    must not move its running statistics either (train mode would, with or without gradients)."""
+    for child in module.modules():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            child.eval()
+
+
 def sincos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """MAE's fixed 2D sine-cosine table (grid*grid, dim): first half encodes y, second half x."""
     quarter = dim // 4
@@ -624,6 +632,8 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         tasks = list(stage.task_weights)
         weights = [stage.task_weights[t] for t in tasks]
         model.train()
+        if "stem" not in stage.trainable:
+            freeze_batch_norm(model.vision_encoder)
         bar = tqdm(range(first, stage.steps), desc=stage.name, disable=not progress, mininterval=5)
         for step in bar:
             # Each step's data depends only on (seed, stage, step): resuming replays the same batches.

@@ -11,6 +11,7 @@ from eov_edge.train import (
     StageConfig,
     TrainConfig,
     aux_loss,
+    freeze_batch_norm,
     init_for_training,
     language_loss,
     loss_groups,
@@ -55,6 +56,21 @@ def test_few_steps_reduce_loss_and_checkpoint_reloads(tmp_path, shared_data):
     reloaded, _ = load_checkpoint(again)
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_stage_that_freezes_the_conv_stem_keeps_its_batch_norm_statistics():
+    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
+
+    model = EarthOneVisionForConditionalGeneration(EarthOneVisionConfig.from_preset("nano", vision_stem="conv")).train()
+    norm = model.vision_encoder.embeddings.patch_embedding[1]
+    pixels = torch.rand(2, 16, 224, 224)
+    model.vision_encoder(pixels, torch.tensor([0, 1]))
+    moved = norm.running_mean.clone()
+    assert not torch.equal(moved, torch.zeros_like(moved))  # train mode updates them
+    freeze_batch_norm(model.vision_encoder)
+    model.vision_encoder(pixels * 3, torch.tensor([0, 1]))
+    assert torch.equal(norm.running_mean, moved) and not norm.training
+    assert model.vision_encoder.layers[0].training  # everything else still trains
 
 
 def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():
