@@ -70,6 +70,7 @@ def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None) -
                              f"{', '.join(s['task_weights'])} | {', '.join(s['trainable'])} |"
                              for s in config["stages"]),
             seed=config["seed"],
+            train_options=f" --vision-stem {config['vision_stem']}" if config.get("vision_stem") else "",
             run_name=run.name,
             scale=round(sum(st["steps"] for st in config["stages"])
                         / sum(st.steps for st in TrainConfig.pcma(config["preset"]).stages), 3),
@@ -96,7 +97,7 @@ Preset `{preset}`, {parameters:,} parameters, stored as fp16 safetensors (loads 
 Trained from scratch on 2 CPU cores in {wall_minutes:.0f} minutes with:
 
 ```bash
-eov-train --preset nano --out runs/{run_name} --seed {seed} --scale {scale}
+eov-train --preset nano --out runs/{run_name} --seed {seed} --scale {scale}{train_options}
 python -m eov_edge.ship --run runs/{run_name} --out eov_edge/assets/eov-nano --per-task {per_task}
 ```
 

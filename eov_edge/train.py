@@ -39,6 +39,7 @@ from torch import nn
 from eov_edge import slis
 from eov_edge.provenance import git_commit
 from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES, Example, ExampleFactory
+from eov_edge.errors import ConfigError
 from eov_edge.inputs import Sample
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
 from eov_edge.processor import EarthOneVisionProcessor, save_checkpoint
@@ -105,6 +106,7 @@ class TrainConfig:
     validation_per_task: int = 4
     threads: int = 2
     hit_uav_limit: int | None = None  # for quick tests
+    vision_stem: str | None = None  # EarthOneVisionConfig.vision_stem; None: the preset's
 
     @classmethod
     def pcma(cls, preset: str = "nano", scale: float = 1.0, **kwargs) -> "TrainConfig":
@@ -582,7 +584,8 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     commit = git_commit()  # the code this process runs, even if the tree moves on while it trains
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    model_config = EarthOneVisionConfig.from_preset(config.preset)
+    model_config = EarthOneVisionConfig.from_preset(
+        config.preset, **({"vision_stem": config.vision_stem} if config.vision_stem else {}))
     model = EarthOneVisionForConditionalGeneration(model_config)
     processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
     aux_head = TrainingHeads(model_config.multi_level_dim, model_config.text_config.hidden_size,
@@ -597,6 +600,9 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
     if (resume / "trainer.pt").is_file():
         state = torch.load(resume / "trainer.pt", weights_only=False)
         model = EarthOneVisionForConditionalGeneration.from_pretrained(resume / "model")
+        if model.config.vision_stem != model_config.vision_stem:
+            raise ConfigError(f"{out} holds a run with vision_stem={model.config.vision_stem!r}, not "
+                             f"{model_config.vision_stem!r}; resume it with the same options or use another --out")
         aux_head.load_state_dict(state["aux"])
         start_stage, start_step = state["stage_index"], state["step"]
         log = json.loads((resume / "log.json").read_text())

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from eov_edge.data.examples import AUX_CHANNELS, OBJECT_CLASSES
+from eov_edge.errors import ConfigError
 from eov_edge.processor import load_checkpoint
 from eov_edge.train import (
     StageConfig,
@@ -71,6 +72,23 @@ def test_a_stage_that_freezes_the_conv_stem_keeps_its_batch_norm_statistics():
     model.vision_encoder(pixels * 3, torch.tensor([0, 1]))
     assert torch.equal(norm.running_mean, moved) and not norm.training
     assert model.vision_encoder.layers[0].training  # everything else still trains
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_conv_stem_run_trains_saves_and_refuses_a_resume_with_another_stem(tmp_path, shared_data):
+    stage = StageConfig("joint", 3, {"vqa": 1.0, "detection": 1.0}, batch_size=2, warmup_steps=1)
+    config = TrainConfig(preset="nano", seed=0, save_every=2, hit_uav_limit=20, stages=[stage], vision_stem="conv")
+    final = train(config, tmp_path / "run", shared_data, progress=False)
+    model, _ = load_checkpoint(final)
+    assert model.config.vision_stem == "conv"
+    norm = model.vision_encoder.embeddings.patch_embedding[1]
+    assert norm.num_batches_tracked.item() == 3 and not torch.equal(norm.running_var, torch.ones_like(norm.running_var))
+    saved = json.loads((tmp_path / "run" / "last" / "train_config.json").read_text())
+    assert saved["vision_stem"] == "conv"
+    with pytest.raises(ConfigError, match="vision_stem='conv', not 'patch'; resume it with the same options"):
+        train(TrainConfig(preset="nano", seed=0, hit_uav_limit=20, stages=[stage]), tmp_path / "run", shared_data,
+              progress=False)
 
 
 def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():
