@@ -33,11 +33,11 @@ VISION_STEMS = ("patch", "conv")
 
 
 def conv_stem_stages(patch_size: int) -> int | None:
-    """Stride-2 stages of the convolutional stem for ``patch_size`` (16 -> 4), or None if it is not
-    a power of two >= 4."""
+    """Stride-2 stages of the convolutional stem after its stride-4 one (patch 16 -> 2), or None if
+    ``patch_size`` is not a power of two >= 4."""
     if patch_size < 4 or patch_size & (patch_size - 1):
         return None
-    return patch_size.bit_length() - 1
+    return patch_size.bit_length() - 3
 
 
 @strict
@@ -51,10 +51,11 @@ class EarthOneVisionConfig(PreTrainedConfig):
         output, so every image token carries its grid position in the language space (what the
         decoder reads to emit a location token). Every preset has it; False keeps older checkpoints.
     vision_stem: how pixels become patch tokens. "patch": one Conv2d with kernel = stride = patch
-        size (ViT). "conv": stride-2 3x3 convolutions (BatchNorm, ReLU) down to the same patch grid,
-        then a 1x1 convolution (Xiao et al. 2021, "Early convolutions help transformers see
-        better"): a 5-15 px object is seen by overlapping small kernels instead of falling inside
-        one 16-px patch's single linear map. Needs a power-of-two patch size of at least 4.
+        size (ViT). "conv": a 4x4 stride-4 convolution, then stride-2 3x3 convolutions (BatchNorm,
+        ReLU) down to the same patch grid, then a 1x1 convolution (after Xiao et al. 2021, "Early
+        convolutions help transformers see better"): a 5-15 px object is seen by overlapping small
+        kernels instead of falling inside one 16-px patch's single linear map. Needs a power-of-two
+        patch size of at least 4.
     """
 
     model_type = "earth_onevision"
@@ -103,11 +104,11 @@ class EarthOneVisionConfig(PreTrainedConfig):
             raise ConfigError(f"vision_stem must be one of {VISION_STEMS}, got {self.vision_stem!r}")
         if self.vision_stem == "conv":
             stages = conv_stem_stages(vision.patch_size)
-            if stages is None or vision.hidden_size % 2 ** (stages - 1):
+            if stages is None or vision.hidden_size % 2**stages:
                 raise ConfigError(
                     f"vision_stem='conv' halves the resolution per stage down to the patch grid: patch_size "
                     f"({vision.patch_size}) must be a power of two >= 4 and the vision width "
-                    f"({vision.hidden_size}) divisible by 2**(stages - 1); use vision_stem='patch'"
+                    f"({vision.hidden_size}) divisible by patch_size / 4; use vision_stem='patch'"
                 )
         if self.feature_layers is None:
             self.feature_layers = default_feature_layers(vision.num_hidden_layers)

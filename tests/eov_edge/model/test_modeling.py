@@ -213,8 +213,8 @@ def test_conv_stem_keeps_the_patch_grid_and_trains_saves_and_exports(tmp_path, p
     c = model.config
     stem = model.vision_encoder.embeddings.patch_embedding
     assert isinstance(stem, ConvPatchStem)
-    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(2, 2)] * 4 + [(1, 1)]
-    assert [m.out_channels for m in stem if isinstance(m, torch.nn.Conv2d)] == [24, 48, 96, 192, 192]
+    assert [m.stride for m in stem if isinstance(m, torch.nn.Conv2d)] == [(4, 4), (2, 2), (2, 2), (1, 1)]
+    assert [m.out_channels for m in stem if isinstance(m, torch.nn.Conv2d)] == [48, 96, 192, 192]
     pixels = torch.randn(2, 16, c.image_size, c.image_size)
     features = model.vision_encoder(pixels, torch.tensor([0, 2]))
     assert features.shape == (2, c.grid_size**2, 4 * c.vision_config.hidden_size)
