@@ -147,11 +147,17 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
             q_report = score_predictions(answers, examples, train, manifest.image_size)
             rows = gate.compare(fp32_report, q_report, budget)
             broken = gate.broken_tasks(rows)
+            over = [{"task": r.task, "metric": r.metric, "drop": r.drop,
+                     "ci95": list(gate.drop_interval(r.task, r.metric, fp32_answers, answers, examples, train,
+                                                     manifest.image_size))} for r in rows if not r.ok]
             rounds.append({"float_nodes": {g: list(plans[g].excluded) for g in recipe.graphs},
                            "broken_tasks": broken, "worst_drop": max((r.drop for r in rows), default=0.0),
-                           "changed_answers": gate.changed_answers(fp32_answers, answers, examples)})
+                           "changed_answers": gate.changed_answers(fp32_answers, answers, examples),
+                           "over_budget": over})
             progress(f"gate round {len(rounds)}: worst drop {rounds[-1]['worst_drop']:+.2f} points, "
-                     f"broken: {broken or 'none'}")
+                     f"broken: {broken or 'none'}"
+                     + "".join(f"; {o['task']} {o['metric']} {o['drop']:+.2f} (95% paired interval "
+                               f"{o['ci95'][0]:+.2f} to {o['ci95'][1]:+.2f})" for o in over))
             if not broken:
                 break
             if max_drop is None or len(rounds) > MAX_FALLBACK_ROUNDS:
@@ -227,11 +233,15 @@ def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: fl
         in_float = sum(len(nodes) for nodes in rounds[-1]["float_nodes"].values())
         why = (f"holding the budget would take every quantizable node back to float, i.e. the FP32 model "
                f"(with {in_float} in float, {why})")
+    over = rounds[-1].get("over_budget", [])
+    within_noise = [f"{o['task']} {o['metric']}" for o in over if o["ci95"][0] <= 0.0]
+    noise_text = (f" The 95% paired bootstrap interval of the drop reaches 0 for {', '.join(within_noise)}: "
+                  f"those drops are within the luck of the draw, a larger --per-task tells." if within_noise else "")
     raise QuantizeError(
         f"{recipe.name} refused: {why} against FP32 ({hint}; report: {rejected})\n"
         f"{gate.table([r for r in rows if not r.ok])}\n"
         f"Answers that differ from FP32's: {changed_text}. Where a handful of answers make the drop, "
-        f"a larger --per-task measures it in finer steps."
+        f"a larger --per-task measures it in finer steps.{noise_text}"
     )
 
 

@@ -207,6 +207,10 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
     broken_task = next(r["task"] for r in rejected["rows"] if not r["ok"])
     assert 0 < changed[broken_task][0] <= changed[broken_task][1] <= 4
     assert f"{broken_task} {changed[broken_task][0]} of {changed[broken_task][1]}" in str(err.value)
+    # every row over budget carries the paired bootstrap interval of its drop
+    over = rejected["rounds"][-1]["over_budget"]
+    assert {(o["task"], o["metric"]) for o in over} == {(r["task"], r["metric"]) for r in rejected["rows"] if not r["ok"]}
+    assert all(o["ci95"][0] <= o["ci95"][1] for o in over)
 
 
 def test_changed_answers_counts_per_task():
