@@ -98,25 +98,29 @@ def _mean_box(examples: list[Example], key) -> metrics.Box:
     return tuple(statistics.fmean(b[i] for b in boxes) for i in range(4)) if boxes else (0, 0, 1, 1)
 
 
-def score(task: str, preds: list[str], examples: list[Example], train: list[Example], size: int) -> dict:
-    """Metrics of ``preds`` and of the image-blind baseline fitted on ``train`` examples."""
+def score(task: str, preds: list[str], examples: list[Example], train: list[Example], size: int,
+          baselines: bool = True) -> dict:
+    """Metrics of ``preds`` and (``baselines``) of the image-blind baseline fitted on ``train`` examples."""
     targets = [e.answer for e in examples]
     majority = Counter(e.answer for e in train).most_common(1)[0][0] if train else ""
     out: dict = {"n": len(examples), "distinct_answers": len(set(preds)),
                  "well_formed": sum(slis.parse(p).ok for p in preds) / max(1, len(preds))}
     if task in ("classification", "cross_modal"):
         out["accuracy"] = metrics.accuracy(preds, targets)
-        out["baseline_accuracy"] = metrics.accuracy([majority] * len(targets), targets)
+        if baselines:
+            out["baseline_accuracy"] = metrics.accuracy([majority] * len(targets), targets)
     elif task == "multilabel":
         split = lambda t: [x for x in t.split("; ") if x]  # noqa: E731
         out.update(metrics.multilabel_scores([split(p) for p in preds], [split(t) for t in targets]))
-        base = metrics.multilabel_scores([split(majority)] * len(targets), [split(t) for t in targets])
-        out.update({f"baseline_{k}": v for k, v in base.items()})
+        if baselines:
+            base = metrics.multilabel_scores([split(majority)] * len(targets), [split(t) for t in targets])
+            out.update({f"baseline_{k}": v for k, v in base.items()})
     elif task == "caption":
         refs = [e.target["references"] for e in examples]
         out["bleu4"], out["cider_d"] = metrics.bleu4(preds, refs), metrics.cider_d(preds, refs)
-        out["baseline_bleu4"] = metrics.bleu4([majority] * len(refs), refs)
-        out["baseline_cider_d"] = metrics.cider_d([majority] * len(refs), refs)
+        if baselines:
+            out["baseline_bleu4"] = metrics.bleu4([majority] * len(refs), refs)
+            out["baseline_cider_d"] = metrics.cider_d([majority] * len(refs), refs)
     elif task == "vqa":
         out["accuracy"] = metrics.accuracy(preds, targets)
         by_question: dict[str, Counter] = {}
@@ -125,24 +129,28 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
         # majority answer of the same question in training
         base = [by_question[e.instruction].most_common(1)[0][0] if e.instruction in by_question else majority
                 for e in examples]
-        out["baseline_accuracy"] = metrics.accuracy(base, targets)
+        if baselines:
+            out["baseline_accuracy"] = metrics.accuracy(base, targets)
         for kind in ("count", "presence"):
             idx = [i for i, e in enumerate(examples) if e.target["kind"] == kind]
             out[f"{kind}_accuracy"] = metrics.accuracy([preds[i] for i in idx], [targets[i] for i in idx])
-            out[f"baseline_{kind}_accuracy"] = metrics.accuracy([base[i] for i in idx], [targets[i] for i in idx])
+            if baselines:
+                out[f"baseline_{kind}_accuracy"] = metrics.accuracy([base[i] for i in idx], [targets[i] for i in idx])
     elif task == "grounding":
         gt = [e.target["box"] for e in examples]
         out.update(metrics.grounding_scores([_first_box(p, size) for p in preds], gt))
-        mean = _mean_box(train, lambda e: [e.target["box"]])
-        base = metrics.grounding_scores([mean] * len(gt), gt)
-        out.update({f"baseline_{k}": v for k, v in base.items()})
+        if baselines:
+            mean = _mean_box(train, lambda e: [e.target["box"]])
+            base = metrics.grounding_scores([mean] * len(gt), gt)
+            out.update({f"baseline_{k}": v for k, v in base.items()})
     elif task == "detection":
         gt = [e.target["objects"] for e in examples]
         out.update(metrics.detection_scores([_objects(p, size) for p in preds], gt))
-        mean = _mean_box(train, lambda e: [b for _, b in e.target["objects"]])
-        label = Counter(lab for e in train for lab, _ in e.target["objects"]).most_common(1)[0][0]
-        base = metrics.detection_scores([[(label, mean)]] * len(gt), gt)
-        out.update({f"baseline_{k}": v for k, v in base.items()})
+        if baselines:
+            mean = _mean_box(train, lambda e: [b for _, b in e.target["objects"]])
+            label = Counter(lab for e in train for lab, _ in e.target["objects"]).most_common(1)[0][0]
+            base = metrics.detection_scores([[(label, mean)]] * len(gt), gt)
+            out.update({f"baseline_{k}": v for k, v in base.items()})
         centre = [metrics.grounding_scores([b for _, b in _objects(p, size)][:1] or [None], [g[0][1]])["centre_hit"]
                   for p, g in zip(preds, gt) if g]
         out["first_box_centre_hit"] = sum(centre) / max(1, len(centre))
@@ -150,18 +158,20 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
         said = [p.split()[0] if p.split() else "" for p in preds]
         truth = ["yes" if e.target["changed"] else "no" for e in examples]
         out["accuracy"] = metrics.accuracy(said, truth)
-        base_word = Counter("yes" if e.target["changed"] else "no" for e in train).most_common(1)[0][0]
-        out["baseline_accuracy"] = metrics.accuracy([base_word] * len(truth), truth)
         det = metrics.detection_scores([_objects(p, size) for p in preds], [e.target["boxes"] for e in examples])
         out["box_f1"] = det["f1"]
-        out["baseline_box_f1"] = 0.0  # a baseline that never localizes
+        if baselines:
+            base_word = Counter("yes" if e.target["changed"] else "no" for e in train).most_common(1)[0][0]
+            out["baseline_accuracy"] = metrics.accuracy([base_word] * len(truth), truth)
+            out["baseline_box_f1"] = 0.0  # a baseline that never localizes
     elif task == "temporal":
         idx = [i for i, e in enumerate(examples) if e.target["kind"] == "direction"]
         train_dirs = Counter(e.target["direction"] for e in train if e.target["kind"] == "direction")
         out["direction_accuracy"] = metrics.accuracy([preds[i] for i in idx], [targets[i] for i in idx])
         # With too few training examples to have a direction question, the baseline guesses "north".
         majority = train_dirs.most_common(1)[0][0] if train_dirs else "north"
-        out["baseline_direction_accuracy"] = metrics.accuracy([majority] * len(idx), [targets[i] for i in idx])
+        if baselines:
+            out["baseline_direction_accuracy"] = metrics.accuracy([majority] * len(idx), [targets[i] for i in idx])
         track = [i for i, e in enumerate(examples) if e.target["kind"] == "track"]
         pred_boxes, gt_boxes = [], []
         for i in track:
@@ -171,9 +181,10 @@ def score(task: str, preds: list[str], examples: list[Example], train: list[Exam
                 gt_boxes.append(box)
         track_scores = metrics.grounding_scores(pred_boxes, gt_boxes)
         out["track_p@0.5"], out["track_mean_iou"] = track_scores["p@0.5"], track_scores["mean_iou"]
-        mean = _mean_box(train, lambda e: [b for _, b in e.target["boxes"]] if e.target["kind"] == "track" else [])
-        base = metrics.grounding_scores([mean] * len(gt_boxes), gt_boxes)
-        out["baseline_track_p@0.5"], out["baseline_track_mean_iou"] = base["p@0.5"], base["mean_iou"]
+        if baselines:
+            mean = _mean_box(train, lambda e: [b for _, b in e.target["boxes"]] if e.target["kind"] == "track" else [])
+            base = metrics.grounding_scores([mean] * len(gt_boxes), gt_boxes)
+            out["baseline_track_p@0.5"], out["baseline_track_mean_iou"] = base["p@0.5"], base["mean_iou"]
     return out
 
 

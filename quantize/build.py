@@ -147,9 +147,10 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
             q_report = score_predictions(answers, examples, train, manifest.image_size)
             rows = gate.compare(fp32_report, q_report, budget)
             broken = gate.broken_tasks(rows)
-            over = [{"task": r.task, "metric": r.metric, "drop": r.drop,
-                     "ci95": list(gate.drop_interval(r.task, r.metric, fp32_answers, answers, examples, train,
-                                                     manifest.image_size))} for r in rows if not r.ok]
+            intervals = {t: gate.drop_intervals(t, [r.metric for r in rows if r.task == t and not r.ok], fp32_answers,
+                                                answers, examples, manifest.image_size) for t in broken}
+            over = [{"task": r.task, "metric": r.metric, "drop": r.drop, "ci95": list(intervals[r.task][r.metric])}
+                    for r in rows if not r.ok]
             rounds.append({"float_nodes": {g: list(plans[g].excluded) for g in recipe.graphs},
                            "broken_tasks": broken, "worst_drop": max((r.drop for r in rows), default=0.0),
                            "changed_answers": gate.changed_answers(fp32_answers, answers, examples),

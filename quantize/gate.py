@@ -100,29 +100,34 @@ def changed_answers(reference: list[str], candidate: list[str], examples: list[E
     return out
 
 
-def drop_interval(task: str, metric: str, reference: list[str], candidate: list[str], examples: list[Example],
-                  train: list[Example], image_size: int, resamples: int = 200, seed: int = 0) -> tuple[float, float]:
-    """95% paired bootstrap interval of one metric's drop in points (reference - candidate): both
-    answer sets scored on the same resampled examples of ``task``. An interval that reaches below 0
-    says the drop is within what re-drawing the examples moves it by: a larger ``--per-task`` tells
-    a real loss from the luck of the draw (coordinates that move by a bin under any quantization
-    turn a few boxes into hits or misses either way)."""
+def drop_intervals(task: str, metrics: list[str], reference: list[str], candidate: list[str],
+                   examples: list[Example], image_size: int, resamples: int = 100,
+                   seed: int = 0) -> dict[str, tuple[float, float]]:
+    """metric -> 95% paired bootstrap interval of its drop in points (reference - candidate), both
+    answer sets scored on the same resampled examples of ``task``. An interval that reaches 0 says
+    the drop is within what re-drawing the examples moves it by: a larger ``--per-task`` tells a
+    real loss from the luck of the draw (coordinates that move by a bin under any quantization turn
+    a few boxes into hits or misses either way). Baselines are not scored (a caption resample costs
+    two CIDEr-D passes instead of four)."""
     import random
 
     from eov_edge.evaluate import score
 
     idx = [i for i, e in enumerate(examples) if e.task == task]
-    task_train = [e for e in train if e.task == task]
     rng = random.Random(seed)
-    drops = []
+    drops: dict[str, list[float]] = {m: [] for m in metrics}
     for _ in range(resamples):
         pick = [idx[rng.randrange(len(idx))] for _ in idx]
         chosen = [examples[i] for i in pick]
-        a = score(task, [reference[i] for i in pick], chosen, task_train, image_size)[metric]
-        b = score(task, [candidate[i] for i in pick], chosen, task_train, image_size)[metric]
-        drops.append(100.0 * (float(a) - float(b)))
-    drops.sort()
-    return round(drops[int(0.025 * (resamples - 1))], 3), round(drops[int(round(0.975 * (resamples - 1)))], 3)
+        a = score(task, [reference[i] for i in pick], chosen, [], image_size, baselines=False)
+        b = score(task, [candidate[i] for i in pick], chosen, [], image_size, baselines=False)
+        for m in metrics:
+            drops[m].append(100.0 * (float(a[m]) - float(b[m])))
+    out = {}
+    for m, values in drops.items():
+        values.sort()
+        out[m] = (round(values[int(0.025 * (resamples - 1))], 3), round(values[int(round(0.975 * (resamples - 1)))], 3))
+    return out
 
 
 def broken_tasks(rows: list[MetricRow]) -> list[str]:

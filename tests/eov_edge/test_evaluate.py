@@ -127,3 +127,24 @@ def test_ship_verdict_calls_a_task_learned_only_when_its_interval_is_above_zero(
     clearly, rest = text.split("\n\n")
     assert "classification" in clearly and "cross_modal" not in clearly
     assert "cross_modal" in rest and "+0.050" in rest
+
+
+def test_score_without_baselines_gives_the_same_metrics_and_no_baseline():
+    cases = {
+        "classification": ([Example("classification", [], "q", a, {}, "s") for a in ("water", "forest", "water")],
+                           ["water", "water", "water"]),
+        "vqa": ([Example("vqa", [], f"How many {c}s?", a, {"kind": k}, "s")
+                 for c, a, k in (("car", "1", "count"), ("car", "yes", "presence"), ("ship", "0", "count"))],
+                ["1", "no", "2"]),
+        "caption": ([Example("caption", [], "q", "two cars on a road", {"references": ["two cars on a road",
+                                                                                        "a road with two cars"]}, "s")] * 2,
+                    ["two cars on a road", "one person"]),
+        "grounding": ([Example("grounding", [], "q", "", {"box": [10, 10, 50, 60]}, "s")] * 2,
+                      ["<box><loc_100><loc_100><loc_300><loc_300></box>", "nonsense"]),
+    }
+    for task, (examples, preds) in cases.items():
+        full = score(task, preds, examples, examples, 224)
+        lean = score(task, preds, examples, examples, 224, baselines=False)
+        assert not any(k.startswith("baseline_") for k in lean), task
+        assert lean == {k: v for k, v in full.items() if not k.startswith("baseline_")}, task
+        assert any(k.startswith("baseline_") for k in full), task
