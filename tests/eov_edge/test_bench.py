@@ -6,7 +6,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from eov_edge.bench import BenchError, check_supplied_artifacts, gate_status, main, parse_recipe_artifacts
+from eov_edge.bench import BenchError, check_supplied_artifacts, gate_status, main, parse_recipe_artifacts, stale_cache
 from eov_edge.provenance import weights_sha256
 
 
@@ -79,3 +79,17 @@ def test_cli_refuses_artifacts_of_another_model_before_timing_anything(nano_arti
     assert result.exit_code == 1 and "exported from other weights" in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "b" / "bench.json").exists()
+
+
+def test_a_cached_folder_is_timed_again_only_while_current(nano_artifacts, nano_hash, tmp_path):
+    # exported in this test session, by this code: current
+    assert stale_cache(nano_artifacts, nano_hash) is None
+    assert stale_cache(tmp_path / "none", nano_hash) == "not there"
+    older = _copy_with_manifest(nano_artifacts, tmp_path / "older",
+                                lambda m: m["produced_by"].update(git_commit="0123abc"))
+    assert stale_cache(older, nano_hash).startswith("made by eov-edge") and "at 0123abc" in stale_cache(older, nano_hash)
+    assert stale_cache(nano_artifacts, "f" * 64) == "of other weights"
+    unhashed = _copy_with_manifest(nano_artifacts, tmp_path / "unhashed", lambda m: m["produced_by"].pop("weights_sha256"))
+    assert stale_cache(unhashed, nano_hash) == "without the weights' hash"
+    (unhashed / "projector.onnx").write_bytes(b"cut")
+    assert "sha256 differs" in stale_cache(unhashed, nano_hash)
