@@ -137,25 +137,36 @@ class BenchError(EOVError, ValueError):
     """Artifacts given to the benchmark that do not belong to its model or recipe."""
 
 
+def _manifest_of_weights(directory: Path, weights_hash: str):
+    """(manifest, None) if ``directory``'s files match its manifest and it records these weights;
+    else (manifest or None, why not): the check both supplied and cached artifacts pass."""
+    from eov_edge import manifest as mf
+
+    try:
+        manifest = mf.load_manifest(directory)
+    except mf.ManifestError as err:
+        return None, str(err)
+    recorded = manifest.produced_by.get("weights_sha256")
+    if recorded != weights_hash:
+        return manifest, "of other weights" if recorded else "without the weights' hash"
+    return manifest, None
+
+
 def check_supplied_artifacts(directory: Path, weights_hash: str, recipe: str | None,
                              int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
     """Artifacts passed in (``--artifacts``, ``--recipe-artifacts``) must hold the benchmarked model's
     weights (the manifest's ``weights_sha256``) and, for a recipe row, that recipe's graphs (INT4: in
     the benchmark's block size, which ORT GenAI's int4 row matches); returns the manifest's gate
     summary (empty for FP32 artifacts)."""
-    from eov_edge import manifest as mf
-
-    try:
-        manifest = mf.load_manifest(directory)
-    except mf.ManifestError as err:
-        raise BenchError(str(err)) from None
-    recorded = manifest.produced_by.get("weights_sha256")
-    if recorded is None:
+    manifest, why = _manifest_of_weights(directory, weights_hash)
+    if why == "without the weights' hash":
         raise BenchError(f"{directory}: its manifest does not record the weights' hash (exported before "
                          "eov-edge recorded it); re-export with eov-export onnx (and re-quantize) to time it")
-    if recorded != weights_hash:
+    if why == "of other weights":
         raise BenchError(f"{directory}: exported from other weights ({manifest.produced_by.get('source')}) than "
                          "the benchmarked model; pass artifacts of this preset or checkpoint")
+    if why:
+        raise BenchError(why)
     made_with = (manifest.quantization or {}).get("recipe")
     if made_with != recipe:
         want = f"the {recipe} recipe's artifacts" if recipe else "FP32 artifacts (eov-export onnx)"
@@ -178,12 +189,10 @@ def stale_cache(folder: Path, weights_hash: str) -> str | None:
 
     if not (folder / mf.MANIFEST_FILE).is_file():
         return "not there"
-    try:
-        made = mf.load_manifest(folder).produced_by
-    except mf.ManifestError as err:
-        return str(err)
-    if made.get("weights_sha256") != weights_hash:
-        return "of other weights" if made.get("weights_sha256") else "without the weights' hash"
+    manifest, why = _manifest_of_weights(folder, weights_hash)
+    if why:
+        return why
+    made = manifest.produced_by
     now = (__version__, git_commit())
     if (made.get("eov_edge"), made.get("git_commit")) != now:
         return f"made by eov-edge {made.get('eov_edge')} at {made.get('git_commit')}, this is {now[0]} at {now[1]}"
