@@ -32,7 +32,7 @@ from pathlib import Path
 
 import click
 
-from eov_edge.bench_peer import int4_folder
+from eov_edge.bench_peer import PEER_MIN_ROUNDS, int4_folder
 from eov_edge.errors import EOVError
 from eov_edge.paths import write_atomic, write_json_atomic
 from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
@@ -414,7 +414,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         floors = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
         head_to_head = run_peer_bench(model.language_model, ours, out, floors, bandwidth, batch,
                                       prompt_tokens=peer_prompt_tokens, max_new=max_new, repeats=repeats,
-                                      progress=progress, int4_block_size=int4_block_size)
+                                      rounds=max(PEER_MIN_ROUNDS, rounds), progress=progress,
+                                      int4_block_size=int4_block_size)
     report = {
         "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats, "rounds": rounds,
         "int4_block_size": int4_block_size, "model": where,
@@ -532,7 +533,8 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 @click.option("--repeats", type=int, default=5, show_default=True)
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="interleaved rounds of every row; x PyTorch is the median of the within-round ratios")
+              help="interleaved rounds of every row; x PyTorch is the median of the within-round ratios "
+                   "(the decoder head to head runs at least 4)")
 @click.option("--max-new-tokens", type=int, default=32, show_default=True)
 @click.option("--recipes", default=",".join(RECIPES), show_default=True, help="comma-separated, or empty")
 @click.option("--peer/--no-peer", default=None,

@@ -34,6 +34,9 @@ from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE
 PEER_PRECISIONS = {"fp32": "fp32", "int4": "int4"}
 
 
+PEER_MIN_ROUNDS = 4  # the head to head's spread between rounds on a shared 2-core machine is +-20%
+
+
 def int4_folder(name: str, int4_block_size: int) -> str:
     """Artifacts folder ``name``, suffixed with a non-default block size (cached folders of another
     block size are then never reused)."""
@@ -162,7 +165,7 @@ def _reference_tokens(language_model, ids: list[list[int]], max_new: int) -> lis
 
 def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
                    bandwidth_gbs: float, batch: int, prompt_tokens: int = 200, max_new: int = 32,
-                   repeats: int = 5, rounds: int = 4, progress=print,
+                   repeats: int = 5, rounds: int = PEER_MIN_ROUNDS, progress=print,
                    int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE) -> dict:
     """``ours``: precision -> our artifacts (fp32, fp32-portable, int8, int4, the last with blocks of
     ``int4_block_size``); ``floors_mb``: precision -> decoder weight MiB read per token. Returns the
