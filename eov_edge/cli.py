@@ -20,7 +20,8 @@ def _data_option(f):
 @click.option("--seed", default=0, show_default=True)
 @click.option("--scale", default=1.0, show_default=True, help="multiply every PCMA stage's step count")
 @click.option("--vision-stem", type=click.Choice(["patch", "conv"]), default=None,
-              help="patch tokens from one strided convolution (ViT) or a convolutional stem [default: the preset's]")
+              help="patch tokens from one strided convolution (ViT) or a convolutional stem "
+                   "[default: the preset's: conv for nano, patch for small]")
 @_data_option
 def train_main(preset: str, out: Path, seed: int, scale: float, vision_stem: str | None, data_root: Path | None) -> None:
     """Train the reference model with the PCMA stages on real data; writes OUT/final."""

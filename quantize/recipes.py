@@ -71,7 +71,7 @@ def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("ort-cpu-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-dynamic", "onnxruntime-cpu", False, 1.0,
-           description="dynamic INT8 MatMuls, LM head and patch embedding included, FP16 embedding table: "
+           description="dynamic INT8 MatMuls, LM head and the stem's convolutions included, FP16 embedding table: "
                        "the fastest and smallest INT8 path of ONNX Runtime on CPU",
            quantize_lm_head=True, quantize_conv=True, embedding_dtype="float16"),
     Recipe("ort-cpu-int4", (mf.DECODER,), "int4-weight-only", "onnxruntime-cpu", False, 2.0,

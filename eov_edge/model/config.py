@@ -194,6 +194,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
             bos_token_id=None,
         )
         overrides.setdefault("image_position_embedding", True)
+        overrides.setdefault("vision_stem", _PRESET_VISION_STEMS.get(name, "patch"))
         return cls(vision_config=vision, text_config=text, preset=name, **overrides)
 
 
@@ -214,6 +215,11 @@ class _PresetShape:
     rope_theta: float
     tie_embeddings: bool
 
+
+# nano's shipped checkpoint (nano-v11) has the convolutional stem: at nano's 16-px patches it finds
+# 5-15 px thermal people and cars the patch embedding hardly sees (docs/data.md); the larger presets
+# keep the ViT patch embedding of their reference trunks.
+_PRESET_VISION_STEMS: dict[str, str] = {"nano": "conv"}
 
 _PRESET_SHAPES: dict[str, _PresetShape] = {
     # ~7M parameters: trains on 2 CPU cores; 14x14 patches -> 49 image tokens per view.

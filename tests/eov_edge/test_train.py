@@ -87,8 +87,11 @@ def test_conv_stem_run_trains_saves_and_refuses_a_resume_with_another_stem(tmp_p
     saved = json.loads((tmp_path / "run" / "last" / "train_config.json").read_text())
     assert saved["vision_stem"] == "conv"
     with pytest.raises(ConfigError, match="vision_stem='conv', not 'patch'; resume it with the same options"):
-        train(TrainConfig(preset="nano", seed=0, hit_uav_limit=20, stages=[stage]), tmp_path / "run", shared_data,
-              progress=False)
+        train(TrainConfig(preset="nano", seed=0, hit_uav_limit=20, stages=[stage], vision_stem="patch"),
+              tmp_path / "run", shared_data, progress=False)
+    from eov_edge.model import EarthOneVisionConfig
+
+    assert EarthOneVisionConfig.from_preset("nano").vision_stem == "conv"  # nano's default: the shipped stem
 
 
 def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():

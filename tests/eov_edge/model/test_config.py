@@ -66,8 +66,10 @@ def test_bad_configs_name_the_field_to_change():
 
 
 def test_conv_stem_needs_a_power_of_two_patch():
-    assert EarthOneVisionConfig.from_preset("nano", vision_stem="conv").vision_stem == "conv"
-    assert EarthOneVisionConfig.from_preset("nano").vision_stem == "patch"
+    # the shipped nano has the convolutional stem; the larger presets keep the ViT patch embedding
+    assert EarthOneVisionConfig.from_preset("nano").vision_stem == "conv"
+    assert EarthOneVisionConfig.from_preset("nano", vision_stem="patch").vision_stem == "patch"
+    assert EarthOneVisionConfig.from_preset("small").vision_stem == "patch"
     base = EarthOneVisionConfig.from_preset("nano")
     vision = base.vision_config.to_dict()
     vision.update(patch_size=14, image_size=224)
