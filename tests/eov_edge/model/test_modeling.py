@@ -181,9 +181,11 @@ def test_training_steps_reduce_the_loss(processor, real_samples):
         optimizer.zero_grad()
         loss.backward()
         if not losses:
-            for name in ("vision_encoder.embeddings.patch_embedding.weight", "vision_encoder.modality_embedding.weight",
+            params = dict(model.named_parameters())
+            stem_first = next(n for n in params if n.startswith("vision_encoder.embeddings.patch_embedding."))
+            for name in (stem_first, "vision_encoder.modality_embedding.weight",
                          "projector.fc1.weight", "language_model.model.layers.0.mlp.up_proj.weight"):
-                grad = dict(model.named_parameters())[name].grad
+                grad = params[name].grad
                 assert grad is not None and grad.abs().sum() > 0, name
         optimizer.step()
         losses.append(loss.item())
