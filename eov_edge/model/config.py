@@ -55,7 +55,8 @@ class EarthOneVisionConfig(PreTrainedConfig):
         ReLU) down to the same patch grid, then a 1x1 convolution (after Xiao et al. 2021, "Early
         convolutions help transformers see better"): a 5-15 px object is seen by overlapping small
         kernels instead of falling inside one 16-px patch's single linear map. Needs a power-of-two
-        patch size of at least 4.
+        patch size of at least 4. ``from_preset``: "conv" for nano (its shipped checkpoint), "patch"
+        for the others; a config.json without the field is "patch" (checkpoints before nano-v11).
     """
 
     model_type = "earth_onevision"
