@@ -159,14 +159,14 @@ def check_supplied_artifacts(directory: Path, weights_hash: str, recipe: str | N
     the benchmark's block size, which ORT GenAI's int4 row matches); returns the manifest's gate
     summary (empty for FP32 artifacts)."""
     manifest, why = _manifest_of_weights(directory, weights_hash)
-    if why == "without the weights' hash":
+    if manifest is None:
+        raise BenchError(why)
+    if why and manifest.produced_by.get("weights_sha256") is None:
         raise BenchError(f"{directory}: its manifest does not record the weights' hash (exported before "
                          "eov-edge recorded it); re-export with eov-export onnx (and re-quantize) to time it")
-    if why == "of other weights":
+    if why:
         raise BenchError(f"{directory}: exported from other weights ({manifest.produced_by.get('source')}) than "
                          "the benchmarked model; pass artifacts of this preset or checkpoint")
-    if why:
-        raise BenchError(why)
     made_with = (manifest.quantization or {}).get("recipe")
     if made_with != recipe:
         want = f"the {recipe} recipe's artifacts" if recipe else "FP32 artifacts (eov-export onnx)"

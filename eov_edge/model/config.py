@@ -195,7 +195,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
             bos_token_id=None,
         )
         overrides.setdefault("image_position_embedding", True)
-        overrides.setdefault("vision_stem", _PRESET_VISION_STEMS.get(name, "patch"))
+        overrides.setdefault("vision_stem", shape.vision_stem)
         return cls(vision_config=vision, text_config=text, preset=name, **overrides)
 
 
@@ -215,16 +215,14 @@ class _PresetShape:
     max_context: int
     rope_theta: float
     tie_embeddings: bool
-
-
-# nano's shipped checkpoint (nano-v11) has the convolutional stem: at nano's 16-px patches it finds
-# 5-15 px thermal people and cars the patch embedding hardly sees (docs/data.md); the larger presets
-# keep the ViT patch embedding of their reference trunks.
-_PRESET_VISION_STEMS: dict[str, str] = {"nano": "conv"}
+    # nano's shipped checkpoint (nano-v11) has the convolutional stem: at nano's 16-px patches it
+    # finds 5-15 px thermal people and cars the patch embedding hardly sees (docs/data.md); the
+    # larger presets keep the ViT patch embedding of their reference trunks.
+    vision_stem: str = "patch"
 
 _PRESET_SHAPES: dict[str, _PresetShape] = {
     # ~7M parameters: trains on 2 CPU cores; 14x14 patches -> 49 image tokens per view.
-    "nano": _PresetShape(224, 16, 192, 6, 3, 768, 256, 4, 4, 2, 768, 1024, 10000.0, True),
+    "nano": _PresetShape(224, 16, 192, 6, 3, 768, 256, 4, 4, 2, 768, 1024, 10000.0, True, vision_stem="conv"),
     # ~80M: for benchmarks; 16x16 patches -> 64 image tokens per view.
     "small": _PresetShape(256, 16, 384, 8, 6, 1536, 768, 8, 12, 4, 2048, 2048, 10000.0, False),
     # ~2B: a SigLIP-so400m trunk (1152 x 27, patch 16 at 384 px -> 144 tokens per view) and a
