@@ -43,7 +43,9 @@ def data_fingerprint(root: Path) -> dict[str, str]:
     return out
 
 
-def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None) -> dict:
+def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None, history: str = "") -> dict:
+    """Evaluate ``run``'s final checkpoint and write it, fp16, with its model card to ``out``.
+    ``history``: how the run was made, where more than the one command (a resumption, say)."""
     import torch
     import transformers
 
@@ -80,6 +82,7 @@ def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None) -
             per_task=per_task,
             decoding="SLIS grammar-constrained" if report.get("slis_grammar", True) else "unconstrained",
             commit=commit or config.get("git_commit") or git_commit(),
+            history=f"\n{history.strip()}\n" if history.strip() else "",
             versions=f"torch {torch.__version__}, transformers {transformers.__version__}, "
                      f"Python {platform.python_version()}, {os.cpu_count()} CPU cores",
         )
@@ -102,7 +105,7 @@ python -m eov_edge.ship --run runs/{run_name} --out eov_edge/assets/eov-nano --p
 ```
 
 Training code: git commit {commit}. Software: {versions}.
-
+{history}
 ## PCMA stages
 
 | stage | steps | batch | lr | tasks | trainable |
@@ -113,7 +116,9 @@ Training-only parts, not in this checkpoint and not exported (`eov_edge/train.py
 dense heads on the encoder's patches and on the projector's output tokens (object centre and cover,
 land-cover fractions), a pointer head and attention supervision (which image token the first
 coordinates of a box are about; which image tokens hold the class a counting or presence question
-asks about), Gaussian-smoothed location targets, and sine-cosine starting
+asks about), for cross-modal pairs a match head on the optical image tokens with attention
+supervision towards the SAR token of the same cell and a SAR/optical contrastive alignment of the
+image tokens, Gaussian-smoothed location targets, and sine-cosine starting
 points for the ViT positions, the image-token positions and the location tokens. The whole training
 configuration (every stage's options and the commit) is in `train_config.json` beside this card.
 
@@ -160,8 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=NANO_CHECKPOINT)
     parser.add_argument("--per-task", type=int, default=256)
     parser.add_argument("--commit", default=None, help="git commit that trained the run (default: recorded)")
+    parser.add_argument("--history", default="", help="how the run was made, where more than the one command")
     args = parser.parse_args(argv)
-    ship(args.run, args.out, args.per_task, args.commit)
+    ship(args.run, args.out, args.per_task, args.commit, args.history)
     print(f"shipped {args.out}")
 
 

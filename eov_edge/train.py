@@ -84,6 +84,11 @@ class StageConfig:
     # cross_modal_alignment_loss: the image tokens of co-registered SAR and optical crops of one place
     # are pulled together cell by cell, against the same cell of the batch's other places
     cross_modal_align_weight: float = 0.0
+    # cross_modal_match_loss: at every optical image token of a cross-modal example, head 1 of these
+    # decoder layers attends to the SAR token of the same cell, and TrainingHeads.match reads from the
+    # last layer's state whether the two views show the same place
+    cross_modal_match_weight: float = 0.0
+    match_attention_layers: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
@@ -124,7 +129,11 @@ class TrainConfig:
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
             StageConfig("joint", steps(2400), joint_tasks, lr=5e-4),
-            StageConfig("answers", steps(400), joint_tasks, lr=2.5e-4, warmup_steps=0, **LANGUAGE_LOSS_ONLY),
+            # Language loss only, but for cross-modal examples, which also get their dense match and
+            # SAR/optical alignment supervision, and a larger share of the batch: without them nano-v11
+            # answered cross-modal below its majority answer (docs/data.md, session 14).
+            StageConfig("answers", steps(500), dict(joint_tasks, cross_modal=6.0), lr=2.5e-4, warmup_steps=0,
+                        **LANGUAGE_LOSS_ONLY, cross_modal_align_weight=1.0, cross_modal_match_weight=1.0),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
@@ -142,6 +151,8 @@ class TrainingHeads(nn.Module):
         state that predicts the coordinate. A coarse target (49 cells, not 1000 bins) that makes the
         decoder gather where the object is before it emits a coordinate; without it a from-scratch
         run emitted the same box for every image (docs/data.md).
+    match: at each optical image token of a cross-modal example, from the decoder's last-layer state,
+        whether the SAR view shows the same place (cross_modal_match_loss).
     """
 
     def __init__(self, feature_dim: int, text_width: int, tokens_per_view: int) -> None:
@@ -149,6 +160,11 @@ class TrainingHeads(nn.Module):
         self.dense = nn.Linear(feature_dim, AUX_CHANNELS)
         self.token_dense = nn.Linear(text_width, AUX_CHANNELS)
         self.pointer = nn.Linear(text_width, tokens_per_view)
+        # Added after nano-v11: initialised from its own seed and with the global RNG state restored,
+        # so the draws of everything built after the heads (and so every earlier run) stay as they were.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0x6D61)
+            self.match = nn.Linear(text_width, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.dense(features)  # (V, N, AUX)
@@ -325,6 +341,32 @@ def cross_modal_alignment_loss(image_embeds: torch.Tensor, sar_views: torch.Tens
     return (forward + backward) / 2
 
 
+def cross_modal_match_loss(heads: TrainingHeads, hidden: torch.Tensor, attentions: tuple[torch.Tensor, ...],
+                           input_ids: torch.Tensor, rows: torch.Tensor, same: torch.Tensor, image_token_id: int,
+                           tokens_per_view: int, layers: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense supervision of the comparison a cross-modal answer needs; returns (match, attention).
+
+    hidden (B, S, D): the decoder's last-layer states; attentions: per layer (B, H, S, S); rows (R,):
+    the cross-modal rows, SAR view first, optical second; same (R,): 1.0 where both views are one window.
+    match: BCE of TrainingHeads.match at each of the N' optical tokens against ``same`` (the windows of
+    a "no" pair overlap by less than a quarter on an axis, so no optical cell sees its SAR cell's ground).
+    attention: head 1 of each of ``layers``, at optical cell n, should attend to SAR cell n (-log weight).
+    The language loss gives this comparison one bit per example at the answer, and a model trained on it
+    alone did not fit its training pairs (docs/data.md); here every optical token carries the bit, and
+    the attention term says where to look.
+    """
+    if rows.numel() == 0:
+        zero = hidden.sum() * 0.0
+        return zero, zero
+    r = rows[:, None]  # (R, 1)
+    images = torch.stack([(input_ids[i] == image_token_id).nonzero()[: 2 * tokens_per_view, 0] for i in rows.tolist()])
+    sar, optical = images[:, :tokens_per_view], images[:, tokens_per_view:]  # (R, N') positions
+    logits = heads.match(hidden[r, optical])[..., 0]  # (R, N')
+    match = nn.functional.binary_cross_entropy_with_logits(logits, same[:, None].expand_as(logits))
+    weights = torch.stack([attentions[layer][r, 1, optical, sar] for layer in layers])  # (L, R, N')
+    return match, -torch.log(weights + 1e-6).mean()
+
+
 def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tensor) -> torch.Tensor:
     """logits, targets (V, N, AUX); has_target (V,) bool.
 
@@ -477,6 +519,10 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
                                          for e in examples])
     batch["task_index"] = torch.tensor([TASK_KINDS.index(e.task) for e in examples])  # (B,) loss_groups
     batch["co_registered_sar_views"] = co_registered_views(examples)  # (P,) cross_modal_alignment_loss
+    # cross_modal_match_loss: the rows of cross-modal examples, and whether their views show one place
+    rows = [i for i, e in enumerate(examples) if e.task == "cross_modal"]
+    batch["cross_modal_rows"] = torch.tensor(rows, dtype=torch.long)  # (R,)
+    batch["cross_modal_same"] = torch.tensor([float(examples[i].target["answer"] == "A") for i in rows])  # (R,)
     return batch
 
 
@@ -486,7 +532,8 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
     image_embeds = model.projector(features)  # (V, N', Dlm)
     inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
     out = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"],
-                output_hidden_states=stage.pointer_weight > 0, output_attentions=reads_attention(stage))  # (B, S, V)
+                output_hidden_states=stage.pointer_weight > 0 or stage.cross_modal_match_weight > 0,
+                output_attentions=reads_attention(stage))  # (B, S, V)
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
                        stage.loc_sigma_bins, loss_groups(batch, stage.loss_normalization))
     loss, parts = lm, {"lm": lm.item()}
@@ -517,6 +564,13 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
                                            model.projector.position_embedding)
         loss = loss + stage.cross_modal_align_weight * align
         parts["cross_modal_align"] = align.item()
+    if stage.cross_modal_match_weight > 0:
+        match, look_across = cross_modal_match_loss(
+            heads, out.hidden_states[-1], out.attentions, batch["input_ids"], batch["cross_modal_rows"],
+            batch["cross_modal_same"], ids.image, image_embeds.shape[1], stage.match_attention_layers)
+        loss = loss + stage.cross_modal_match_weight * (match + look_across)
+        parts["cross_modal_match"] = match.item()
+        parts["match_attention"] = look_across.item()
     if stage.answer_attention_weight > 0:
         look = answer_attention_loss(out.attentions, batch["input_ids"], batch["labels"], batch["asked_class"],
                                      token_targets, ids.image, stage.attention_layers)
@@ -538,7 +592,7 @@ def loss_groups(batch: dict[str, torch.Tensor], normalization: str) -> torch.Ten
 
 def reads_attention(stage: StageConfig) -> bool:
     """Whether the stage's losses read the decoder's attention weights (eager attention only)."""
-    return stage.attention_weight > 0 or stage.answer_attention_weight > 0
+    return stage.attention_weight > 0 or stage.answer_attention_weight > 0 or stage.cross_modal_match_weight > 0
 
 
 @torch.no_grad()
@@ -603,7 +657,10 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         if model.config.vision_stem != model_config.vision_stem:
             raise ConfigError(f"{out} holds a run with vision_stem={model.config.vision_stem!r}, not "
                              f"{model_config.vision_stem!r}; resume it with the same options or use another --out")
-        aux_head.load_state_dict(state["aux"])
+        missing, unexpected = aux_head.load_state_dict(state["aux"], strict=False)
+        if unexpected or any(not key.startswith("match.") for key in missing):
+            raise ConfigError(f"{resume / 'trainer.pt'} holds training heads of another shape "
+                              f"(missing {missing}, unexpected {unexpected}); use another --out")
         start_stage, start_step = state["stage_index"], state["step"]
         log = json.loads((resume / "log.json").read_text())
         where = (f"stage {config.stages[start_stage].name}, step {start_step}"

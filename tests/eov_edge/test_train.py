@@ -92,6 +92,24 @@ def test_conv_stem_run_trains_saves_and_refuses_a_resume_with_another_stem(tmp_p
     from eov_edge.model import EarthOneVisionConfig
 
     assert EarthOneVisionConfig.from_preset("nano").vision_stem == "conv"  # nano's default: the shipped stem
+    # A run saved before TrainingHeads.match existed (nano-v11) resumes into a stage that trains it ...
+    trainer = tmp_path / "run" / "last" / "trainer.pt"
+    state = torch.load(trainer, weights_only=False)
+    state["aux"] = {k: v for k, v in state["aux"].items() if not k.startswith("match.")}
+    torch.save(state, trainer)
+    matching = StageConfig("answers", 2, {"cross_modal": 1.0}, batch_size=2, warmup_steps=0, aux_weight=0.0,
+                           token_aux_weight=0.0, pointer_weight=0.0, attention_weight=0.0,
+                           answer_attention_weight=0.0, cross_modal_match_weight=1.0)
+    two_stages = TrainConfig(preset="nano", seed=0, save_every=2, hit_uav_limit=20, stages=[stage, matching])
+    train(two_stages, tmp_path / "run", shared_data, progress=False)
+    log = json.loads((tmp_path / "run" / "final" / "train_log.json").read_text())
+    assert [e["stage"] for e in log if "cross_modal_match" in e] == ["answers", "answers"]
+    # ... but heads of any other shape are refused
+    state = torch.load(trainer, weights_only=False)
+    state["aux"]["extra.weight"] = torch.zeros(1)
+    torch.save(state, trainer)
+    with pytest.raises(ConfigError, match="training heads of another shape"):
+        train(two_stages, tmp_path / "run", shared_data, progress=False)
 
 
 def test_language_loss_without_smoothing_is_transformers_causal_lm_loss():
@@ -419,5 +437,82 @@ def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared
     assert {"aux", "token_aux", "pointer", "attention"} <= set(full_parts) and full.item() > loss.item()
     recipe = TrainConfig.pcma("nano").stages
     assert [s.name for s in recipe] == ["alignment", "viewpoint", "imaging_physics", "joint", "answers"]
-    assert recipe[-1].task_weights == recipe[-2].task_weights
+    # the answers stage sees the joint stage's tasks, cross-modal more often, with its dense match
+    # and alignment supervision: the only heads it runs
+    assert set(recipe[-1].task_weights) == set(recipe[-2].task_weights)
+    assert recipe[-1].task_weights["cross_modal"] > recipe[-2].task_weights["cross_modal"]
     assert all(getattr(recipe[-1], name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
+    assert recipe[-1].cross_modal_match_weight > 0 and recipe[-1].cross_modal_align_weight > 0
+    assert recipe[-2].cross_modal_match_weight == 0 == recipe[-2].cross_modal_align_weight
+
+
+def test_cross_modal_match_loss_reads_the_optical_tokens_and_head_1_on_their_sar_cells():
+    from eov_edge.train import TrainingHeads, cross_modal_match_loss
+
+    image, n, width = 7, 4, 8
+    # row 0: a cross-modal example (SAR tokens at 1-4, optical at 6-9); row 1: no views of its own
+    input_ids = torch.tensor([[1, 7, 7, 7, 7, 2, 7, 7, 7, 7, 3, 4],
+                              [1, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5]])
+    sar, optical = torch.arange(1, 5), torch.arange(6, 10)
+    heads = TrainingHeads(4, width, n)
+    with torch.no_grad():
+        heads.match.weight.zero_()
+        heads.match.weight[0, 0] = 1.0
+        heads.match.bias.zero_()
+    hidden = torch.full((2, 12, width), -10.0)
+    hidden[0, optical, 0] = 10.0  # "same place" only where the optical tokens are
+    seq = input_ids.shape[1]
+    uniform = torch.full((2, 2, seq, seq), 1.0 / seq)  # (B, H, S, S)
+    looking = uniform.clone()
+    looking[0, 1, optical] = 0.0
+    looking[0, 1, optical, sar] = 1.0  # head 1 at optical cell k looks at SAR cell k
+    rows, layers = torch.tensor([0]), (0, 1)
+    match, attend = cross_modal_match_loss(heads, hidden, (looking, looking), input_ids, rows, torch.tensor([1.0]),
+                                           image, n, layers)
+    assert match.item() < 1e-3 and attend.item() < 1e-3
+    mismatch, attend_uniform = cross_modal_match_loss(heads, hidden, (uniform, looking), input_ids, rows,
+                                                      torch.tensor([0.0]), image, n, layers)
+    assert mismatch.item() == pytest.approx(10.0, abs=1e-3)  # softplus(10): the optical states say "same"
+    # layer 0 uniform (-log 1/12), layer 1 on target (~0): the mean over layers and cells
+    assert attend_uniform.item() == pytest.approx(torch.log(torch.tensor(12.0)).item() / 2, rel=1e-4)
+    none = cross_modal_match_loss(heads, hidden, (looking,), input_ids, torch.tensor([], dtype=torch.long),
+                                  torch.tensor([]), image, n, (0,))
+    assert none[0].item() == 0 == none[1].item()
+
+
+def test_training_heads_leave_the_global_rng_where_the_heads_before_the_match_head_left_it():
+    """The match head came after nano-v11: a run seeded as before must draw the same weights."""
+    from torch import nn
+
+    from eov_edge.train import TrainingHeads
+
+    torch.manual_seed(0)
+    heads = TrainingHeads(24, 16, 9)
+    after_heads = torch.rand(3)
+    torch.manual_seed(0)
+    dense, token_dense, pointer = nn.Linear(24, AUX_CHANNELS), nn.Linear(16, AUX_CHANNELS), nn.Linear(16, 9)
+    assert torch.equal(torch.rand(3), after_heads)
+    assert torch.equal(heads.pointer.weight, pointer.weight) and torch.equal(heads.dense.weight, dense.weight)
+
+
+@pytest.mark.data
+def test_cross_modal_rows_get_the_match_and_alignment_terms(shared_data):
+    import random
+
+    from eov_edge.train import LANGUAGE_LOSS_ONLY, collate, training_step
+
+    model, processor, heads, ids, factory = _nano_training_parts(shared_data)
+    rng = random.Random(2)
+    examples = [factory.sample("vqa", rng)]
+    while sum(e.target["answer"] == "A" for e in examples if e.task == "cross_modal") < 2:
+        examples.append(factory.sample("cross_modal", rng))
+    batch = collate(examples, processor, model.config.grid_size)
+    assert batch["cross_modal_rows"].tolist() == list(range(1, len(examples)))
+    assert batch["cross_modal_same"].tolist() == [float(e.target["answer"] == "A") for e in examples[1:]]
+    stage = StageConfig("answers", 1, {"cross_modal": 1.0}, **LANGUAGE_LOSS_ONLY, cross_modal_align_weight=1.0,
+                        cross_modal_match_weight=1.0)
+    loss, parts = training_step(model, heads, batch, stage, ids)
+    assert set(parts) == {"lm", "cross_modal_align", "cross_modal_match", "match_attention"}
+    loss.backward()
+    assert heads.match.weight.grad is not None and heads.pointer.weight.grad is None
+    assert model.language_model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
