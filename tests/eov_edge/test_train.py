@@ -97,13 +97,13 @@ def test_conv_stem_run_trains_saves_and_refuses_a_resume_with_another_stem(tmp_p
     state = torch.load(trainer, weights_only=False)
     state["aux"] = {k: v for k, v in state["aux"].items() if not k.startswith("match.")}
     torch.save(state, trainer)
-    matching = StageConfig("answers", 2, {"cross_modal": 1.0}, batch_size=2, warmup_steps=0, aux_weight=0.0,
+    matching = StageConfig("sensor_matching", 2, {"cross_modal": 1.0}, batch_size=2, warmup_steps=0, aux_weight=0.0,
                            token_aux_weight=0.0, pointer_weight=0.0, attention_weight=0.0,
                            answer_attention_weight=0.0, cross_modal_match_weight=1.0)
     two_stages = TrainConfig(preset="nano", seed=0, save_every=2, hit_uav_limit=20, stages=[stage, matching])
     train(two_stages, tmp_path / "run", shared_data, progress=False)
     log = json.loads((tmp_path / "run" / "final" / "train_log.json").read_text())
-    assert [e["stage"] for e in log if "cross_modal_match" in e] == ["answers", "answers"]
+    assert [e["stage"] for e in log if "cross_modal_match" in e] == ["sensor_matching", "sensor_matching"]
     # ... but heads of any other shape are refused
     state = torch.load(trainer, weights_only=False)
     state["aux"]["extra.weight"] = torch.zeros(1)
@@ -436,14 +436,17 @@ def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared
     assert full_parts["lm"] == pytest.approx(parts["lm"])  # the same language loss, plus the heads' terms
     assert {"aux", "token_aux", "pointer", "attention"} <= set(full_parts) and full.item() > loss.item()
     recipe = TrainConfig.pcma("nano").stages
-    assert [s.name for s in recipe] == ["alignment", "viewpoint", "imaging_physics", "joint", "answers"]
-    # the answers stage sees the joint stage's tasks, cross-modal more often, with its dense match
-    # and alignment supervision: the only heads it runs
-    assert set(recipe[-1].task_weights) == set(recipe[-2].task_weights)
-    assert recipe[-1].task_weights["cross_modal"] > recipe[-2].task_weights["cross_modal"]
-    assert all(getattr(recipe[-1], name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
-    assert recipe[-1].cross_modal_match_weight > 0 and recipe[-1].cross_modal_align_weight > 0
-    assert recipe[-2].cross_modal_match_weight == 0 == recipe[-2].cross_modal_align_weight
+    assert [s.name for s in recipe] == ["alignment", "viewpoint", "imaging_physics", "joint", "sensor_matching",
+                                        "answers"]
+    joint, matching, answers = recipe[-3:]
+    assert answers.task_weights == joint.task_weights
+    assert all(getattr(answers, name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
+    # the cross-modal stage: its examples alone, their match and alignment terms the only heads run,
+    # the stem (and so its batch norm statistics) frozen
+    assert list(matching.task_weights) == ["cross_modal"] and "stem" not in matching.trainable
+    assert all(getattr(matching, name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
+    assert matching.cross_modal_match_weight > 0 and matching.cross_modal_align_weight > 0
+    assert all(s.cross_modal_match_weight == 0 == s.cross_modal_align_weight for s in recipe if s is not matching)
 
 
 def test_cross_modal_match_loss_reads_the_optical_tokens_and_head_1_on_their_sar_cells():
@@ -493,6 +496,7 @@ def test_training_heads_leave_the_global_rng_where_the_heads_before_the_match_he
     dense, token_dense, pointer = nn.Linear(24, AUX_CHANNELS), nn.Linear(16, AUX_CHANNELS), nn.Linear(16, 9)
     assert torch.equal(torch.rand(3), after_heads)
     assert torch.equal(heads.pointer.weight, pointer.weight) and torch.equal(heads.dense.weight, dense.weight)
+    assert torch.equal(heads.token_dense.weight, token_dense.weight)
 
 
 @pytest.mark.data
@@ -509,7 +513,7 @@ def test_cross_modal_rows_get_the_match_and_alignment_terms(shared_data):
     batch = collate(examples, processor, model.config.grid_size)
     assert batch["cross_modal_rows"].tolist() == list(range(1, len(examples)))
     assert batch["cross_modal_same"].tolist() == [float(e.target["answer"] == "A") for e in examples[1:]]
-    stage = StageConfig("answers", 1, {"cross_modal": 1.0}, **LANGUAGE_LOSS_ONLY, cross_modal_align_weight=1.0,
+    stage = StageConfig("sensor_matching", 1, {"cross_modal": 1.0}, **LANGUAGE_LOSS_ONLY, cross_modal_align_weight=1.0,
                         cross_modal_match_weight=1.0)
     loss, parts = training_step(model, heads, batch, stage, ids)
     assert set(parts) == {"lm", "cross_modal_align", "cross_modal_match", "match_attention"}
