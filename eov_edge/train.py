@@ -615,6 +615,17 @@ def validation_losses(model, processor, examples: list[Example]) -> dict[str, fl
     return out
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``optimizer.load_state_dict(saved)``, also for a state saved mid-stage before
+    ``TrainingHeads.match`` existed: that head's parameters are the last of the stage's trainable list
+    (the "aux" group comes last, the match head last in it) and start without moments."""
+    saved_params = saved["param_groups"][0]["params"]
+    now = len(optimizer.param_groups[0]["params"])
+    if len(saved["param_groups"]) == 1 and len(saved_params) < now:
+        saved = {**saved, "param_groups": [{**saved["param_groups"][0], "params": list(range(now))}]}
+    optimizer.load_state_dict(saved)
+
+
 def _lr_factor(step: int, stage: StageConfig) -> float:
     if step < stage.warmup_steps:
         return (step + 1) / stage.warmup_steps
@@ -696,7 +707,7 @@ def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
         first = start_step if stage_index == start_stage else 0
         if first and state is not None:
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
         tasks = list(stage.task_weights)
         weights = [stage.task_weights[t] for t in tasks]
         model.train()

@@ -520,3 +520,24 @@ def test_cross_modal_rows_get_the_match_and_alignment_terms(shared_data):
     loss.backward()
     assert heads.match.weight.grad is not None and heads.pointer.weight.grad is None
     assert model.language_model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_optimizer_state_saved_before_the_match_head_loads_with_its_moments_in_place():
+    from torch import nn
+
+    from eov_edge.train import load_optimizer_state
+
+    torch.manual_seed(0)
+    old_params = [nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2))]
+    old = torch.optim.AdamW(old_params, lr=0.1)
+    sum(p.sum() ** 2 for p in old_params).backward()
+    old.step()
+    saved = old.state_dict()
+    match = nn.Parameter(torch.zeros(4))  # the head added last
+    new = torch.optim.AdamW(old_params + [match], lr=0.1)
+    load_optimizer_state(new, saved)
+    for p in old_params:
+        assert torch.equal(new.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    assert match not in new.state  # no moments yet: AdamW starts them at its first step
+    with pytest.raises(ValueError):  # any other mismatch still fails as before
+        load_optimizer_state(torch.optim.AdamW(old_params[:1], lr=0.1), saved)
