@@ -80,8 +80,9 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
         assert [i.name for i in session.get_inputs()] == [i.name for i in mf.load_manifest(nano_artifacts).graphs[graph].inputs]
         error = output_error(source, target, calibration.feeds[graph], max_feeds=6)
         # A sanity bound (a broken layout gives ~1), not the accuracy budget, which the gate measures:
-        # 4-bit weights with the LM head quantized move nano-v10's sharper logits by ~0.19.
-        assert 0 < error < (0.3 if r.int4_block_size else 0.1), (recipe, graph, error)
+        # 4-bit weights with the LM head quantized move nano-v10's sharper logits by ~0.19, dynamic
+        # INT8 moves nano-v13's decoder logits by 0.16 (its gate: worst drop 0.80 points, no fallback).
+        assert 0 < error < (0.3 if r.int4_block_size else 0.25), (recipe, graph, error)
         if r.for_tensorrt:
             assert tensorrt_qdq_problems(target, r.target) == []
 
@@ -268,7 +269,17 @@ def test_fallback_that_would_leave_nothing_quantized_is_refused(nano_artifacts, 
     monkeypatch.setattr(build, "quantize_graph", recording)
     monkeypatch.setattr(build, "_sensitivity", lambda recipe, source, plans, calibration, work: [
         (1.0, g, n) for g in recipe.graphs for n in plans[g].quantized])
-    monkeypatch.setattr(gate, "broken_tasks", lambda rows: ["caption"] if any(quantized_now.values()) else [])
+    real_compare = gate.compare
+
+    def caption_over_budget_while_quantized(fp32, quantized, budget):
+        # every metric at its FP32 value but CIDEr-D, over budget while any node is quantized
+        failing = any(quantized_now.values())
+        return [gate.MetricRow(r.task, r.metric, r.fp32,
+                               r.fp32 - (budget + 1 if failing and r.metric == "cider_d" else 0.0),
+                               budget + 1 if failing and r.metric == "cider_d" else 0.0, budget)
+                for r in real_compare(fp32, quantized, budget)]
+
+    monkeypatch.setattr(gate, "compare", caption_over_budget_while_quantized)
     out = tmp_path / "int4"
     with pytest.raises(QuantizeError, match="every quantizable node back to float"):
         build.quantize_artifacts(nano_artifacts, "ort-cpu-int4", out, per_task=2, max_drop=2.0, progress=lambda m: None)
