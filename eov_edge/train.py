@@ -312,12 +312,17 @@ def pool_to_tokens(targets: torch.Tensor, projector) -> torch.Tensor:
     return torch.cat([x[..., :k].amax(dim=2), x[..., k:].mean(dim=2)], dim=-1)
 
 
+def shows_one_place(example: Example) -> bool:
+    """A cross-modal example whose SAR and optical views are one window (answer A)."""
+    return example.task == "cross_modal" and example.target.get("answer") == "A"
+
+
 def co_registered_views(examples: list[Example]) -> torch.Tensor:
     """(P,) the flat view index (over the batch's views, in order) of the SAR view of each
     cross-modal example whose two views show the same place (answer A); its optical view is next."""
     first, starts = 0, []
     for example in examples:
-        if example.task == "cross_modal" and example.target.get("answer") == "A":
+        if shows_one_place(example):
             starts.append(first)
         first += len(example.views)
     return torch.tensor(starts, dtype=torch.long)
@@ -527,7 +532,7 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
     # cross_modal_match_loss: the rows of cross-modal examples, and whether their views show one place
     rows = [i for i, e in enumerate(examples) if e.task == "cross_modal"]
     batch["cross_modal_rows"] = torch.tensor(rows, dtype=torch.long)  # (R,)
-    batch["cross_modal_same"] = torch.tensor([float(examples[i].target["answer"] == "A") for i in rows])  # (R,)
+    batch["cross_modal_same"] = torch.tensor([float(shows_one_place(examples[i])) for i in rows])  # (R,)
     return batch
 
 

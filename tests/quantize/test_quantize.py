@@ -274,10 +274,9 @@ def test_fallback_that_would_leave_nothing_quantized_is_refused(nano_artifacts, 
     def caption_over_budget_while_quantized(fp32, quantized, budget):
         # every metric at its FP32 value but CIDEr-D, over budget while any node is quantized
         failing = any(quantized_now.values())
-        return [gate.MetricRow(r.task, r.metric, r.fp32,
-                               r.fp32 - (budget + 1 if failing and r.metric == "cider_d" else 0.0),
-                               budget + 1 if failing and r.metric == "cider_d" else 0.0, budget)
-                for r in real_compare(fp32, quantized, budget)]
+        rows = real_compare(fp32, quantized, budget)
+        drops = [budget + 1 if failing and r.metric == "cider_d" else 0.0 for r in rows]
+        return [gate.MetricRow(r.task, r.metric, r.fp32, r.fp32 - drop, drop, budget) for r, drop in zip(rows, drops)]
 
     monkeypatch.setattr(gate, "compare", caption_over_budget_while_quantized)
     out = tmp_path / "int4"
