@@ -8,8 +8,10 @@ recipe (``ort-cpu-int8``, ``ort-cpu-int4``; made here without the accuracy gate,
 accuracy comes from ``eov-export quantize``'s report). For each: encoder and projector ms, time to
 first token, decode ms/token and tokens/s, end-to-end ms (median, min, max of ``--repeats`` runs
 after a warm-up), peak RSS (measured in a separate process per row), size on disk, the ratio to the
-baseline, and decode time against the memory-bandwidth floor (decoder weight bytes read per token /
-weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run). Every row is timed in its
+baseline, decode time against the memory-bandwidth floor (decoder weight bytes read per token /
+weight-streaming bandwidth of ONNX Runtime's MatMul measured in this run), and for the FP32 rows the
+first token against its compute floor (its FLOPs / ONNX Runtime's FP32 GEMM rate measured in this
+run); with both floors, the most any FP32 runtime could gain over this run's PyTorch. Every row is timed in its
 own process, one after the other: the runtime without PyTorch loaded (as it runs on a device), the
 baseline without ONNX Runtime sessions beside it. Writes ``bench.json``,
 ``bench.md`` and ``bench.png`` into OUT. ``nano`` uses the shipped checkpoint, ``small`` random
@@ -131,6 +133,50 @@ def read_bandwidth_gbs(size_mb: int = 256, repeats: int = 20) -> float:
         session.run(None, {"x": x})
         times.append(time.perf_counter() - start)
     return weight.nbytes / statistics.median(times) / 1e9
+
+
+def compute_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """FP32 GEMM throughput, GFLOP/s: ONNX Runtime's own MatMul of two ``size`` x ``size`` matrices
+    on every core, median of ``repeats``. The first token (encoder, projector, prefill) is dense
+    GEMM work, so this is its floor's rate, as :func:`read_bandwidth_gbs` is the decode step's."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((size, size), dtype=np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    session.run(None, {"x": x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, {"x": x})
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def first_token_gflop(model, processor, samples) -> float:
+    """GFLOP of the work every backend must do before the first token: the encoder and projector on
+    the views, the prompt through the decoder, logits at the last position only (what the runtime's
+    decoder computes). Counted by ``torch.utils.flop_counter`` on the PyTorch model (matrix products
+    and convolutions, the attention products included; elementwise ops are not counted)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = processor(samples, max_new_tokens=1)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], modality_ids=batch["modality_ids"],
+              attention_mask=batch["attention_mask"], logits_to_keep=1)
+    return counter.get_total_flops() / 1e9
 
 
 class BenchError(EOVError, ValueError):
@@ -375,7 +421,10 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         rows_dirs[f"runtime {recipe}"] = target
         gates.setdefault(f"runtime {recipe}", gate_status({}))
     bandwidth = read_bandwidth_gbs()
-    progress(f"memory read bandwidth {bandwidth:.1f} GB/s; timing PyTorch eager generate()")
+    peak_gflops = compute_peak_gflops()
+    prefill_gflop = first_token_gflop(model, processor, _samples(model.config.image_size, batch))
+    progress(f"memory read bandwidth {bandwidth:.1f} GB/s, FP32 GEMM {peak_gflops:.0f} GFLOP/s; "
+             "timing PyTorch eager generate()")
     timed: dict[str, list[dict]] = {"pytorch eager": [], **{name: [] for name in rows_dirs}}
     for round_index in range(rounds):
         for name in timed:
@@ -394,7 +443,13 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         decode_steps = max(row["new_tokens"] - 1, 1)
         decode_ms = max(row["e2e_ms"]["median"] - row["ttft_ms"]["median"], 0.0) / decode_steps
         floor_ms = row["decoder_mb"] * 2**20 / (bandwidth * 1e9) * 1000
+        # The compute floor is an FP32 GEMM rate: quantized rows run other kernels (INT8 GEMM,
+        # 4-bit unpacking), whose peak this run does not measure.
+        fp32 = name in FP32_ROWS
+        first_floor_ms = prefill_gflop / peak_gflops * 1000 if fp32 else None
         row.update({
+            "first_token_floor_ms": round(first_floor_ms, 2) if fp32 else None,
+            "first_token_vs_floor": round(row["ttft_ms"]["median"] / first_floor_ms, 2) if fp32 else None,
             "decode_ms_per_token": round(decode_ms, 3),
             "decode_tokens_per_s": round(batch * 1000 / decode_ms, 1) if decode_ms else None,
             "bandwidth_floor_ms": round(floor_ms, 3),
@@ -404,6 +459,13 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                                  3),
             "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
         })
+    # The most any FP32 row could show here: first token at the GEMM rate, every decode step at the
+    # weight-streaming rate, against this run's PyTorch.
+    fp32_floor_ms = prefill_gflop / peak_gflops * 1000 + max(base["new_tokens"] - 1, 1) * next(
+        rows[n]["bandwidth_floor_ms"] for n in ("runtime fp32", "runtime fp32 portable", "pytorch eager") if n in rows)
+    floors = {"first_token_gflop": round(prefill_gflop, 3), "fp32_gemm_gflops": round(peak_gflops, 1),
+              "fp32_e2e_floor_ms": round(fp32_floor_ms, 1),
+              "fp32_speedup_at_floors": round(base["e2e_ms"]["median"] / fp32_floor_ms, 2)}
     head_to_head = None
     if peer:
         from eov_edge.bench_peer import run_peer_bench
@@ -420,10 +482,12 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         "preset": preset, "batch": batch, "max_new_tokens": max_new, "repeats": repeats, "rounds": rounds,
         "int4_block_size": int4_block_size, "model": where,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "read_bandwidth_gbs": round(bandwidth, 2), "torch": torch.__version__,
+                    "read_bandwidth_gbs": round(bandwidth, 2), "fp32_gemm_gflops": round(peak_gflops, 1),
+                    "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),
         "rows": {name: {k: v for k, v in row.items() if k != "tokens"} for name, row in rows.items()},
+        "floors": floors,
         "quantized_rows_accuracy": gates,
         "note": "quantized rows made here are not gated (speed and size only); their accuracy is in the "
                 "quant_report.json of eov-export quantize, and rows given gate-accepted artifacts "
@@ -449,14 +513,22 @@ def markdown(report: dict) -> str:
              "the median over rounds of the ratio within a round"
              + (f"; ort-cpu-int4 in blocks of {report['int4_block_size']} weights" if "runtime ort-cpu-int4"
                 in report["rows"] and report.get("int4_block_size") else "") + ".", "",
-             "| backend | end to end ms | x PyTorch | first token ms | encoder ms | decode ms/token (floor) | "
+             "| backend | end to end ms | x PyTorch | first token ms (floor) | encoder ms | decode ms/token (floor) | "
              "peak RSS MiB | size MiB | tokens = PyTorch |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["rows"].items():
         e = r["e2e_ms"]
+        first_floor = f" ({r['first_token_floor_ms']:.1f})" if r.get("first_token_floor_ms") is not None else ""
         lines.append(f"| {name} | {e['median']:.1f} [{e['min']:.1f}-{e['max']:.1f}] | {r['speedup_e2e']:.2f} | "
-                     f"{r['ttft_ms']['median']:.1f} | {r['encoder_ms']['median']:.1f} | {r['decode_ms_per_token']:.2f} "
+                     f"{r['ttft_ms']['median']:.1f}{first_floor} | {r['encoder_ms']['median']:.1f} | {r['decode_ms_per_token']:.2f} "
                      f"({r['bandwidth_floor_ms']:.2f}) | {r['peak_rss_mb']} | {r['size_mb']} | "
                      f"{'yes' if r['tokens_identical_to_pytorch'] else 'no'} |")
+    if f := report.get("floors"):
+        lines += ["", f"Floors of this run. First token: {f['first_token_gflop']:.2f} GFLOP (encoder, projector and "
+                  "the prompt through the decoder, logits at its last position; torch.utils.flop_counter) at "
+                  f"{f['fp32_gemm_gflops']:.0f} GFLOP/s (ONNX Runtime's FP32 MatMul, 1024^3, every core); decode: "
+                  f"decoder weight bytes at {m['read_bandwidth_gbs']} GB/s. An FP32 runtime at both floors would "
+                  f"take {f['fp32_e2e_floor_ms']:.1f} ms end to end: {f['fp32_speedup_at_floors']:.2f}x this run's "
+                  "PyTorch, the most any FP32 row can show here."]
     slow = [(n, r) for n, r in report["rows"].items() if (r.get("decode_vs_floor") or 0) > FLOOR_TARGET]
     if slow:
         lines += ["", f"Decode steps above {FLOOR_TARGET}x their floor, and why:"]
@@ -472,6 +544,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+FP32_ROWS = ("pytorch eager", "runtime fp32", "runtime fp32 portable")  # rows the FP32 GEMM floor applies to
 FLOOR_TARGET = 1.5  # decode ms/token against the weight-streaming floor (the benchmark issue's target)
 
 

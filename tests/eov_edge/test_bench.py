@@ -93,3 +93,33 @@ def test_a_cached_folder_is_timed_again_only_while_current(nano_artifacts, nano_
     assert stale_cache(unhashed, nano_hash) == "without the weights' hash"
     (unhashed / "projector.onnx").write_bytes(b"cut")
     assert "sha256 differs" in stale_cache(unhashed, nano_hash)
+
+
+def test_first_token_flops_are_the_views_and_the_prompt_with_last_position_logits_only(shipped):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from eov_edge.bench import _samples, first_token_gflop
+
+    model, processor = shipped
+    samples = _samples(model.config.image_size, 2)
+    counted = first_token_gflop(model, processor, samples)
+    batch = processor(samples, max_new_tokens=1)
+    rows, length = batch["input_ids"].shape
+    with torch.no_grad(), FlopCounterMode(display=False) as every_logit:
+        model(**batch, logits_to_keep=0)
+    lm_head = model.language_model.get_output_embeddings().weight  # (V, D)
+    # every position's logits cost exactly 2 * V * D more per row and position
+    assert every_logit.get_total_flops() / 1e9 - counted == pytest.approx(
+        2 * rows * (length - 1) * lm_head.numel() / 1e9, rel=1e-6)
+    # at least every decoder layer's weights once per prompt token (attention and the views on top)
+    layers = model.language_model.model.layers
+    per_token = sum(p.numel() for name, p in layers.named_parameters() if name.endswith("proj.weight"))
+    assert counted > 2 * rows * length * per_token / 1e9
+
+
+def test_compute_peak_is_a_plausible_gemm_rate():
+    from eov_edge.bench import compute_peak_gflops
+
+    rate = compute_peak_gflops(size=256, repeats=3)
+    assert 0.5 < rate < 1e5  # GFLOP/s of one fp32 GEMM on this machine's cores, not a time or a count
