@@ -13,7 +13,7 @@ from eov_edge.quantize import build
 from eov_edge.quantize.calibration import CalibrationSet, FeedReader, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
 from eov_edge.quantize.gate import output_error
-from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph, with_int4_block_size
+from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph, recipe_plans, with_int4_block_size
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +85,25 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
         assert 0 < error < (0.3 if r.int4_block_size else 0.25), (recipe, graph, error)
         if r.for_tensorrt:
             assert tensorrt_qdq_problems(target, r.target) == []
+
+
+def test_dynamic_int8_keeps_the_stem_convolutions_float(nano_artifacts, tmp_path):
+    """ConvInteger runs slower than float Conv on ONNX Runtime's CPU (nano's stem 4.4x): the
+    ort-cpu-int8 recipe leaves the stem's convolutions out, every MatMul with a weight in."""
+    import onnx
+
+    recipe = RECIPES["ort-cpu-int8"]
+    source = nano_artifacts / mf.GRAPH_FILES[mf.ENCODER]
+    convs = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "Conv"]
+    assert len(convs) == 4  # nano's convolutional stem: 4x4/4, two 3x3/2, 1x1
+    assert set(convs) <= set(plan_graph(source, 3098, include_conv=True).quantizable)  # possible, not chosen
+    plan = recipe_plans(recipe, nano_artifacts)[mf.ENCODER]
+    assert not set(convs) & set(plan.quantized)
+    target = tmp_path / "encoder.onnx"
+    quantize_graph(recipe, mf.ENCODER, source, target, plan, None)
+    ops = [n.op_type for n in onnx.load(str(target), load_external_data=False).graph.node]
+    assert ops.count("Conv") == 4 and "ConvInteger" not in ops
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulInteger") == len(plan.quantized)
 
 
 @pytest.mark.parametrize("recipe", ["ort-cpu-int4", "w4a16"])
