@@ -459,13 +459,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                                  3),
             "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
         })
-    # The most any FP32 row could show here: first token at the GEMM rate, every decode step at the
-    # weight-streaming rate, against this run's PyTorch.
-    fp32_floor_ms = prefill_gflop / peak_gflops * 1000 + max(base["new_tokens"] - 1, 1) * next(
-        rows[n]["bandwidth_floor_ms"] for n in ("runtime fp32", "runtime fp32 portable", "pytorch eager") if n in rows)
-    floors = {"first_token_gflop": round(prefill_gflop, 3), "fp32_gemm_gflops": round(peak_gflops, 1),
-              "fp32_e2e_floor_ms": round(fp32_floor_ms, 1),
-              "fp32_speedup_at_floors": round(base["e2e_ms"]["median"] / fp32_floor_ms, 2)}
+    run_floors = fp32_floors(rows, prefill_gflop, peak_gflops)
     head_to_head = None
     if peer:
         from eov_edge.bench_peer import run_peer_bench
@@ -473,8 +467,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         precision_of = {"runtime fp32": "fp32", "runtime fp32 portable": "fp32-portable", "runtime ort-cpu-int8": "int8",
                         "runtime ort-cpu-int4": "int4"}
         ours = {precision_of[n]: d for n, d in rows_dirs.items() if n in precision_of}
-        floors = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
-        head_to_head = run_peer_bench(model.language_model, ours, out, floors, bandwidth, batch,
+        decoder_mb = {precision_of[n]: rows[n]["decoder_mb"] for n in rows_dirs if n in precision_of}
+        head_to_head = run_peer_bench(model.language_model, ours, out, decoder_mb, bandwidth, batch,
                                       prompt_tokens=peer_prompt_tokens, max_new=max_new, repeats=repeats,
                                       rounds=max(PEER_MIN_ROUNDS, rounds), progress=progress,
                                       int4_block_size=int4_block_size)
@@ -487,7 +481,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                     "onnxruntime": onnxruntime.__version__, "python": platform.python_version()},
         "git_commit": git_commit(),
         "rows": {name: {k: v for k, v in row.items() if k != "tokens"} for name, row in rows.items()},
-        "floors": floors,
+        "floors": run_floors,
         "quantized_rows_accuracy": gates,
         "note": "quantized rows made here are not gated (speed and size only); their accuracy is in the "
                 "quant_report.json of eov-export quantize, and rows given gate-accepted artifacts "
@@ -502,6 +496,19 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     write_atomic(out / "bench.md", markdown(report))
     chart(report, out / "bench.png")
     return report
+
+
+def fp32_floors(rows: dict, first_token_gflop: float, gemm_gflops: float) -> dict:
+    """The most any FP32 row can show against this run's PyTorch (``rows["pytorch eager"]``): the
+    first token at the GEMM rate, every decode step at the weight-streaming rate (the FP32 runtime
+    row's ``bandwidth_floor_ms``: its decoder's weight bytes)."""
+    base = rows["pytorch eager"]
+    decode_floor_ms = next(rows[n]["bandwidth_floor_ms"] for n in ("runtime fp32", "runtime fp32 portable",
+                                                                     "pytorch eager") if n in rows)
+    floor_ms = first_token_gflop / gemm_gflops * 1000 + max(base["new_tokens"] - 1, 1) * decode_floor_ms
+    return {"first_token_gflop": round(first_token_gflop, 3), "fp32_gemm_gflops": round(gemm_gflops, 1),
+            "fp32_e2e_floor_ms": round(floor_ms, 1),
+            "fp32_speedup_at_floors": round(base["e2e_ms"]["median"] / floor_ms, 2)}
 
 
 def markdown(report: dict) -> str:

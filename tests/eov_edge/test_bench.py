@@ -123,3 +123,27 @@ def test_compute_peak_is_a_plausible_gemm_rate():
 
     rate = compute_peak_gflops(size=256, repeats=3)
     assert 0.5 < rate < 1e5  # GFLOP/s of one fp32 GEMM on this machine's cores, not a time or a count
+
+
+def _row(e2e, ttft, new_tokens, bandwidth_floor_ms, first_floor=None):
+    return {"e2e_ms": {"median": e2e, "min": e2e, "max": e2e}, "ttft_ms": {"median": ttft}, "encoder_ms": {"median": 1.0},
+            "new_tokens": new_tokens, "bandwidth_floor_ms": bandwidth_floor_ms, "decode_ms_per_token": 1.0,
+            "speedup_e2e": 1.0, "peak_rss_mb": 1.0, "size_mb": 1.0, "tokens_identical_to_pytorch": True,
+            "first_token_floor_ms": first_floor}
+
+
+def test_fp32_floors_bound_the_speedup_and_are_reported():
+    from eov_edge.bench import fp32_floors, markdown
+
+    rows = {"pytorch eager": _row(900.0, 200.0, 33, 8.0, 100.0), "runtime fp32": _row(360.0, 130.0, 32, 7.5, 100.0),
+            "runtime ort-cpu-int8": _row(180.0, 110.0, 32, 2.0)}
+    floors = fp32_floors(rows, first_token_gflop=16.0, gemm_gflops=160.0)
+    # first token 16 GFLOP at 160 GFLOP/s = 100 ms; 32 decode steps at the FP32 runtime's 7.5 ms
+    assert floors["fp32_e2e_floor_ms"] == pytest.approx(100.0 + 32 * 7.5)
+    assert floors["fp32_speedup_at_floors"] == pytest.approx(900.0 / 340.0, abs=0.01)
+    report = {"preset": "small", "batch": 1, "max_new_tokens": 32, "repeats": 5, "rounds": 1, "rows": rows,
+              "machine": {"cpus": 2, "platform": "p", "read_bandwidth_gbs": 30.0}, "floors": floors, "note": "n"}
+    text = markdown(report)
+    assert "| runtime fp32 | 360.0 [360.0-360.0] | 1.00 | 130.0 (100.0) |" in text
+    assert "| runtime ort-cpu-int8 | 180.0 [180.0-180.0] | 1.00 | 110.0 |" in text  # no FP32 floor for INT8
+    assert "would take 340.0 ms end to end: 2.65x this run's PyTorch" in text
