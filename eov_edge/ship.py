@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from eov_edge.provenance import git_commit
-from eov_edge.paths import data_dir
+from eov_edge.paths import data_dir, write_json_atomic
 
 NANO_CHECKPOINT = Path(__file__).parent / "assets" / "eov-nano"
 
@@ -59,6 +59,9 @@ def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None, h
     try:
         save_checkpoint(model, processor, staging / "ckpt")
         report = run_eval(staging / "ckpt", staging / "eval.json", data_dir(), per_task=per_task)
+        # run_eval names the folder it read: here the staging copy, which becomes ``out``
+        report.update({"checkpoint": str(out), "run": str(run)})
+        write_json_atomic(staging / "eval.json", report)
         shutil.copy(run / "final" / "train_log.json", staging / "ckpt" / "train_log.json")
         shutil.copy(run / "last" / "train_config.json", staging / "ckpt" / "train_config.json")
         shutil.copy(staging / "eval.json", staging / "ckpt" / "eval.json")
