@@ -503,9 +503,9 @@ def fp32_floors(rows: dict, first_token_gflop: float, gemm_gflops: float) -> dic
     first token at the GEMM rate, every decode step at the weight-streaming rate (the FP32 runtime
     row's ``bandwidth_floor_ms``: its decoder's weight bytes)."""
     base = rows["pytorch eager"]
-    decode_floor_ms = next(rows[n]["bandwidth_floor_ms"] for n in ("runtime fp32", "runtime fp32 portable",
-                                                                     "pytorch eager") if n in rows)
-    floor_ms = first_token_gflop / gemm_gflops * 1000 + max(base["new_tokens"] - 1, 1) * decode_floor_ms
+    fp32 = next(rows[n] for n in ("runtime fp32", "runtime fp32 portable", "pytorch eager") if n in rows)
+    decode_steps = max(fp32["new_tokens"] - 1, 1)  # as that row's decode ms/token counts them
+    floor_ms = first_token_gflop / gemm_gflops * 1000 + decode_steps * fp32["bandwidth_floor_ms"]
     return {"first_token_gflop": round(first_token_gflop, 3), "fp32_gemm_gflops": round(gemm_gflops, 1),
             "fp32_e2e_floor_ms": round(floor_ms, 1),
             "fp32_speedup_at_floors": round(base["e2e_ms"]["median"] / floor_ms, 2)}

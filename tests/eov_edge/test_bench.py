@@ -138,12 +138,12 @@ def test_fp32_floors_bound_the_speedup_and_are_reported():
     rows = {"pytorch eager": _row(900.0, 200.0, 33, 8.0, 100.0), "runtime fp32": _row(360.0, 130.0, 32, 7.5, 100.0),
             "runtime ort-cpu-int8": _row(180.0, 110.0, 32, 2.0)}
     floors = fp32_floors(rows, first_token_gflop=16.0, gemm_gflops=160.0)
-    # first token 16 GFLOP at 160 GFLOP/s = 100 ms; 32 decode steps at the FP32 runtime's 7.5 ms
-    assert floors["fp32_e2e_floor_ms"] == pytest.approx(100.0 + 32 * 7.5)
-    assert floors["fp32_speedup_at_floors"] == pytest.approx(900.0 / 340.0, abs=0.01)
+    # first token 16 GFLOP at 160 GFLOP/s = 100 ms; the FP32 runtime's 31 decode steps at its 7.5 ms
+    assert floors["fp32_e2e_floor_ms"] == pytest.approx(100.0 + 31 * 7.5)
+    assert floors["fp32_speedup_at_floors"] == pytest.approx(900.0 / 332.5, abs=0.01)
     report = {"preset": "small", "batch": 1, "max_new_tokens": 32, "repeats": 5, "rounds": 1, "rows": rows,
               "machine": {"cpus": 2, "platform": "p", "read_bandwidth_gbs": 30.0}, "floors": floors, "note": "n"}
     text = markdown(report)
     assert "| runtime fp32 | 360.0 [360.0-360.0] | 1.00 | 130.0 (100.0) |" in text
     assert "| runtime ort-cpu-int8 | 180.0 [180.0-180.0] | 1.00 | 110.0 |" in text  # no FP32 floor for INT8
-    assert "would take 340.0 ms end to end: 2.65x this run's PyTorch" in text
+    assert "would take 332.5 ms end to end: 2.71x this run's PyTorch" in text
