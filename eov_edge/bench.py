@@ -110,29 +110,10 @@ def read_bandwidth_gbs(size_mb: int = 256, repeats: int = 20) -> float:
     GB/s against ORT's ~40 GB/s on the same 2 cores), which would put decode steps below their
     "floor"."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     rows = 4096
-    cols = size_mb * (1 << 20) // 4 // rows
-    weight = np.random.default_rng(0).standard_normal((rows, cols), dtype=np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemv",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = np.ones((1, rows), np.float32)
-    session.run(None, {"x": x})
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, {"x": x})
-        times.append(time.perf_counter() - start)
-    return weight.nbytes / statistics.median(times) / 1e9
+    weight = np.random.default_rng(0).standard_normal((rows, size_mb * (1 << 20) // 4 // rows), dtype=np.float32)
+    return weight.nbytes / _ort_matmul_seconds(np.ones((1, rows), np.float32), weight, repeats) / 1e9
 
 
 def compute_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
@@ -140,28 +121,35 @@ def compute_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
     on every core, median of ``repeats``. The first token (encoder, projector, prefill) is dense
     GEMM work, so this is its floor's rate, as :func:`read_bandwidth_gbs` is the decode step's."""
     import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((size, size), dtype=np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
+    x = rng.standard_normal((size, size), dtype=np.float32)
+    return 2 * size**3 / _ort_matmul_seconds(x, weight, repeats) / 1e9
+
+
+def _ort_matmul_seconds(x, weight, repeats: int) -> float:
+    """Median seconds of ONNX Runtime's CPU MatMul ``x @ weight`` (the weight a constant, as in our
+    graphs) on every core, after one warm-up run."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [x.shape[0], weight.shape[1]])],
                               [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((size, size), dtype=np.float32)
     session.run(None, {"x": x})
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         session.run(None, {"x": x})
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return statistics.median(times)
 
 
 def first_token_gflop(model, processor, samples) -> float:
