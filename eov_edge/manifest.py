@@ -26,6 +26,8 @@ PIXEL_VALUES, MODALITY_IDS, FEATURES, IMAGE_EMBEDS = "pixel_values", "modality_i
 INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "inputs_embeds", "attention_mask", "position_ids", "logits"
 # The ONNX Runtime CPU decoder (export/ort_decoder.py) takes row lengths instead of a mask.
 SEQLENS_K, TOTAL_SEQUENCE_LENGTH = "seqlens_k", "total_sequence_length"
+# ... and which fed positions get logits (K,) i64; artifacts exported before it had [-1] built in.
+LOGITS_INDEX = "logits_index"
 # decoder.onnx kinds: "portable" (standard ops: ONNX Runtime, TensorRT) or "ort-cpu" (fused
 # ONNX Runtime contrib ops, a KV buffer shared between past and present)
 PORTABLE_DECODER, ORT_CPU_DECODER = "portable", "ort-cpu"

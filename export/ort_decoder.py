@@ -10,12 +10,16 @@ the way ONNX Runtime GenAI's model builder lays out a Qwen2 decoder:
   positions' K/V into it at each row's length. Nothing is copied, nothing is masked by hand;
 - ``SkipSimplifiedLayerNormalization``: residual Add + RMSNorm in one kernel;
 - one MatMul for Q/K/V (+ bias unless it is all zero), gate and up as two MatMuls (no Split copy),
-  logits for the last position only.
+  logits only for the positions asked for (``logits_index``: the last one, except when the runtime
+  checks a speculative draft, :mod:`eov_edge.runtime.speculative`).
 
 Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S, D) f32,
 ``seqlens_k`` (B,) i32 = each row's valid length including the S fed positions, minus one,
-``total_sequence_length`` () i32 = the longest row's length including them, ``past.{i}.key|value``
-(B, KV, C, hd) -> ``logits`` (B, 1, V) of the last position, ``present.{i}.key|value`` (B, KV, C, hd).
+``total_sequence_length`` () i32 = the longest row's length including them, ``logits_index`` (K,)
+i64 = which of the S fed positions get logits (``[-1]``: the last), ``past.{i}.key|value``
+(B, KV, C, hd) -> ``logits`` (B, K, V), ``present.{i}.key|value`` (B, KV, C, hd). Several positions
+fed on top of a filled cache (a draft to check) run ONNX Runtime's "interactive" GroupQueryAttention:
+batch 1 only.
 Rows start at slot 0 (no left padding): the runtime prefills prompts unpadded (rows of one length
 together) and decodes the batch together, each row at its own length. ONNX Runtime only: TensorRT and the
 TensorRT recipes take the portable graph.
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from eov_edge import manifest as mf
-from eov_edge.manifest import SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from eov_edge.manifest import LOGITS_INDEX, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
 
 MS_DOMAIN = "com.microsoft"
 
@@ -71,8 +75,7 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
         raise ValueError(f"not ExportDecoder's weights (no {missing})")
     cos, sin = rotary_tables(weights["inv_freq"], manifest.max_context)
 
-    initializers = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache"),
-                    numpy_helper.from_array(np.array([-1], np.int64), "last_index")]
+    initializers = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")]
 
     def weight(name: str) -> str:
         initializers.append(numpy_helper.from_array(weights[name].astype(np.float32), name))
@@ -125,15 +128,17 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
                                       domain=MS_DOMAIN, epsilon=eps))
         residual = f"{p}.residual_mlp"
     nodes += [
-        helper.make_node("Gather", [normed, "last_index"], ["final.last"], name="last_position", axis=1),  # (B, 1, D)
-        helper.make_node("MatMul", ["final.last", weight("lm_head")], [mf.LOGITS], name="lm_head"),
+        # (B, K, D): the fed positions whose logits are wanted; [-1] but for a speculative check
+        helper.make_node("Gather", [normed, LOGITS_INDEX], ["final.kept"], name="logits_positions", axis=1),
+        helper.make_node("MatMul", ["final.kept", weight("lm_head")], [mf.LOGITS], name="lm_head"),
     ]
     cache_shape = ["batch", kv, "capacity", hd]
     inputs = [helper.make_tensor_value_info(mf.INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "seq", hidden]),
               helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, ["batch"]),
-              helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, [])]
+              helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []),
+              helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["logits"])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in past]
-    outputs = [helper.make_tensor_value_info(mf.LOGITS, TensorProto.FLOAT, ["batch", 1, vocab])]
+    outputs = [helper.make_tensor_value_info(mf.LOGITS, TensorProto.FLOAT, ["batch", "logits", vocab])]
     outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in present]
     graph = helper.make_graph(nodes, "eov_decoder_ort_cpu", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)],

@@ -58,6 +58,7 @@ def _run_shared_cache(session, embeds: np.ndarray, seqlens: np.ndarray, total: i
     binding.bind_cpu_input(mf.INPUTS_EMBEDS, np.ascontiguousarray(embeds, np.float32))
     binding.bind_cpu_input(mf.SEQLENS_K, seqlens.astype(np.int32))
     binding.bind_cpu_input(mf.TOTAL_SEQUENCE_LENGTH, np.array(total, np.int32))
+    binding.bind_cpu_input(mf.LOGITS_INDEX, np.array([-1], np.int64))
     binding.bind_output(mf.LOGITS, "cpu")
     for names in (mf.past_names(num_layers), mf.present_names(num_layers)):
         for name, array in zip(names, cache):

@@ -3,6 +3,7 @@
     eov-run --artifacts DIR scene.tif --task detection --geojson out.geojson
     eov-run --artifacts DIR t0.tif t1.tif --task change               # one multi-view sample
     eov-run --artifacts DIR big.tif --task detect --tile 512 --overlap 64 --geojson big.geojson
+    eov-run --artifacts DIR --draft DIR-int8 scene.tif --task caption   # FP32 answers, int8 drafts
 
 Each IMAGE is one view: a raster file, a folder of one-file-per-band rasters (BigEarthNet,
 Major-TOM) or band files joined with commas. Tasks needing several views (change, temporal,
@@ -20,6 +21,7 @@ from pathlib import Path
 import click
 
 from eov_edge.errors import EOVError
+from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
 from eov_edge.tasks import TASKS
 
 
@@ -68,6 +70,11 @@ def _print_answer(label: str, answer) -> None:
               help="TensorRT engine folder (eov-export engine) for --backend tensorrt")
 @click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
 @click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
+@click.option("--draft", type=click.Path(path_type=Path), default=None,
+              help="quantized artifacts of the same checkpoint (eov-export quantize) whose decoder drafts tokens "
+                   "for the FP32 decoder to check: the same answers, fewer FP32 steps (one image, greedy)")
+@click.option("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, show_default=True,
+              help="most tokens the draft proposes per FP32 decoder call")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")
@@ -75,8 +82,8 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
 def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
-         do_sample, temperature, top_k, seed, backend, engines, providers, threads, geojson, as_json, stream, warmup, no_verify,
-         progress) -> None:
+         do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, geojson, as_json,
+         stream, warmup, no_verify, progress) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
@@ -93,7 +100,7 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
         pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
                                            threads=threads, thread_pool="shared", verify_hashes=not no_verify,
-                                           warmup=warmup, engines=engines)
+                                           warmup=warmup, engines=engines, draft=draft, draft_tokens=draft_tokens)
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress)

@@ -16,6 +16,7 @@ decoder instead (``export/ort_decoder.py``): there the KV buffer is shared betwe
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -133,6 +134,54 @@ def softmax_last(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+class GreedyRule:
+    """How a greedy loop picks each step's tokens (B rows) from logits (B, V): the argmax, EOS
+    masked before ``min_new_tokens``, the SLIS grammar (with expected locations), finished rows
+    padded; each pick's probability unless ``scores`` is off. One object per generation: it holds
+    the rows' state (finished, grammar). The plain loop and the speculative check
+    (:mod:`eov_edge.runtime.speculative`) both choose through it, so they choose alike."""
+
+    def __init__(self, batch: int, vocab: int, config: GenerationConfig, eos: int, pad: int,
+                 scores: bool | None = None) -> None:
+        self.min_new_tokens = config.min_new_tokens
+        self.eos, self.pad = eos, pad
+        self.scores = config.output_scores if scores is None else scores
+        self.finished = [False] * batch
+        self.scratch = np.empty((batch, vocab), np.float32)  # (B, V), reused every step
+        self.grammar = SlisGrammar(batch) if config.slis_grammar else None
+        self.chosen: list[int] = []  # the last step's tokens
+
+    @property
+    def done(self) -> bool:
+        return False not in self.finished
+
+    def choose(self, index: int, logits: np.ndarray) -> Step:
+        """Step ``index``'s tokens from ``logits`` (B, V) (read, never written); advances the state."""
+        masked = index < self.min_new_tokens  # EOS may not be chosen yet
+        if self.grammar is None:
+            ids, probs = _greedy_choice(logits, masked, self.eos, self.scratch, self.scores)
+        else:
+            ids, probs = _greedy_grammar_choice(logits, masked, self.eos, self.finished, self.grammar, self.scratch,
+                                                self.scores)
+        chosen = ids.tolist()
+        if True in self.finished:
+            chosen = [self.pad if done else token for token, done in zip(chosen, self.finished)]
+            ids = np.array(chosen, np.int64)
+        if self.grammar is not None:
+            self.grammar.advance(chosen)
+        self.finished = [done or token == self.eos for token, done in zip(chosen, self.finished)]
+        self.chosen = chosen
+        return Step(index, ids, probs, np.array(self.finished))
+
+    def fork(self) -> "GreedyRule":
+        """A copy that goes its own way from here (a draft's proposals) and scores nothing."""
+        other = copy.copy(self)
+        other.finished = list(self.finished)
+        other.grammar = copy.deepcopy(self.grammar)
+        other.scores = False
+        return other
+
+
 class Decoder:
     """Prefill + decode loop over a decoder runner and the token embedding table."""
 
@@ -143,6 +192,9 @@ class Decoder:
         self.past_names = mf.past_names(manifest.num_layers)
         self.present_names = mf.present_names(manifest.num_layers)
         self.last_cache_bytes = 0
+        # the ORT CPU decoder's logits_index input, where the graph has one (earlier exports built [-1] in)
+        self._last_logits = ({mf.LOGITS_INDEX: np.array([-1], np.int64)}
+                             if mf.LOGITS_INDEX in runner.input_names else {})
 
     def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
               ) -> Iterator[Step]:
@@ -209,6 +261,7 @@ class Decoder:
                                                            dtype=np.float32),
                     mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
                     mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
+            feed.update(self._last_logits)
             rows = [c[start:end] for c in cache]  # (rows, KV, C, hd) views into the shared buffers
             feed.update(zip(self.past_names, rows))
             self.runner.infer(feed, outputs={mf.LOGITS: logits[start:end], **dict(zip(self.present_names, rows))})
@@ -220,6 +273,7 @@ class Decoder:
         counters = np.append(lengths, lengths.max() + 1).astype(np.int32)  # (B + 1,)
         seqlens, total = counters[:batch], counters[batch:].reshape(())
         feed = {mf.INPUTS_EMBEDS: step_embeds, mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total}
+        feed.update(self._last_logits)
         feed.update(zip(self.past_names, cache))
         outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, cache))}
         decode_step = self.runner.bind(feed, outputs)  # checked and bound once: the loop only refills
@@ -242,30 +296,14 @@ class Decoder:
         # caches (~10-40 us each measured in this loop, against 1-10 us warm): per-row bookkeeping in
         # Python lists, numpy only on (B, V) rows and (B, D), nothing allocated at (B, V). Tokens and
         # probabilities are bit-identical to the loop through _choose (tested).
-        eos, pad = self.manifest.special_tokens["eos"], self.manifest.special_tokens["pad"]
-        batch = len(logits)
-        finished = [False] * batch
-        scratch = np.empty(logits.shape, np.float32)  # (B, V), reused every step
-        grammar = SlisGrammar(batch) if config.slis_grammar else None
+        m = self.manifest
+        rule = GreedyRule(len(logits), logits.shape[-1], config, m.special_tokens["eos"], m.special_tokens["pad"])
         table = self.embed_table
         for index in range(config.max_new_tokens):
-            masked = index < config.min_new_tokens  # EOS may not be chosen yet
-            if grammar is None:
-                ids, probs = _greedy_choice(logits, masked, eos, scratch, config.output_scores)
-            else:
-                ids, probs = _greedy_grammar_choice(logits, masked, eos, finished, grammar, scratch,
-                                                    config.output_scores)
-            chosen = ids.tolist()
-            if True in finished:
-                chosen = [pad if done else token for token, done in zip(chosen, finished)]
-                ids = np.array(chosen, np.int64)
-            if grammar is not None:
-                grammar.advance(chosen)
-            finished = [done or token == eos for token, done in zip(chosen, finished)]
-            yield Step(index, ids, probs, np.array(finished))
-            if False not in finished or index == config.max_new_tokens - 1:
+            yield rule.choose(index, logits)
+            if rule.done or index == config.max_new_tokens - 1:
                 return
-            for row, token in enumerate(chosen):
+            for row, token in enumerate(rule.chosen):
                 step_embeds[row, 0] = table[token]  # float16 tables are widened here
             logits = decode_step()[mf.LOGITS][:, -1]
             advance()

@@ -30,12 +30,14 @@ from eov_edge.raster import View, Window, read_view
 from eov_edge.runtime.generation import Decoder, GenerationConfig
 from eov_edge.runtime.geo import Detection, detections_from_answer
 from eov_edge.runtime.runner import Runner, make_runner
+from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 from eov_edge.tasks import DEFAULT_QUESTIONS, TASKS
 from eov_edge.tokenizer import TextTokenizer
 
 TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
                 "count": "vqa", "describe": "caption", "track": "temporal"}
 SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
+DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts' graphs in Pipeline.runners
 
 
 def resolve_task(task: str) -> str:
@@ -98,14 +100,21 @@ class Pipeline:
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
                        providers: list[str] | None = None, threads: int | None = None,
                        thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
-                       engines: str | os.PathLike | None = None) -> "Pipeline":
+                       engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
+                       draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
         process to one pool (:func:`eov_edge.runtime.runner.ort_shared_thread_pool`); eov-run uses it.
         ``backend="tensorrt"`` runs the engines in ``engines`` (checked against these artifacts).
+        ``draft``: quantized artifacts of the same checkpoint whose decoder proposes ``draft_tokens``
+        tokens per FP32 decoder call (:mod:`eov_edge.runtime.speculative`; the same answers, fewer
+        full-precision steps; batch-1 greedy decoding).
         """
         directory = Path(directory)
+        if draft is not None and backend != "onnxruntime":
+            raise PromptError("a draft decoder (speculative decoding) runs on ONNX Runtime; drop --draft or "
+                              "use --backend onnxruntime")
         manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
         _check_compatible(manifest, directory)
         if backend == "onnxruntime":
@@ -115,9 +124,25 @@ class Pipeline:
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
         pipeline = cls(directory, manifest, runners)
+        if draft is not None:
+            pipeline.use_draft(draft, draft_tokens, verify_hashes=verify_hashes, **options)
         if warmup:
             pipeline.warmup()
         return pipeline
+
+    def use_draft(self, directory: str | os.PathLike, draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+                  verify_hashes: bool = True, **runner_options) -> None:
+        """Decode speculatively with the decoder of the artifacts in ``directory`` as the draft
+        (its encoder and projector are not loaded: the draft reads this pipeline's prompt)."""
+        directory = Path(directory)
+        manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
+        entry = manifest.graphs.get(mf.DECODER)
+        if entry is None:
+            raise mf.ManifestError(f"{directory}: the manifest lists no decoder graph; re-export the draft")
+        runner = make_runner("onnxruntime", DRAFT, directory / entry.file, entry, **runner_options)
+        table = np.load(directory / manifest.embedding["file"])
+        self.runners[DRAFT] = runner
+        self.decoder = SpeculativeDecoder(self.decoder, Decoder(runner, table, manifest), draft_tokens)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def warmup(self) -> None:
@@ -257,8 +282,12 @@ class Pipeline:
             t = runner.timings
             graphs[name] = {"calls": len(t), "total_s": round(sum(t), 4),
                             "mean_ms": round(1000 * sum(t) / len(t), 3) if t else None}
-        return {"stages_s": {k: round(v, 4) for k, v in self.timings.items()}, "graphs": graphs,
-                "kv_cache_mb": round(self.decoder.last_cache_bytes / (1 << 20), 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        stats = {"stages_s": {k: round(v, 4) for k, v in self.timings.items()}, "graphs": graphs,
+                 "kv_cache_mb": round(self.decoder.last_cache_bytes / (1 << 20), 3),
+                 "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if isinstance(self.decoder, SpeculativeDecoder):
+            stats["speculative"] = {"draft_tokens": self.decoder.draft_tokens, **self.decoder.last_stats.to_dict()}
+        return stats
 
 
 def _check_compatible(manifest: mf.Manifest, directory: Path) -> None:

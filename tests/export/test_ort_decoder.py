@@ -25,9 +25,10 @@ def test_fused_graph_contract_and_validation(nano_fused_artifacts):
     decoder = manifest.graphs[mf.DECODER]
     layers = manifest.num_layers
     assert [t.name for t in decoder.inputs] == [mf.INPUTS_EMBEDS, mf.SEQLENS_K, mf.TOTAL_SEQUENCE_LENGTH,
-                                                *mf.past_names(layers)]
+                                                mf.LOGITS_INDEX, *mf.past_names(layers)]
     assert decoder.inputs[2].shape == [] and decoder.inputs[1].dtype == "int32"
-    assert decoder.inputs[3].shape == decoder.outputs[1].shape  # past and present: one buffer
+    assert decoder.inputs[3].dtype == "int64" and decoder.outputs[0].shape[1] == decoder.inputs[3].shape[0]
+    assert decoder.inputs[4].shape == decoder.outputs[1].shape  # past and present: one buffer
     ops = collections.Counter(n.op_type for n in onnx.load(str(nano_fused_artifacts / decoder.file)).graph.node)
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert ops["MatMul"] == 5 * layers + 1  # qkv, o, gate, up, down per layer; the LM head
@@ -108,3 +109,30 @@ def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path
     samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
     ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
+
+
+def test_several_positions_fed_on_a_filled_cache_match_one_at_a_time(nano_fused_artifacts):
+    """What a speculative check relies on: five positions fed at once after a prompt give, at each
+    position (logits_index), the logits of feeding them one by one, write the same cache slots, and
+    rolling the length back ignores what was written beyond it."""
+    from eov_edge.runtime.speculative import CacheStream
+
+    pipe = Pipeline.from_artifacts(nano_fused_artifacts)
+    tokens = [17, 230, 1024, 5, 99]
+    prompt = np.random.default_rng(0).standard_normal((1, 20, pipe.embed_table.shape[1])).astype(np.float32) * 0.05
+    one, chunk = CacheStream(pipe.decoder, 40), CacheStream(pipe.decoder, 40)
+    first = one.prefill(prompt)
+    np.testing.assert_array_equal(chunk.prefill(prompt), first)
+    stepwise = np.concatenate([one.feed([t], every_position=False).copy() for t in tokens])  # (5, V)
+    together = chunk.feed(tokens, every_position=True)  # (5, V)
+    assert together.shape == stepwise.shape == (5, len(pipe.embed_table))
+    np.testing.assert_allclose(together, stepwise, atol=1e-4, rtol=0)  # a GEMM instead of five GEMVs
+    assert one.length == chunk.length == 25
+    for a, b in zip(one.cache, chunk.cache):
+        np.testing.assert_allclose(a[:, :, :25], b[:, :, :25], atol=1e-5, rtol=0)
+    chunk.length = 22  # keep the first two; the three slots after them now hold stale keys and values
+    fresh = CacheStream(pipe.decoder, 40)
+    fresh.prefill(prompt)
+    fresh.feed(tokens[:2], every_position=False)
+    np.testing.assert_allclose(chunk.feed([7], every_position=False), fresh.feed([7], every_position=False),
+                               atol=1e-4, rtol=0)
