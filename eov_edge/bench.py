@@ -40,6 +40,11 @@ from eov_edge.paths import write_atomic, write_json_atomic
 from eov_edge.quantize.recipes import DEFAULT_INT4_BLOCK_SIZE, INT4_BLOCK_SIZES
 
 RECIPES = ("ort-cpu-int8", "ort-cpu-int4")
+DEFAULT_DRAFT = "ort-cpu-int8"  # the speculative row's draft (batch 1)
+
+
+def speculative_row(recipe: str) -> str:
+    return f"runtime fp32 + {recipe.removeprefix('ort-cpu-')} draft"
 
 PEAK_SCRIPT = """
 import json, sys
@@ -55,7 +60,7 @@ if kind == "pytorch":
 else:
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
-    pipe = Pipeline.from_artifacts(where, thread_pool="shared")
+    pipe = Pipeline.from_artifacts(where, thread_pool="shared", draft=sys.argv[5] if len(sys.argv) > 5 else None)
     samples = _samples(pipe.spec.image_size, batch)
     pipe.generate_ids(pipe.batch(samples, max_new), GenerationConfig(max_new_tokens=max_new))
 print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
@@ -73,7 +78,7 @@ if kind == "pytorch":
     model, processor = _pytorch_model(where)
     row = bench_pytorch(model, processor, _samples(model.config.image_size, batch), max_new, repeats)
 else:
-    row = bench_runtime(Path(where), batch, max_new, repeats)
+    row = bench_runtime(Path(where), batch, max_new, repeats, draft=Path(sys.argv[6]) if len(sys.argv) > 6 else None)
 print(json.dumps(row))
 """
 
@@ -283,12 +288,13 @@ def bench_pytorch(model, processor, samples, max_new: int, repeats: int) -> dict
             "e2e_ms": _stats(e2e), "new_tokens": new_tokens, "tokens": tokens}
 
 
-def bench_runtime(artifacts: Path, batch_size: int, max_new: int, repeats: int) -> dict:
+def bench_runtime(artifacts: Path, batch_size: int, max_new: int, repeats: int, draft: Path | None = None) -> dict:
+    """``draft``: quantized artifacts whose decoder drafts for the FP32 decoder (speculative decoding)."""
     from eov_edge import manifest as mf
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.from_artifacts(artifacts, thread_pool="shared")
+    pipe = Pipeline.from_artifacts(artifacts, thread_pool="shared", draft=draft)
     samples = _samples(pipe.spec.image_size, batch_size)
     batch = pipe.batch(samples, max_new)
     greedy = GenerationConfig(max_new_tokens=max_new)
@@ -307,22 +313,31 @@ def bench_runtime(artifacts: Path, batch_size: int, max_new: int, repeats: int) 
         row = row[: row.index(eos)] if eos in row else row
         tokens.append([t for t in row if t != pad])
     decoder_mb = (artifacts / pipe.manifest.graphs[mf.DECODER].file).stat().st_size / 2**20
-    return {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
-            "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
-            "size_mb": round(_dir_size_mb(artifacts), 2)}
+    row = {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
+           "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
+           "size_mb": round(_dir_size_mb(artifacts), 2)}
+    if draft is not None:  # the FP32 artifacts plus what the draft loads: its decoder and token table
+        draft_manifest = mf.load_manifest(draft, verify_hashes=False)
+        entry = draft_manifest.graphs[mf.DECODER]
+        files = [entry.file, entry.external_data, draft_manifest.embedding["file"]]
+        row["size_mb"] = round(row["size_mb"] + sum((draft / f).stat().st_size for f in files if f) / 2**20, 2)
+        row["speculative"] = pipe.stats()["speculative"]  # of the last generation: the one whose tokens these are
+    return row
 
 
-def _timed_row(kind: str, where: str, batch: int, max_new: int, repeats: int) -> dict:
+def _timed_row(kind: str, where: str, batch: int, max_new: int, repeats: int, draft: Path | None = None) -> dict:
     """``bench_pytorch`` or ``bench_runtime`` in a fresh process (``TIMING_SCRIPT``)."""
-    out = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, kind, where, str(batch), str(max_new), str(repeats)],
-                         capture_output=True, text=True)
+    extra = [str(draft)] if draft is not None else []
+    out = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, kind, where, str(batch), str(max_new), str(repeats),
+                          *extra], capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"timing the {kind} row ({where}) failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _peak(kind: str, where: str, batch: int, max_new: int) -> float | None:
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind, where, str(batch), str(max_new)],
+def _peak(kind: str, where: str, batch: int, max_new: int, draft: Path | None = None) -> float | None:
+    extra = [str(draft)] if draft is not None else []
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, kind, where, str(batch), str(max_new), *extra],
                          capture_output=True, text=True)
     if out.returncode != 0:
         return None
@@ -344,14 +359,16 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
               recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
               peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE,
-              rounds: int = 3) -> dict:
+              rounds: int = 3, draft: str | None = DEFAULT_DRAFT) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
     time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts).
     ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match).
     ``rounds``: every row is timed once per round, rows interleaved (PyTorch, runtime fp32, ...,
     PyTorch, ...); a row's ratio to PyTorch is the median over rounds of the within-round ratio. The
     machine's speed drifts by 20-30% over minutes (a shared VM: the same fp32 row measured 2.0x and
-    2.7x PyTorch in two runs 30 minutes apart), so unpaired ratios measure the drift."""
+    2.7x PyTorch in two runs 30 minutes apart), so unpaired ratios measure the drift.
+    ``draft``: at batch 1, a row of the FP32 runtime decoding speculatively with that recipe's row
+    as its draft (:mod:`eov_edge.runtime.speculative`; FP32 answers); None: no such row."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     import onnxruntime
@@ -408,6 +425,18 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                 write_ungated(artifacts, recipe, target, int4_block_size=blocks)
         rows_dirs[f"runtime {recipe}"] = target
         gates.setdefault(f"runtime {recipe}", gate_status({}))
+    drafts: dict[str, Path] = {}  # speculative row -> its draft's artifacts
+    if draft and batch == 1 and f"runtime {draft}" in rows_dirs:
+        fp32_manifest = mf.load_manifest(rows_dirs["runtime fp32"], verify_hashes=False)
+        if fp32_manifest.decoder_kind != mf.ORT_CPU_DECODER:
+            progress("no speculative row: the FP32 artifacts carry the portable decoder; drafts are checked by "
+                     "ONNX Runtime's CPU decoder (eov-export onnx --decoder ort-cpu)")
+        elif not any(t.name == mf.LOGITS_INDEX for t in fp32_manifest.graphs[mf.DECODER].inputs):
+            progress("no speculative row: the FP32 artifacts' decoder returns the last position's logits only "
+                     "(exported by an earlier eov-edge)")
+        else:
+            drafts[speculative_row(draft)] = rows_dirs[f"runtime {draft}"]
+            rows_dirs[speculative_row(draft)] = rows_dirs["runtime fp32"]
     bandwidth = read_bandwidth_gbs()
     peak_gflops = compute_peak_gflops()
     prefill_gflop = first_token_gflop(model, processor, _samples(model.config.image_size, batch))
@@ -418,14 +447,15 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
         for name in timed:
             progress(f"timing {name}, round {round_index + 1}/{rounds}")
             timed[name].append(_timed_row("pytorch", where, batch, max_new, repeats) if name == "pytorch eager"
-                               else _timed_row("runtime", str(rows_dirs[name]), batch, max_new, repeats))
+                               else _timed_row("runtime", str(rows_dirs[name]), batch, max_new, repeats,
+                                               drafts.get(name)))
     rows = {name: _merge_rounds(runs) for name, runs in timed.items()}
     rows["pytorch eager"]["size_mb"] = round(_weights_mb(model), 2)
     rows["pytorch eager"]["decoder_mb"] = round(sum(p.numel() * p.element_size()
                                                     for p in model.language_model.parameters()) / 2**20, 2)
     rows["pytorch eager"]["peak_rss_mb"] = _peak("pytorch", where, batch, max_new)
     for name, directory in rows_dirs.items():
-        rows[name]["peak_rss_mb"] = _peak("runtime", str(directory), batch, max_new)
+        rows[name]["peak_rss_mb"] = _peak("runtime", str(directory), batch, max_new, drafts.get(name))
     base = rows["pytorch eager"]
     for name, row in rows.items():
         decode_steps = max(row["new_tokens"] - 1, 1)
@@ -447,6 +477,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
                                  3),
             "tokens_identical_to_pytorch": row["tokens"] == base["tokens"],
         })
+        if name in drafts:  # the point of the row: the FP32 answer, token for token
+            row["tokens_identical_to_fp32"] = row["tokens"] == rows["runtime fp32"]["tokens"]
     run_floors = fp32_floors(rows, prefill_gflop, peak_gflops)
     head_to_head = None
     if peer:
@@ -528,6 +560,16 @@ def markdown(report: dict) -> str:
     if slow:
         lines += ["", f"Decode steps above {FLOOR_TARGET}x their floor, and why:"]
         lines += [f"- {n}: {r['decode_vs_floor']}x ({_floor_reason(n)})" for n, r in slow]
+    for name, r in report["rows"].items():
+        if spec := r.get("speculative"):
+            calls = spec["rounds"] + 1  # the prefill, then one check per round
+            lines += ["", f"{name}: the FP32 decoder checks what the {name.split(' + ')[1]} proposes, up to "
+                      f"{spec['draft_tokens']} tokens per call; tokens = the FP32 row's: "
+                      f"{'yes' if r.get('tokens_identical_to_fp32') else 'NO'}. In its last run the draft proposed "
+                      f"{spec['drafted']} tokens, {spec['accepted']} kept (acceptance {spec['acceptance']}): "
+                      f"{r['new_tokens']} tokens in {calls} FP32 decoder calls. Its speed is the acceptance's: "
+                      "a model whose answer repeats one token (random weights) accepts everything, a trained "
+                      "model's drafts miss more often."]
     if report.get("quantized_rows_accuracy"):
         lines += ["", "Accuracy of the quantized rows (from their manifests):"]
         lines += [f"- {name}: {status}" for name, status in report["quantized_rows_accuracy"].items()]
@@ -545,6 +587,8 @@ FLOOR_TARGET = 1.5  # decode ms/token against the weight-streaming floor (the be
 
 
 def _floor_reason(row: str) -> str:
+    if row.endswith("draft"):
+        return "the draft's proposals were rejected often: each FP32 check then yields few tokens"
     if row.startswith("pytorch"):
         return "eager PyTorch: one kernel launch and allocation per op, the KV cache grown by concatenation"
     if "int8" in row:
@@ -618,9 +662,12 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
 @click.option("--recipe-artifacts", multiple=True, metavar="RECIPE=DIR",
               help="quantized artifacts to time for RECIPE, e.g. gate-accepted ones from eov-export quantize "
                    "(default: quantize here without the gate); repeatable")
+@click.option("--draft", default=DEFAULT_DRAFT, show_default=True,
+              help="at batch 1, also time the FP32 runtime decoding speculatively with this recipe's row as its "
+                   "draft (empty: no such row)")
 def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
          peer: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
-         recipe_artifacts: tuple[str, ...]) -> None:
+         recipe_artifacts: tuple[str, ...], draft: str) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     from eov_edge.bench_peer import genai_available
 
@@ -629,6 +676,8 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
     if unknown:
         raise click.UsageError(f"unknown recipes {unknown}; eov-bench times {', '.join(RECIPES)}")
     given = parse_recipe_artifacts(recipe_artifacts, chosen)
+    if draft and draft not in chosen:
+        raise click.UsageError(f"--draft {draft}: not among the timed recipes ({', '.join(chosen) or 'none'})")
     missing = genai_available()
     if peer and missing:
         raise click.UsageError(missing)
@@ -640,7 +689,7 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen,
                            progress=lambda m: click.echo(m, err=True), peer=peer, peer_prompt_tokens=peer_prompt_tokens,
                            int4_block_size=int(int4_block_size), rounds=rounds, artifacts=artifacts,
-                           recipe_artifacts=given)
+                           recipe_artifacts=given, draft=draft or None)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     click.echo(markdown(report))

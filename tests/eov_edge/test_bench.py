@@ -147,3 +147,33 @@ def test_fp32_floors_bound_the_speedup_and_are_reported():
     assert "| runtime fp32 | 360.0 [360.0-360.0] | 1.00 | 130.0 (100.0) |" in text
     assert "| runtime ort-cpu-int8 | 180.0 [180.0-180.0] | 1.00 | 110.0 |" in text  # no FP32 floor for INT8
     assert "would take 332.5 ms end to end: 2.71x this run's PyTorch" in text
+
+
+def test_the_speculative_row_states_its_acceptance_and_whether_it_kept_the_fp32_answer():
+    from eov_edge.bench import markdown, speculative_row
+
+    name = speculative_row("ort-cpu-int8")
+    assert name == "runtime fp32 + int8 draft"
+    rows = {"pytorch eager": _row(900.0, 200.0, 33, 8.0), "runtime fp32": _row(360.0, 130.0, 32, 7.5),
+            name: {**_row(250.0, 130.0, 32, 7.5), "tokens_identical_to_fp32": True,
+                   "speculative": {"draft_tokens": 4, "rounds": 7, "drafted": 24, "accepted": 24, "acceptance": 1.0}}}
+    report = {"preset": "small", "batch": 1, "max_new_tokens": 32, "repeats": 5, "rounds": 1, "rows": rows,
+              "machine": {"cpus": 2, "platform": "p", "read_bandwidth_gbs": 30.0}, "note": "n"}
+    text = markdown(report)
+    assert f"| {name} | 250.0" in text
+    assert "tokens = the FP32 row's: yes" in text and "24 kept (acceptance 1.0): 32 tokens in 8 FP32 decoder calls" in text
+    rows[name]["tokens_identical_to_fp32"] = False
+    assert "tokens = the FP32 row's: NO" in markdown(report)
+
+
+@pytest.mark.slow
+def test_bench_runtime_with_a_draft_times_the_fp32_answer(nano_fused_artifacts, tmp_path):
+    from eov_edge.bench import bench_runtime
+    from eov_edge.quantize.build import write_ungated
+
+    draft = write_ungated(nano_fused_artifacts, "ort-cpu-int8", tmp_path / "int8")
+    plain = bench_runtime(nano_fused_artifacts, 1, 8, 1)
+    speculative = bench_runtime(nano_fused_artifacts, 1, 8, 1, draft=draft)
+    assert speculative["tokens"] == plain["tokens"] and "speculative" not in plain
+    assert speculative["speculative"]["rounds"] >= 1 and speculative["speculative"]["draft_tokens"] == 4
+    assert speculative["size_mb"] > plain["size_mb"] + 1  # the draft's decoder and table come along
