@@ -202,14 +202,14 @@ class SpeculativeDecoder:
             for position in range(len(proposals) + 1):
                 step = rule.choose(produced, logits[position:position + 1])
                 produced += 1
+                matched = position < len(proposals) and rule.chosen[0] == proposals[position]
+                kept += matched
                 yield step
                 if rule.done or produced == config.max_new_tokens:
                     stats.accepted += kept
                     return
-                if position < len(proposals) and rule.chosen[0] == proposals[position]:
-                    kept += 1
-                    continue
-                break
+                if not matched:
+                    break
             stats.accepted += kept
             # FP32 cache: `last` and the kept proposals stand; the rest is overwritten next round
             target.length -= len(proposals) - kept

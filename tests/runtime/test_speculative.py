@@ -71,6 +71,18 @@ def test_answers_are_the_fp32_loops_with_fewer_fp32_calls(nano_fused_artifacts, 
     assert speculative.stats()["graphs"][DRAFT]["calls"] > 0
 
 
+def test_a_draft_identical_to_the_model_has_every_proposal_kept(nano_fused_artifacts, plain, samples):
+    """The bookkeeping: with the FP32 decoder as its own draft every proposal is kept (the final EOS
+    included), so the FP32 decoder runs once per draft_tokens + 1 tokens after the prefill."""
+    speculative = Pipeline.from_artifacts(nano_fused_artifacts, threads=1, draft=nano_fused_artifacts, draft_tokens=3)
+    chosen = [s for s in samples if s[0].startswith(("landsat", "ucmerced", "bigearthnet_s1"))]
+    config = GenerationConfig(max_new_tokens=48)
+    for (ids, _, _), (ids_s, _, stats) in zip(answers(plain, chosen, config), answers(speculative, chosen, config)):
+        assert ids_s.tolist() == ids.tolist()
+        assert stats.drafted > 0 and stats.accepted == stats.drafted, stats
+        assert stats.rounds == -(-(ids.shape[1] - 1) // 4)  # ceil((tokens after the first) / (3 + 1))
+
+
 def test_a_draft_that_keeps_missing_still_gives_the_fp32_answer(plain, samples):
     """Rejections everywhere (a wrong draft): rollback of both caches, the correction token, the
     grammar inside boxes, EOS masked until min_new_tokens; the tokens still equal the plain loop's."""
