@@ -174,7 +174,8 @@ class GreedyRule:
         return Step(index, ids, probs, np.array(self.finished))
 
     def fork(self) -> "GreedyRule":
-        """A copy that goes its own way from here (a draft's proposals) and scores nothing."""
+        """A copy that goes its own way from here (a draft's proposals) and scores nothing. The
+        scratch buffer is shared: the two choose in turn, and no pick reads it after returning."""
         other = copy.copy(self)
         other.finished = list(self.finished)
         other.grammar = copy.deepcopy(self.grammar)
