@@ -21,9 +21,12 @@ cache only for one row; the batch-1 answer is also where latency matters) and gr
 Sampling, the grammar without expected locations, and batches run the plain loop unchanged.
 
 The cache: one KV buffer per layer and kind, shared between ``past`` and ``present`` (the ORT CPU
-decoder's contract, ``export/ort_decoder.py``), and a length. Positions beyond the length hold
-stale keys and values of rejected drafts; the next call overwrites them and attention never reads
-past the length given, so rolling back is setting the length.
+decoder's contract, ``export/ort_decoder.py``), and a length; one set of buffers for both decoders
+(one architecture: the draft is a quantization of the same checkpoint). The draft needs no prefill
+of its own and reads the FP32 keys and values of everything kept so far; what it writes at the
+positions it proposes from, the FP32 check then overwrites. Positions beyond the length hold stale
+keys and values of rejected proposals; the next call overwrites them and attention never reads past
+the length given, so rolling back is setting the length.
 """
 
 from __future__ import annotations
@@ -66,12 +69,14 @@ class CacheStream:
     """One row's sequence through an ORT CPU decoder: its shared KV buffers, its length, and one
     bound call per (tokens fed, logits wanted) shape, so a round reuses bindings and buffers."""
 
-    def __init__(self, decoder: Decoder, capacity: int) -> None:
+    def __init__(self, decoder: Decoder, capacity: int, cache: list[np.ndarray] | None = None) -> None:
+        """``cache``: another stream's buffers to read and write (a draft on the FP32 cache)."""
         m = decoder.manifest
         self.runner = decoder.runner
         self.table = decoder.embed_table  # (V, D) float32 or float16
         self.past_names, self.present_names = decoder.past_names, decoder.present_names
-        self.cache = [np.zeros((1, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
+        self.cache = cache if cache is not None else \
+            [np.zeros((1, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
         self.capacity = capacity
         self.length = 0  # positions of the cache that hold the sequence
         self.has_logits_index = mf.LOGITS_INDEX in self.runner.input_names
@@ -170,10 +175,13 @@ class SpeculativeDecoder:
             yield from self.target.steps(inputs_embeds, attention_mask, config)  # its error
             return
         prompt = inputs_embeds[:, prompt_length - length:]  # (1, S, D)
-        # The FP32 cache never holds more than the plain loop's; the draft's runs no further ahead.
-        capacity = length + config.max_new_tokens - 1
-        target, draft = CacheStream(self.target, capacity), CacheStream(self.draft, capacity)
-        self.last_cache_bytes = target.nbytes + draft.nbytes
+        # One KV cache for both: the draft attends to the FP32 keys and values of everything kept
+        # so far (no prefill of its own, no second cache, and a better-informed draft); it writes
+        # its own only at the positions it proposes from, which the FP32 check then overwrites.
+        capacity = length + config.max_new_tokens - 1  # never more than the plain loop's
+        target = CacheStream(self.target, capacity)
+        draft = CacheStream(self.draft, capacity, cache=target.cache)
+        self.last_cache_bytes = target.nbytes
         eos, pad = m.special_tokens["eos"], m.special_tokens["pad"]
         rule = GreedyRule(1, len(self.embed_table), config, eos, pad)
         step = rule.choose(0, target.prefill(prompt))
@@ -181,18 +189,15 @@ class SpeculativeDecoder:
         produced = 1
         if rule.done or produced == config.max_new_tokens:
             return
-        draft.prefill(prompt)  # after the first token is out: it costs that token nothing
         stats = self.last_stats
-        pending = [rule.chosen[0]]  # tokens chosen, not yet in the draft's cache (1 or 2)
         # How many to propose: transformers' "heuristic" schedule for assisted generation, capped:
         # one more after a round the FP32 decoder took whole, one fewer after a rejection. A draft
         # that keeps missing then costs one draft step per FP32 call, not draft_tokens.
         count = self.draft_tokens
         while True:
-            last = rule.chosen[0]  # chosen, not yet in the FP32 cache
-            proposals = self._propose(draft, rule, pending, produced,
-                                      min(count, config.max_new_tokens - produced - 1))
-            start_draft = draft.length - (len(proposals) - 1 if proposals else 0)  # before this round's drafts
+            last = rule.chosen[0]  # chosen, not yet in the cache
+            draft.length = target.length
+            proposals = self._propose(draft, rule, last, produced, min(count, config.max_new_tokens - produced - 1))
             # (1 + k, V): the FP32 logits after `last` and after each proposal
             logits = target.feed([last, *proposals], every_position=True) if proposals else \
                 target.feed([last], every_position=False)
@@ -211,31 +216,23 @@ class SpeculativeDecoder:
                 if not matched:
                     break
             stats.accepted += kept
-            # FP32 cache: `last` and the kept proposals stand; the rest is overwritten next round
+            # `last` and the kept proposals stand; the positions after them are overwritten next round
             target.length -= len(proposals) - kept
-            # draft cache: it was fed all proposals but the last; keep those that were accepted
-            draft.length = start_draft + min(kept, max(len(proposals) - 1, 0))
             taken = bool(proposals) and kept == len(proposals)
-            pending = [proposals[-1], rule.chosen[0]] if taken else [rule.chosen[0]]
             count = min(count + 1, self.draft_tokens) if taken else max(count - 1, 1)
 
-    def _propose(self, draft: CacheStream, rule: GreedyRule, pending: list[int], produced: int, count: int
-                 ) -> list[int]:
-        """Up to ``count`` tokens from the draft, chosen by the same rule (forked: the real rule
-        only follows the FP32 choices); stops early at EOS. Feeds ``pending`` first."""
+    def _propose(self, draft: CacheStream, rule: GreedyRule, last: int, produced: int, count: int) -> list[int]:
+        """Up to ``count`` tokens from the draft, fed ``last`` first, chosen by the same rule
+        (forked: the real rule only follows the FP32 choices); stops early at EOS."""
         proposals: list[int] = []
-        if count < 1:
-            # nothing to propose, but the draft must still see `pending` before the next round
-            return proposals
         own = rule.fork()
-        fed = pending
+        token = last
         for i in range(count):
-            own.choose(produced + i, draft.feed(fed, every_position=False))
+            own.choose(produced + i, draft.feed([token], every_position=False))
             token = own.chosen[0]
             proposals.append(token)
-            if own.done or i == count - 1:
+            if own.done:
                 break
-            fed = [token]
         return proposals
 
 
