@@ -588,7 +588,8 @@ FLOOR_TARGET = 1.5  # decode ms/token against the weight-streaming floor (the be
 
 def _floor_reason(row: str) -> str:
     if row.endswith("draft"):
-        return "the draft's proposals were rejected often: each FP32 check then yields few tokens"
+        return ("speculative: draft steps and checks on top of the FP32 work; it pays only where an FP32 step "
+                "costs several draft steps and most proposals are kept (acceptance below)")
     if row.startswith("pytorch"):
         return "eager PyTorch: one kernel launch and allocation per op, the KV cache grown by concatenation"
     if "int8" in row:
