@@ -663,12 +663,12 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
 @click.option("--recipe-artifacts", multiple=True, metavar="RECIPE=DIR",
               help="quantized artifacts to time for RECIPE, e.g. gate-accepted ones from eov-export quantize "
                    "(default: quantize here without the gate); repeatable")
-@click.option("--draft", default=DEFAULT_DRAFT, show_default=True,
-              help="at batch 1, also time the FP32 runtime decoding speculatively with this recipe's row as its "
-                   "draft (empty: no such row)")
+@click.option("--draft", default=None,
+              help=f"at batch 1, also time the FP32 runtime decoding speculatively with this recipe's row as its "
+                   f"draft (empty: no such row) [default: {DEFAULT_DRAFT} when that recipe is timed]")
 def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
          peer: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
-         recipe_artifacts: tuple[str, ...], draft: str) -> None:
+         recipe_artifacts: tuple[str, ...], draft: str | None) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     from eov_edge.bench_peer import genai_available
 
@@ -677,7 +677,9 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
     if unknown:
         raise click.UsageError(f"unknown recipes {unknown}; eov-bench times {', '.join(RECIPES)}")
     given = parse_recipe_artifacts(recipe_artifacts, chosen)
-    if draft and draft not in chosen:
+    if draft is None:
+        draft = DEFAULT_DRAFT if DEFAULT_DRAFT in chosen else ""
+    elif draft and draft not in chosen:
         raise click.UsageError(f"--draft {draft}: not among the timed recipes ({', '.join(chosen) or 'none'})")
     missing = genai_available()
     if peer and missing:

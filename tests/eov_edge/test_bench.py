@@ -79,6 +79,11 @@ def test_cli_refuses_artifacts_of_another_model_before_timing_anything(nano_arti
     assert result.exit_code == 1 and "exported from other weights" in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert not (tmp_path / "b" / "bench.json").exists()
+    # a draft named but not timed is a usage error, before anything runs
+    result = CliRunner().invoke(main, ["--preset", "small", "--out", str(tmp_path / "c"), "--no-peer",
+                                       "--recipes", "ort-cpu-int4", "--draft", "ort-cpu-int8"])
+    assert result.exit_code == 2 and "--draft ort-cpu-int8: not among the timed recipes (ort-cpu-int4)" in result.output
+    assert not (tmp_path / "c").exists()
 
 
 def test_a_cached_folder_is_timed_again_only_while_current(nano_artifacts, nano_hash, tmp_path):
