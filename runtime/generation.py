@@ -369,8 +369,13 @@ class Decoder:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (B, T) and their probabilities (B, T), T <= max_new_tokens; rows that ended
         early are padded like ``generate()`` pads them."""
-        steps = list(self.steps(inputs_embeds, attention_mask, config))
-        return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)
+        return stack_steps(self.steps(inputs_embeds, attention_mask, config))
+
+
+def stack_steps(steps: Iterator[Step]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (B, T) and probabilities (B, T) of a decoder's steps."""
+    steps = list(steps)
+    return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)
 
 
 def _greedy_choice(logits: np.ndarray, masked: bool, eos: int, scratch: np.ndarray, scores: bool

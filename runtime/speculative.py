@@ -38,7 +38,7 @@ import numpy as np
 
 from eov_edge import manifest as mf
 from eov_edge.errors import EOVError
-from eov_edge.runtime.generation import Decoder, GenerationConfig, GreedyRule, Step
+from eov_edge.runtime.generation import Decoder, GenerationConfig, GreedyRule, Step, stack_steps
 
 DEFAULT_DRAFT_TOKENS = 4
 
@@ -154,25 +154,21 @@ class SpeculativeDecoder:
 
     def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
                  ) -> tuple[np.ndarray, np.ndarray]:
-        steps = list(self.steps(inputs_embeds, attention_mask, config))
-        return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)
+        return stack_steps(self.steps(inputs_embeds, attention_mask, config))
 
     def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
               ) -> Iterator[Step]:
         """As :meth:`Decoder.steps`; batch-1 greedy runs speculatively, the rest the plain loop."""
         self.last_stats = SpeculativeStats()
-        if len(inputs_embeds) != 1 or config.do_sample or (config.slis_grammar and not config.expected_locations):
-            yield from self.target.steps(inputs_embeds, attention_mask, config)
-            self.last_cache_bytes = self.target.last_cache_bytes
-            return
         m = self.manifest
         prompt_length = inputs_embeds.shape[1]
-        if prompt_length + config.max_new_tokens > m.max_context:  # the plain loop's own check
-            yield from self.target.steps(inputs_embeds, attention_mask, config)
-            return
         length = int(attention_mask.astype(np.int64).sum())  # batch 1: drop the left padding
-        if length < 1:
-            yield from self.target.steps(inputs_embeds, attention_mask, config)  # its error
+        # batches, sampling, the grammar without expected locations: the plain loop; so too a prompt
+        # over the context or without tokens, for the plain loop's own error
+        if len(inputs_embeds) != 1 or config.do_sample or (config.slis_grammar and not config.expected_locations) \
+                or prompt_length + config.max_new_tokens > m.max_context or length < 1:
+            yield from self.target.steps(inputs_embeds, attention_mask, config)
+            self.last_cache_bytes = self.target.last_cache_bytes
             return
         prompt = inputs_embeds[:, prompt_length - length:]  # (1, S, D)
         # One KV cache for both: the draft attends to the FP32 keys and values of everything kept
