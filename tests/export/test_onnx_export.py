@@ -242,3 +242,41 @@ def test_conv_stem_exports_with_parity_and_tensorrt_ops(tmp_path):
     encoder = onnx.load(str(tmp_path / "conv" / manifest.graphs["encoder"].file), load_external_data=False)
     assert sum(n.op_type == "Conv" for n in encoder.graph.node) == 4
     assert not unsupported_ops(encoder)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_split_skip_layer_norms_computes_what_the_fused_op_computes(with_bias):
+    """The fused encoder's SkipLayerNormalizations become Add (+ bias Add) + LayerNormalization:
+    the normalized output and the residual sum equal ONNX Runtime's fused kernel's."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    width = 48
+    weights = {name: rng.standard_normal(width).astype(np.float32) for name in ("gamma", "beta", "bias")}
+    inputs = ["x", "skip", "gamma", "beta"] + (["bias"] if with_bias else [])
+    node = helper.make_node("SkipLayerNormalization", inputs, ["y", "", "", "sum"], name="layer0/norm",
+                            domain="com.microsoft", epsilon=1e-6)
+    scale = helper.make_node("Mul", ["sum", "two"], ["sum_x2"])  # a consumer of the residual sum
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5, width]) for n in ("x", "skip", "y", "sum_x2")]
+    graph = helper.make_graph([node, scale], "g", io[:2], io[2:],
+                              [numpy_helper.from_array(v, n) for n, v in weights.items() if n in inputs]
+                              + [numpy_helper.from_array(np.float32(2.0), "two")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    feed = {"x": rng.standard_normal((2, 5, width), dtype=np.float32),
+            "skip": rng.standard_normal((2, 5, width), dtype=np.float32)}
+
+    def run(m):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the ops as written
+        return ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feed)
+
+    fused = run(model)
+    assert onnx_export.split_skip_layer_norms(model.graph) == 1
+    assert [n.op_type for n in model.graph.node] == ["Add"] * (1 + with_bias) + ["LayerNormalization", "Mul"]
+    onnx.checker.check_model(model)
+    split = run(model)
+    for a, b in zip(fused, split):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    total = feed["x"] + feed["skip"] + (weights["bias"] if with_bias else 0)
+    np.testing.assert_allclose(split[1], 2 * total, atol=1e-5)
