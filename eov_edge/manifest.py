@@ -32,6 +32,10 @@ LOGITS_INDEX = "logits_index"
 # ONNX Runtime contrib ops, a KV buffer shared between past and present)
 PORTABLE_DECODER, ORT_CPU_DECODER = "portable", "ort-cpu"
 DECODER_KINDS = (PORTABLE_DECODER, ORT_CPU_DECODER)
+# quantization["graphs"]["decoder"][PREFILL_SESSION_CONFIG]: ONNX Runtime session config entries of
+# a second CPU session on decoder.onnx that runs the prompts (prefill); decode steps keep the first.
+# The gate measured the artifacts run that way.
+PREFILL_SESSION_CONFIG = "prefill_session_config"
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -88,6 +92,10 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+    def prefill_session_config(self) -> dict[str, str]:
+        """The session config entries of the decoder's prefill session; empty: one session does all."""
+        return dict(self.quantization.get("graphs", {}).get(DECODER, {}).get(PREFILL_SESSION_CONFIG) or {})
 
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":

@@ -75,6 +75,9 @@ def _print_answer(label: str, answer) -> None:
                    "for the FP32 decoder to check: the same answers, fewer FP32 steps (one image, greedy)")
 @click.option("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, show_default=True,
               help="most tokens the draft proposes per FP32 decoder call")
+@click.option("--prefill-session/--no-prefill-session", default=True, show_default=True,
+              help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (faster "
+                   "prompts; memory for a second copy of the 4-bit decoder weights)")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")
@@ -82,8 +85,8 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
 def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
-         do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, geojson, as_json,
-         stream, warmup, no_verify, progress) -> None:
+         do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, prefill_session,
+         geojson, as_json, stream, warmup, no_verify, progress) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
@@ -100,7 +103,8 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
         pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
                                            threads=threads, thread_pool="shared", verify_hashes=not no_verify,
-                                           warmup=warmup, engines=engines, draft=draft, draft_tokens=draft_tokens)
+                                           warmup=warmup, engines=engines, draft=draft, draft_tokens=draft_tokens,
+                                           prefill_session=prefill_session)
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress)

@@ -186,8 +186,12 @@ class GreedyRule:
 class Decoder:
     """Prefill + decode loop over a decoder runner and the token embedding table."""
 
-    def __init__(self, runner: Runner, embed_table: np.ndarray, manifest: mf.Manifest) -> None:
+    def __init__(self, runner: Runner, embed_table: np.ndarray, manifest: mf.Manifest,
+                 prefill_runner: Runner | None = None) -> None:
         self.runner = runner
+        # prompts go through prefill_runner where given (a session of the same graph with other
+        # kernels: mf.PREFILL_SESSION_CONFIG), decode steps through runner
+        self.prefill_runner = prefill_runner or runner
         self.embed_table = embed_table  # (V, D) float32 or float16
         self.manifest = manifest
         self.past_names = mf.past_names(manifest.num_layers)
@@ -219,7 +223,7 @@ class Decoder:
         empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
         feed = {mf.INPUTS_EMBEDS: inputs_embeds, mf.ATTENTION_MASK: attention_mask, mf.POSITION_IDS: positions}
         feed.update((name, empty) for name in self.past_names)
-        out = self.runner.infer(feed)
+        out = self.prefill_runner.infer(feed)
         capacity = prompt_length + config.max_new_tokens - 1
         cache = KVCache(m.num_layers, batch, m.num_kv_heads, m.head_dim, capacity)
         self.last_cache_bytes = cache.nbytes
@@ -265,7 +269,8 @@ class Decoder:
             feed.update(self._last_logits)
             rows = [c[start:end] for c in cache]  # (rows, KV, C, hd) views into the shared buffers
             feed.update(zip(self.past_names, rows))
-            self.runner.infer(feed, outputs={mf.LOGITS: logits[start:end], **dict(zip(self.present_names, rows))})
+            self.prefill_runner.infer(feed, outputs={mf.LOGITS: logits[start:end],
+                                                     **dict(zip(self.present_names, rows))})
             start = end
         # Decode: the same buffers every step, refilled in place (one binding for the whole loop).
         step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)

@@ -38,6 +38,10 @@ TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "
                 "count": "vqa", "describe": "caption", "track": "temporal"}
 SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
 DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts' graphs in Pipeline.runners
+# a second ONNX Runtime session on decoder.onnx for prompts, where the manifest asks for one
+# (mf.PREFILL_SESSION_CONFIG: INT4 CPU artifacts, whose fp32 kernel is faster on prompts)
+PREFILL = "decoder prefill"
+PREFILL_MIN_ONNXRUNTIME = (1, 32)  # mlas.qnbit.force_fp32; older versions ignore the key
 
 
 def resolve_task(task: str) -> str:
@@ -93,7 +97,7 @@ class Pipeline:
         self.embed_table = np.load(directory / manifest.embedding["file"])
         self.spec = InputSpec(manifest.image_size, manifest.image_tokens_per_view, manifest.max_context)
         self.patch_size = int(manifest.model_config.get("vision_config", {}).get("patch_size", 1))
-        self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest)
+        self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest, prefill_runner=runners.get(PREFILL))
         self.timings: dict[str, float] = {"read": 0.0, "encode": 0.0, "generate": 0.0}
 
     @classmethod
@@ -101,7 +105,7 @@ class Pipeline:
                        providers: list[str] | None = None, threads: int | None = None,
                        thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
                        engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
-                       draft_tokens: int = DEFAULT_DRAFT_TOKENS) -> "Pipeline":
+                       draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool = True) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
@@ -110,6 +114,11 @@ class Pipeline:
         ``draft``: quantized artifacts of the same checkpoint whose decoder proposes ``draft_tokens``
         tokens per FP32 decoder call (:mod:`eov_edge.runtime.speculative`; the same answers, fewer
         full-precision steps; batch-1 greedy decoding).
+        ``prefill_session``: where the manifest asks for it (INT4 CPU artifacts), prompts run in a
+        second ONNX Runtime session of the decoder with the kernel its config entries choose
+        (``mf.PREFILL_SESSION_CONFIG``; ONNX Runtime >= 1.32, CPU): faster prompts, for the memory of
+        a second copy of the decoder's weights. False: one session does all (the gate measured the
+        artifacts with it, as the runtime runs them by default).
         """
         directory = Path(directory)
         if draft is not None and backend != "onnxruntime":
@@ -123,6 +132,12 @@ class Pipeline:
             options = {"engine_dir": engines, "manifest": manifest}
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
+        prefill_config = manifest.prefill_session_config() if prefill_session else {}
+        if (prefill_config and backend == "onnxruntime" and _cpu_first(providers)
+                and _onnxruntime_at_least(PREFILL_MIN_ONNXRUNTIME)):
+            entry = manifest.graphs[mf.DECODER]
+            runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
+                                           config_entries=prefill_config, **options)
         pipeline = cls(directory, manifest, runners)
         if draft is not None:
             pipeline.use_draft(draft, draft_tokens, verify_hashes=verify_hashes, **options)
@@ -288,6 +303,20 @@ class Pipeline:
         if isinstance(self.decoder, SpeculativeDecoder):
             stats["speculative"] = {"draft_tokens": self.decoder.draft_tokens, **self.decoder.last_stats.to_dict()}
         return stats
+
+
+def _cpu_first(providers: list[str] | None) -> bool:
+    """Whether ONNX Runtime runs these graphs on the CPU (the default, or CPU listed first)."""
+    return not providers or providers[0].lower() in ("cpu", "cpuexecutionprovider")
+
+
+def _onnxruntime_at_least(version: tuple[int, int]) -> bool:
+    import onnxruntime
+
+    try:
+        return tuple(int(part) for part in onnxruntime.__version__.split(".")[:2]) >= version
+    except ValueError:  # a local build's version string
+        return False
 
 
 def _check_compatible(manifest: mf.Manifest, directory: Path) -> None:

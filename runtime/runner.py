@@ -49,12 +49,15 @@ def ort_shared_thread_pool(threads: int | None) -> int:
     return _ORT_SHARED_THREADS
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, config_entries: dict[str, str] | None = None):
     """ONNX Runtime SessionOptions for any session eov-edge creates: the shared pool once it exists
-    (ONNX Runtime then refuses any other), else a non-spinning pool of its own."""
+    (ONNX Runtime then refuses any other), else a non-spinning pool of its own; ``config_entries``:
+    session config keys and values (``add_session_config_entry``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in (config_entries or {}).items():
+        options.add_session_config_entry(key, value)
     if _ORT_SHARED_THREADS is not None:
         options.use_per_session_threads = False
     else:
@@ -213,12 +216,14 @@ class OrtRunner(Runner):
     ``thread_pool``: "session" (default; a pool per session, not spinning: safe beside other ONNX
     Runtime users in the process) or "shared" (one spinning pool; faster, see
     :func:`ort_shared_thread_pool`). ``threads``: intra-op threads (default: ONNX Runtime's choice,
-    the physical cores).
+    the physical cores). ``config_entries``: session config entries (the decoder's prefill session).
     """
 
     def __init__(self, name: str, path: Path, entry: GraphEntry, providers: list[str] | None = None,
-                 threads: int | None = None, thread_pool: str = "session") -> None:
+                 threads: int | None = None, thread_pool: str = "session",
+                 config_entries: dict[str, str] | None = None) -> None:
         super().__init__(name, path, entry)
+        self.config_entries = dict(config_entries or {})
         if thread_pool not in THREAD_POOLS:
             raise RunnerError(f"thread_pool must be one of {THREAD_POOLS}, got {thread_pool!r}")
         self.providers = [PROVIDER_ALIASES.get(p.lower(), p) for p in (providers or ["CPUExecutionProvider"])]
@@ -241,7 +246,7 @@ class OrtRunner(Runner):
         # Runtime users (the test suite, a notebook): once the shared pool exists, ORT refuses them.
         if self.thread_pool == "shared" and os.environ.get("EOV_THREAD_POOL") != "session":
             self.threads = ort_shared_thread_pool(self.threads)  # the first runner in a process fixes its size
-        options = session_options(self.threads)
+        options = session_options(self.threads, self.config_entries)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types from C++

@@ -73,6 +73,7 @@ class CacheStream:
         """``cache``: another stream's buffers to read and write (a draft on the FP32 cache)."""
         m = decoder.manifest
         self.runner = decoder.runner
+        self.prefill_runner = decoder.prefill_runner  # the prompt (Decoder: the same runner, or its prefill session)
         self.table = decoder.embed_table  # (V, D) float32 or float16
         self.past_names, self.present_names = decoder.past_names, decoder.present_names
         self.cache = cache if cache is not None else \
@@ -108,7 +109,7 @@ class CacheStream:
         self._advance_counters(embeds.shape[1])
         logits = np.empty((1, 1, len(self.table)), np.float32)  # (1, 1, V)
         feed = self._feed(np.ascontiguousarray(embeds, dtype=np.float32), np.array([-1], np.int64))
-        self.runner.infer(feed, outputs={mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))})
+        self.prefill_runner.infer(feed, outputs={mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))})
         self.length = embeds.shape[1]
         return logits[:, 0]
 

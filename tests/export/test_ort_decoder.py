@@ -102,6 +102,52 @@ def test_cpu_recipes_quantize_the_fused_decoder(nano_fused_artifacts, tmp_path):
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
 
 
+def test_int4_prompts_run_in_a_second_session_with_the_fp32_kernel(nano_fused_artifacts, tmp_path):
+    """ort-cpu-int4 asks for a prefill session (mlas.qnbit.force_fp32): the runtime runs each prompt
+    there and the decode steps in the default (int8-compute) session; the first token's probability
+    is the fp32 kernel's, not the int8 kernel's. prefill_session=False keeps one session."""
+    import onnxruntime as ort
+
+    from eov_edge.runtime.pipeline import PREFILL
+
+    out = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
+    manifest = mf.load_manifest(out)
+    assert manifest.prefill_session_config() == {"mlas.qnbit.force_fp32": "1"}
+    width, length = manifest.model_config["text_config"]["hidden_size"], 20
+    prompt = np.random.default_rng(0).standard_normal((1, length, width)).astype(np.float32) * 0.05
+    mask = np.ones((1, length), np.int64)
+
+    def first_token(pipe, new_tokens=1):
+        steps = list(pipe.decoder.steps(prompt, mask, GenerationConfig(max_new_tokens=new_tokens,
+                                                                       min_new_tokens=new_tokens, slis_grammar=False)))
+        return int(steps[0].token_ids[0]), float(steps[0].probs[0]), len(steps)
+
+    def standalone_probability(token, config_entries):
+        options = ort.SessionOptions()
+        for key, value in config_entries.items():
+            options.add_session_config_entry(key, value)
+        session = ort.InferenceSession(str(out / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
+        feed = {mf.INPUTS_EMBEDS: prompt, mf.SEQLENS_K: np.array([length - 1], np.int32),
+                mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64)}
+        feed.update((name, np.zeros((1, manifest.num_kv_heads, length, manifest.head_dim), np.float32))
+                    for name in mf.past_names(manifest.num_layers))
+        logits = session.run([mf.LOGITS], feed)[0][0, -1].astype(np.float64)
+        logits[manifest.special_tokens["eos"]] = -np.inf  # as the loop does before min_new_tokens
+        return float(np.exp(logits[token] - logits.max()) / np.exp(logits - logits.max()).sum())
+
+    two = Pipeline.from_artifacts(out)
+    assert PREFILL in two.runners
+    token, probability, steps = first_token(two, new_tokens=6)
+    assert steps == 6 and len(two.runners[PREFILL].timings) == 1 and len(two.runners[mf.DECODER].timings) == 5
+    fp32_kernel = standalone_probability(token, {"mlas.qnbit.force_fp32": "1"})
+    int8_kernel = standalone_probability(token, {})
+    assert fp32_kernel != pytest.approx(int8_kernel, rel=1e-6, abs=0)  # the two kernels differ here
+    assert probability == pytest.approx(fp32_kernel, rel=1e-5, abs=0)
+    one = Pipeline.from_artifacts(out, prefill_session=False)
+    assert PREFILL not in one.runners
+    assert first_token(one)[1] == pytest.approx(int8_kernel, rel=1e-5, abs=0)
+
+
 def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path):
     out = write_ungated(nano_fused_artifacts, "ort-cpu-int8", tmp_path / "int8")
     ops = collections.Counter(n.op_type for n in onnx.load(str(out / "decoder.onnx")).graph.node)
