@@ -444,7 +444,9 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
              "timing PyTorch eager generate()")
     timed: dict[str, list[dict]] = {"pytorch eager": [], **{name: [] for name in rows_dirs}}
     for round_index in range(rounds):
-        for name in timed:
+        # every other round in reverse: a drift of the machine's speed over a round then favours
+        # no row against PyTorch (the ratios are paired within a round)
+        for name in (list(timed) if round_index % 2 == 0 else list(timed)[::-1]):
             progress(f"timing {name}, round {round_index + 1}/{rounds}")
             timed[name].append(_timed_row("pytorch", where, batch, max_new, repeats) if name == "pytorch eager"
                                else _timed_row("runtime", str(rows_dirs[name]), batch, max_new, repeats,

@@ -163,6 +163,24 @@ def _reference_tokens(language_model, ids: list[list[int]], max_new: int) -> lis
     return out[:, len(ids[0]):].tolist()
 
 
+def peer_round_order(names: list[str], round_index: int) -> list[str]:
+    """The order of one round: each of our rows right beside the GenAI row it is compared with (the
+    paired ratio then spans seconds, not the whole round, over which this machine drifts), which
+    of the two runs first alternating from round to round (a drift within the pair cancels over
+    rounds); rows with no GenAI row of their precision (portable, int8) after the pairs."""
+    paired, alone = [], []
+    for name in names:
+        if not name.startswith("ours"):
+            continue
+        peer = f"ort-genai {name.split()[-1]}"
+        if peer in names:
+            paired += [name, peer] if round_index % 2 == 0 else [peer, name]
+        else:
+            alone.append(name)
+    rest = [n for n in names if n not in paired and n not in alone]  # GenAI rows without one of ours
+    return paired + alone + rest
+
+
 def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
                    bandwidth_gbs: float, batch: int, prompt_tokens: int = 200, max_new: int = 32,
                    repeats: int = 5, rounds: int = PEER_MIN_ROUNDS, progress=print,
@@ -188,7 +206,8 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
     reference = _reference_tokens(language_model, ids, max_new)
     measured: dict[str, list[dict]] = {name: [] for name in rows_where}
     for round_index in range(rounds):
-        for name, (kind, where) in rows_where.items():
+        for name in peer_round_order(list(rows_where), round_index):
+            kind, where = rows_where[name]
             progress(f"decoder head to head, round {round_index + 1}/{rounds}: {name}")
             measured[name].append(_time_row(kind, where, ids, max_new, repeats))
     rows = {}

@@ -182,3 +182,16 @@ def test_bench_runtime_with_a_draft_times_the_fp32_answer(nano_fused_artifacts, 
     assert speculative["tokens"] == plain["tokens"] and "speculative" not in plain
     assert speculative["speculative"]["rounds"] >= 1 and speculative["speculative"]["draft_tokens"] == 4
     assert speculative["size_mb"] > plain["size_mb"] + 1  # the draft's decoder and table come along
+
+
+def test_peer_rounds_pair_each_row_with_its_genai_row_and_alternate_who_runs_first():
+    from eov_edge.bench_peer import peer_round_order
+
+    names = ["ours fp32", "ours fp32-portable", "ours int8", "ours int4", "ort-genai fp32", "ort-genai int4"]
+    even, odd = peer_round_order(names, 0), peer_round_order(names, 1)
+    assert even == ["ours fp32", "ort-genai fp32", "ours int4", "ort-genai int4", "ours fp32-portable", "ours int8"]
+    assert odd == ["ort-genai fp32", "ours fp32", "ort-genai int4", "ours int4", "ours fp32-portable", "ours int8"]
+    assert sorted(peer_round_order(names, 2)) == sorted(names)
+    # a GenAI row with none of ours (the int4 row not asked for) still runs
+    assert peer_round_order(["ours fp32", "ort-genai fp32", "ort-genai int4"], 1) == \
+        ["ort-genai fp32", "ours fp32", "ort-genai int4"]
