@@ -215,9 +215,10 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     if not qdq and graph == mf.DECODER:
         # accuracy_level 4 (activations quantized to int8 per block, int8 dot products) is the fast
         # kernel for one token, but for a prompt the fp32 kernel on the same 4-bit weights is faster
-        # and keeps the activations in float (small, 2 cores: a 200-token prefill 149 -> 133 ms, 90
-        # tokens 66 -> 58; one decode step 1.3x slower). ONNX Runtime picks the kernel per session
-        # (mlas.qnbit.force_fp32, onnxruntime >= 1.32): the runtime opens a second session for prompts.
+        # and keeps the activations in float (small, 2 cores: a 200-token prefill 144 -> 130 ms, 90
+        # tokens 64 -> 54; one decode step 1.6x slower; benchmarks/ort_cpu_kernels.py). ONNX Runtime
+        # picks the kernel per session (mlas.qnbit.force_fp32, onnxruntime >= 1.32): the runtime
+        # opens a second session for prompts.
         info["activations"] = "float; int8 compute (accuracy_level 4) in decode steps, fp32 compute in prompts"
         info[mf.PREFILL_SESSION_CONFIG] = {"mlas.qnbit.force_fp32": "1"}
     return info
