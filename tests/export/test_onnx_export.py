@@ -280,3 +280,15 @@ def test_split_skip_layer_norms_computes_what_the_fused_op_computes(with_bias):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
     total = feed["x"] + feed["skip"] + (weights["bias"] if with_bias else 0)
     np.testing.assert_allclose(split[1], 2 * total, atol=1e-5)
+
+
+def test_split_skip_layer_norms_leaves_a_node_whose_statistics_are_read():
+    from onnx import helper
+
+    used = helper.make_node("SkipLayerNormalization", ["x", "skip", "gamma"], ["y", "mean", "", "sum"],
+                            domain="com.microsoft")
+    plain = helper.make_node("SkipLayerNormalization", ["y", "skip", "gamma"], ["z"], domain="com.microsoft")
+    graph = helper.make_graph([used, plain], "g", [], [])
+    assert onnx_export.split_skip_layer_norms(graph) == 1
+    assert [n.op_type for n in graph.node] == ["SkipLayerNormalization", "Add", "LayerNormalization"]
+    assert graph.node[2].output[0] == "z" and graph.node[2].input[0] == graph.node[1].output[0]
