@@ -25,14 +25,12 @@ import numpy as np
 
 
 def _session(model, config: dict[str, str] | None = None, threads: int = 2):
+    """A CPU session as the runtime makes one outside its shared pool: its own non-spinning pool."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    from eov_edge.runtime.runner import session_options
+
+    return ort.InferenceSession(model, session_options(threads, config), providers=["CPUExecutionProvider"])
 
 
 def _alternate(calls: dict[str, callable], rounds: int, per_round: int) -> dict[str, float]:
@@ -106,6 +104,7 @@ def int4_kernels(artifacts: Path, prompt_lengths: list[int], threads: int, round
                 binding.bind_input(past_name, "cpu", 0, np.float32, shape, buffer.ctypes.data)
                 binding.bind_output(present_name, "cpu", 0, np.float32, shape, buffer.ctypes.data)
             binding.bind_output(mf.LOGITS, "cpu")
+            # bound by address: the lambda keeps the KV buffers alive for as long as it may run
             calls[name] = lambda s=session, b=binding, c=cache: s.run_with_iobinding(b)
         ms = _alternate(calls, rounds, 10 if fed == 1 else 2)
         rows.append({"tokens_fed": fed, "cached": past, "threads": threads, "ms": ms})

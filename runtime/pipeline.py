@@ -29,7 +29,7 @@ from eov_edge.inputs import InputSpec, Sample, build_batch
 from eov_edge.raster import View, Window, read_view
 from eov_edge.runtime.generation import Decoder, GenerationConfig
 from eov_edge.runtime.geo import Detection, detections_from_answer
-from eov_edge.runtime.runner import Runner, make_runner
+from eov_edge.runtime.runner import PROVIDER_ALIASES, Runner, make_runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 from eov_edge.tasks import DEFAULT_QUESTIONS, TASKS
 from eov_edge.tokenizer import TextTokenizer
@@ -307,7 +307,7 @@ class Pipeline:
 
 def _cpu_first(providers: list[str] | None) -> bool:
     """Whether ONNX Runtime runs these graphs on the CPU (the default, or CPU listed first)."""
-    return not providers or providers[0].lower() in ("cpu", "cpuexecutionprovider")
+    return not providers or PROVIDER_ALIASES.get(providers[0].lower(), providers[0]) == "CPUExecutionProvider"
 
 
 def _onnxruntime_at_least(version: tuple[int, int]) -> bool:
