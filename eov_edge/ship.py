@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from eov_edge.provenance import git_commit
+from eov_edge.provenance import cpu_model, git_commit
 from eov_edge.paths import data_dir, write_json_atomic
 
 NANO_CHECKPOINT = Path(__file__).parent / "assets" / "eov-nano"
@@ -87,7 +87,8 @@ def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None, h
             commit=commit or config.get("git_commit") or git_commit(),
             history=f"\n{history.strip()}\n" if history.strip() else "",
             versions=f"torch {torch.__version__}, transformers {transformers.__version__}, "
-                     f"Python {platform.python_version()}, {os.cpu_count()} CPU cores",
+                     f"Python {platform.python_version()}, {os.cpu_count()} CPU cores ({cpu_model()}, "
+                     f"torch CPU capability {torch.backends.cpu.get_cpu_capability()})",
         )
         (staging / "ckpt" / "README.md").write_text(card)
         shutil.rmtree(out, ignore_errors=True)

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from eov_edge.processor import load_checkpoint
+from eov_edge.provenance import cpu_model
 from eov_edge.train import StageConfig, TrainConfig, train
 
 pytestmark = pytest.mark.slow
@@ -25,6 +27,8 @@ def test_ship_writes_the_card_and_an_eval_naming_the_shipped_folder(tmp_path, sh
     assert set(saved["tasks"]) == set(report["tasks"]) and saved["per_task"] == 1
     card = (out / "README.md").read_text()
     assert "eov-train --preset nano --out runs/run --seed 0" in card and "0" * 40 in card
+    # the machine it was made on: the same seed gives the same floats only on the same kind of CPU
+    assert f"({cpu_model()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()})" in card
     assert {"train_log.json", "train_config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     model, _ = load_checkpoint(out)
     assert model.config.preset == "nano"
