@@ -128,8 +128,7 @@ class TrainConfig:
                         token_aux_weight=2.0),
             StageConfig("viewpoint", steps(700), dict(object_tasks, change=1.0, temporal=1.0)),
             StageConfig("imaging_physics", steps(400), land_tasks, trainable=("stem", "trunk", "projector", "aux")),
-            # 2100 steps, not nano-v13's 2400: the read-out stage below takes their time (150-minute bar).
-            StageConfig("joint", steps(2100), joint_tasks, lr=5e-4),
+            StageConfig("joint", steps(2400), joint_tasks, lr=5e-4),
             # Cross-modal examples only, with their dense match supervision and the SAR/optical
             # alignment loss (InfoNCE over the ~8 same-place pairs of a batch). The stem (and its batch
             # norm) stays frozen: its statistics must not move to two modalities' alone. Without this
@@ -140,13 +139,6 @@ class TrainConfig:
                         trainable=("trunk", "projector", "decoder", "aux"), **LANGUAGE_LOSS_ONLY,
                         cross_modal_align_weight=1.0, cross_modal_match_weight=1.0),
             StageConfig("answers", steps(400), joint_tasks, lr=2.5e-4, warmup_steps=0, **LANGUAGE_LOSS_ONLY),
-            # The decoder alone (stem, trunk and projector frozen: the image tokens sensor_matching
-            # aligned stay as they are), VQA-heavy, with the answer-attention loss on. nano-v13's image
-            # tokens held VQA presence linearly (0.83-0.85 from pooled tokens) while its decoder
-            # answered it near the majority answer; this stage teaches the decoder to read it out.
-            # Temporal at 4 (not 1.5): with less the stage cost temporal direction 0.71 -> 0.61.
-            StageConfig("vqa_readout", steps(600), dict(joint_tasks, vqa=10.0, temporal=4.0), lr=5e-4,
-                        warmup_steps=0, trainable=("decoder",), **dict(LANGUAGE_LOSS_ONLY, answer_attention_weight=1.0)),
         ]
         return cls(preset=preset, stages=stages, **kwargs)
 
