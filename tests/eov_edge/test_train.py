@@ -437,8 +437,8 @@ def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared
     assert {"aux", "token_aux", "pointer", "attention"} <= set(full_parts) and full.item() > loss.item()
     recipe = TrainConfig.pcma("nano").stages
     assert [s.name for s in recipe] == ["alignment", "viewpoint", "imaging_physics", "joint", "sensor_matching",
-                                        "answers"]
-    joint, matching, answers = recipe[-3:]
+                                        "answers", "vqa_readout"]
+    joint, matching, answers, readout = recipe[-4:]
     assert answers.task_weights == joint.task_weights
     assert all(getattr(answers, name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
     # the cross-modal stage: its examples alone, their match and alignment terms the only heads run,
@@ -447,6 +447,9 @@ def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared
     assert all(getattr(matching, name) == 0.0 for name in LANGUAGE_LOSS_ONLY)
     assert matching.cross_modal_match_weight > 0 and matching.cross_modal_align_weight > 0
     assert all(s.cross_modal_match_weight == 0 == s.cross_modal_align_weight for s in recipe if s is not matching)
+    # the read-out stage: the decoder alone, language loss plus the answer-attention term
+    assert readout.trainable == ("decoder",) and readout.answer_attention_weight > 0
+    assert all(getattr(readout, name) == 0.0 for name in LANGUAGE_LOSS_ONLY if name != "answer_attention_weight")
 
 
 def test_cross_modal_match_loss_reads_the_optical_tokens_and_head_1_on_their_sar_cells():
