@@ -416,7 +416,7 @@ def test_cross_modal_alignment_loss_rewards_shared_content_not_position():
 
 
 @pytest.mark.data
-def test_language_only_stage_computes_no_head_and_the_recipe_ends_with_it(shared_data):
+def test_language_only_stages_compute_no_head_and_the_recipe_ends_with_them(shared_data):
     import random
 
     from eov_edge.train import LANGUAGE_LOSS_ONLY, collate, training_step
