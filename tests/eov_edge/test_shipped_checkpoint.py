@@ -53,11 +53,12 @@ def test_recorded_eval_beats_image_blind_baselines():
     assert set(tasks) == set(DEFAULT_QUESTIONS)
     assert tasks["vqa"]["accuracy"] > tasks["vqa"]["baseline_accuracy"]
     assert tasks["classification"]["accuracy"] > tasks["classification"]["baseline_accuracy"]
-    # cross-modal matching beyond the luck of the draw (below its majority answer before nano-v13)
-    assert tasks["cross_modal"]["margin_ci95"][0] > 0
     assert tasks["grounding"]["well_formed"] >= 0.99
     for task, scores in tasks.items():
         # the answers depend on the input on every task, and each margin carries its interval
         assert scores["distinct_answers"] >= 2, task
         low, high = scores["margin_ci95"]
         assert low <= scores["margin"] <= high, task
+        # every task kind clearly above its image-blind baseline, beyond the luck of the draw (since
+        # nano-v15; VQA's interval reached 0 and cross-modal was below its majority answer before)
+        assert low > 0, (task, scores["margin_ci95"])
