@@ -91,6 +91,9 @@ def int4_kernels(artifacts: Path, prompt_lengths: list[int], threads: int, round
         feed = {mf.INPUTS_EMBEDS: rng.standard_normal((1, fed, width), dtype=np.float32) * 0.05,
                 mf.SEQLENS_K: np.array([past + fed - 1], np.int32),
                 mf.TOTAL_SEQUENCE_LENGTH: np.array(past + fed, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64)}
+        if any(t.name == mf.INPUT_IDS for t in manifest.graphs[mf.DECODER].inputs):  # fed as embeddings only
+            feed[mf.INPUT_IDS] = np.zeros((1, 0), np.int64)
+            feed[mf.EMBED_TABLE] = np.load(artifacts / manifest.embedding["file"])
         calls = {}
         for name, session in sessions.items():
             cache = [np.zeros((1, manifest.num_kv_heads, capacity, manifest.head_dim), np.float32)
@@ -104,6 +107,8 @@ def int4_kernels(artifacts: Path, prompt_lengths: list[int], threads: int, round
                 binding.bind_input(past_name, "cpu", 0, np.float32, shape, buffer.ctypes.data)
                 binding.bind_output(present_name, "cpu", 0, np.float32, shape, buffer.ctypes.data)
             binding.bind_output(mf.LOGITS, "cpu")
+            if mf.EMBED_TABLE in feed:
+                binding.bind_output(mf.NEXT_TOKENS, "cpu")
             # bound by address: the lambda keeps the KV buffers alive for as long as it may run
             calls[name] = lambda s=session, b=binding, c=cache: s.run_with_iobinding(b)
         ms = _alternate(calls, rounds, 10 if fed == 1 else 2)

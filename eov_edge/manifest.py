@@ -28,6 +28,11 @@ INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "inputs_embeds", "attentio
 SEQLENS_K, TOTAL_SEQUENCE_LENGTH = "seqlens_k", "total_sequence_length"
 # ... and which fed positions get logits (K,) i64; artifacts exported before it had [-1] built in.
 LOGITS_INDEX = "logits_index"
+# ... and token ids fed after the inputs_embeds rows (B, S') i64, gathered in the graph from the
+# embedding table the runtime binds (V, D), and each logits position's argmax (B, K) i64: a decode
+# step's token goes back in as the next step's input without the host touching the vocabulary.
+# Artifacts exported before them take inputs_embeds only.
+INPUT_IDS, EMBED_TABLE, NEXT_TOKENS = "input_ids", "embed_table", "next_tokens"
 # decoder.onnx kinds: "portable" (standard ops: ONNX Runtime, TensorRT) or "ort-cpu" (fused
 # ONNX Runtime contrib ops, a KV buffer shared between past and present)
 PORTABLE_DECODER, ORT_CPU_DECODER = "portable", "ort-cpu"

@@ -122,7 +122,7 @@ def fuse_decoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, language_mo
 
     file = mf.GRAPH_FILES[mf.DECODER]
     build_ort_decoder(export_weights(language_model), directory / file, manifest,  # staging: replaced in place
-                      external_threshold)
+                      external_threshold, embedding_dtype=manifest.embedding["dtype"])
     manifest.graphs[mf.DECODER] = graph_entry(directory, file, manifest.graphs[mf.DECODER].opset)
     manifest.decoder_kind = mf.ORT_CPU_DECODER
 

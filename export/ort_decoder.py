@@ -13,11 +13,18 @@ the way ONNX Runtime GenAI's model builder lays out a Qwen2 decoder:
   logits only for the positions asked for (``logits_index``: the last one, except when the runtime
   checks a speculative draft, :mod:`eov_edge.runtime.speculative`).
 
-Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S, D) f32,
-``seqlens_k`` (B,) i32 = each row's valid length including the S fed positions, minus one,
+Contract (manifest ``decoder_kind: "ort-cpu"``): ``inputs_embeds`` (B, S1, D) f32 and ``input_ids``
+(B, S2) i64 with ``embed_table`` (V, D) (the runtime's table, f32 or f16, bound by address): the S =
+S1 + S2 fed positions are the ``inputs_embeds`` rows, then the table rows of ``input_ids`` (a prompt
+with its image embeddings comes as embeddings, a decode step as its token id); ``seqlens_k`` (B,)
+i32 = each row's valid length including the S fed positions, minus one,
 ``total_sequence_length`` () i32 = the longest row's length including them, ``logits_index`` (K,)
 i64 = which of the S fed positions get logits (``[-1]``: the last), ``past.{i}.key|value``
-(B, KV, C, hd) -> ``logits`` (B, K, V), ``present.{i}.key|value`` (B, KV, C, hd). Several positions
+(B, KV, C, hd) -> ``logits`` (B, K, V), ``next_tokens`` (B, K) i64 (each logits row's argmax, the
+first of equal maxima as numpy's), ``present.{i}.key|value`` (B, KV, C, hd). The greedy loop binds
+``next_tokens`` and ``input_ids`` to one buffer, so a step's token is the next step's input with no
+host work in between (the table Gather runs first, the ArgMax last, in every order of the graph's
+nodes). Graphs exported before ``input_ids`` take ``inputs_embeds`` only (the runtime runs both). Several positions
 fed on top of a filled cache (a draft to check) run ONNX Runtime's "interactive" GroupQueryAttention:
 batch 1 only.
 Rows start at slot 0 (no left padding): the runtime prefills prompts unpadded (rows of one length
@@ -57,10 +64,10 @@ def rotary_tables(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray,
 
 
 def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf.Manifest,
-                      external_threshold: int) -> None:
+                      external_threshold: int, embedding_dtype: str = "float32") -> None:
     """Write the fused decoder for ``manifest``'s model to ``target`` (replacing what is there) from
     :func:`export_weights`; weights as external data above ``external_threshold`` bytes, as the
-    portable graphs."""
+    portable graphs. ``embedding_dtype``: the embedding table's (``embed_table``'s) dtype."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -81,13 +88,19 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
         initializers.append(numpy_helper.from_array(weights[name].astype(np.float32), name))
         return name
 
-    nodes = []
+    nodes = [
+        # the fed positions (B, S1 + S2, D): inputs_embeds' rows, then the table rows of input_ids
+        # (widened to f32: the Cast is dropped by ONNX Runtime where the table is f32 already)
+        helper.make_node("Gather", [mf.EMBED_TABLE, mf.INPUT_IDS], ["ids.embeds_table"], name="embed_tokens", axis=0),
+        helper.make_node("Cast", ["ids.embeds_table"], ["ids.embeds"], name="embed_tokens_f32", to=TensorProto.FLOAT),
+        helper.make_node("Concat", [mf.INPUTS_EMBEDS, "ids.embeds"], ["embeds"], name="fed_positions", axis=1),
+    ]
     past = mf.past_names(layers)
     present = mf.present_names(layers)
-    nodes.append(helper.make_node("SimplifiedLayerNormalization", [mf.INPUTS_EMBEDS, weight("input_norm.0")],
+    nodes.append(helper.make_node("SimplifiedLayerNormalization", ["embeds", weight("input_norm.0")],
                                   ["layer0.norm"], name="layer0.input_norm", epsilon=eps, axis=-1,
                                   stash_type=1))
-    residual, normed = mf.INPUTS_EMBEDS, "layer0.norm"
+    residual, normed = "embeds", "layer0.norm"
     for i in range(layers):
         p = f"layer{i}"
         qkv = f"{p}.qkv_mm"
@@ -131,14 +144,20 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
         # (B, K, D): the fed positions whose logits are wanted; [-1] but for a speculative check
         helper.make_node("Gather", [normed, LOGITS_INDEX], ["final.kept"], name="logits_positions", axis=1),
         helper.make_node("MatMul", ["final.kept", weight("lm_head")], [mf.LOGITS], name="lm_head"),
+        # (B, K): the greedy token of each logits row, in the graph (no host pass over the vocabulary)
+        helper.make_node("ArgMax", [mf.LOGITS], [mf.NEXT_TOKENS], name="next_tokens", axis=-1, keepdims=0,
+                         select_last_index=0),
     ]
     cache_shape = ["batch", kv, "capacity", hd]
     inputs = [helper.make_tensor_value_info(mf.INPUTS_EMBEDS, TensorProto.FLOAT, ["batch", "seq", hidden]),
+              helper.make_tensor_value_info(mf.INPUT_IDS, TensorProto.INT64, ["batch", "ids_seq"]),
+              helper.make_tensor_value_info(mf.EMBED_TABLE, _tensor_type(embedding_dtype), [vocab, hidden]),
               helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, ["batch"]),
               helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, []),
               helper.make_tensor_value_info(LOGITS_INDEX, TensorProto.INT64, ["logits"])]
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in past]
-    outputs = [helper.make_tensor_value_info(mf.LOGITS, TensorProto.FLOAT, ["batch", "logits", vocab])]
+    outputs = [helper.make_tensor_value_info(mf.LOGITS, TensorProto.FLOAT, ["batch", "logits", vocab]),
+               helper.make_tensor_value_info(mf.NEXT_TOKENS, TensorProto.INT64, ["batch", "logits"])]
     outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in present]
     graph = helper.make_graph(nodes, "eov_decoder_ort_cpu", inputs, outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)],
@@ -151,3 +170,35 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     onnx.save_model(model, str(target), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=target.name + ".data" if external else None)
 
+
+
+def _tensor_type(dtype: str) -> int:
+    from onnx import helper
+
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+def set_embedding_dtype(path: Path, dtype: str) -> bool:
+    """Declare the fused decoder's ``embed_table`` input as ``dtype`` (a quantization recipe stores
+    the table in float16; the graph's Cast widens the gathered rows). Rewrites ``path``'s graph
+    (not its external data) through a temporary file; False if the graph has no such input."""
+    import onnx
+
+    path = Path(path)
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = {value.name: value for value in model.graph.input}
+    if mf.EMBED_TABLE not in inputs:
+        return False
+    tensor_type = inputs[mf.EMBED_TABLE].type.tensor_type
+    if tensor_type.elem_type == _tensor_type(dtype):
+        return True
+    tensor_type.elem_type = _tensor_type(dtype)
+    # a quantizer may have recorded the gathered rows' type (value_info): it follows the table's
+    gathered = {out for node in model.graph.node if mf.EMBED_TABLE in node.input for out in node.output}
+    for value in model.graph.value_info:
+        if value.name in gathered:
+            value.type.tensor_type.elem_type = _tensor_type(dtype)
+    temporary = path.with_name(path.name + ".tmp")
+    onnx.save_model(model, str(temporary))  # external tensors keep their location: the data file is untouched
+    temporary.replace(path)
+    return True

@@ -51,34 +51,45 @@ def _flatten(inputs) -> list[torch.Tensor]:
     return out
 
 
-def _run_shared_cache(session, embeds: np.ndarray, seqlens: np.ndarray, total: int, cache: list[np.ndarray],
-                      num_layers: int) -> np.ndarray:
-    """One call of the ORT CPU decoder with ``cache`` bound as both past and present (as the runtime does)."""
+def _run_shared_cache(session, embeds: np.ndarray, ids: np.ndarray, table: np.ndarray, seqlens: np.ndarray,
+                      total: int, cache: list[np.ndarray], num_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """One call of the ORT CPU decoder with ``cache`` bound as both past and present (as the runtime
+    does): ``embeds`` (1, S1, D) then the ``table`` rows of ``ids`` (1, S2) fed; logits (1, 1, V)
+    and next_tokens (1, 1)."""
     binding = session.io_binding()
     binding.bind_cpu_input(mf.INPUTS_EMBEDS, np.ascontiguousarray(embeds, np.float32))
+    binding.bind_cpu_input(mf.INPUT_IDS, np.ascontiguousarray(ids, np.int64))
+    binding.bind_cpu_input(mf.EMBED_TABLE, table)
     binding.bind_cpu_input(mf.SEQLENS_K, seqlens.astype(np.int32))
     binding.bind_cpu_input(mf.TOTAL_SEQUENCE_LENGTH, np.array(total, np.int32))
     binding.bind_cpu_input(mf.LOGITS_INDEX, np.array([-1], np.int64))
     binding.bind_output(mf.LOGITS, "cpu")
+    binding.bind_output(mf.NEXT_TOKENS, "cpu")
     for names in (mf.past_names(num_layers), mf.present_names(num_layers)):
         for name, array in zip(names, cache):
             bind = binding.bind_input if names[0].startswith("past") else binding.bind_output
             bind(name, "cpu", 0, np.float32, list(array.shape), array.ctypes.data)
     session.run_with_iobinding(binding)
-    return binding.get_outputs()[0].numpy()
+    logits, next_tokens = binding.get_outputs()[:2]  # in the order bound
+    return logits.numpy(), next_tokens.numpy()
 
 
 def ort_cpu_decoder_parity(path: Path, model, optimized, plain) -> list[OutputDiff]:
     """The fused ORT CPU decoder against transformers' forward (``CachedDecoder``): a 9-position
-    prefill, then 3 one-token steps; logits and the cache slots each call wrote."""
+    prefill fed as embeddings, then 3 one-token steps fed as token ids (the graph gathers their
+    embedding rows); logits, the cache slots each call wrote, and next_tokens against the argmax of
+    the graph's own logits (mismatches counted)."""
     from eov_edge.model import CachedDecoder
 
     reference = CachedDecoder(model.language_model).eval()
     t = model.config.text_config
     layers, kv, hd = t.num_hidden_layers, t.num_key_value_heads, t.hidden_size // t.num_attention_heads
+    table = model.get_input_embeddings().weight.detach().float().numpy()  # (V, D), as the export saves it
     g = torch.Generator().manual_seed(7)
     prompt, steps, atol = 9, 3, GRAPH_SPECS[mf.DECODER].atol
-    embeds = torch.randn(1, prompt + steps, t.hidden_size, generator=g)
+    step_ids = torch.randint(0, t.vocab_size, (1, steps), generator=g)
+    embeds = torch.cat([torch.randn(1, prompt, t.hidden_size, generator=g), torch.from_numpy(table[step_ids[0]])[None]],
+                       dim=1)  # (1, prompt + steps, D): what the reference is fed
     caches = {s: [np.zeros((1, kv, prompt + steps, hd), np.float32) for _ in range(2 * layers)]
               for s in ("optimized", "plain")}
     past = tuple(torch.zeros(1, kv, 0, hd) for _ in range(2 * layers))
@@ -88,15 +99,22 @@ def ort_cpu_decoder_parity(path: Path, model, optimized, plain) -> list[OutputDi
         with torch.no_grad():
             logits, *presents = reference(embeds[:, start:end], torch.ones(1, end, dtype=torch.long),
                                           torch.arange(start, end)[None], past)
-        got = {s: _run_shared_cache(session, embeds[:, start:end].numpy(), np.array([end - 1]), end, caches[s], layers)
+        if call == 0:  # the prompt as embeddings
+            fed = (embeds[:, start:end].numpy(), np.zeros((1, 0), np.int64))
+        else:  # a decode step as its token id
+            fed = (np.zeros((1, 0, t.hidden_size), np.float32), step_ids[:, call - 1:call].numpy())
+        got = {s: _run_shared_cache(session, *fed, table, np.array([end - 1]), end, caches[s], layers)
                for s, session in (("optimized", optimized), ("plain", plain))}
-        case = "prefill seq=9" if call == 0 else f"decode past={start}"
-        diff = np.abs(got["optimized"] - logits.numpy())
+        case = "prefill seq=9" if call == 0 else f"decode past={start} (token id)"
+        diff = np.abs(got["optimized"][0] - logits.numpy())
         rows.append(OutputDiff(mf.DECODER, case, mf.LOGITS, float(diff.max()), float(diff.mean()), atol,
-                               float(np.abs(got["optimized"] - got["plain"]).max())))
+                               float(np.abs(got["optimized"][0] - got["plain"][0]).max())))
         cache_diff = max(float(np.abs(c[:, :, :end] - p.numpy()).max()) for c, p in zip(caches["optimized"], presents))
         rows.append(OutputDiff(mf.DECODER, case, "present (shared cache)", cache_diff, cache_diff, atol,
                                max(float(np.abs(a - b).max()) for a, b in zip(caches["optimized"], caches["plain"]))))
+        wrong = {s: float((got[s][1] != got[s][0].argmax(-1)).sum()) for s in got}
+        rows.append(OutputDiff(mf.DECODER, case, f"{mf.NEXT_TOKENS} (mismatches with argmax)", wrong["optimized"],
+                               wrong["optimized"], atol, wrong["plain"]))
         past, start = tuple(presents), end
     return rows
 

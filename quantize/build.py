@@ -64,9 +64,19 @@ def _convert_embedding(staging: Path, dtype: str) -> None:
 
 def _update_manifest(staging: Path, recipe: Recipe, tools: dict, calibration: CalibrationSet | None,
                      gate_summary: dict) -> mf.Manifest:
+    from eov_edge.export.ort_decoder import set_embedding_dtype
+
     manifest = mf.load_manifest(staging, verify_hashes=False)
     manifest.embedding["sha256"] = mf.sha256_file(staging / mf.EMBEDDING_FILE)
     manifest.embedding["dtype"] = recipe.embedding_dtype
+    decoder = manifest.graphs[mf.DECODER]
+    # the fused CPU decoder gathers decode steps' rows from the table the runtime binds: its input
+    # takes the table's dtype (_convert_embedding); a portable decoder has no such input
+    if set_embedding_dtype(staging / decoder.file, recipe.embedding_dtype):
+        decoder.sha256 = mf.sha256_file(staging / decoder.file)
+        for spec in decoder.inputs:
+            if spec.name == mf.EMBED_TABLE:
+                spec.dtype = recipe.embedding_dtype
     for graph in recipe.graphs:
         entry = manifest.graphs[graph]
         entry.sha256 = mf.sha256_file(staging / entry.file)

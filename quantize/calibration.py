@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from eov_edge import manifest as mf
 from eov_edge.calib import CalibSample, load_calib_samples
 from eov_edge.errors import EOVError
 from eov_edge.inputs import Sample
@@ -92,7 +93,8 @@ def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CA
         originals[name] = runner.infer
 
         def recording(feed, outputs=None, _name=name, _infer=runner.infer):
-            recorded[_name].append({k: np.array(v, copy=True) for k, v in feed.items()})  # buffers are reused
+            # buffers are reused, so copied; the embedding table (read only, vocabulary-sized) is not
+            recorded[_name].append({k: v if k == mf.EMBED_TABLE else np.array(v, copy=True) for k, v in feed.items()})
             return _infer(feed, outputs)
 
         runner.infer = recording

@@ -11,7 +11,11 @@ the mask, not the slot index, so the tokens are those of PyTorch ``generate()`` 
 
 Artifacts exported with ``--decoder ort-cpu`` (``manifest.decoder_kind``) carry ONNX Runtime's fused
 decoder instead (``export/ort_decoder.py``): there the KV buffer is shared between ``past`` and
-``present`` and the graph itself writes the new positions; :meth:`Decoder._steps_shared_cache`.
+``present`` and the graph itself writes the new positions; :meth:`Decoder._steps_shared_cache`. Its
+graph also gathers a fed token's embedding and takes each step's argmax: the greedy loop binds the
+graph's ``next_tokens`` output and its ``input_ids`` input to one buffer, so between two decode
+steps the host only reads the token ids (and rewrites one where EOS may not come yet or the SLIS
+grammar forbids it) and advances two counters: no numpy pass over the logits, no embedding copy.
 """
 
 from __future__ import annotations
@@ -150,28 +154,31 @@ class GreedyRule:
         self.scratch = np.empty((batch, vocab), np.float32)  # (B, V), reused every step
         self.grammar = SlisGrammar(batch) if config.slis_grammar else None
         self.chosen: list[int] = []  # the last step's tokens
+        self.no_scores = np.full(batch, np.nan)  # every step's probs without scores (read-only, shared)
+        self.no_scores.flags.writeable = False
 
     @property
     def done(self) -> bool:
         return False not in self.finished
 
-    def choose(self, index: int, logits: np.ndarray) -> Step:
-        """Step ``index``'s tokens from ``logits`` (B, V) (read, never written); advances the state."""
+    def choose(self, index: int, logits: np.ndarray, argmax: list[int] | None = None) -> Step:
+        """Step ``index``'s tokens from ``logits`` (B, V) (read, never written); advances the state.
+        ``argmax``: each row's argmax of ``logits`` where the graph took it (``next_tokens``); the
+        logits are then read only where a rule overrides it or ``scores`` asks for probabilities."""
         masked = index < self.min_new_tokens  # EOS may not be chosen yet
         if self.grammar is None:
-            ids, probs = _greedy_choice(logits, masked, self.eos, self.scratch, self.scores)
+            chosen, probs = _greedy_choice(logits, masked, self.eos, self.scratch, self.scores, argmax)
         else:
-            ids, probs = _greedy_grammar_choice(logits, masked, self.eos, self.finished, self.grammar, self.scratch,
-                                                self.scores)
-        chosen = ids.tolist()
+            chosen, probs = _greedy_grammar_choice(logits, masked, self.eos, self.finished, self.grammar,
+                                                   self.scratch, self.scores, argmax)
         if True in self.finished:
             chosen = [self.pad if done else token for token, done in zip(chosen, self.finished)]
-            ids = np.array(chosen, np.int64)
         if self.grammar is not None:
             self.grammar.advance(chosen)
         self.finished = [done or token == self.eos for token, done in zip(chosen, self.finished)]
         self.chosen = chosen
-        return Step(index, ids, probs, np.array(self.finished))
+        return Step(index, np.array(chosen, np.int64), self.no_scores if probs is None else probs,
+                    np.array(self.finished))
 
     def fork(self) -> "GreedyRule":
         """A copy that goes its own way from here (a draft's proposals) and scores nothing. The
@@ -200,6 +207,9 @@ class Decoder:
         # the ORT CPU decoder's logits_index input, where the graph has one (earlier exports built [-1] in)
         self._last_logits = ({mf.LOGITS_INDEX: np.array([-1], np.int64)}
                              if mf.LOGITS_INDEX in runner.input_names else {})
+        # the ORT CPU decoder gathers fed tokens' embeddings and takes the argmax itself (earlier
+        # exports take embeddings only)
+        self.tokens_in_graph = mf.INPUT_IDS in runner.input_names
 
     def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
               ) -> Iterator[Step]:
@@ -237,7 +247,7 @@ class Decoder:
         step_outputs = {mf.LOGITS: np.empty((batch, 1, len(self.embed_table)), np.float32)}  # (B, 1, V)
         step_outputs.update(zip(self.present_names, cache.present))
         decode_step = self.runner.bind_decode(feed, step_outputs, cache, dict(zip(self.present_names, self.past_names)))
-        yield from self._tokens(out[mf.LOGITS][:, -1], step_embeds, decode_step,
+        yield from self._tokens(out[mf.LOGITS][:, -1], self._embedding_writer(step_embeds), decode_step,
                                 lambda: np.add(step_position, 1, out=step_position), config)
 
     def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
@@ -246,7 +256,8 @@ class Decoder:
         layer and kind, bound as both ``past`` and ``present``; the graph writes each row's new K/V
         at that row's length. Prompts are prefilled unpadded (the buffers hold rows from slot 0),
         consecutive rows of equal length together, then the batch decodes together, each row at its
-        own length."""
+        own length. Where the graph takes token ids (:attr:`tokens_in_graph`), decode steps feed
+        the previous step's ``next_tokens`` buffer as ``input_ids`` (one buffer bound as both)."""
         m = self.manifest
         batch, prompt_length, _ = inputs_embeds.shape
         lengths = attention_mask.astype(np.int64).sum(-1)  # (B,) real prompt tokens (left padded)
@@ -255,7 +266,12 @@ class Decoder:
         capacity = int(lengths.max()) + config.max_new_tokens - 1
         cache = [np.zeros((batch, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
         self.last_cache_bytes = sum(c.nbytes for c in cache)
-        logits = np.empty((batch, 1, len(self.embed_table)), np.float32)  # (B, 1, V)
+        vocab, hidden = self.embed_table.shape
+        logits = np.empty((batch, 1, vocab), np.float32)  # (B, 1, V)
+        # (B, 1) i64: the graph's argmax of each row (next_tokens), then that step's input_ids
+        tokens = np.zeros((batch, 1), np.int64)
+        with_ids = self.tokens_in_graph
+        no_ids = np.zeros((batch, 0), np.int64)  # (B, 0): prompts come as embeddings only
         start = 0
         while start < batch:  # consecutive rows of one prompt length prefill together (no padding)
             length = int(lengths[start])
@@ -267,55 +283,89 @@ class Decoder:
                     mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
                     mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
             feed.update(self._last_logits)
+            if with_ids:
+                feed.update({mf.INPUT_IDS: no_ids[start:end], mf.EMBED_TABLE: self.embed_table})
             rows = [c[start:end] for c in cache]  # (rows, KV, C, hd) views into the shared buffers
             feed.update(zip(self.past_names, rows))
-            self.prefill_runner.infer(feed, outputs={mf.LOGITS: logits[start:end],
-                                                     **dict(zip(self.present_names, rows))})
+            outputs = {mf.LOGITS: logits[start:end], **dict(zip(self.present_names, rows))}
+            if with_ids:
+                outputs[mf.NEXT_TOKENS] = tokens[start:end]
+            self.prefill_runner.infer(feed, outputs=outputs)
             start = end
         # Decode: the same buffers every step, refilled in place (one binding for the whole loop).
-        step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)
         # GQA's seqlens_k (B,) (tokens already cached per row, for the next one) and
-        # total_sequence_length (), views of one buffer: one in-place add advances both
+        # total_sequence_length (), views of one buffer advanced together
         counters = np.append(lengths, lengths.max() + 1).astype(np.int32)  # (B + 1,)
         seqlens, total = counters[:batch], counters[batch:].reshape(())
-        feed = {mf.INPUTS_EMBEDS: step_embeds, mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total}
-        feed.update(self._last_logits)
-        feed.update(zip(self.past_names, cache))
+        feed = {mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total, **self._last_logits}
         outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, cache))}
+        if with_ids:
+            # input_ids and next_tokens: one buffer. The graph reads it first (the table Gather feeds
+            # every layer) and writes it last (the ArgMax of the logits), so a step's chosen tokens
+            # are the next step's input as they stand; the host rewrites a row only where a rule
+            # overrides the argmax (GreedyRule, or the general loop's choice).
+            feed.update({mf.INPUTS_EMBEDS: np.zeros((batch, 0, hidden), np.float32), mf.INPUT_IDS: tokens,
+                         mf.EMBED_TABLE: self.embed_table})
+            outputs[mf.NEXT_TOKENS] = tokens
+            token_view = memoryview(tokens.reshape(-1))  # (B,) plain Python reads and writes, no numpy call
+            write = _token_writer(token_view)
+        else:
+            step_embeds = np.empty((batch, 1, hidden), np.float32)  # (B, 1, D)
+            feed[mf.INPUTS_EMBEDS] = step_embeds
+            token_view, write = None, self._embedding_writer(step_embeds)
+        feed.update(zip(self.past_names, cache))
         decode_step = self.runner.bind(feed, outputs)  # checked and bound once: the loop only refills
+        counter_view = memoryview(counters)  # (B + 1,) i32
 
         def advance() -> None:
-            np.add(counters, 1, out=counters)
+            for i in range(len(counter_view)):  # a few Python increments: cheaper than a numpy call here
+                counter_view[i] += 1
 
-        yield from self._tokens(logits[:, -1], step_embeds, decode_step, advance, config)
+        yield from self._tokens(logits[:, -1], write, decode_step, advance, config, token_view)
 
-    def _tokens(self, logits: np.ndarray, step_embeds: np.ndarray, decode_step, advance, config: GenerationConfig
-                ) -> Iterator[Step]:
-        """The token loop both decoders share: choose from ``logits`` (B, V), yield, write the
-        chosen tokens' embeddings into ``step_embeds`` (B, 1, D), run ``decode_step`` (which returns
-        the outputs with the new logits), ``advance`` the position inputs in place."""
+    def _embedding_writer(self, step_embeds: np.ndarray):
+        """A call that writes the chosen tokens' embedding rows into ``step_embeds`` (B, 1, D)."""
+        table = self.embed_table
+
+        def write(chosen: list[int]) -> None:
+            for row, token in enumerate(chosen):
+                step_embeds[row, 0] = table[token]  # float16 tables are widened here
+
+        return write
+
+    def _tokens(self, logits: np.ndarray, write_tokens, decode_step, advance, config: GenerationConfig,
+                graph_tokens: memoryview | None = None) -> Iterator[Step]:
+        """The token loop both decoders share: choose from ``logits`` (B, V), yield, give the chosen
+        tokens (a list) to ``write_tokens`` for the next call, run ``decode_step`` (which returns
+        the outputs with the new logits), ``advance`` the position inputs in place.
+        ``graph_tokens``: (B,) the graph's argmax of ``logits``, already bound as the next call's
+        input (``next_tokens`` = ``input_ids``): chosen tokens are written only where they differ,
+        and ``logits`` is the bound output buffer, rewritten by every call."""
         if config.do_sample or (config.slis_grammar and not config.expected_locations):
-            yield from self._tokens_general(logits, step_embeds, decode_step, advance, config)
+            yield from self._tokens_general(logits, write_tokens, decode_step, advance, config, graph_tokens)
             return
         # Greedy (with or without the grammar): the hot path. Each step's host work runs right after
         # the graph has streamed every weight through the caches, so every numpy call pays cold
         # caches (~10-40 us each measured in this loop, against 1-10 us warm): per-row bookkeeping in
-        # Python lists, numpy only on (B, V) rows and (B, D), nothing allocated at (B, V). Tokens and
-        # probabilities are bit-identical to the loop through _choose (tested).
+        # Python lists, numpy only on (B, V) rows and (B, D), nothing allocated at (B, V); with
+        # graph_tokens no numpy call at all on a step the argmax decides. Tokens and probabilities
+        # are bit-identical to the loop through _choose (tested).
         m = self.manifest
         rule = GreedyRule(len(logits), logits.shape[-1], config, m.special_tokens["eos"], m.special_tokens["pad"])
-        table = self.embed_table
         for index in range(config.max_new_tokens):
-            yield rule.choose(index, logits)
+            argmax = None if graph_tokens is None else graph_tokens.tolist()
+            yield rule.choose(index, logits, argmax)
             if rule.done or index == config.max_new_tokens - 1:
                 return
-            for row, token in enumerate(rule.chosen):
-                step_embeds[row, 0] = table[token]  # float16 tables are widened here
-            logits = decode_step()[mf.LOGITS][:, -1]
+            if rule.chosen != argmax:  # always without graph_tokens
+                write_tokens(rule.chosen)
+            outputs = decode_step()
+            if graph_tokens is None:
+                logits = outputs[mf.LOGITS][:, -1]
             advance()
 
-    def _tokens_general(self, logits: np.ndarray, step_embeds: np.ndarray, decode_step, advance,
-                        config: GenerationConfig) -> Iterator[Step]:
+    def _tokens_general(self, logits: np.ndarray, write_tokens, decode_step, advance, config: GenerationConfig,
+                        graph_tokens: memoryview | None = None) -> Iterator[Step]:
         """:meth:`_tokens` with the grammar or sampling: every step through :meth:`_choose`."""
         rng = np.random.default_rng(config.seed)
         finished = np.zeros(len(logits), bool)
@@ -327,8 +377,10 @@ class Decoder:
             yield step
             if step.finished.all() or index == config.max_new_tokens - 1:
                 return
-            step_embeds[:, 0] = self.embed_table[step.token_ids]  # float16 tables are widened here
-            logits = decode_step()[mf.LOGITS][:, -1]
+            write_tokens(step.token_ids.tolist())
+            outputs = decode_step()
+            if graph_tokens is None:
+                logits = outputs[mf.LOGITS][:, -1]
             advance()
 
     def _choose(self, index: int, logits: np.ndarray, finished: np.ndarray, config: GenerationConfig,
@@ -377,26 +429,38 @@ class Decoder:
         return stack_steps(self.steps(inputs_embeds, attention_mask, config))
 
 
+def _token_writer(view: memoryview):
+    """A call that writes the chosen tokens (a list) into the (B,) token buffer ``view``."""
+
+    def write(chosen: list[int]) -> None:
+        for row, token in enumerate(chosen):
+            view[row] = token
+
+    return write
+
+
 def stack_steps(steps: Iterator[Step]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids (B, T) and probabilities (B, T) of a decoder's steps."""
     steps = list(steps)
     return np.stack([s.token_ids for s in steps], 1), np.stack([s.probs for s in steps], 1)
 
 
-def _greedy_choice(logits: np.ndarray, masked: bool, eos: int, scratch: np.ndarray, scores: bool
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy ids (B,) and their probabilities (B,) (NaN without ``scores``) from logits (B, V),
-    EOS excluded when ``masked``; the runner's buffer is read, never written (``scratch`` is)."""
-    ids = logits.argmax(-1)  # (B,) int64
+def _greedy_choice(logits: np.ndarray, masked: bool, eos: int, scratch: np.ndarray, scores: bool,
+                   argmax: list[int] | None = None) -> tuple[list[int], np.ndarray | None]:
+    """Greedy ids (a list of B) and their probabilities (B,) (None without ``scores``) from logits
+    (B, V), EOS excluded when ``masked``; the runner's buffer is read, never written (``scratch``
+    is). ``argmax``: the rows' argmax, already taken (the graph's ``next_tokens``)."""
+    chosen = logits.argmax(-1).tolist() if argmax is None else argmax
     source = logits
-    if masked and eos in ids.tolist():
+    if masked and eos in chosen:
         np.copyto(scratch, logits)
         scratch[:, eos] = -np.inf
-        ids = scratch.argmax(-1)
+        chosen = scratch.argmax(-1).tolist()
         source = scratch
     if not scores:
-        return ids, np.full(len(ids), np.nan)
-    return ids, chosen_token_probs(source, ids, out=scratch, excluded=eos if masked else None)
+        return chosen, None
+    return chosen, chosen_token_probs(source, np.array(chosen, np.int64), out=scratch,
+                                      excluded=eos if masked else None)
 
 
 _CLOSE_TOKEN_SET = frozenset(CLOSE_IDS.values())
@@ -405,29 +469,29 @@ _ILLEGAL_OUTSIDE = np.r_[LOC_FIRST:LOC_END, sorted(_CLOSE_TOKEN_SET)].astype(np.
 
 
 def _greedy_grammar_choice(logits: np.ndarray, masked: bool, eos: int, finished: list[bool],
-                           grammar: SlisGrammar, scratch: np.ndarray, scores: bool
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           grammar: SlisGrammar, scratch: np.ndarray, scores: bool,
+                           argmax: list[int] | None = None) -> tuple[list[int], np.ndarray | None]:
     """:func:`_greedy_choice` under the SLIS grammar, without copying the logits of a row whose
     argmax the grammar allows (most steps: text outside any shape). Its probability is then the
     one over the legal tokens (the illegal ones, and EOS when ``masked``, excluded from the sum), as
     the loop through ``_choose`` computes it on its masked copy. A row inside a shape, or whose
     argmax is illegal, takes that loop's route row by row (copy, ``SlisGrammar.constrain``, argmax;
     a location's probability is the grammar's ``location_mass``). Rows already finished are not
-    constrained (as there)."""
-    ids = logits.argmax(-1)  # (B,) int64
-    chosen = ids.tolist()
-    probs = np.full(len(chosen), np.nan)
-    illegal = np.append(_ILLEGAL_OUTSIDE, eos) if masked else _ILLEGAL_OUTSIDE
+    constrained (as there). ``argmax``: as for :func:`_greedy_choice` (not modified)."""
+    chosen = logits.argmax(-1).tolist() if argmax is None else list(argmax)
+    probs = np.full(len(chosen), np.nan) if scores else None
+    illegal = (np.append(_ILLEGAL_OUTSIDE, eos) if masked else _ILLEGAL_OUTSIDE) if scores else None
     for row, token in enumerate(chosen):
         rows = slice(row, row + 1)
         if finished[row]:  # padding from here on; its probability as the general loop reports it
             if scores:
-                probs[row] = chosen_token_probs(logits[rows], ids[rows], out=scratch[rows])[0]
+                probs[row] = chosen_token_probs(logits[rows], np.array([token]), out=scratch[rows])[0]
             continue
         if grammar.open_kind[row] is None and not (LOC_FIRST <= token < LOC_END or token in _CLOSE_TOKEN_SET
                                                    or (masked and token == eos)):
             if scores:  # the legal argmax: no copy of the row
-                probs[row] = chosen_token_probs(logits[rows], ids[rows], out=scratch[rows], excluded=illegal)[0]
+                probs[row] = chosen_token_probs(logits[rows], np.array([token]), out=scratch[rows],
+                                                excluded=illegal)[0]
             continue
         line = scratch[row]  # (V,) a view
         np.copyto(line, logits[row])
@@ -441,4 +505,4 @@ def _greedy_grammar_choice(logits: np.ndarray, masked: bool, eos: int, finished:
             probs[row] = grammar.location_mass[row]
         else:
             probs[row] = chosen_token_probs(scratch[rows], np.array([token]), out=scratch[rows])[0]
-    return np.array(chosen, np.int64), probs
+    return chosen, probs

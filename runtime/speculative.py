@@ -81,6 +81,8 @@ class CacheStream:
         self.capacity = capacity
         self.length = 0  # positions of the cache that hold the sequence
         self.has_logits_index = mf.LOGITS_INDEX in self.runner.input_names
+        # fed tokens go in as ids, the graph gathers their embeddings (earlier exports: embeddings)
+        self.tokens_in_graph = mf.INPUT_IDS in self.runner.input_names
         # seqlens_k (1,) and total_sequence_length (), views of one buffer, set before each call
         self.counters = np.zeros(2, np.int32)
         self._calls: dict[tuple[int, bool], tuple] = {}
@@ -89,13 +91,21 @@ class CacheStream:
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.cache)
 
-    def _feed(self, embeds: np.ndarray, index: np.ndarray | None) -> dict[str, np.ndarray]:
+    def _feed(self, embeds: np.ndarray, ids: np.ndarray | None, index: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {mf.INPUTS_EMBEDS: embeds, mf.SEQLENS_K: self.counters[:1],
                 mf.TOTAL_SEQUENCE_LENGTH: self.counters[1:].reshape(())}
         if self.has_logits_index:
             feed[mf.LOGITS_INDEX] = index
+        if self.tokens_in_graph:
+            feed.update({mf.INPUT_IDS: ids, mf.EMBED_TABLE: self.table})
         feed.update(zip(self.past_names, self.cache))
         return feed
+
+    def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))}
+        if self.tokens_in_graph:  # (1, K) the argmax of each logits row; the rule takes its own
+            outputs[mf.NEXT_TOKENS] = np.empty(logits.shape[:2], np.int64)
+        return outputs
 
     def _advance_counters(self, fed: int) -> None:
         if self.length + fed > self.capacity:
@@ -108,8 +118,9 @@ class CacheStream:
         self.length = 0
         self._advance_counters(embeds.shape[1])
         logits = np.empty((1, 1, len(self.table)), np.float32)  # (1, 1, V)
-        feed = self._feed(np.ascontiguousarray(embeds, dtype=np.float32), np.array([-1], np.int64))
-        self.prefill_runner.infer(feed, outputs={mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))})
+        feed = self._feed(np.ascontiguousarray(embeds, dtype=np.float32), np.zeros((1, 0), np.int64),
+                          np.array([-1], np.int64))
+        self.prefill_runner.infer(feed, outputs=self._outputs(logits))
         self.length = embeds.shape[1]
         return logits[:, 0]
 
@@ -120,22 +131,28 @@ class CacheStream:
         key = (len(token_ids), every_position)
         if key not in self._calls:
             self._calls[key] = self._bind(*key)
-        call, embeds, logits, _ = self._calls[key]
-        for i, token in enumerate(token_ids):
-            embeds[0, i] = self.table[token]  # float16 tables are widened here
+        call, embeds, ids, logits, _ = self._calls[key]
+        if self.tokens_in_graph:
+            for i, token in enumerate(token_ids):
+                ids[0, i] = token
+        else:
+            for i, token in enumerate(token_ids):
+                embeds[0, i] = self.table[token]  # float16 tables are widened here
         self._advance_counters(len(token_ids))
         call()
         self.length += len(token_ids)
         return logits[0]
 
     def _bind(self, fed: int, every_position: bool) -> tuple:
-        embeds = np.empty((1, fed, self.table.shape[1]), np.float32)  # (1, S, D)
+        # the S fed tokens as ids (1, S) the graph gathers, or as embedding rows (1, S, D)
+        ids = np.zeros((1, fed if self.tokens_in_graph else 0), np.int64)
+        embeds = np.empty((1, 0 if self.tokens_in_graph else fed, self.table.shape[1]), np.float32)
         wanted = fed if every_position else 1
         index = np.arange(fed, dtype=np.int64) if every_position else np.array([-1], np.int64)
         logits = np.empty((1, wanted, len(self.table)), np.float32)  # (1, K, V)
-        outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))}
+        outputs = self._outputs(logits)
         # bound by address: every array stays referenced here for as long as the call may run
-        return self.runner.bind(self._feed(embeds, index), outputs), embeds, logits, index
+        return self.runner.bind(self._feed(embeds, ids, index), outputs), embeds, ids, logits, (index, outputs)
 
 
 class SpeculativeDecoder:

@@ -24,19 +24,34 @@ def test_fused_graph_contract_and_validation(nano_fused_artifacts):
     assert manifest.decoder_kind == mf.ORT_CPU_DECODER
     decoder = manifest.graphs[mf.DECODER]
     layers = manifest.num_layers
-    assert [t.name for t in decoder.inputs] == [mf.INPUTS_EMBEDS, mf.SEQLENS_K, mf.TOTAL_SEQUENCE_LENGTH,
-                                                mf.LOGITS_INDEX, *mf.past_names(layers)]
-    assert decoder.inputs[2].shape == [] and decoder.inputs[1].dtype == "int32"
-    assert decoder.inputs[3].dtype == "int64" and decoder.outputs[0].shape[1] == decoder.inputs[3].shape[0]
-    assert decoder.inputs[4].shape == decoder.outputs[1].shape  # past and present: one buffer
+    assert [t.name for t in decoder.inputs] == [mf.INPUTS_EMBEDS, mf.INPUT_IDS, mf.EMBED_TABLE, mf.SEQLENS_K,
+                                                mf.TOTAL_SEQUENCE_LENGTH, mf.LOGITS_INDEX, *mf.past_names(layers)]
+    spec = {t.name: t for t in decoder.inputs + decoder.outputs}
+    assert spec[mf.TOTAL_SEQUENCE_LENGTH].shape == [] and spec[mf.SEQLENS_K].dtype == "int32"
+    assert spec[mf.LOGITS_INDEX].dtype == "int64" and spec[mf.LOGITS].shape[1] == spec[mf.LOGITS_INDEX].shape[0]
+    assert spec[mf.INPUT_IDS].dtype == spec[mf.NEXT_TOKENS].dtype == "int64"
+    # the runtime's table, bound as it is: the manifest's shape and dtype
+    assert spec[mf.EMBED_TABLE].shape == manifest.embedding["shape"]
+    assert spec[mf.EMBED_TABLE].dtype == manifest.embedding["dtype"] == "float32"
+    # one argmax per logits row; past and present: one buffer
+    assert spec[mf.NEXT_TOKENS].shape == spec[mf.LOGITS].shape[:2]
+    assert spec["past.0.key"].shape == spec["present.0.key"].shape
+    assert [t.name for t in decoder.outputs] == [mf.LOGITS, mf.NEXT_TOKENS, *mf.present_names(layers)]
     ops = collections.Counter(n.op_type for n in onnx.load(str(nano_fused_artifacts / decoder.file)).graph.node)
     assert ops["GroupQueryAttention"] == layers and ops["SkipSimplifiedLayerNormalization"] == 2 * layers
     assert ops["MatMul"] == 5 * layers + 1  # qkv, o, gate, up, down per layer; the LM head
+    assert ops["ArgMax"] == 1 and ops["Gather"] == 2  # next_tokens; the table rows and the logits positions
     # export validated it: against transformers' forward (prefill, then decode steps writing the
     # shared cache) and token for token with generate() on every calib sample, alone and batched
     validation = manifest.validation
     shared = [g for g in validation["graphs"] if g["output"] == "present (shared cache)"]
     assert len(shared) == 4 and all(g["max_abs"] < 1e-4 for g in shared)
+    # the decode steps were fed token ids (the graph gathered their rows), and next_tokens was each
+    # call's argmax
+    by_id = [g for g in validation["graphs"] if g["case"].endswith("(token id)") and g["output"] == mf.LOGITS]
+    assert len(by_id) == 3 and all(g["max_abs"] < 1e-4 for g in by_id)
+    argmax = [g for g in validation["graphs"] if g["output"].startswith(mf.NEXT_TOKENS)]
+    assert len(argmax) == 4 and all(g["max_abs"] == 0 and g["ort_optimizer_max_abs"] == 0 for g in argmax)
     assert validation["summary"]["token_identical"] == "20/20"
 
 
@@ -96,6 +111,12 @@ def test_cpu_recipes_quantize_the_fused_decoder(nano_fused_artifacts, tmp_path):
     ops = collections.Counter(n.op_type for n in graph.graph.node)
     layers = mf.load_manifest(out).num_layers
     assert ops["MatMulNBits"] == 5 * layers + 1 and ops["GroupQueryAttention"] == layers
+    # the table is stored in float16: the graph's embed_table input (and its manifest spec) says so
+    manifest = mf.load_manifest(out)
+    table_input = next(i for i in graph.graph.input if i.name == mf.EMBED_TABLE)
+    assert table_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert np.load(out / mf.EMBEDDING_FILE).dtype == np.dtype(manifest.embedding["dtype"]) == np.float16
+    assert next(t for t in manifest.graphs[mf.DECODER].inputs if t.name == mf.EMBED_TABLE).dtype == "float16"
     pipe = Pipeline.from_artifacts(out)
     samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
     ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
@@ -128,7 +149,8 @@ def test_int4_prompts_run_in_a_second_session_with_the_fp32_kernel(nano_fused_ar
             options.add_session_config_entry(key, value)
         session = ort.InferenceSession(str(out / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
         feed = {mf.INPUTS_EMBEDS: prompt, mf.SEQLENS_K: np.array([length - 1], np.int32),
-                mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64)}
+                mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64),
+                mf.INPUT_IDS: np.zeros((1, 0), np.int64), mf.EMBED_TABLE: np.load(out / mf.EMBEDDING_FILE)}
         feed.update((name, np.zeros((1, manifest.num_kv_heads, length, manifest.head_dim), np.float32))
                     for name in mf.past_names(manifest.num_layers))
         logits = session.run([mf.LOGITS], feed)[0][0, -1].astype(np.float64)
@@ -185,3 +207,53 @@ def test_several_positions_fed_on_a_filled_cache_match_one_at_a_time(nano_fused_
     fresh.feed(tokens[:2], every_position=False)
     np.testing.assert_allclose(chunk.feed([7], every_position=False), fresh.feed([7], every_position=False),
                                atol=1e-4, rtol=0)
+
+
+def _without_token_io(artifacts, out):
+    """A copy of fused ``artifacts`` whose decoder is as eov-edge exported it before the token I/O:
+    inputs_embeds only (no input_ids, embed_table), no next_tokens."""
+    import shutil
+
+    from eov_edge.export.onnx_export import graph_entry
+
+    shutil.copytree(artifacts, out)
+    manifest = mf.load_manifest(out, verify_hashes=False)
+    file = manifest.graphs[mf.DECODER].file
+    model = onnx.load(str(out / file))
+    added = {"embed_tokens", "embed_tokens_f32", "fed_positions", mf.NEXT_TOKENS}
+    nodes = [n for n in model.graph.node if n.name not in added]
+    assert len(nodes) == len(model.graph.node) - 4
+    for node in nodes:
+        node.input[:] = [mf.INPUTS_EMBEDS if name == "embeds" else name for name in node.input]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for values, drop in ((model.graph.input, {mf.INPUT_IDS, mf.EMBED_TABLE}), (model.graph.output, {mf.NEXT_TOKENS})):
+        kept = [v for v in values if v.name not in drop]
+        del values[:]
+        values.extend(kept)
+    onnx.save(model, str(out / file))
+    manifest.graphs[mf.DECODER] = graph_entry(out, file, manifest.graphs[mf.DECODER].opset)
+    (out / mf.MANIFEST_FILE).write_text(manifest.to_json())
+    return out
+
+
+def test_decoders_exported_before_the_token_io_still_run_and_answer_the_same(nano_fused_artifacts, tmp_path):
+    """The runtime runs fused decoders without input_ids/next_tokens (earlier exports) through the
+    host loop (embedding rows copied, argmax in numpy): the same tokens and probabilities as the
+    graph's own gather and argmax, alone and in a batch with rows of other lengths, greedy with the
+    grammar and EOS held back, and speculatively (its int4 draft of the new kind)."""
+    old = Pipeline.from_artifacts(_without_token_io(nano_fused_artifacts, tmp_path / "old"))
+    new = Pipeline.from_artifacts(nano_fused_artifacts)
+    assert not old.decoder.tokens_in_graph and new.decoder.tokens_in_graph
+    samples = [s for _, s in calib_pipeline_samples(new.spec.image_size)][:3]
+    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, min_new_tokens=12)):
+        for chosen in (samples[:1], samples):
+            ids_old, probs_old = old.generate_ids(old.batch(chosen, 12), config)
+            ids_new, probs_new = new.generate_ids(new.batch(chosen, 12), config)
+            np.testing.assert_array_equal(ids_old, ids_new)
+            np.testing.assert_array_equal(probs_old, probs_new)  # the same logits: the same graph compute
+    draft = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
+    old.use_draft(draft)
+    ids_spec, _ = old.generate_ids(old.batch(samples[:1], 12), GenerationConfig(max_new_tokens=12))
+    np.testing.assert_array_equal(ids_spec, new.generate_ids(new.batch(samples[:1], 12),
+                                                             GenerationConfig(max_new_tokens=12))[0])
