@@ -171,7 +171,6 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
                     location=target.name + ".data" if external else None)
 
 
-
 def _tensor_type(dtype: str) -> int:
     from onnx import helper
 
