@@ -41,6 +41,11 @@ DECODER_KINDS = (PORTABLE_DECODER, ORT_CPU_DECODER)
 # a second CPU session on decoder.onnx that runs the prompts (prefill); decode steps keep the first.
 # The gate measured the artifacts run that way.
 PREFILL_SESSION_CONFIG = "prefill_session_config"
+# ... and whether the runtime may run prompts in the decode session instead, where that measures
+# faster on the device: "fastest" (the gate accepted both prompt kernels, or the artifacts are
+# ungated) or "fixed" (the prefill session only; the default, and that of earlier manifests).
+PROMPT_KERNEL_CHOICE = "prompt_kernel_choice"
+PROMPT_KERNEL_FIXED, PROMPT_KERNEL_FASTEST = "fixed", "fastest"
 
 
 def past_names(num_layers: int) -> list[str]:
@@ -101,6 +106,12 @@ class Manifest:
     def prefill_session_config(self) -> dict[str, str]:
         """The session config entries of the decoder's prefill session; empty: one session does all."""
         return dict(self.quantization.get("graphs", {}).get(DECODER, {}).get(PREFILL_SESSION_CONFIG) or {})
+
+    def prompt_kernel_choice(self) -> str:
+        """PROMPT_KERNEL_FASTEST where the runtime may pick the faster of the prefill and the decode
+        session for prompts (both measured by the gate, or no accuracy claimed), else PROMPT_KERNEL_FIXED."""
+        choice = self.quantization.get("graphs", {}).get(DECODER, {}).get(PROMPT_KERNEL_CHOICE)
+        return PROMPT_KERNEL_FASTEST if choice == PROMPT_KERNEL_FASTEST else PROMPT_KERNEL_FIXED
 
     @classmethod
     def from_dict(cls, data: dict) -> "Manifest":

@@ -153,7 +153,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                 if problems:
                     raise QuantizeError(f"{recipe.name}: graphs TensorRT would reject: {json.dumps(problems, indent=1)}")
             _update_manifest(staging, recipe, tools, calibration, {})
-            answers = gate.answer_examples(staging, examples)
+            answers = gate.answer_examples(staging, examples, prefill_session=True)
             q_report = score_predictions(answers, examples, train, manifest.image_size)
             rows = gate.compare(fp32_report, q_report, budget)
             broken = gate.broken_tasks(rows)
@@ -188,6 +188,23 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                 _refuse(out, recipe, rows, rounds, budget, max_drop, all_float=True)
         gate_summary = {"budget_points": budget, "examples": len(examples), "dropped_for_calibration_overlap": dropped,
                         "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": fallback, "accepted": True}
+        if tools.get(mf.DECODER, {}).get(mf.PREFILL_SESSION_CONFIG):
+            # The prompt kernel the prefill session fixes is not the faster one on every CPU: gate the
+            # accepted artifacts again with prompts in the decode session (its kernel), and let the
+            # runtime take the faster of the two on the device only if this holds the budget too.
+            progress("gate: the accepted artifacts again, prompts in the decode session")
+            other = gate.answer_examples(staging, examples, prefill_session=False)
+            other_rows = gate.compare(fp32_report, score_predictions(other, examples, train, manifest.image_size),
+                                      budget)
+            other_ok = not gate.broken_tasks(other_rows)
+            tools[mf.DECODER][mf.PROMPT_KERNEL_CHOICE] = mf.PROMPT_KERNEL_FASTEST if other_ok else mf.PROMPT_KERNEL_FIXED
+            gate_summary["prompts_in_decode_session"] = {
+                "accepted": other_ok, "worst_drop": max((r.drop for r in other_rows), default=0.0),
+                "changed_answers": gate.changed_answers(answers, other, examples),
+                "rows": gate.rows_as_dicts(other_rows)}
+            progress(f"gate, prompts in the decode session: worst drop "
+                     f"{gate_summary['prompts_in_decode_session']['worst_drop']:+.2f} points, "
+                     f"{'accepted: the runtime takes the faster kernel' if other_ok else 'over budget: prompts stay in the prefill session'}")
         final = _update_manifest(staging, recipe, tools, calibration, gate_summary)
         sizes = {"fp32_bytes": _size(artifacts), "quantized_bytes": _size(staging)}
         report = {
@@ -222,6 +239,9 @@ def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: Cal
     with staged_folder(out) as staging:
         _copy_artifacts(artifacts, staging, recipe)
         tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
+        if tools.get(mf.DECODER, {}).get(mf.PREFILL_SESSION_CONFIG):
+            # no accuracy claimed: the runtime may run prompts with whichever kernel is faster there
+            tools[mf.DECODER][mf.PROMPT_KERNEL_CHOICE] = mf.PROMPT_KERNEL_FASTEST
         _update_manifest(staging, recipe, tools, calibration, {"skipped": "not gated: speed and size measurement only"})
     return out
 
@@ -271,7 +291,17 @@ def _markdown(report: dict, rows) -> str:
             f"{report['gate']['budget_points']:g} points; {report['gate']['examples']} held-out examples.\n\n"
             f"Size on disk: {size['fp32_bytes'] / 2**20:.1f} MiB FP32 -> {size['quantized_bytes'] / 2**20:.1f} MiB "
             f"({size['ratio']:.2f}x smaller).\n\n{gate.table(rows)}\n\nFallback to float: "
-            f"{[f['node'] for f in report['gate']['fallback']] or 'none'}\n")
+            f"{[f['node'] for f in report['gate']['fallback']] or 'none'}\n" + _prompt_kernel_line(report))
+
+
+def _prompt_kernel_line(report: dict) -> str:
+    other = report["gate"].get("prompts_in_decode_session")
+    if other is None:
+        return ""
+    verdict = ("within budget: the runtime runs prompts with whichever kernel measures faster on the device"
+               if other["accepted"] else "over budget: prompts stay in the prefill session")
+    return (f"\nPrompts in the decode session (its kernel) instead of the prefill session: worst drop "
+            f"{other['worst_drop']:+.2f} points, {verdict}.\n")
 
 
 __all__ = ["QuantizeError", "quantize_artifacts"]

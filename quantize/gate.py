@@ -55,15 +55,17 @@ def gate_examples(data_root: Path, image_size: int, patch_size: int, per_task: i
     return kept, train, len(val) - len(kept)
 
 
-def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int = 64, batch_size: int = 8) -> list[str]:
-    """Greedy answers of the runtime on ``artifacts`` for ``examples``."""
+def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int = 64, batch_size: int = 8,
+                    prefill_session: bool = True) -> list[str]:
+    """Greedy answers of the runtime on ``artifacts`` for ``examples``; ``prefill_session``: as
+    ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made by timing)."""
     from eov_edge.inputs import Sample
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
     texts: list[str] = []
-    with Pipeline.from_artifacts(artifacts) as pipeline:
+    with Pipeline.from_artifacts(artifacts, prefill_session=prefill_session) as pipeline:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
             samples = [Sample(views=e.views, instruction=e.instruction) for e in chunk]

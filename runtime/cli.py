@@ -75,9 +75,10 @@ def _print_answer(label: str, answer) -> None:
                    "for the FP32 decoder to check: the same answers, fewer FP32 steps (one image, greedy)")
 @click.option("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, show_default=True,
               help="most tokens the draft proposes per FP32 decoder call")
-@click.option("--prefill-session/--no-prefill-session", default=True, show_default=True,
-              help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (faster "
-                   "prompts; memory for a second copy of the 4-bit decoder weights)")
+@click.option("--prefill-session/--no-prefill-session", default=None,
+              help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (memory for "
+                   "a second copy of the 4-bit decoder weights) / in the decode session. Default: as the manifest "
+                   "says; where the gate accepted both, the faster one measured at start-up")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")

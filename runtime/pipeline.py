@@ -99,13 +99,15 @@ class Pipeline:
         self.patch_size = int(manifest.model_config.get("vision_config", {}).get("patch_size", 1))
         self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest, prefill_runner=runners.get(PREFILL))
         self.timings: dict[str, float] = {"read": 0.0, "encode": 0.0, "generate": 0.0}
+        # which session runs prompts where the runtime measured it (choose_prompt_session), else None
+        self.prompt_session: dict | None = None
 
     @classmethod
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
                        providers: list[str] | None = None, threads: int | None = None,
                        thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
                        engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
-                       draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool = True) -> "Pipeline":
+                       draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool | None = None) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
@@ -116,9 +118,12 @@ class Pipeline:
         full-precision steps; batch-1 greedy decoding).
         ``prefill_session``: where the manifest asks for it (INT4 CPU artifacts), prompts run in a
         second ONNX Runtime session of the decoder with the kernel its config entries choose
-        (``mf.PREFILL_SESSION_CONFIG``; ONNX Runtime >= 1.32, CPU): faster prompts, for the memory of
-        a second copy of the decoder's weights. False: one session does all (the gate measured the
-        artifacts with it, as the runtime runs them by default).
+        (``mf.PREFILL_SESSION_CONFIG``; ONNX Runtime >= 1.32, CPU), for the memory of a second copy
+        of the decoder's weights. True: always so (the kernel the gate measured first). False: one
+        session does all. None (default): so, unless the manifest lets the runtime take the faster
+        of the two kernels for prompts (``Manifest.prompt_kernel_choice``: the gate accepted both),
+        which it then measures here (:meth:`choose_prompt_session`): which one is faster depends on
+        the CPU (session 18 and 21 measured it either way round on the same kind of machine).
         """
         directory = Path(directory)
         if draft is not None and backend != "onnxruntime":
@@ -132,18 +137,51 @@ class Pipeline:
             options = {"engine_dir": engines, "manifest": manifest}
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
-        prefill_config = manifest.prefill_session_config() if prefill_session else {}
+        prefill_config = manifest.prefill_session_config() if prefill_session is not False else {}
         if (prefill_config and backend == "onnxruntime" and _cpu_first(providers)
                 and _onnxruntime_at_least(PREFILL_MIN_ONNXRUNTIME)):
             entry = manifest.graphs[mf.DECODER]
             runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
                                            config_entries=prefill_config, **options)
         pipeline = cls(directory, manifest, runners)
+        if PREFILL in runners and prefill_session is None and \
+                manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
+            pipeline.choose_prompt_session()
         if draft is not None:
             pipeline.use_draft(draft, draft_tokens, verify_hashes=verify_hashes, **options)
         if warmup:
             pipeline.warmup()
         return pipeline
+
+    def choose_prompt_session(self, tokens: int = 128, rounds: int = 3) -> dict:
+        """Keep the faster of the prefill session and the decode session for prompts: a prompt of
+        ``tokens`` random embeddings through each, alternating, ``rounds`` times after a warm-up
+        (median). Where the decode session wins, the prefill session is closed (its copy of the
+        weights freed). Returns and keeps (``prompt_session``) the choice and the timings."""
+        import statistics
+
+        m, table = self.manifest, self.embed_table
+        decode = self.runners[mf.DECODER]
+        length = max(1, min(tokens, m.max_context - 1))
+        embeds = np.random.default_rng(0).standard_normal((1, length, table.shape[1])).astype(np.float32) * 0.05
+        mask = np.ones((1, length), np.int64)
+        config = GenerationConfig(max_new_tokens=1, slis_grammar=False, output_scores=False)
+        decoders = {PREFILL: Decoder(decode, table, m, prefill_runner=self.runners[PREFILL]),
+                    mf.DECODER: Decoder(decode, table, m)}
+        seconds: dict[str, list[float]] = {name: [] for name in decoders}
+        for index in range(rounds + 1):
+            for name, decoder in decoders.items():
+                start = time.perf_counter()
+                next(decoder.steps(embeds, mask, config))  # the prompt and its first token
+                if index:  # the first round warms both up
+                    seconds[name].append(time.perf_counter() - start)
+        ms = {name: round(1000 * statistics.median(times), 2) for name, times in seconds.items()}
+        chosen = mf.DECODER if ms[mf.DECODER] < ms[PREFILL] else PREFILL
+        if chosen == mf.DECODER:
+            self.runners.pop(PREFILL).deactivate()
+            self.decoder = decoders[mf.DECODER]
+        self.prompt_session = {"chosen": chosen, "prompt_tokens": length, "ms": ms}
+        return self.prompt_session
 
     def use_draft(self, directory: str | os.PathLike, draft_tokens: int = DEFAULT_DRAFT_TOKENS,
                   verify_hashes: bool = True, **runner_options) -> None:

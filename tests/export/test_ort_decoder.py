@@ -157,8 +157,8 @@ def test_int4_prompts_run_in_a_second_session_with_the_fp32_kernel(nano_fused_ar
         logits[manifest.special_tokens["eos"]] = -np.inf  # as the loop does before min_new_tokens
         return float(np.exp(logits[token] - logits.max()) / np.exp(logits - logits.max()).sum())
 
-    two = Pipeline.from_artifacts(out)
-    assert PREFILL in two.runners
+    two = Pipeline.from_artifacts(out, prefill_session=True)  # the prefill session, not measured against the other
+    assert PREFILL in two.runners and two.prompt_session is None
     token, probability, steps = first_token(two, new_tokens=6)
     assert steps == 6 and len(two.runners[PREFILL].timings) == 1 and len(two.runners[mf.DECODER].timings) == 5
     fp32_kernel = standalone_probability(token, {"mlas.qnbit.force_fp32": "1"})
@@ -257,3 +257,61 @@ def test_decoders_exported_before_the_token_io_still_run_and_answer_the_same(nan
     ids_spec, _ = old.generate_ids(old.batch(samples[:1], 12), GenerationConfig(max_new_tokens=12))
     np.testing.assert_array_equal(ids_spec, new.generate_ids(new.batch(samples[:1], 12),
                                                              GenerationConfig(max_new_tokens=12))[0])
+
+
+def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(nano_fused_artifacts, tmp_path):
+    """Ungated INT4 artifacts claim no accuracy: their manifest lets the runtime run prompts with the
+    faster of the two kernels, measured at start-up (which one wins depends on the CPU). The loser
+    is closed; the answers then are those of the session kept. A manifest that fixes the kernel,
+    or an explicit prefill_session, is not measured."""
+    from eov_edge.runtime.pipeline import PREFILL
+
+    out = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
+    manifest = mf.load_manifest(out)
+    assert manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST
+    pipe = Pipeline.from_artifacts(out)
+    chosen = pipe.prompt_session
+    assert set(chosen["ms"]) == {PREFILL, mf.DECODER} and all(ms > 0 for ms in chosen["ms"].values())
+    assert chosen["chosen"] == min(chosen["ms"], key=chosen["ms"].get)
+    assert (PREFILL in pipe.runners) == (chosen["chosen"] == PREFILL)
+    assert (pipe.decoder.prefill_runner is pipe.runners[mf.DECODER]) == (chosen["chosen"] == mf.DECODER)
+    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    kept = Pipeline.from_artifacts(out, prefill_session=chosen["chosen"] == PREFILL)
+    assert kept.prompt_session is None
+    config = GenerationConfig(max_new_tokens=8)
+    for a, b in zip(pipe.generate_ids(pipe.batch(samples, 8), config), kept.generate_ids(kept.batch(samples, 8), config)):
+        np.testing.assert_array_equal(a, b)
+    # a manifest that fixes the kernel (a gate that accepted the prefill session's only): not measured
+    manifest.quantization["graphs"][mf.DECODER][mf.PROMPT_KERNEL_CHOICE] = mf.PROMPT_KERNEL_FIXED
+    (out / mf.MANIFEST_FILE).write_text(manifest.to_json())
+    fixed = Pipeline.from_artifacts(out)
+    assert fixed.prompt_session is None and PREFILL in fixed.runners
+
+
+def test_the_int4_gate_measures_prompts_in_both_sessions(nano_fused_artifacts, tmp_path, monkeypatch):
+    """The gate accepts INT4 artifacts with prompts in the prefill session, then gates them again
+    with prompts in the decode session; the manifest lets the runtime choose only if that holds
+    the budget too (a loose budget here; then a decode-session pass made to break a task)."""
+    from eov_edge.quantize import build, gate
+
+    report = build.quantize_artifacts(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "loose", per_task=2,
+                                      max_drop=100.0, progress=lambda m: None)
+    other = report["gate"]["prompts_in_decode_session"]
+    assert other["accepted"] and other["rows"] and set(other["changed_answers"]) <= set(
+        r["task"] for r in other["rows"])
+    assert mf.load_manifest(tmp_path / "loose").prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST
+    assert "Prompts in the decode session" in (tmp_path / "loose" / "quant_report.md").read_text()
+    # the same, with the decode-session pass breaking a task: prompts stay in the prefill session
+    answer_examples, broken_tasks, second_pass = gate.answer_examples, gate.broken_tasks, []
+
+    def answers(*args, prefill_session=True, **kwargs):
+        second_pass.append(not prefill_session)
+        return answer_examples(*args, prefill_session=prefill_session, **kwargs)
+
+    monkeypatch.setattr(gate, "answer_examples", answers)
+    monkeypatch.setattr(gate, "broken_tasks", lambda rows: ["caption"] if second_pass[-1] else broken_tasks(rows))
+    report = build.quantize_artifacts(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "strict", per_task=2,
+                                      max_drop=100.0, progress=lambda m: None)
+    assert second_pass[-1] and not report["gate"]["prompts_in_decode_session"]["accepted"]
+    fixed = mf.load_manifest(tmp_path / "strict")
+    assert fixed.prompt_kernel_choice() == mf.PROMPT_KERNEL_FIXED and fixed.prefill_session_config()
