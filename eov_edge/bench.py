@@ -316,6 +316,8 @@ def bench_runtime(artifacts: Path, batch_size: int, max_new: int, repeats: int, 
     row = {"encoder_ms": _stats(encoder), "projector_ms": _stats(projector), "ttft_ms": _stats(ttft),
            "e2e_ms": _stats(e2e), "new_tokens": ids.shape[1], "tokens": tokens, "decoder_mb": decoder_mb,
            "size_mb": round(_dir_size_mb(artifacts), 2)}
+    if pipe.prompt_session is not None:  # which session the runtime measured faster for prompts
+        row["prompt_session"] = pipe.prompt_session
     if draft is not None:  # the FP32 artifacts plus what the draft loads: its decoder and token table
         draft_manifest = mf.load_manifest(draft, verify_hashes=False)
         entry = draft_manifest.graphs[mf.DECODER]
@@ -352,6 +354,9 @@ def _merge_rounds(runs: list[dict]) -> dict:
         row[key] = {"median": round(statistics.median(r[key]["median"] for r in runs), 3),
                     "min": min(r[key]["min"] for r in runs), "max": max(r[key]["max"] for r in runs)}
     row["e2e_ms_rounds"] = [r["e2e_ms"]["median"] for r in runs]
+    sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
+    if sessions:  # each round's process measured it afresh
+        row["prompt_session_chosen"] = {name: sessions.count(name) for name in sorted(set(sessions))}
     return row
 
 
@@ -520,6 +525,13 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     return report
 
 
+def _session_name(runner: str) -> str:
+    """The prompt session's name for people: the runner name of Pipeline.choose_prompt_session."""
+    from eov_edge import manifest as mf
+
+    return "decode session (int8-compute kernel)" if runner == mf.DECODER else "prefill session (fp32-compute kernel)"
+
+
 def fp32_floors(rows: dict, first_token_gflop: float, gemm_gflops: float) -> dict:
     """The most any FP32 row can show against this run's PyTorch (``rows["pytorch eager"]``): the
     first token at the GEMM rate, every decode step at the weight-streaming rate (the FP32 runtime
@@ -572,6 +584,14 @@ def markdown(report: dict) -> str:
                       f"{r['new_tokens']} tokens in {calls} FP32 decoder calls. Its speed is the acceptance's: "
                       "a model whose answer repeats one token (random weights) accepts everything, a trained "
                       "model's drafts miss more often."]
+    for name, r in report["rows"].items():
+        if chosen := r.get("prompt_session_chosen"):
+            lines += ["", f"{name}: prompts ran in the session measured faster at start-up (the manifest allows "
+                      f"either kernel), in the rounds' processes: "
+                      + ", ".join(f"{_session_name(k)} {n}x" for k, n in chosen.items())
+                      + f"; the first round's timing of a {r['prompt_session']['prompt_tokens']}-token prompt: "
+                      + ", ".join(f"{_session_name(k)} {ms} ms" for k, ms in r["prompt_session"]["ms"].items())
+                      + "."]
     if report.get("quantized_rows_accuracy"):
         lines += ["", "Accuracy of the quantized rows (from their manifests):"]
         lines += [f"- {name}: {status}" for name, status in report["quantized_rows_accuracy"].items()]

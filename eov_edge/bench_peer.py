@@ -102,7 +102,8 @@ for _ in range(repeats):
 print(json.dumps({"ttft_ms": [1000 * r[0] for r in runs],
                   "decode_ms_per_token": [1000 * r[1] / max(new - 1, 1) for r in runs],
                   "decode_ms_per_token_scored": [1000 * r[1] / max(new - 1, 1) for r in scored_runs],
-                  "tokens": runs[-1][2], "tokens_scored": scored_runs[-1][2] if scored_runs else None}))
+                  "tokens": runs[-1][2], "tokens_scored": scored_runs[-1][2] if scored_runs else None,
+                  "prompt_session": None if kind == "ort-genai" else pipe.prompt_session}))
 """
 
 
@@ -232,6 +233,9 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
             "tokens_identical_to_pytorch": (all(r["tokens"] == reference and r.get("tokens_scored") in (None, reference)
                                                 for r in runs) if base_precision == "fp32" else None),
         }
+        sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
+        if sessions:  # where the runtime measured which session runs prompts faster, per round's process
+            rows[name]["prompt_session_chosen"] = {s: sessions.count(s) for s in sorted(set(sessions))}
     for name, row in rows.items():
         peer = rows.get(f"ort-genai {name.split()[-1].split('-')[0]}")
         if name.startswith("ours") and peer:
@@ -264,4 +268,10 @@ def peer_markdown(peer: dict) -> str:
         scored = r.get("decode_ms_per_token_scored")
         lines.append(f"| {name} | {r['ttft_ms']:.1f} | {r['decode_ms_per_token']:.2f} | {r['bandwidth_floor_ms']:.2f} "
                      f"| {r['decode_vs_floor']} | {versus} | {same} | {'-' if scored is None else f'{scored:.2f}'} |")
+    for name, r in peer["rows"].items():
+        if chosen := r.get("prompt_session_chosen"):
+            from eov_edge.bench import _session_name
+
+            lines += ["", f"{name}: its prompts ran in the session measured faster at start-up, in the rounds' "
+                      "processes: " + ", ".join(f"{_session_name(k)} {n}x" for k, n in chosen.items()) + "."]
     return "\n".join(lines + [""])

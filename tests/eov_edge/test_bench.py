@@ -171,6 +171,33 @@ def test_the_speculative_row_states_its_acceptance_and_whether_it_kept_the_fp32_
     assert "tokens = the FP32 row's: NO" in markdown(report)
 
 
+def test_a_row_whose_prompt_session_was_measured_says_which_one_ran():
+    from eov_edge import manifest as mf
+    from eov_edge.bench import _merge_rounds, markdown
+    from eov_edge.runtime.pipeline import PREFILL
+
+    def timed(ms):
+        return {"median": ms, "min": ms, "max": ms}
+
+    def run(chosen=None):
+        row = {**_row(180.0, 110.0, 32, 2.0), "encoder_ms": timed(1.0), "projector_ms": timed(1.0),
+               "ttft_ms": timed(110.0)}
+        if chosen:
+            row["prompt_session"] = {"chosen": chosen, "prompt_tokens": 128, "ms": {PREFILL: 70.1, mf.DECODER: 61.2}}
+        return row
+
+    row = _merge_rounds([run(mf.DECODER), run(PREFILL), run(mf.DECODER)])
+    assert row["prompt_session_chosen"] == {mf.DECODER: 2, PREFILL: 1}
+    rows = {"pytorch eager": _row(900.0, 200.0, 33, 8.0), "runtime ort-cpu-int4": row}
+    report = {"preset": "small", "batch": 1, "max_new_tokens": 32, "repeats": 5, "rounds": 3, "rows": rows,
+              "machine": {"cpus": 2, "platform": "p", "read_bandwidth_gbs": 30.0}, "note": "n"}
+    text = markdown(report)
+    assert "runtime ort-cpu-int4: prompts ran in the session measured faster" in text
+    assert "decode session (int8-compute kernel) 2x, prefill session (fp32-compute kernel) 1x" in text
+    assert "128-token prompt: prefill session (fp32-compute kernel) 70.1 ms, decode session (int8-compute kernel) 61.2 ms" in text
+    assert "prompts ran" not in markdown({**report, "rows": {**rows, "runtime ort-cpu-int4": _merge_rounds([run()])}})
+
+
 @pytest.mark.slow
 def test_bench_runtime_with_a_draft_times_the_fp32_answer(nano_fused_artifacts, tmp_path):
     from eov_edge.bench import bench_runtime
