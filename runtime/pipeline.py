@@ -169,12 +169,15 @@ class Pipeline:
         decoders = {PREFILL: Decoder(decode, table, m, prefill_runner=self.runners[PREFILL]),
                     mf.DECODER: Decoder(decode, table, m)}
         seconds: dict[str, list[float]] = {name: [] for name in decoders}
+        calls = {name: len(self.runners[name].timings) for name in (mf.DECODER, PREFILL)}
         for index in range(rounds + 1):
             for name, decoder in decoders.items():
                 start = time.perf_counter()
                 next(decoder.steps(embeds, mask, config))  # the prompt and its first token
                 if index:  # the first round warms both up
                     seconds[name].append(time.perf_counter() - start)
+        for name, count in calls.items():  # the runners' timings count the caller's calls only
+            del self.runners[name].timings[count:]
         ms = {name: round(1000 * statistics.median(times), 2) for name, times in seconds.items()}
         chosen = mf.DECODER if ms[mf.DECODER] < ms[PREFILL] else PREFILL
         if chosen == mf.DECODER:
@@ -338,6 +341,8 @@ class Pipeline:
         stats = {"stages_s": {k: round(v, 4) for k, v in self.timings.items()}, "graphs": graphs,
                  "kv_cache_mb": round(self.decoder.last_cache_bytes / (1 << 20), 3),
                  "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if self.prompt_session is not None:
+            stats["prompt_session"] = self.prompt_session
         if isinstance(self.decoder, SpeculativeDecoder):
             stats["speculative"] = {"draft_tokens": self.decoder.draft_tokens, **self.decoder.last_stats.to_dict()}
         return stats

@@ -275,6 +275,8 @@ def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(
     assert chosen["chosen"] == min(chosen["ms"], key=chosen["ms"].get)
     assert (PREFILL in pipe.runners) == (chosen["chosen"] == PREFILL)
     assert (pipe.decoder.prefill_runner is pipe.runners[mf.DECODER]) == (chosen["chosen"] == mf.DECODER)
+    assert pipe.stats()["prompt_session"] == chosen
+    assert all(not runner.timings for runner in pipe.runners.values())  # the measurement is not the caller's
     samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
     kept = Pipeline.from_artifacts(out, prefill_session=chosen["chosen"] == PREFILL)
     assert kept.prompt_session is None
