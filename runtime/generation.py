@@ -314,7 +314,12 @@ class Decoder:
             feed[mf.INPUTS_EMBEDS] = step_embeds
             token_view, write = None, self._embedding_writer(step_embeds)
         feed.update(zip(self.past_names, cache))
-        decode_step = self.runner.bind(feed, outputs)  # checked and bound once: the loop only refills
+        bound: list = []  # the bound call, made on the first decode step: the first token is out before
+
+        def decode_step() -> dict[str, np.ndarray]:
+            if not bound:
+                bound.append(self.runner.bind(feed, outputs))  # checked and bound once: the loop only refills
+            return bound[0]()
         counter_view = memoryview(counters)  # (B + 1,) i32
 
         def advance() -> None:
