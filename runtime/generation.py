@@ -320,6 +320,7 @@ class Decoder:
             if not bound:
                 bound.append(self.runner.bind(feed, outputs))  # checked and bound once: the loop only refills
             return bound[0]()
+
         counter_view = memoryview(counters)  # (B + 1,) i32
 
         def advance() -> None:
