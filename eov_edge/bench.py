@@ -354,10 +354,22 @@ def _merge_rounds(runs: list[dict]) -> dict:
         row[key] = {"median": round(statistics.median(r[key]["median"] for r in runs), 3),
                     "min": min(r[key]["min"] for r in runs), "max": max(r[key]["max"] for r in runs)}
     row["e2e_ms_rounds"] = [r["e2e_ms"]["median"] for r in runs]
-    sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
-    if sessions:  # each round's process measured it afresh
-        row["prompt_session_chosen"] = {name: sessions.count(name) for name in sorted(set(sessions))}
+    if chosen := prompt_sessions_chosen(runs):
+        row["prompt_session_chosen"] = chosen
     return row
+
+
+def prompt_sessions_chosen(runs: list[dict]) -> dict[str, int]:
+    """How often each prompt session was chosen over a row's rounds (each round's process measured it
+    afresh, ``Pipeline.choose_prompt_session``); empty where the runtime measured nothing."""
+    sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
+    return {name: sessions.count(name) for name in sorted(set(sessions))}
+
+
+def prompt_sessions_line(name: str, chosen: dict[str, int]) -> str:
+    """The markdown sentence saying which session ran a row's prompts (``prompt_sessions_chosen``)."""
+    return (f"{name}: prompts ran in the session measured faster at start-up (the manifest allows either kernel), "
+            "in the rounds' processes: " + ", ".join(f"{_session_name(k)} {n}x" for k, n in chosen.items()))
 
 
 def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int = 32,
@@ -586,10 +598,7 @@ def markdown(report: dict) -> str:
                       "model's drafts miss more often."]
     for name, r in report["rows"].items():
         if chosen := r.get("prompt_session_chosen"):
-            lines += ["", f"{name}: prompts ran in the session measured faster at start-up (the manifest allows "
-                      f"either kernel), in the rounds' processes: "
-                      + ", ".join(f"{_session_name(k)} {n}x" for k, n in chosen.items())
-                      + f"; the first round's timing of a {r['prompt_session']['prompt_tokens']}-token prompt: "
+            lines += ["", prompt_sessions_line(name, chosen) + f"; the first round's timing of a {r['prompt_session']['prompt_tokens']}-token prompt: "
                       + ", ".join(f"{_session_name(k)} {ms} ms" for k, ms in r["prompt_session"]["ms"].items())
                       + "."]
     if report.get("quantized_rows_accuracy"):

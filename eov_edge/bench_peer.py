@@ -233,9 +233,10 @@ def run_peer_bench(language_model, ours: dict[str, Path], out: Path, floors_mb: 
             "tokens_identical_to_pytorch": (all(r["tokens"] == reference and r.get("tokens_scored") in (None, reference)
                                                 for r in runs) if base_precision == "fp32" else None),
         }
-        sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
-        if sessions:  # where the runtime measured which session runs prompts faster, per round's process
-            rows[name]["prompt_session_chosen"] = {s: sessions.count(s) for s in sorted(set(sessions))}
+        from eov_edge.bench import prompt_sessions_chosen  # here: eov_edge.bench imports this module
+
+        if chosen := prompt_sessions_chosen(runs):  # where the runtime measured which session runs prompts
+            rows[name]["prompt_session_chosen"] = chosen
     for name, row in rows.items():
         peer = rows.get(f"ort-genai {name.split()[-1].split('-')[0]}")
         if name.startswith("ours") and peer:
@@ -270,8 +271,7 @@ def peer_markdown(peer: dict) -> str:
                      f"| {r['decode_vs_floor']} | {versus} | {same} | {'-' if scored is None else f'{scored:.2f}'} |")
     for name, r in peer["rows"].items():
         if chosen := r.get("prompt_session_chosen"):
-            from eov_edge.bench import _session_name
+            from eov_edge.bench import prompt_sessions_line  # here: eov_edge.bench imports this module
 
-            lines += ["", f"{name}: its prompts ran in the session measured faster at start-up, in the rounds' "
-                      "processes: " + ", ".join(f"{_session_name(k)} {n}x" for k, n in chosen.items()) + "."]
+            lines += ["", prompt_sessions_line(name, chosen) + "."]
     return "\n".join(lines + [""])

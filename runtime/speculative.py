@@ -82,7 +82,7 @@ class CacheStream:
         self.length = 0  # positions of the cache that hold the sequence
         self.has_logits_index = mf.LOGITS_INDEX in self.runner.input_names
         # fed tokens go in as ids, the graph gathers their embeddings (earlier exports: embeddings)
-        self.tokens_in_graph = mf.INPUT_IDS in self.runner.input_names
+        self.tokens_in_graph = decoder.tokens_in_graph
         # seqlens_k (1,) and total_sequence_length (), views of one buffer, set before each call
         self.counters = np.zeros(2, np.int32)
         self._calls: dict[tuple[int, bool], tuple] = {}
