@@ -1,4 +1,5 @@
-# make test: create .venv, install the project with the build extras, run the test suite.
+# make test: create .venv, install the project with the build extras, lint (ruff), check the import
+# layers (lint-imports, setup.cfg's [importlinter] contracts), run the test suite.
 # make demo: same setup, then run the demo chain on calib_data.
 VENV ?= .venv
 PYTHON ?= python3
@@ -20,10 +21,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m tests.layers
 	$(PY) -m pytest -q -n 2 --timeout 900
 
 demo: setup
-	$(PY) -m eov_edge.demo --out demo_out
+	$(PY) -m eov_edge.bench.demo --out demo_out
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -29,16 +29,14 @@ def main() -> None:
 
     import torch
 
-    from eov_edge.paths import write_json_atomic
-    from eov_edge import manifest as mf
-    from eov_edge.calib import load_calib_samples
-    from eov_edge.evaluate import evaluate, score_predictions
-    from eov_edge.paths import data_dir
-    from eov_edge.processor import load_checkpoint
-    from eov_edge.provenance import git_commit
+    from eov_edge.core import manifest as mf
+    from eov_edge.core.calib import load_calib_samples
+    from eov_edge.core.paths import NANO_CHECKPOINT, data_dir, write_json_atomic
+    from eov_edge.core.provenance import git_commit
+    from eov_edge.model.processor import load_checkpoint
     from eov_edge.quantize.calibration import CalibrationSet
     from eov_edge.quantize.gate import answer_examples, gate_examples, task_points
-    from eov_edge.ship import NANO_CHECKPOINT
+    from eov_edge.training.evaluate import evaluate, score_predictions
 
     torch.set_num_threads(os.cpu_count() or 2)
     manifest = mf.load_manifest(args.artifacts)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import numpy as np
 
-    from eov_edge import manifest as mf
+    from eov_edge.core import manifest as mf
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import onnxruntime
 
-    from eov_edge.provenance import git_commit
+    from eov_edge.core.provenance import git_commit
 
     report = {"artifacts": str(args.artifacts), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "rounds": args.rounds, "git_commit": git_commit(), "onnxruntime": onnxruntime.__version__,
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "host_us_per_step": round(host_us, 1)}
         print(f"{name}: loop {loop_ms:.3f} ms/step, graph call {call_ms:.3f} ms, host work {host_us:.0f} us")
     if args.report:
-        from eov_edge.paths import write_json_atomic
+        from eov_edge.core.paths import write_json_atomic
 
         write_json_atomic(args.report, report)
     return report

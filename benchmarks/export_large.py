@@ -32,9 +32,10 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from eov_edge import manifest as mf
-    from eov_edge.export.onnx_export import export_onnx, load_model
+    from eov_edge.core import manifest as mf
+    from eov_edge.export.onnx_export import export_onnx
     from eov_edge.export.specs import GRAPH_SPECS, Shapes
+    from eov_edge.model.processor import load_model
 
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.time()

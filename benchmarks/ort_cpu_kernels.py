@@ -28,7 +28,7 @@ def _session(model, config: dict[str, str] | None = None, threads: int = 2):
     """A CPU session as the runtime makes one outside its shared pool: its own non-spinning pool."""
     import onnxruntime as ort
 
-    from eov_edge.runtime.runner import session_options
+    from eov_edge.runtime.ort_runner import session_options
 
     return ort.InferenceSession(model, session_options(threads, config), providers=["CPUExecutionProvider"])
 
@@ -77,7 +77,7 @@ def skip_layer_norm(shapes: list[tuple[int, int]], threads: int, rounds: int) ->
 
 
 def int4_kernels(artifacts: Path, prompt_lengths: list[int], threads: int, rounds: int) -> list[dict]:
-    from eov_edge import manifest as mf
+    from eov_edge.core import manifest as mf
 
     manifest = mf.load_manifest(artifacts, verify_hashes=False)
     path = str(artifacts / manifest.graphs[mf.DECODER].file)

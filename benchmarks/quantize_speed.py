@@ -47,11 +47,11 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from eov_edge.paths import write_json_atomic
-    from eov_edge import manifest as mf
-    from eov_edge.provenance import git_commit
-    from eov_edge.quantize.calibration import calibration_set
+    from eov_edge.core import manifest as mf
+    from eov_edge.core.paths import write_json_atomic
+    from eov_edge.core.provenance import git_commit
     from eov_edge.quantize.build import write_ungated
+    from eov_edge.quantize.calibration import calibration_set
 
     work = Path(tempfile.mkdtemp(prefix="eov-qbench-"))
     artifacts = args.artifacts

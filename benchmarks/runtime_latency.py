@@ -25,20 +25,14 @@ from pathlib import Path
 PEAK_SCRIPT = """
 import json, sys
 side, artifacts, max_new, pool = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-from eov_edge.calib import load_calib_samples
-from eov_edge.inputs import Sample
-from eov_edge.tasks import DEFAULT_QUESTIONS
-
-def calib_pipeline_samples(size):  # as export.validate builds them, without importing torch here
-    return [(c.id, Sample(views=c.read(size=size), instruction=DEFAULT_QUESTIONS[c.task or "caption"]))
-            for c in load_calib_samples()]
+from eov_edge.core.calib import calib_questions
 
 if side == "pytorch":
     import torch
-    from eov_edge.processor import load_checkpoint
-    from eov_edge.ship import NANO_CHECKPOINT
+    from eov_edge.model.processor import load_checkpoint
+    from eov_edge.core.paths import NANO_CHECKPOINT
     model, processor = load_checkpoint(NANO_CHECKPOINT)
-    samples = [s for _, s in calib_pipeline_samples(model.config.image_size)]
+    samples = [s for _, s in calib_questions(model.config.image_size)]
     with torch.no_grad():
         for s in samples:
             model.generate(**processor([s], max_new_tokens=max_new), max_new_tokens=max_new)
@@ -47,7 +41,7 @@ else:
     from eov_edge.runtime.pipeline import Pipeline
     pipe = Pipeline.from_artifacts(artifacts, thread_pool=pool)
     assert "torch" not in sys.modules
-    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)]
+    samples = [s for _, s in calib_questions(pipe.spec.image_size)]
     for s in samples:
         pipe.generate_ids(pipe.batch([s], max_new), GenerationConfig(max_new_tokens=max_new))
 from eov_edge.runtime.pipeline import peak_rss_mb
@@ -79,13 +73,12 @@ def main() -> None:
     import onnxruntime
     import torch
 
-    from eov_edge.export.validate import calib_pipeline_samples
-    from eov_edge.paths import write_json_atomic
-    from eov_edge.processor import load_checkpoint
-    from eov_edge.provenance import git_commit
+    from eov_edge.core.calib import calib_questions
+    from eov_edge.core.paths import NANO_CHECKPOINT, write_json_atomic
+    from eov_edge.core.provenance import git_commit
+    from eov_edge.model.processor import load_checkpoint
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
-    from eov_edge.ship import NANO_CHECKPOINT
 
     threads = os.cpu_count() or 2
     torch.set_num_threads(threads)
@@ -93,7 +86,7 @@ def main() -> None:
     model, processor = load_checkpoint(checkpoint)  # fp32, PyTorch's default (SDPA) attention
     pipe = Pipeline.from_artifacts(args.artifacts, threads=threads, thread_pool=args.thread_pool)
     greedy = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    calib = calib_pipeline_samples(model.config.image_size)
+    calib = calib_questions(model.config.image_size)
 
     def pytorch(samples):
         with torch.no_grad():
@@ -138,9 +131,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
 
     # End to end from the files: read + prompt + generate + decode text, every sample one by one.
-    from eov_edge.calib import load_calib_samples
-    from eov_edge.inputs import Sample
-    from eov_edge.tasks import DEFAULT_QUESTIONS
+    from eov_edge.core.calib import load_calib_samples
 
     entries = load_calib_samples()
     size = model.config.image_size
@@ -149,7 +140,7 @@ def main() -> None:
         def run():
             texts = []
             for entry in entries:
-                sample = Sample(views=entry.read(size=size), instruction=DEFAULT_QUESTIONS[entry.task or "caption"])
+                sample = entry.as_sample(size)
                 texts.append(answer_fn(sample))
             return texts
         return run

@@ -38,11 +38,11 @@ def main() -> None:
     import numpy as np
     import onnxruntime
 
-    from eov_edge import manifest as mf
-    from eov_edge.calib import load_calib_samples
-    from eov_edge.inputs import Sample
-    from eov_edge.paths import data_dir, write_atomic, write_json_atomic
-    from eov_edge.provenance import git_commit
+    from eov_edge.core import manifest as mf
+    from eov_edge.core.calib import load_calib_samples
+    from eov_edge.core.inputs import Sample
+    from eov_edge.core.paths import data_dir, write_atomic, write_json_atomic
+    from eov_edge.core.provenance import git_commit
     from eov_edge.quantize.calibration import CalibrationSet
     from eov_edge.quantize.gate import gate_examples
     from eov_edge.runtime.generation import GenerationConfig

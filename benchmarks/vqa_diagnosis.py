@@ -25,8 +25,8 @@ CLASSES = ("car", "person")
 
 
 def answer_breakdown(model, processor, data_root: Path, per_task: int, seed: int) -> dict:
-    from eov_edge.data.examples import ExampleFactory
-    from eov_edge.evaluate import build_examples, predict
+    from eov_edge.training.data.examples import ExampleFactory
+    from eov_edge.training.evaluate import build_examples, predict
 
     size, patch = model.config.image_size, model.config.vision_config.patch_size
     examples = build_examples(ExampleFactory(data_root, "val", size, patch), per_task, seed, ("vqa",))
@@ -48,8 +48,8 @@ def pooled_tokens(model, data_root: Path, split: str, count: int, seed: int) -> 
     """(count, 2 * D) mean- and max-pooled image tokens of HIT-UAV VQA-style crops; (count, 2) presence."""
     import torch
 
-    from eov_edge.bands import MODALITY_INDEX
-    from eov_edge.data.examples import ExampleFactory
+    from eov_edge.core.bands import MODALITY_INDEX
+    from eov_edge.training.data.examples import ExampleFactory
 
     factory = ExampleFactory(data_root, split, model.config.image_size, model.config.vision_config.patch_size)
     rng = random.Random(seed)
@@ -95,10 +95,10 @@ def linear_readout(model, data_root: Path, train_count: int, val_count: int) -> 
 def main(argv: list[str] | None = None) -> dict:
     import torch
 
-    from eov_edge.evaluate import EVAL_SEED
-    from eov_edge.paths import data_dir
-    from eov_edge.processor import load_checkpoint
-    from eov_edge.provenance import git_commit
+    from eov_edge.core.paths import data_dir
+    from eov_edge.core.provenance import git_commit
+    from eov_edge.model.processor import load_checkpoint
+    from eov_edge.training.evaluate import EVAL_SEED
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, required=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from eov_edge.paths import data_dir  # noqa: E402
+from eov_edge.core.paths import data_dir  # noqa: E402
 
 MANIFEST_VERSION = 1
 

@@ -1,4 +1,5 @@
-"""``eov-export``: build deployment artifacts from a checkpoint (thin click layer)."""
+"""The export commands of ``eov-export`` (onnx, engine, verify): a thin click layer over
+:mod:`eov_edge.export`. ``eov_edge.cli`` joins them with ``quantize`` into one command group."""
 
 from __future__ import annotations
 
@@ -7,16 +8,10 @@ from pathlib import Path
 
 import click
 
-from eov_edge.errors import EOVError
-from eov_edge.quantize.recipes import INT4_BLOCK_SIZES
+from eov_edge.core.errors import EOVError
 
 
-@click.group()
-def main() -> None:
-    """Export Earth-OneVision checkpoints to ONNX (and, in later versions, TensorRT engines)."""
-
-
-@main.command("onnx")
+@click.command("onnx")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="checkpoint folder (default: the shipped nano checkpoint)")
 @click.option("--preset", type=click.Choice(["nano", "small", "eov-2b"]), default=None,
@@ -32,8 +27,8 @@ def main() -> None:
 def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: int, overwrite: bool,
                  no_validate: bool, decoder: str) -> None:
     """Write encoder.onnx, projector.onnx, decoder.onnx, the embedding table, tokenizer and manifest."""
+    from eov_edge.core.paths import NANO_CHECKPOINT
     from eov_edge.export.onnx_export import export_onnx, manifest_summary
-    from eov_edge.ship import NANO_CHECKPOINT
 
     if checkpoint is None and preset is None:
         checkpoint = NANO_CHECKPOINT
@@ -46,43 +41,7 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
     click.echo(manifest_summary(manifest))
 
 
-@main.command("quantize")
-@click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="FP32 artifacts (eov-export onnx)")
-@click.option("--recipe", type=click.Choice(["ort-cpu-int8", "ort-cpu-int4", "trt-int8", "trt-fp8", "w4a16"]),
-              required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="quantized artifacts folder to create")
-@click.option("--calib", type=click.Path(path_type=Path), default=None,
-              help="calibration samples folder with a manifest.json (default: calib_data/)")
-@click.option("--max-drop", type=float, default=None,
-              help="accuracy budget in points per task metric; enables the fallback of sensitive layers to float "
-                   "(default budget: 1.0 for INT8/FP8, 2.0 for INT4, no fallback)")
-@click.option("--per-task", type=int, default=100, show_default=True,
-              help="held-out examples per task for the gate (one changed answer in 100 moves a metric 1 point)")
-@click.option("--quantize-lm-head/--keep-lm-head", default=None,
-              help="override the recipe's default for the LM head (TensorRT recipes keep it in float)")
-@click.option("--int4-block-size", type=click.Choice([str(s) for s in INT4_BLOCK_SIZES]), default=None,
-              help="weights per scale for ort-cpu-int4 and w4a16 [default: 32]; larger is faster on CPU, the gate "
-                   "decides if it holds")
-@click.option("--overwrite", is_flag=True)
-def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
-                     per_task: int, quantize_lm_head: bool, int4_block_size: str | None, overwrite: bool) -> None:
-    """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
-    from eov_edge.quantize.build import quantize_artifacts
-
-    try:
-        report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
-                                    quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True),
-                                    int4_block_size=int(int4_block_size) if int4_block_size else None)
-    except EOVError as err:
-        raise click.ClickException(str(err)) from None
-    size = report["size"]
-    click.echo(f"wrote {out}: {size['fp32_bytes'] / 2**20:.1f} MiB -> {size['quantized_bytes'] / 2**20:.1f} MiB "
-               f"({size['ratio']:.2f}x smaller); worst metric drop "
-               f"{max((r['drop'] for r in report['gate']['rows']), default=0):+.2f} points "
-               f"(budget {report['gate']['budget_points']:g}); report: {out / 'quant_report.json'}")
-
-
-@main.command("engine")
+@click.command("engine")
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True,
               help="FP32 artifacts, or trt-int8 / trt-fp8 / w4a16 quantized ones")
 @click.option("--device", type=click.Choice(["orin-nano", "orin-nx", "agx-orin", "thor", "l4", "l40s", "h100"]),
@@ -114,7 +73,7 @@ def engine_command(artifacts: Path, device: str, precision: str, out: Path, max_
     click.echo(json.dumps(summary, indent=1))
 
 
-@main.command("verify")
+@click.command("verify")
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True)
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
 @click.option("--report", type=click.Path(path_type=Path), default=None,

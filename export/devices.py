@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from eov_edge import manifest as mf
-from eov_edge.errors import EOVError
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EngineError
 
 PRECISIONS = ("auto", "fp16", "int8", "fp8", "w4a16")
 # quantization recipe whose artifacts carry each precision's Q/DQ (eov-export quantize)
 RECIPE_FOR = {"int8": "trt-int8", "fp8": "trt-fp8", "w4a16": "w4a16"}
-
-
-class EngineError(EOVError, RuntimeError):
-    """An engine cannot be planned, built or loaded for this device, precision or artifacts."""
 
 
 @dataclass(frozen=True)

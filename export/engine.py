@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eov_edge.export.devices import EngineError, get_device
+from eov_edge.core.errors import EngineError
+from eov_edge.core.paths import staged_folder
+from eov_edge.export.devices import get_device
 from eov_edge.export.engine_plan import PLAN_FILE, SCRIPT_FILE, make_plan
 from eov_edge.export.engine_plan import trtexec_script as make_trtexec_script
 from eov_edge.export.tensorrt_build import build_engines, prepare_onnx, write_meta
-from eov_edge.paths import staged_folder
 
 
 def tensorrt_available() -> bool:

@@ -14,8 +14,9 @@ import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from eov_edge import manifest as mf
-from eov_edge.export.devices import DevicePreset, EngineError, resolve_precision
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EngineError
+from eov_edge.export.devices import DevicePreset, resolve_precision
 
 PLAN_FILE = "engine_plan.json"
 PLAN_VERSION = 1

@@ -16,17 +16,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eov_edge.paths import staged_folder
-from eov_edge.provenance import git_commit, weights_sha256
-from eov_edge import __version__, bands
-from eov_edge import manifest as mf
-from eov_edge.errors import EOVError
+from eov_edge import __version__
+from eov_edge.core import bands
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EOVError
+from eov_edge.core.paths import staged_folder
+from eov_edge.core.provenance import git_commit
+from eov_edge.core.slis import SLIS_VERSION
+from eov_edge.core.tokenizer import TOKENIZER_FILE
 from eov_edge.export.specs import GRAPH_SPECS, Shapes
 from eov_edge.export.tensorrt_ops import unsupported_ops
-from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
-from eov_edge.processor import EarthOneVisionProcessor, load_checkpoint
-from eov_edge.slis import SLIS_VERSION
-from eov_edge.tokenizer import TOKENIZER_FILE, TextTokenizer
+from eov_edge.model.processor import load_model
+from eov_edge.model.weights import weights_sha256
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold more than 2 GiB in one message
 DEFAULT_OPSET = 18
@@ -34,19 +35,6 @@ DEFAULT_OPSET = 18
 
 class ExportError(EOVError, RuntimeError):
     """The export could not be written or its output is wrong."""
-
-
-def load_model(checkpoint: Path | None, preset: str | None, seed: int = 0):
-    """Model (eager attention: plain MatMul/Softmax graphs) and processor, from a checkpoint or a preset."""
-    if checkpoint is not None:
-        model, processor = load_checkpoint(checkpoint, attn_implementation="eager")
-        return model, processor
-    if preset is None:
-        raise ExportError("give --checkpoint DIR, or --preset NAME for random weights")
-    torch.manual_seed(seed)
-    config = EarthOneVisionConfig.from_preset(preset)
-    model = EarthOneVisionForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
-    return model, EarthOneVisionProcessor(TextTokenizer.from_file(), config)
 
 
 def _tensor_specs(values) -> list[mf.TensorSpec]:
@@ -322,4 +310,4 @@ def manifest_summary(manifest: mf.Manifest) -> str:
     return "\n".join(lines) + "\n" + json.dumps(manifest.validation.get("summary", {}), indent=1)
 
 
-__all__ = ["ExportError", "export_onnx", "load_model"]
+__all__ = ["ExportError", "export_onnx"]

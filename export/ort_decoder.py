@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eov_edge import manifest as mf
-from eov_edge.manifest import LOGITS_INDEX, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
+from eov_edge.core import manifest as mf
+from eov_edge.core.manifest import LOGITS_INDEX, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
 
 MS_DOMAIN = "com.microsoft"
 

@@ -1,7 +1,7 @@
 """One export spec per graph: names, dynamic axes, dummy inputs, tolerance (optimum OnnxConfig-style).
 
 The registry :data:`GRAPH_SPECS` maps graph name -> spec; file and tensor names come from
-:mod:`eov_edge.manifest`, which the runtime shares.
+:mod:`eov_edge.core.manifest`, which the runtime shares.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from eov_edge import manifest as mf
+from eov_edge.core import manifest as mf
 from eov_edge.export.decoder_module import ExportDecoder
 from eov_edge.model import CachedDecoder, EarthOneVisionForConditionalGeneration
 

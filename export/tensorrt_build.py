@@ -1,5 +1,5 @@
-"""Build TensorRT engines from an :class:`EnginePlan` with the TensorRT Python API, and the engine
-metadata that the runtime checks before it loads an engine.
+"""Build TensorRT engines from an :class:`EnginePlan` with the TensorRT Python API, and write the
+engine metadata (``eov_edge.runtime.engine_meta``) that the runtime checks before it loads one.
 
 Written against TensorRT 10.3 (JetPack 6) and 11.x: ``Builder`` -> ``create_network`` (strongly typed
 flag on 11, where it is the only mode, and for nothing on 10.x, where FP16 is a builder flag) ->
@@ -12,70 +12,20 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-from eov_edge import manifest as mf
-from eov_edge.export.devices import EngineError
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EngineError
+from eov_edge.core.paths import write_atomic, write_json_atomic
 from eov_edge.export.engine_plan import EnginePlan, GraphEnginePlan
-from eov_edge.paths import write_atomic, write_json_atomic
-
-META_FILE = "engines.json"
-META_VERSION = 1
-
-
-@dataclass
-class EngineMeta:
-    """What an engine was built from and for; the TensorRT runner refuses a mismatch."""
-
-    graph: str
-    engine_file: str
-    engine_sha256: str
-    tensorrt_version: str
-    compute_capability: list[int]
-    device: str
-    precision: str
-    profiles: list[dict]
-    onnx_file: str
-    onnx_sha256: str
-    source_sha256: str  # the artifacts' graph it was made from
-    meta_version: int = META_VERSION
+from eov_edge.runtime.engine_meta import META_FILE, META_VERSION, EngineMeta
 
 
 def write_meta(directory: Path, metas: list[EngineMeta], plan: EnginePlan) -> None:
     data = {"meta_version": META_VERSION, "engines": [asdict(m) for m in metas], "plan": json.loads(plan.to_json()),
             "built_on": platform.platform()}
     write_json_atomic(directory / META_FILE, data)
-
-
-def load_meta(directory: Path) -> list[EngineMeta]:
-    path = Path(directory) / META_FILE
-    if not path.is_file():
-        raise EngineError(f"{directory}: no {META_FILE}; build the engines with eov-export engine")
-    data = json.loads(path.read_text())
-    if data.get("meta_version") != META_VERSION:
-        raise EngineError(f"{path}: metadata version {data.get('meta_version')}, this eov-edge reads {META_VERSION}")
-    return [EngineMeta(**m) for m in data["engines"]]
-
-
-def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compute_capability: tuple[int, int],
-                 manifest: mf.Manifest | None = None) -> None:
-    """Refuse an engine that this TensorRT or GPU cannot run, or that was built from other ONNX."""
-    path = Path(directory) / meta.engine_file
-    if not path.is_file():
-        raise EngineError(f"{path}: engine file missing; rebuild with eov-export engine")
-    if mf.sha256_file(path) != meta.engine_sha256:
-        raise EngineError(f"{path}: sha256 differs from {META_FILE}; the engine was changed or truncated, rebuild it")
-    if meta.tensorrt_version.split(".")[:2] != tensorrt_version.split(".")[:2]:
-        raise EngineError(f"{path}: built with TensorRT {meta.tensorrt_version}, this is {tensorrt_version}; engines "
-                          "are not portable across TensorRT versions, rebuild on this device")
-    if tuple(meta.compute_capability) != tuple(compute_capability):
-        raise EngineError(f"{path}: built for compute capability {tuple(meta.compute_capability)}, this GPU is "
-                          f"{tuple(compute_capability)}; rebuild on this device (eov-export engine --device ...)")
-    if manifest is not None:
-        entry = manifest.graphs.get(meta.graph)
-        if entry is None or entry.sha256 != meta.source_sha256:
-            raise EngineError(f"{path}: built from another {meta.graph} graph than these artifacts; rebuild")
 
 
 def convert_to_fp16(source: Path, target: Path) -> None:

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eov_edge import manifest as mf
-from eov_edge.errors import EOVError
+from eov_edge.core import manifest as mf
+from eov_edge.core.calib import calib_questions
+from eov_edge.core.errors import EOVError
+from eov_edge.core.paths import write_json_atomic
 from eov_edge.export.specs import GRAPH_SPECS, Shapes
-from eov_edge.paths import write_json_atomic
 
 # Fresh shapes, unlike the export dummies: prefill with no past, left padding, one-token decode.
 VALIDATION_CASES: dict[str, list[Shapes]] = {
@@ -122,7 +123,7 @@ def ort_cpu_decoder_parity(path: Path, model, optimized, plain) -> list[OutputDi
 def graph_parity(directory: Path, model) -> list[OutputDiff]:
     import onnxruntime as ort
 
-    from eov_edge.runtime.runner import session_options
+    from eov_edge.runtime.ort_runner import session_options
 
     fused = mf.load_manifest(directory, verify_hashes=False).decoder_kind == mf.ORT_CPU_DECODER
     rows = []
@@ -161,16 +162,6 @@ def diff_table(rows: list[OutputDiff]) -> str:
     return "\n".join(lines)
 
 
-def calib_pipeline_samples(image_size: int):
-    """(id, Sample) for every calib_data sample, each with its task's default question."""
-    from eov_edge.calib import load_calib_samples
-    from eov_edge.inputs import Sample
-    from eov_edge.tasks import DEFAULT_QUESTIONS
-
-    return [(c.id, Sample(views=c.read(size=image_size), instruction=DEFAULT_QUESTIONS[c.task or "caption"]))
-            for c in load_calib_samples()]
-
-
 def pipeline_parity(directory: Path, model, processor, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
     """Greedy tokens of the device runtime (numpy + ORT, preallocated KV cache) against PyTorch
     generate(), one sample at a time and as one left-padded batch of all samples."""
@@ -179,7 +170,7 @@ def pipeline_parity(directory: Path, model, processor, max_new_tokens: int = MAX
 
     pipeline = Pipeline.from_artifacts(directory)
     greedy = GenerationConfig(max_new_tokens=max_new_tokens)
-    samples = calib_pipeline_samples(model.config.image_size)
+    samples = calib_questions(model.config.image_size)
     results = []
 
     def compare(label: str, chosen) -> None:
@@ -227,7 +218,7 @@ def validate_artifacts(directory: Path, model, processor) -> dict:
 
 def verify(artifacts: Path, checkpoint: Path, report: Path | None = None) -> dict:
     """``eov-export verify``: re-run both checks on existing artifacts; write a JSON report."""
-    from eov_edge.export.onnx_export import load_model
+    from eov_edge.model.processor import load_model
 
     mf.load_manifest(artifacts)  # missing or changed files fail here, before any comparison
     model, processor = load_model(checkpoint, None)

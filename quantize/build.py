@@ -23,12 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from eov_edge import manifest as mf
-from eov_edge.paths import staged_folder
+from eov_edge.core import manifest as mf
+from eov_edge.core.paths import staged_folder
 from eov_edge.quantize import gate
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
-from eov_edge.quantize.recipes import RECIPES, GraphPlan, Recipe, quantize_graph, recipe_plans, with_int4_block_size
+from eov_edge.quantize.recipes import (
+    RECIPES,
+    GraphPlan,
+    Recipe,
+    quantize_graph,
+    recipe_plans,
+    with_int4_block_size,
+)
 
 REPORT_FILE = "quant_report.json"
 MAX_FALLBACK_ROUNDS = 6
@@ -112,8 +119,8 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                        int4_block_size: int | None = None) -> dict:
     """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``).
     ``int4_block_size`` overrides an INT4 recipe's block (refused for the others)."""
-    from eov_edge.evaluate import score_predictions
-    from eov_edge.paths import data_dir
+    from eov_edge.core.paths import data_dir
+    from eov_edge.training.evaluate import score_predictions
 
     if recipe_name not in RECIPES:
         raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")

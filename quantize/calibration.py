@@ -15,11 +15,9 @@ from typing import Iterator
 
 import numpy as np
 
-from eov_edge import manifest as mf
-from eov_edge.calib import CalibSample, load_calib_samples
-from eov_edge.errors import EOVError
-from eov_edge.inputs import Sample
-from eov_edge.tasks import DEFAULT_QUESTIONS
+from eov_edge.core import manifest as mf
+from eov_edge.core.calib import CalibSample, load_calib_samples
+from eov_edge.core.errors import EOVError
 
 CALIB_MAX_NEW_TOKENS = 16  # decode steps recorded per sample (with the prefill)
 
@@ -101,12 +99,10 @@ def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CA
     try:
         for sample in samples:
             try:
-                views = sample.read(size=pipeline.spec.image_size)
+                question = sample.as_sample(pipeline.spec.image_size)
             except EOVError as err:
                 raise QuantizeError(f"calibration sample {sample.id}: {err}") from None
-            question = DEFAULT_QUESTIONS[sample.task or "caption"]
-            pipeline.answer_samples([Sample(views=views, instruction=question)],
-                                    GenerationConfig(max_new_tokens=max_new_tokens))
+            pipeline.answer_samples([question], GenerationConfig(max_new_tokens=max_new_tokens))
             result.sample_ids.append(sample.id)
             result.modalities.append(sample.modality)
             result.sources += [str(p) for files in sample.views for p in files]

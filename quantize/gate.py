@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eov_edge.data.examples import Example
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
+from eov_edge.training.data.examples import Example
 
 EVAL_SEED = 2000  # not eov-eval's seed: the gate's samples are its own
 # "margin" (eov-eval reports, e.g. the PyTorch column of benchmarks/accuracy.py) is the headline
@@ -42,8 +42,8 @@ def gate_examples(data_root: Path, image_size: int, patch_size: int, per_task: i
                   seed: int = EVAL_SEED) -> tuple[list[Example], list[Example], int]:
     """Held-out examples (val split) disjoint from the calibration files; train examples for the
     baselines that score() reports; and how many examples were dropped for sharing a file."""
-    from eov_edge.data.examples import ExampleFactory
-    from eov_edge.evaluate import build_examples
+    from eov_edge.training.data.examples import ExampleFactory
+    from eov_edge.training.evaluate import build_examples
 
     if not (Path(data_root) / "README.md").is_file():
         raise QuantizeError(f"the accuracy gate needs the held-out real data at {data_root} (set EOV_DATA_DIR)")
@@ -59,7 +59,7 @@ def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: in
                     prefill_session: bool = True) -> list[str]:
     """Greedy answers of the runtime on ``artifacts`` for ``examples``; ``prefill_session``: as
     ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made by timing)."""
-    from eov_edge.inputs import Sample
+    from eov_edge.core.inputs import Sample
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
@@ -113,7 +113,7 @@ def drop_intervals(task: str, metrics: list[str], reference: list[str], candidat
     two CIDEr-D passes instead of four)."""
     import random
 
-    from eov_edge.evaluate import score
+    from eov_edge.training.evaluate import score
 
     idx = [i for i, e in enumerate(examples) if e.task == task]
     rng = random.Random(seed)
@@ -151,7 +151,7 @@ def output_error(reference_path: Path, candidate_path: Path, feeds: list[dict], 
     """Mean relative L2 error of the first output of ``candidate`` against ``reference`` on ``feeds``."""
     import onnxruntime as ort
 
-    from eov_edge.runtime.runner import session_options
+    from eov_edge.runtime.ort_runner import session_options
 
     chosen = feeds if len(feeds) <= max_feeds else [feeds[i] for i in
                                                     np.linspace(0, len(feeds) - 1, max_feeds).astype(int)]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from eov_edge import manifest as mf
+from eov_edge.core import manifest as mf
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
 
 
@@ -253,7 +253,12 @@ def _activation_amax(source: Path, reader) -> dict[str, float]:
 
 
 def _static_qdq(recipe, graph, source, target, plan, calibration) -> dict:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if calibration is None:
         raise QuantizeError(f"{recipe.name} needs calibration data")

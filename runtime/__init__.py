@@ -6,10 +6,10 @@ runners and the Pipeline arrive with the runtime issue. Never import torch or tr
 in anything imported from here: ``tests/runtime/test_import.py`` blocks them and checks.
 """
 
-from eov_edge import bands, prompt, slis
-from eov_edge.inputs import InputSpec, Sample, build_batch
-from eov_edge.raster import View, read_view
-from eov_edge.tokenizer import TextTokenizer
+from eov_edge.core import bands, prompt, slis
+from eov_edge.core.inputs import InputSpec, Sample, build_batch
+from eov_edge.core.raster import View, read_view
+from eov_edge.core.tokenizer import TextTokenizer
 
 __all__ = [
     "InputSpec",

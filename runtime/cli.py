@@ -20,14 +20,14 @@ from pathlib import Path
 
 import click
 
-from eov_edge.errors import EOVError
+from eov_edge.core.errors import EOVError
+from eov_edge.core.tasks import TASKS
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
-from eov_edge.tasks import TASKS
 
 
 def _view_paths(image: str):
     """A file, a folder of band files, or comma-joined band files -> what read_view takes."""
-    from eov_edge.raster import band_files_in
+    from eov_edge.core.raster import band_files_in
 
     if "," in image:
         return [p for p in image.split(",") if p]
@@ -154,7 +154,7 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
 
 def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
                 as_json, progress) -> dict:
-    from eov_edge.raster import raster_grid
+    from eov_edge.core.raster import raster_grid
     from eov_edge.runtime.geo import write_json_atomic
     from eov_edge.runtime.scene import plan_tiles, run_scene
 

@@ -26,10 +26,10 @@ from typing import Iterator
 
 import numpy as np
 
-from eov_edge import manifest as mf
-from eov_edge.errors import PromptError
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import PromptError
+from eov_edge.core.slis_grammar import CLOSE_IDS, LOC_END, LOC_FIRST, SlisGrammar
 from eov_edge.runtime.runner import Runner
-from eov_edge.slis_grammar import CLOSE_IDS, LOC_END, LOC_FIRST, SlisGrammar
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,12 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0: the whole vocabulary
     seed: int = 0
-    # Mask tokens that would break a spatial answer's SLIS grammar (eov_edge.slis_grammar), as
+    # Mask tokens that would break a spatial answer's SLIS grammar (eov_edge.core.slis_grammar), as
     # PyTorch generate() does by default; reported probabilities are then those of the constrained
     # distribution. Off only to compare with a decoder loop that has no such rule (ORT GenAI).
     slis_grammar: bool = True
     # With the grammar: a location token is the mean bin of the model's distribution, not its
-    # argmax (eov_edge.slis_grammar), as PyTorch generate() does by default.
+    # argmax (eov_edge.core.slis_grammar), as PyTorch generate() does by default.
     expected_locations: bool = True
     # Each chosen token's probability (``Step.probs``; the runtime's detection scores). Off, the
     # greedy loop skips the softmax denominator (an exp over the vocabulary per step) and ``probs``

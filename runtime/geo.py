@@ -14,9 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
-from eov_edge import slis
-from eov_edge.paths import write_json_atomic  # noqa: F401  (re-exported for the runtime CLI)
-from eov_edge.raster import View
+from eov_edge.core import slis
+from eov_edge.core.paths import write_json_atomic  # noqa: F401  (re-exported for the runtime CLI)
+from eov_edge.core.raster import View
 
 
 @dataclass

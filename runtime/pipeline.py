@@ -4,7 +4,7 @@
     [answer] = pipe.answer([pipe.read("scene.tif")], task="detection")
     answer.text, answer.detections                             # SLIS shapes in pixels and map units
 
-Preprocessing is the training code's own (:mod:`eov_edge.raster`, :mod:`eov_edge.inputs`), checked
+Preprocessing is the training code's own (:mod:`eov_edge.core.raster`, :mod:`eov_edge.core.inputs`), checked
 against the band table stored in the manifest, so the device sees the canvas training saw.
 Sessions are created lazily on first use (or by ``warmup()``).
 """
@@ -22,17 +22,19 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from eov_edge import bands, slis
-from eov_edge import manifest as mf
-from eov_edge.errors import PromptError, ViewMismatchError
-from eov_edge.inputs import InputSpec, Sample, build_batch
-from eov_edge.raster import View, Window, read_view
+from eov_edge.core import bands, slis
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import PromptError, ViewMismatchError
+from eov_edge.core.inputs import InputSpec, Sample, build_batch
+from eov_edge.core.raster import View, Window, read_view
+from eov_edge.core.tasks import DEFAULT_QUESTIONS, TASKS
+from eov_edge.core.tokenizer import TextTokenizer
+from eov_edge.runtime.backends import make_runner
 from eov_edge.runtime.generation import Decoder, GenerationConfig
 from eov_edge.runtime.geo import Detection, detections_from_answer
-from eov_edge.runtime.runner import PROVIDER_ALIASES, Runner, make_runner
+from eov_edge.runtime.ort_runner import PROVIDER_ALIASES
+from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
-from eov_edge.tasks import DEFAULT_QUESTIONS, TASKS
-from eov_edge.tokenizer import TextTokenizer
 
 TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
                 "count": "vqa", "describe": "caption", "track": "temporal"}
@@ -111,7 +113,7 @@ class Pipeline:
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
-        process to one pool (:func:`eov_edge.runtime.runner.ort_shared_thread_pool`); eov-run uses it.
+        process to one pool (:func:`eov_edge.runtime.ort_runner.ort_shared_thread_pool`); eov-run uses it.
         ``backend="tensorrt"`` runs the engines in ``engines`` (checked against these artifacts).
         ``draft``: quantized artifacts of the same checkpoint whose decoder proposes ``draft_tokens``
         tokens per FP32 decoder call (:mod:`eov_edge.runtime.speculative`; the same answers, fewer

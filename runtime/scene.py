@@ -12,11 +12,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
-from eov_edge.errors import EOVError
-from eov_edge.raster import RasterGrid, View, Window, raster_grid
+from eov_edge.core.errors import EOVError
+from eov_edge.core.raster import RasterGrid, View, Window, raster_grid
 from eov_edge.runtime.generation import GenerationConfig
-from eov_edge.runtime.geo import Detection, feature_collection, non_max_suppression, shape_geometry
-from eov_edge.runtime.pipeline import SPATIAL_TASKS, Answer, Pipeline, peak_rss_mb, resolve_task
+from eov_edge.runtime.geo import (
+    Detection,
+    feature_collection,
+    non_max_suppression,
+    shape_geometry,
+)
+from eov_edge.runtime.pipeline import (
+    SPATIAL_TASKS,
+    Answer,
+    Pipeline,
+    peak_rss_mb,
+    resolve_task,
+)
 
 GDAL_CACHE_MB = 64  # GDAL's default is 5% of RAM: a whole-scene pass would fill it
 

@@ -36,9 +36,15 @@ from typing import Iterator
 
 import numpy as np
 
-from eov_edge import manifest as mf
-from eov_edge.errors import EOVError
-from eov_edge.runtime.generation import Decoder, GenerationConfig, GreedyRule, Step, stack_steps
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EOVError
+from eov_edge.runtime.generation import (
+    Decoder,
+    GenerationConfig,
+    GreedyRule,
+    Step,
+    stack_steps,
+)
 
 DEFAULT_DRAFT_TOKENS = 4
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eov_edge import manifest as mf
+from eov_edge.core import manifest as mf
 from eov_edge.runtime.runner import Runner, RunnerError
 
 
@@ -48,7 +48,7 @@ class TensorRTRunner(Runner):
         except ImportError:
             raise RunnerError("the TensorRT backend needs tensorrt and cuda-python (pip install 'eov-edge[trt]' on "
                               "the device); use backend='onnxruntime' elsewhere") from None
-        from eov_edge.export.tensorrt_build import check_engine, load_meta
+        from eov_edge.runtime.engine_meta import check_engine, load_meta
 
         meta = next((m for m in load_meta(self.engine_dir) if m.graph == self.name), None)
         if meta is None:

@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from eov_edge.paths import calib_dir, data_dir  # noqa: E402
+from eov_edge.core.paths import calib_dir, data_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +36,7 @@ def calib_root() -> Path:
 
 @pytest.fixture(scope="session")
 def calib_samples():
-    from eov_edge.calib import load_calib_samples
+    from eov_edge.core.calib import load_calib_samples
 
     return {s.id: s for s in load_calib_samples()}
 
@@ -46,16 +46,16 @@ def calib_samples():
 @pytest.fixture(scope="session")
 def shipped():
     """The shipped checkpoint as export loads it (fp32, eager attention) and its processor."""
-    from eov_edge.export.onnx_export import load_model
-    from eov_edge.ship import NANO_CHECKPOINT
+    from eov_edge.core.paths import NANO_CHECKPOINT
+    from eov_edge.model.processor import load_model
 
     return load_model(NANO_CHECKPOINT, None)
 
 
 @pytest.fixture(scope="session")
 def nano_artifacts(tmp_path_factory, shipped):
+    from eov_edge.core.paths import NANO_CHECKPOINT
     from eov_edge.export.onnx_export import export_onnx
-    from eov_edge.ship import NANO_CHECKPOINT
 
     out = tmp_path_factory.mktemp("runtime") / "nano"
     # The export tests validate; here the runtime tests compare against PyTorch themselves.
@@ -77,8 +77,8 @@ settings.load_profile("ci" if os.environ.get("EOV_REQUIRE_DATA") == "1" else "de
 def nano_fused_artifacts(tmp_path_factory, shipped):
     """The shipped checkpoint with ONNX Runtime's fused CPU decoder (--decoder ort-cpu), validated:
     graph parity against transformers' forward and 20 token-for-token comparisons with generate()."""
+    from eov_edge.core.paths import NANO_CHECKPOINT
     from eov_edge.export.onnx_export import export_onnx
-    from eov_edge.ship import NANO_CHECKPOINT
 
     out = tmp_path_factory.mktemp("fused") / "nano"
     export_onnx(out, checkpoint=NANO_CHECKPOINT, model_and_processor=shipped, decoder="ort-cpu")

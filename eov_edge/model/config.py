@@ -15,10 +15,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, Qwen2Config, SiglipVisionConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from eov_edge.bands import CANVAS_VERSION, MODALITIES, NUM_CANVAS_SLOTS
-from eov_edge.errors import ConfigError
-from eov_edge.prompt import IMAGE, SPECIAL_TOKENS
-from eov_edge.slis import SLIS_VERSION
+from eov_edge.core.bands import CANVAS_VERSION, MODALITIES, NUM_CANVAS_SLOTS
+from eov_edge.core.errors import ConfigError
+from eov_edge.core.prompt import IMAGE, SPECIAL_TOKENS
+from eov_edge.core.slis import SLIS_VERSION
 
 PresetName = Literal["nano", "small", "eov-2b"]
 PRESETS: tuple[PresetName, ...] = ("nano", "small", "eov-2b")
@@ -165,7 +165,7 @@ class EarthOneVisionConfig(PreTrainedConfig):
         if name not in _PRESET_SHAPES:
             raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         if vocab_size is None:
-            from eov_edge.tokenizer import TextTokenizer
+            from eov_edge.core.tokenizer import TextTokenizer
 
             vocab_size = TextTokenizer.from_file().vocab_size
         shape = _PRESET_SHAPES[name]

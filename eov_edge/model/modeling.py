@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
-from transformers import Qwen2ForCausalLM
+from transformers import (
+    DynamicCache,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    Qwen2ForCausalLM,
+)
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -28,9 +34,9 @@ from transformers.models.siglip.modeling_siglip import (
     SiglipVisionEmbeddings,
 )
 
-from eov_edge.errors import PromptError, ViewMismatchError
+from eov_edge.core.errors import PromptError, ViewMismatchError
+from eov_edge.core.slis_grammar import SlisGrammar
 from eov_edge.model.config import EarthOneVisionConfig, conv_stem_stages
-from eov_edge.slis_grammar import SlisGrammar
 
 
 class ConvPatchStem(nn.Sequential):
@@ -130,7 +136,7 @@ class FeatureProjector(nn.Module):
 
 
 class SlisLogitsProcessor(LogitsProcessor):
-    """transformers' hook for :class:`eov_edge.slis_grammar.SlisGrammar`: one instance per
+    """transformers' hook for :class:`eov_edge.core.slis_grammar.SlisGrammar`: one instance per
     ``generate()`` call; each call reads the tokens chosen since the previous one."""
 
     def __init__(self, expected_locations: bool = True) -> None:
@@ -333,7 +339,7 @@ class EarthOneVisionForConditionalGeneration(EarthOneVisionPreTrainedModel):
 
         The views are encoded once; the decoder's own ``generate`` then runs with the KV cache.
         ``slis_grammar``: mask tokens that would break a spatial answer's grammar
-        (:mod:`eov_edge.slis_grammar`; the device runtime does the same by default).
+        (:mod:`eov_edge.core.slis_grammar`; the device runtime does the same by default).
         ``expected_locations``: with the grammar, a location token is the mean bin of the model's
         distribution, not its argmax (see that module).
         """

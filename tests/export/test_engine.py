@@ -14,12 +14,20 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eov_edge import manifest as mf
-from eov_edge.export.cli import main as export_cli
-from eov_edge.export.devices import DEVICES, EngineError, get_device, resolve_precision
-from eov_edge.export.engine_plan import (EnginePlan, ShapeRange, check_profiles_against_graph, make_plan,
-                                         trtexec_commands, trtexec_single_profile)
-from eov_edge.export.tensorrt_build import EngineMeta, check_engine, convert_to_fp16, load_meta, write_meta
+from eov_edge.cli import export_main as export_cli
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EngineError
+from eov_edge.export.devices import DEVICES, get_device, resolve_precision
+from eov_edge.export.engine_plan import (
+    EnginePlan,
+    ShapeRange,
+    check_profiles_against_graph,
+    make_plan,
+    trtexec_commands,
+    trtexec_single_profile,
+)
+from eov_edge.export.tensorrt_build import convert_to_fp16, write_meta
+from eov_edge.runtime.engine_meta import EngineMeta, check_engine, load_meta
 
 pytestmark = pytest.mark.slow
 

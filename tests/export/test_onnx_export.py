@@ -8,12 +8,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from eov_edge import manifest as mf
+from eov_edge.cli import export_main as export_cli
+from eov_edge.core import manifest as mf
 from eov_edge.export import onnx_export
-from eov_edge.export.cli import main as export_cli
-from eov_edge.export.onnx_export import ExportError, export_onnx, load_model
+from eov_edge.export.onnx_export import ExportError, export_onnx
 from eov_edge.export.validate import VALIDATION_CASES, ParityError, validate_artifacts
-from eov_edge.provenance import weights_sha256
+from eov_edge.model.processor import load_model
+from eov_edge.model.weights import weights_sha256
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +183,7 @@ def test_graphs_use_only_ops_tensorrt_imports(artifacts):
 
 
 def test_verify_cli_writes_a_report(artifacts, nano, tmp_path):
-    from eov_edge.processor import save_checkpoint
+    from eov_edge.model.processor import save_checkpoint
 
     out, _ = artifacts
     model, processor = nano
@@ -219,10 +220,13 @@ def test_not_enough_disk_is_refused_before_writing(tmp_path, nano, monkeypatch):
 def test_conv_stem_exports_with_parity_and_tensorrt_ops(tmp_path):
     """vision_stem="conv": the encoder graph carries the stem's convolutions (BatchNorm with its
     running statistics) and still matches PyTorch, graph by graph and token for token."""
+    from eov_edge.core.tokenizer import TextTokenizer
     from eov_edge.export.tensorrt_ops import unsupported_ops
-    from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
-    from eov_edge.processor import EarthOneVisionProcessor
-    from eov_edge.tokenizer import TextTokenizer
+    from eov_edge.model import (
+        EarthOneVisionConfig,
+        EarthOneVisionForConditionalGeneration,
+    )
+    from eov_edge.model.processor import EarthOneVisionProcessor
 
     torch.manual_seed(0)
     config = EarthOneVisionConfig.from_preset("nano", vision_stem="conv")

@@ -8,13 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from eov_edge import manifest as mf
-from eov_edge.export.engine_plan import EngineError, make_plan
+from eov_edge.core import manifest as mf
+from eov_edge.core.calib import calib_questions
+from eov_edge.core.errors import EngineError
 from eov_edge.export.devices import get_device
+from eov_edge.export.engine_plan import make_plan
 from eov_edge.quantize.build import QuantizeError, write_ungated
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.pipeline import Pipeline
-from eov_edge.export.validate import calib_pipeline_samples
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,7 @@ def test_fused_encoder_has_onnx_runtimes_vit_kernels_and_the_portable_encoders_o
     assert ops["Softmax"] == ops["Tanh"] == 0
     sessions = [ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]) for f in (fused_file, portable_file)]
     with Pipeline.from_artifacts(nano_artifacts) as pipe:  # thermal frames and a Sentinel-2 pair
-        batch = pipe.batch([s for _, s in calib_pipeline_samples(manifest.image_size)[6:9]], 1)
+        batch = pipe.batch([s for _, s in calib_questions(manifest.image_size)[6:9]], 1)
     feed = {mf.PIXEL_VALUES: batch[mf.PIXEL_VALUES], mf.MODALITY_IDS: batch[mf.MODALITY_IDS]}
     assert len(feed[mf.PIXEL_VALUES]) == 4
     fused, portable = (session.run(None, feed)[0] for session in sessions)
@@ -86,7 +87,7 @@ def test_fused_encoder_has_onnx_runtimes_vit_kernels_and_the_portable_encoders_o
 
 def test_fused_and_portable_runtimes_give_the_same_tokens_and_probabilities(nano_fused_artifacts, nano_artifacts):
     fused, portable = Pipeline.from_artifacts(nano_fused_artifacts), Pipeline.from_artifacts(nano_artifacts)
-    samples = [s for _, s in calib_pipeline_samples(fused.spec.image_size)][:4]  # prompts of different lengths
+    samples = [s for _, s in calib_questions(fused.spec.image_size)][:4]  # prompts of different lengths
     config = GenerationConfig(max_new_tokens=12, min_new_tokens=12)  # every step runs, rows never stop
     batch = fused.batch(samples, 12)
     assert len(set(batch["attention_mask"].sum(-1).tolist())) > 1
@@ -118,7 +119,7 @@ def test_cpu_recipes_quantize_the_fused_decoder(nano_fused_artifacts, tmp_path):
     assert np.load(out / mf.EMBEDDING_FILE).dtype == np.dtype(manifest.embedding["dtype"]) == np.float16
     assert next(t for t in manifest.graphs[mf.DECODER].inputs if t.name == mf.EMBED_TABLE).dtype == "float16"
     pipe = Pipeline.from_artifacts(out)
-    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    samples = [s for _, s in calib_questions(pipe.spec.image_size)][:2]
     ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
 
@@ -177,7 +178,7 @@ def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path
     assert ops["DynamicQuantizeMatMul"] + ops["MatMulInteger"] >= 5 * layers + 1
     assert ops["GroupQueryAttention"] == layers
     pipe = Pipeline.from_artifacts(out)
-    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    samples = [s for _, s in calib_questions(pipe.spec.image_size)][:2]
     ids, probs = pipe.generate_ids(pipe.batch(samples, 8), GenerationConfig(max_new_tokens=8))
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
 
@@ -245,7 +246,7 @@ def test_decoders_exported_before_the_token_io_still_run_and_answer_the_same(nan
     old = Pipeline.from_artifacts(_without_token_io(nano_fused_artifacts, tmp_path / "old"))
     new = Pipeline.from_artifacts(nano_fused_artifacts)
     assert not old.decoder.tokens_in_graph and new.decoder.tokens_in_graph
-    samples = [s for _, s in calib_pipeline_samples(new.spec.image_size)][:3]
+    samples = [s for _, s in calib_questions(new.spec.image_size)][:3]
     for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, min_new_tokens=12)):
         for chosen in (samples[:1], samples):
             ids_old, probs_old = old.generate_ids(old.batch(chosen, 12), config)
@@ -277,7 +278,7 @@ def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(
     assert (pipe.decoder.prefill_runner is pipe.runners[mf.DECODER]) == (chosen["chosen"] == mf.DECODER)
     assert pipe.stats()["prompt_session"] == chosen
     assert all(not runner.timings for runner in pipe.runners.values())  # the measurement is not the caller's
-    samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:2]
+    samples = [s for _, s in calib_questions(pipe.spec.image_size)][:2]
     kept = Pipeline.from_artifacts(out, prefill_session=chosen["chosen"] == PREFILL)
     assert kept.prompt_session is None
     config = GenerationConfig(max_new_tokens=8)

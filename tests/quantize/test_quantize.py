@@ -8,12 +8,23 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
-from eov_edge import manifest as mf
+from eov_edge.core import manifest as mf
 from eov_edge.quantize import build
-from eov_edge.quantize.calibration import CalibrationSet, FeedReader, QuantizeError, calibration_set
+from eov_edge.quantize.calibration import (
+    CalibrationSet,
+    FeedReader,
+    QuantizeError,
+    calibration_set,
+)
 from eov_edge.quantize.checks import tensorrt_qdq_problems
 from eov_edge.quantize.gate import output_error
-from eov_edge.quantize.recipes import RECIPES, plan_graph, quantize_graph, recipe_plans, with_int4_block_size
+from eov_edge.quantize.recipes import (
+    RECIPES,
+    plan_graph,
+    quantize_graph,
+    recipe_plans,
+    with_int4_block_size,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -234,8 +245,8 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
 
 
 def test_changed_answers_counts_per_task():
-    from eov_edge.data.examples import Example
     from eov_edge.quantize.gate import changed_answers
+    from eov_edge.training.data.examples import Example
 
     examples = [Example(task=t, views=[], instruction="q", answer="a", target={}, source="s")
                 for t in ("vqa", "vqa", "temporal")]
@@ -308,7 +319,7 @@ def test_fallback_that_would_leave_nothing_quantized_is_refused(nano_artifacts, 
 
 
 def test_cli_quantize_errors(nano_artifacts, tmp_path):
-    from eov_edge.export.cli import main
+    from eov_edge.cli import export_main as main
 
     result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "int3",
                                        "--out", str(tmp_path / "x")])

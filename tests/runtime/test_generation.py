@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from eov_edge import manifest as mf
-from eov_edge.export.validate import calib_pipeline_samples
+from eov_edge.core import manifest as mf
+from eov_edge.core.calib import calib_questions
 from eov_edge.runtime.generation import Decoder, GenerationConfig, KVCache
 
 pytestmark = pytest.mark.slow
@@ -14,7 +14,7 @@ MAX_NEW = 32
 
 def test_token_identical_to_pytorch_generate_on_every_calib_sample(pipeline, shipped):
     model, processor = shipped
-    samples = [s for _, s in calib_pipeline_samples(pipeline.spec.image_size)]
+    samples = [s for _, s in calib_questions(pipeline.spec.image_size)]
     assert len(samples) == 10
     greedy = GenerationConfig(max_new_tokens=MAX_NEW)
     distinct = set()
@@ -44,7 +44,7 @@ def test_cache_buffers_are_allocated_once_per_generation(pipeline, monkeypatch):
         return real_infer(feed, outputs)
 
     monkeypatch.setattr(runner, "infer", recording_infer)
-    samples = [s for _, s in calib_pipeline_samples(pipeline.spec.image_size)][:2]
+    samples = [s for _, s in calib_questions(pipeline.spec.image_size)][:2]
     batch = pipeline.batch(samples, 12)
     pipeline.generate_ids(batch, GenerationConfig(max_new_tokens=12, do_sample=True, seed=3))
     prefill, *steps = calls
@@ -72,7 +72,7 @@ def test_kv_cache_writes_prompt_then_one_slot_per_step():
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy(pipeline):
-    samples = [s for _, s in calib_pipeline_samples(pipeline.spec.image_size)][:3]
+    samples = [s for _, s in calib_questions(pipeline.spec.image_size)][:3]
     batch = pipeline.batch(samples, 16)
     greedy, _ = pipeline.generate_ids(batch, GenerationConfig(max_new_tokens=16))
     top1, _ = pipeline.generate_ids(batch, GenerationConfig(max_new_tokens=16, do_sample=True, top_k=1, seed=5))
@@ -93,7 +93,7 @@ def test_generation_config_and_context_checks(pipeline):
     decoder = Decoder(pipeline.runners[mf.DECODER], pipeline.embed_table, pipeline.manifest)
     length = pipeline.manifest.max_context
     embeds = np.zeros((1, length, pipeline.embed_table.shape[1]), np.float32)
-    from eov_edge.errors import PromptError
+    from eov_edge.core.errors import PromptError
 
     with pytest.raises(PromptError, match="exceed the context"):
         next(decoder.steps(embeds, np.ones((1, length), np.int64), GenerationConfig(max_new_tokens=1)))
@@ -102,7 +102,13 @@ def test_generation_config_and_context_checks(pipeline):
 def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
     """The runtime masks what breaks SLIS (as PyTorch generate() does by default) and leaves the
     runner's logits buffer as the model wrote it."""
-    from eov_edge.slis_grammar import CLOSE_IDS, LOC_FIRST, OPEN_IDS, SlisGrammar, expected_bin
+    from eov_edge.core.slis_grammar import (
+        CLOSE_IDS,
+        LOC_FIRST,
+        OPEN_IDS,
+        SlisGrammar,
+        expected_bin,
+    )
 
     decoder = Decoder(pipeline.runners[mf.DECODER], pipeline.embed_table, pipeline.manifest)
     vocab = len(pipeline.embed_table)
@@ -143,12 +149,12 @@ def test_greedy_grammar_hot_path_gives_the_general_loops_tokens_and_probabilitie
     rows inside a box go the general route row by row. Same tokens and bit-identical probabilities
     (locations: the grammar's mass) as the loop through _choose, in one batch mixing boxes and
     text, with EOS suppressed and with rows that end early."""
+    from eov_edge.core.inputs import Sample
+    from eov_edge.core.slis_grammar import LOC_END, LOC_FIRST, OPEN_IDS
     from eov_edge.runtime.pipeline import Pipeline
-    from eov_edge.slis_grammar import LOC_END, LOC_FIRST, OPEN_IDS
-    from eov_edge.inputs import Sample
 
     with Pipeline.from_artifacts(request.getfixturevalue(artifacts), threads=1) as pipe:
-        calib = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)]
+        calib = [s for _, s in calib_questions(pipe.spec.image_size)]
         thermal = calib[6:8]  # the two HIT-UAV detection samples
         boxes = [Sample(views=thermal[0].views, instruction="Where is the largest car?"),
                  Sample(views=thermal[1].views, instruction="Where is the largest person?")]
@@ -181,7 +187,7 @@ def test_greedy_hot_path_gives_the_general_loops_tokens_and_probabilities(artifa
     from eov_edge.runtime.pipeline import Pipeline
 
     with Pipeline.from_artifacts(request.getfixturevalue(artifacts), threads=1) as pipe:
-        samples = [s for _, s in calib_pipeline_samples(pipe.spec.image_size)][:4]
+        samples = [s for _, s in calib_questions(pipe.spec.image_size)][:4]
         batch = pipe.batch(samples, 24)
         configs = [GenerationConfig(max_new_tokens=24, slis_grammar=False),
                    GenerationConfig(max_new_tokens=24, min_new_tokens=24, slis_grammar=False)]

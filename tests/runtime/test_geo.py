@@ -5,11 +5,19 @@ import math
 import numpy as np
 import pytest
 
-from eov_edge import slis
-from eov_edge.raster import View, Window
-from eov_edge.runtime.geo import (Detection, box_iou, crs_member, detections_from_answer, feature_collection,
-                                  non_max_suppression, shape_scores, write_json_atomic)
-from eov_edge.tokenizer import TextTokenizer
+from eov_edge.core import slis
+from eov_edge.core.raster import View, Window
+from eov_edge.core.tokenizer import TextTokenizer
+from eov_edge.runtime.geo import (
+    Detection,
+    box_iou,
+    crs_member,
+    detections_from_answer,
+    feature_collection,
+    non_max_suppression,
+    shape_scores,
+    write_json_atomic,
+)
 
 UTM33 = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32633"]]'
 

@@ -6,9 +6,14 @@ import shutil
 import numpy as np
 import pytest
 
-from eov_edge import manifest as mf
-from eov_edge.errors import (BandMismatchError, NoValidPixelsError, PromptError, RasterReadError,
-                             ViewMismatchError)
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import (
+    BandMismatchError,
+    NoValidPixelsError,
+    PromptError,
+    RasterReadError,
+    ViewMismatchError,
+)
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.pipeline import Pipeline, resolve_task
 

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from eov_edge import manifest as mf
-from eov_edge.runtime.runner import OrtRunner, RunnerError, make_runner
+from eov_edge.core import manifest as mf
+from eov_edge.runtime.backends import make_runner
+from eov_edge.runtime.ort_runner import OrtRunner
+from eov_edge.runtime.runner import RunnerError
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +119,9 @@ import json, sys
 import onnxruntime as ort
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.pipeline import Pipeline
-from eov_edge.runtime.runner import session_options
-from eov_edge.calib import load_calib_samples
-from eov_edge.inputs import Sample
+from eov_edge.runtime.ort_runner import session_options
+from eov_edge.core.calib import load_calib_samples
+from eov_edge.core.inputs import Sample
 
 pipe = Pipeline.from_artifacts(sys.argv[1], thread_pool="shared", threads=2)
 views = load_calib_samples()[1].read(size=pipe.spec.image_size)
@@ -132,13 +134,12 @@ print(json.dumps(answer.token_ids))
 
 def test_shared_thread_pool_gives_the_same_tokens(nano_artifacts, pipeline, calib_samples):
     import json
+    import os
     import subprocess
     import sys
 
-    from eov_edge.calib import load_calib_samples
+    from eov_edge.core.calib import load_calib_samples
     from eov_edge.runtime.generation import GenerationConfig
-
-    import os
 
     env = {k: v for k, v in os.environ.items() if k != "EOV_THREAD_POOL"}  # the shared pool for real
     out = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(nano_artifacts)], capture_output=True,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eov_edge.raster import raster_grid
+from eov_edge.core.raster import raster_grid
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.scene import plan_tiles, run_scene
 
@@ -67,7 +67,7 @@ def test_real_landsat_scene_gives_geojson_inside_the_raster(pipeline, shared_dat
 
 @pytest.mark.slow
 def test_major_tom_band_files_per_tile_answers(pipeline, shared_data):
-    from eov_edge.raster import band_files_in
+    from eov_edge.core.raster import band_files_in
 
     cell = next((shared_data / "rico_hdl" / "Major-TOM-Core" / "S2L2A" / "0U").glob("*/*"))
     files = band_files_in(cell)  # 12 bands at 10, 20 and 60 m

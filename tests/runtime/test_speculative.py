@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eov_edge import manifest as mf
-from eov_edge.export.validate import calib_pipeline_samples
+from eov_edge.core import manifest as mf
+from eov_edge.core.calib import calib_questions
 from eov_edge.quantize.build import write_ungated
 from eov_edge.runtime.generation import Decoder, GenerationConfig
+from eov_edge.runtime.ort_runner import OrtRunner
 from eov_edge.runtime.pipeline import DRAFT, Pipeline
-from eov_edge.runtime.runner import OrtRunner
 from eov_edge.runtime.speculative import SpeculativeDecoder, SpeculativeError
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def plain(nano_fused_artifacts):
 
 @pytest.fixture(scope="module")
 def samples(plain):
-    return calib_pipeline_samples(plain.spec.image_size)  # every task kind, detection answers included
+    return calib_questions(plain.spec.image_size)  # every task kind, detection answers included
 
 
 def other_weights_draft(pipe: Pipeline, seed: int = 0) -> Decoder:

@@ -1,0 +1,48 @@
+"""One measurement in a fresh process: ``python -m eov_edge.bench.worker KIND ARGS_JSON``.
+
+eov-bench times every row in its own process, one after the other (the runtime without PyTorch
+loaded, as on a device; the baseline without ONNX Runtime sessions beside it; no thread pool shared
+between rows). :func:`run_worker` starts one and returns what it printed: the last stdout line, JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from eov_edge.core.errors import EOVError
+
+
+class WorkerError(EOVError, RuntimeError):
+    """A measurement process failed; the message carries the end of its stderr."""
+
+
+def run_worker(kind: str, **arguments) -> dict:
+    """Run one measurement (``kind``: row, peak or decoder) in a fresh process."""
+    done = subprocess.run([sys.executable, "-m", "eov_edge.bench.worker", kind, json.dumps(arguments)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise WorkerError(f"the {kind} measurement of {arguments.get('where')} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(kind: str, arguments: dict) -> dict:
+    from eov_edge.bench import measure as m
+
+    draft = Path(arguments["draft"]) if arguments.get("draft") else None
+    if kind == "row":
+        return m.time_row(arguments["kind"], arguments["where"], arguments["batch"], arguments["max_new"],
+                          arguments["repeats"], draft=draft)
+    if kind == "peak":
+        return {"peak_rss_mb": m.peak_rss_row(arguments["kind"], arguments["where"], arguments["batch"],
+                                              arguments["max_new"], draft=draft)}
+    if kind == "decoder":
+        return m.time_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["max_new"],
+                              arguments["repeats"])
+    raise ValueError(f"unknown measurement {kind!r}")
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(sys.argv[1], json.loads(sys.argv[2]))))

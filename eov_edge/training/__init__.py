@@ -1,0 +1,1 @@
+"""PCMA training, evaluation against image-blind baselines, and shipping a checkpoint (torch)."""

@@ -1,0 +1,63 @@
+"""Engine metadata (``engines.json``): what each TensorRT engine was built from and for. The
+export side writes it beside the engines; the TensorRT runner reads it and refuses an engine that
+this TensorRT, this GPU or these artifacts cannot use."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from eov_edge.core import manifest as mf
+from eov_edge.core.errors import EngineError
+
+META_FILE = "engines.json"
+META_VERSION = 1
+
+
+@dataclass
+class EngineMeta:
+    """What an engine was built from and for; the TensorRT runner refuses a mismatch."""
+
+    graph: str
+    engine_file: str
+    engine_sha256: str
+    tensorrt_version: str
+    compute_capability: list[int]
+    device: str
+    precision: str
+    profiles: list[dict]
+    onnx_file: str
+    onnx_sha256: str
+    source_sha256: str  # the artifacts' graph it was made from
+    meta_version: int = META_VERSION
+
+
+def load_meta(directory: Path) -> list[EngineMeta]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise EngineError(f"{directory}: no {META_FILE}; build the engines with eov-export engine")
+    data = json.loads(path.read_text())
+    if data.get("meta_version") != META_VERSION:
+        raise EngineError(f"{path}: metadata version {data.get('meta_version')}, this eov-edge reads {META_VERSION}")
+    return [EngineMeta(**m) for m in data["engines"]]
+
+
+def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compute_capability: tuple[int, int],
+                 manifest: mf.Manifest | None = None) -> None:
+    """Refuse an engine that this TensorRT or GPU cannot run, or that was built from other ONNX."""
+    path = Path(directory) / meta.engine_file
+    if not path.is_file():
+        raise EngineError(f"{path}: engine file missing; rebuild with eov-export engine")
+    if mf.sha256_file(path) != meta.engine_sha256:
+        raise EngineError(f"{path}: sha256 differs from {META_FILE}; the engine was changed or truncated, rebuild it")
+    if meta.tensorrt_version.split(".")[:2] != tensorrt_version.split(".")[:2]:
+        raise EngineError(f"{path}: built with TensorRT {meta.tensorrt_version}, this is {tensorrt_version}; engines "
+                          "are not portable across TensorRT versions, rebuild on this device")
+    if tuple(meta.compute_capability) != tuple(compute_capability):
+        raise EngineError(f"{path}: built for compute capability {tuple(meta.compute_capability)}, this GPU is "
+                          f"{tuple(compute_capability)}; rebuild on this device (eov-export engine --device ...)")
+    if manifest is not None:
+        entry = manifest.graphs.get(meta.graph)
+        if entry is None or entry.sha256 != meta.source_sha256:
+            raise EngineError(f"{path}: built from another {meta.graph} graph than these artifacts; rebuild")
