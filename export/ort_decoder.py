@@ -24,8 +24,7 @@ i64 = which of the S fed positions get logits (``[-1]``: the last), ``past.{i}.k
 first of equal maxima as numpy's), ``present.{i}.key|value`` (B, KV, C, hd). The greedy loop binds
 ``next_tokens`` and ``input_ids`` to one buffer, so a step's token is the next step's input with no
 host work in between (the table Gather runs first, the ArgMax last, in every order of the graph's
-nodes). Graphs exported before ``input_ids`` take ``inputs_embeds`` only (the runtime runs both). Several positions
-fed on top of a filled cache (a draft to check) run ONNX Runtime's "interactive" GroupQueryAttention:
+nodes). Several positions fed on top of a filled cache (a draft to check) run ONNX Runtime's "interactive" GroupQueryAttention:
 batch 1 only.
 Rows start at slot 0 (no left padding): the runtime prefills prompts unpadded (rows of one length
 together) and decodes the batch together, each row at its own length. ONNX Runtime only: TensorRT and the

@@ -8,7 +8,7 @@ or ``ort-cpu-int4`` artifacts of the same checkpoint, 3-4x faster per step) prop
 one, and one FP32 call gives the logits at every proposed position.
 
 Exactness: every token is chosen from the FP32 decoder's logits by the plain loop's own rule
-(:class:`~eov_edge.runtime.generation.GreedyRule`: argmax, EOS masked before ``min_new_tokens``, the
+(:class:`~eov_edge.runtime.token_choice.GreedyRule`: argmax, EOS masked before ``min_new_tokens``, the
 SLIS grammar and its expected locations, the reported probabilities). A draft token only decides
 which positions the check computes: the first position where the draft differs from that choice
 ends the round, with the FP32 choice in its place. So the tokens are those of the plain FP32 loop
@@ -38,19 +38,14 @@ import numpy as np
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import EOVError
-from eov_edge.runtime.generation import (
-    Decoder,
-    GenerationConfig,
-    GreedyRule,
-    Step,
-    stack_steps,
-)
+from eov_edge.runtime.generation import Decoder
+from eov_edge.runtime.token_choice import GenerationConfig, GreedyRule, Step, stack_steps
 
 DEFAULT_DRAFT_TOKENS = 4
 
 
 class SpeculativeError(EOVError, ValueError):
-    """The draft cannot serve this decoder (other model, other decoder kind, an old export)."""
+    """The draft cannot serve this decoder (other model, other decoder kind)."""
 
 
 @dataclass
@@ -86,9 +81,6 @@ class CacheStream:
             [np.zeros((1, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
         self.capacity = capacity
         self.length = 0  # positions of the cache that hold the sequence
-        self.has_logits_index = mf.LOGITS_INDEX in self.runner.input_names
-        # fed tokens go in as ids, the graph gathers their embeddings (earlier exports: embeddings)
-        self.tokens_in_graph = decoder.tokens_in_graph
         # seqlens_k (1,) and total_sequence_length (), views of one buffer, set before each call
         self.counters = np.zeros(2, np.int32)
         self._calls: dict[tuple[int, bool], tuple] = {}
@@ -100,17 +92,14 @@ class CacheStream:
     def _feed(self, embeds: np.ndarray, ids: np.ndarray | None, index: np.ndarray | None) -> dict[str, np.ndarray]:
         feed = {mf.INPUTS_EMBEDS: embeds, mf.SEQLENS_K: self.counters[:1],
                 mf.TOTAL_SEQUENCE_LENGTH: self.counters[1:].reshape(())}
-        if self.has_logits_index:
-            feed[mf.LOGITS_INDEX] = index
-        if self.tokens_in_graph:
-            feed.update({mf.INPUT_IDS: ids, mf.EMBED_TABLE: self.table})
+        feed.update({mf.LOGITS_INDEX: index, mf.INPUT_IDS: ids, mf.EMBED_TABLE: self.table})
         feed.update(zip(self.past_names, self.cache))
         return feed
 
     def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
-        outputs = {mf.LOGITS: logits, **dict(zip(self.present_names, self.cache))}
-        if self.tokens_in_graph:  # (1, K) the argmax of each logits row; the rule takes its own
-            outputs[mf.NEXT_TOKENS] = np.empty(logits.shape[:2], np.int64)
+        # next_tokens (1, K): the argmax of each logits row, unread (the rule takes its own)
+        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: np.empty(logits.shape[:2], np.int64),
+                   **dict(zip(self.present_names, self.cache))}
         return outputs
 
     def _advance_counters(self, fed: int) -> None:
@@ -138,21 +127,17 @@ class CacheStream:
         if key not in self._calls:
             self._calls[key] = self._bind(*key)
         call, embeds, ids, logits, _ = self._calls[key]
-        if self.tokens_in_graph:
-            for i, token in enumerate(token_ids):
-                ids[0, i] = token
-        else:
-            for i, token in enumerate(token_ids):
-                embeds[0, i] = self.table[token]  # float16 tables are widened here
+        for i, token in enumerate(token_ids):
+            ids[0, i] = token
         self._advance_counters(len(token_ids))
         call()
         self.length += len(token_ids)
         return logits[0]
 
     def _bind(self, fed: int, every_position: bool) -> tuple:
-        # the S fed tokens as ids (1, S) the graph gathers, or as embedding rows (1, S, D)
-        ids = np.zeros((1, fed if self.tokens_in_graph else 0), np.int64)
-        embeds = np.empty((1, 0 if self.tokens_in_graph else fed, self.table.shape[1]), np.float32)
+        # the S fed tokens as ids (1, S) the graph gathers; no embedding rows (1, 0, D)
+        ids = np.zeros((1, fed), np.int64)
+        embeds = np.empty((1, 0, self.table.shape[1]), np.float32)
         wanted = fed if every_position else 1
         index = np.arange(fed, dtype=np.int64) if every_position else np.array([-1], np.int64)
         logits = np.empty((1, wanted, len(self.table)), np.float32)  # (1, K, V)
@@ -257,17 +242,13 @@ class SpeculativeDecoder:
 
 
 def check_draft(target: Decoder, draft: Decoder) -> None:
-    """A draft serves a target when both are ORT CPU decoders of one architecture and tokenizer, and
-    the target's graph returns the logits of several positions (``logits_index``)."""
+    """A draft serves a target when both are ORT CPU decoders of one architecture and tokenizer."""
     t, d = target.manifest, draft.manifest
     for name, manifest in (("the model", t), ("the draft", d)):
         if manifest.decoder_kind != mf.ORT_CPU_DECODER:
             raise SpeculativeError(
                 f"{name}'s decoder is {manifest.decoder_kind!r}; speculative decoding runs ONNX Runtime's CPU "
                 "decoder: export with eov-export onnx --decoder ort-cpu (and quantize that export for the draft)")
-    if mf.LOGITS_INDEX not in target.runner.input_names:
-        raise SpeculativeError("the model's decoder graph returns the last position's logits only (exported by an "
-                               "earlier eov-edge); export it again with eov-export onnx --decoder ort-cpu")
     if t.tokenizer.get("sha256") != d.tokenizer.get("sha256") or t.special_tokens != d.special_tokens:
         raise SpeculativeError("the draft has another tokenizer than the model; use a quantized export of the "
                                "same checkpoint (eov-export quantize) as the draft")

@@ -15,8 +15,10 @@ from pathlib import Path
 from eov_edge.core.errors import EOVError
 
 MANIFEST_FILE = "manifest.json"
-# 2: the decoder's present outputs hold the new positions only (B, KV, S, hd), not past + new.
-MANIFEST_FORMAT_VERSION = 2
+# 3: the ONNX Runtime CPU decoder takes logits_index, input_ids and embed_table and returns
+# next_tokens; the portable decoder's present outputs hold the new positions only (B, KV, S, hd).
+# The runtime reads this version only: older artifacts are refused with "re-export".
+MANIFEST_FORMAT_VERSION = 3
 
 ENCODER, PROJECTOR, DECODER = "encoder", "projector", "decoder"
 GRAPH_FILES = {ENCODER: "encoder.onnx", PROJECTOR: "projector.onnx", DECODER: "decoder.onnx"}
@@ -26,12 +28,11 @@ PIXEL_VALUES, MODALITY_IDS, FEATURES, IMAGE_EMBEDS = "pixel_values", "modality_i
 INPUTS_EMBEDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "inputs_embeds", "attention_mask", "position_ids", "logits"
 # The ONNX Runtime CPU decoder (export/ort_decoder.py) takes row lengths instead of a mask.
 SEQLENS_K, TOTAL_SEQUENCE_LENGTH = "seqlens_k", "total_sequence_length"
-# ... and which fed positions get logits (K,) i64; artifacts exported before it had [-1] built in.
+# ... and which fed positions get logits (K,) i64.
 LOGITS_INDEX = "logits_index"
 # ... and token ids fed after the inputs_embeds rows (B, S') i64, gathered in the graph from the
 # embedding table the runtime binds (V, D), and each logits position's argmax (B, K) i64: a decode
 # step's token goes back in as the next step's input without the host touching the vocabulary.
-# Artifacts exported before them take inputs_embeds only.
 INPUT_IDS, EMBED_TABLE, NEXT_TOKENS = "input_ids", "embed_table", "next_tokens"
 # decoder.onnx kinds: "portable" (standard ops: ONNX Runtime, TensorRT) or "ort-cpu" (fused
 # ONNX Runtime contrib ops, a KV buffer shared between past and present)
@@ -43,7 +44,7 @@ DECODER_KINDS = (PORTABLE_DECODER, ORT_CPU_DECODER)
 PREFILL_SESSION_CONFIG = "prefill_session_config"
 # ... and whether the runtime may run prompts in the decode session instead, where that measures
 # faster on the device: "fastest" (the gate accepted both prompt kernels, or the artifacts are
-# ungated) or "fixed" (the prefill session only; the default, and that of earlier manifests).
+# ungated) or "fixed" (the prefill session only; the default).
 PROMPT_KERNEL_CHOICE = "prompt_kernel_choice"
 PROMPT_KERNEL_FIXED, PROMPT_KERNEL_FASTEST = "fixed", "fastest"
 

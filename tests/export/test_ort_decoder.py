@@ -210,56 +210,6 @@ def test_several_positions_fed_on_a_filled_cache_match_one_at_a_time(nano_fused_
                                atol=1e-4, rtol=0)
 
 
-def _without_token_io(artifacts, out):
-    """A copy of fused ``artifacts`` whose decoder is as eov-edge exported it before the token I/O:
-    inputs_embeds only (no input_ids, embed_table), no next_tokens."""
-    import shutil
-
-    from eov_edge.export.onnx_export import graph_entry
-
-    shutil.copytree(artifacts, out)
-    manifest = mf.load_manifest(out, verify_hashes=False)
-    file = manifest.graphs[mf.DECODER].file
-    model = onnx.load(str(out / file))
-    added = {"embed_tokens", "embed_tokens_f32", "fed_positions", mf.NEXT_TOKENS}
-    nodes = [n for n in model.graph.node if n.name not in added]
-    assert len(nodes) == len(model.graph.node) - 4
-    for node in nodes:
-        node.input[:] = [mf.INPUTS_EMBEDS if name == "embeds" else name for name in node.input]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for values, drop in ((model.graph.input, {mf.INPUT_IDS, mf.EMBED_TABLE}), (model.graph.output, {mf.NEXT_TOKENS})):
-        kept = [v for v in values if v.name not in drop]
-        del values[:]
-        values.extend(kept)
-    onnx.save(model, str(out / file))
-    manifest.graphs[mf.DECODER] = graph_entry(out, file, manifest.graphs[mf.DECODER].opset)
-    (out / mf.MANIFEST_FILE).write_text(manifest.to_json())
-    return out
-
-
-def test_decoders_exported_before_the_token_io_still_run_and_answer_the_same(nano_fused_artifacts, tmp_path):
-    """The runtime runs fused decoders without input_ids/next_tokens (earlier exports) through the
-    host loop (embedding rows copied, argmax in numpy): the same tokens and probabilities as the
-    graph's own gather and argmax, alone and in a batch with rows of other lengths, greedy with the
-    grammar and EOS held back, and speculatively (its int4 draft of the new kind)."""
-    old = Pipeline.from_artifacts(_without_token_io(nano_fused_artifacts, tmp_path / "old"))
-    new = Pipeline.from_artifacts(nano_fused_artifacts)
-    assert not old.decoder.tokens_in_graph and new.decoder.tokens_in_graph
-    samples = [s for _, s in calib_questions(new.spec.image_size)][:3]
-    for config in (GenerationConfig(max_new_tokens=12), GenerationConfig(max_new_tokens=12, min_new_tokens=12)):
-        for chosen in (samples[:1], samples):
-            ids_old, probs_old = old.generate_ids(old.batch(chosen, 12), config)
-            ids_new, probs_new = new.generate_ids(new.batch(chosen, 12), config)
-            np.testing.assert_array_equal(ids_old, ids_new)
-            np.testing.assert_array_equal(probs_old, probs_new)  # the same logits: the same graph compute
-    draft = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
-    old.use_draft(draft)
-    ids_spec, _ = old.generate_ids(old.batch(samples[:1], 12), GenerationConfig(max_new_tokens=12))
-    np.testing.assert_array_equal(ids_spec, new.generate_ids(new.batch(samples[:1], 12),
-                                                             GenerationConfig(max_new_tokens=12))[0])
-
-
 def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(nano_fused_artifacts, tmp_path):
     """Ungated INT4 artifacts claim no accuracy: their manifest lets the runtime run prompts with the
     faster of the two kernels, measured at start-up (which one wins depends on the CPU). The loser

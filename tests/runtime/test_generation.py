@@ -7,6 +7,7 @@ import torch
 from eov_edge.core import manifest as mf
 from eov_edge.core.calib import calib_questions
 from eov_edge.runtime.generation import Decoder, GenerationConfig, KVCache
+from eov_edge.runtime.token_choice import token_rule
 
 pytestmark = pytest.mark.slow
 MAX_NEW = 32
@@ -99,56 +100,52 @@ def test_generation_config_and_context_checks(pipeline):
         next(decoder.steps(embeds, np.ones((1, length), np.int64), GenerationConfig(max_new_tokens=1)))
 
 
-def test_decode_loop_applies_the_slis_grammar_unless_told_not_to(pipeline):
+def test_the_token_rules_apply_the_slis_grammar_unless_told_not_to(pipeline):
     """The runtime masks what breaks SLIS (as PyTorch generate() does by default) and leaves the
-    runner's logits buffer as the model wrote it."""
-    from eov_edge.core.slis_grammar import (
-        CLOSE_IDS,
-        LOC_FIRST,
-        OPEN_IDS,
-        SlisGrammar,
-        expected_bin,
-    )
+    runner's logits buffer as the model wrote it; greedy and sampling alike."""
+    from eov_edge.core.slis_grammar import CLOSE_IDS, LOC_FIRST, OPEN_IDS, expected_bin
 
-    decoder = Decoder(pipeline.runners[mf.DECODER], pipeline.embed_table, pipeline.manifest)
     vocab = len(pipeline.embed_table)
+    eos, pad = pipeline.manifest.special_tokens["eos"], pipeline.manifest.special_tokens["pad"]
     logits = np.zeros((2, vocab), np.float32)
     logits[:, LOC_FIRST + 7] = 10.0  # a location token outside any shape: malformed
     logits[:, 20 + LOC_FIRST] = 9.0
     box = next(i for i, k in OPEN_IDS.items() if k == "box")
     logits[:, box] = 5.0
     before = logits.copy()
-    rng = np.random.default_rng(0)
-    free = decoder._choose(0, logits, np.zeros(2, bool), GenerationConfig(slis_grammar=False), rng)
-    assert free.token_ids.tolist() == [LOC_FIRST + 7] * 2
-    grammar = SlisGrammar(2)
-    step = decoder._choose(0, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
-    assert step.token_ids.tolist() == [box, box] and np.array_equal(logits, before)
-    unconstrained = np.exp(before[0, box] - before[0].max()) / np.exp(before[0] - before[0].max()).sum()
-    assert np.all(step.probs > unconstrained)  # renormalized over the legal tokens
-    # inside the box now: a location token, the mean bin of the legal ones (expected_locations, the
-    # default), reported with the model's mass within 10 bins of it; after four only </box> is legal
-    argmax_grammar = SlisGrammar(2, expected_locations=False)
-    argmax_grammar.advance([box, box])
-    argmax = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, argmax_grammar)
-    assert argmax.token_ids.tolist() == [LOC_FIRST + 7] * 2
-    for _ in range(4):
-        lowest = max(grammar.bins[0][-2:-1] or [0])  # x2 >= x1, y2 >= y1
-        step = decoder._choose(1, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
-        offset, mass = expected_bin(before[0, LOC_FIRST + lowest : LOC_FIRST + 1000], with_mass=True)
-        assert step.token_ids.tolist() == [LOC_FIRST + lowest + offset] * 2
-        assert np.allclose(step.probs, mass) and 0.0 < mass < 1.0
-    step = decoder._choose(5, logits, np.zeros(2, bool), GenerationConfig(), rng, grammar)
-    assert step.token_ids.tolist() == [CLOSE_IDS["box"]] * 2
+
+    def rule(**settings):
+        return token_rule(2, vocab, GenerationConfig(**settings), eos, pad)
+
+    assert rule(slis_grammar=False).choose(0, logits).token_ids.tolist() == [LOC_FIRST + 7] * 2
+    for constrained in (rule(), rule(do_sample=True, top_k=1)):
+        step = constrained.choose(0, logits)
+        assert step.token_ids.tolist() == [box, box] and np.array_equal(logits, before)
+        unconstrained = np.exp(before[0, box] - before[0].max()) / np.exp(before[0] - before[0].max()).sum()
+        assert np.all(step.probs > unconstrained)  # renormalized over the legal tokens
+        # inside the box now: a location token, the mean bin of the legal ones (expected_locations,
+        # the default), reported with the model's mass within 10 bins of it; after four only </box>
+        for _ in range(4):
+            lowest = max(constrained.grammar.bins[0][-2:-1] or [0])  # x2 >= x1, y2 >= y1
+            step = constrained.choose(1, logits)
+            offset, mass = expected_bin(before[0, LOC_FIRST + lowest : LOC_FIRST + 1000], with_mass=True)
+            assert step.token_ids.tolist() == [LOC_FIRST + lowest + offset] * 2
+            assert np.allclose(step.probs, mass) and 0.0 < mass < 1.0
+        assert constrained.choose(5, logits).token_ids.tolist() == [CLOSE_IDS["box"]] * 2
+    argmax_locations = rule(expected_locations=False)
+    argmax_locations.choose(0, logits)
+    assert argmax_locations.choose(1, logits).token_ids.tolist() == [LOC_FIRST + 7] * 2
+    assert np.array_equal(logits, before)
 
 
 @pytest.mark.parametrize("artifacts", ["nano_artifacts", "nano_fused_artifacts"])
-def test_greedy_grammar_hot_path_gives_the_general_loops_tokens_and_probabilities(artifacts, request, monkeypatch):
-    """Greedy decoding under the SLIS grammar (the runtime's default) takes the hot loop too: a row
-    whose argmax the grammar allows is not copied, its probability is taken over the legal tokens;
-    rows inside a box go the general route row by row. Same tokens and bit-identical probabilities
-    (locations: the grammar's mass) as the loop through _choose, in one batch mixing boxes and
-    text, with EOS suppressed and with rows that end early."""
+@pytest.mark.parametrize("grammar", [True, False])
+def test_greedy_rule_agrees_with_sampling_at_top_k_1(artifacts, grammar, request):
+    """Two implementations of one choice: the greedy rule (the hot path: argmax, a copy only of a row
+    the grammar or EOS overrides, probabilities in float32 exponentials) and the sampling rule at
+    top_k 1 (a masked copy of every row, a float64 softmax) give the same tokens and the same
+    probabilities (to float rounding), in one batch mixing boxes and text, with EOS suppressed and
+    with rows that end early; without scores the same tokens and NaN probabilities."""
     from eov_edge.core.inputs import Sample
     from eov_edge.core.slis_grammar import LOC_END, LOC_FIRST, OPEN_IDS
     from eov_edge.runtime.pipeline import Pipeline
@@ -159,51 +156,24 @@ def test_greedy_grammar_hot_path_gives_the_general_loops_tokens_and_probabilitie
         boxes = [Sample(views=thermal[0].views, instruction="Where is the largest car?"),
                  Sample(views=thermal[1].views, instruction="Where is the largest person?")]
         batch = pipe.batch(calib[:2] + thermal + boxes, 24)
-        configs = [GenerationConfig(max_new_tokens=24), GenerationConfig(max_new_tokens=24, min_new_tokens=24)]
-        with monkeypatch.context() as patch:
-            patch.setattr(Decoder, "_choose", None)  # the hot loop never goes through _choose
-            fast = [pipe.generate_ids(batch, config) for config in configs]
-        with monkeypatch.context() as patch:
-            patch.setattr(Decoder, "_tokens", Decoder._tokens_general)
-            general = [pipe.generate_ids(batch, config) for config in configs]
-        unscored_ids, unscored_probs = pipe.generate_ids(batch,
-                                                         GenerationConfig(max_new_tokens=24, output_scores=False))
-    for (ids, probs), (ref_ids, ref_probs) in zip(fast, general):
-        assert np.array_equal(ids, ref_ids)
-        assert np.array_equal(probs, ref_probs)
-    ids = fast[0][0]
-    assert np.isin(ids, list(OPEN_IDS)).any() and ((ids >= LOC_FIRST) & (ids < LOC_END)).any()  # boxes decoded
-    eos = pipe.manifest.special_tokens["eos"]
-    assert any(eos in row[:-1] for row in ids.tolist())  # a row ended early, the batch went on
-    assert not (fast[1][0] == eos).any()
-    assert np.array_equal(unscored_ids, ids) and np.isnan(unscored_probs).all()
-
-
-@pytest.mark.parametrize("artifacts", ["nano_artifacts", "nano_fused_artifacts"])
-def test_greedy_hot_path_gives_the_general_loops_tokens_and_probabilities(artifacts, request, monkeypatch):
-    """Greedy decoding without the grammar takes its own loop (Python lists for per-row state, one
-    scratch buffer): the same tokens and bit-identical probabilities as the loop through _choose,
-    with EOS suppressed (min_new_tokens) and with rows that end early; no scores when told."""
-    from eov_edge.runtime.pipeline import Pipeline
-
-    with Pipeline.from_artifacts(request.getfixturevalue(artifacts), threads=1) as pipe:
-        samples = [s for _, s in calib_questions(pipe.spec.image_size)][:4]
-        batch = pipe.batch(samples, 24)
-        configs = [GenerationConfig(max_new_tokens=24, slis_grammar=False),
-                   GenerationConfig(max_new_tokens=24, min_new_tokens=24, slis_grammar=False)]
-        fast = [pipe.generate_ids(batch, config) for config in configs]
-        with monkeypatch.context() as patch:
-            patch.setattr(Decoder, "_tokens", Decoder._tokens_general)
-            general = [pipe.generate_ids(batch, config) for config in configs]
+        results = {}
+        for min_new in (0, 24):
+            for sampled in (False, True):
+                config = GenerationConfig(max_new_tokens=24, min_new_tokens=min_new, slis_grammar=grammar,
+                                          do_sample=sampled, top_k=1 if sampled else 0)
+                results[min_new, sampled] = pipe.generate_ids(batch, config)
         unscored_ids, unscored_probs = pipe.generate_ids(
-            batch, GenerationConfig(max_new_tokens=24, slis_grammar=False, output_scores=False))
+            batch, GenerationConfig(max_new_tokens=24, slis_grammar=grammar, output_scores=False))
+    for min_new in (0, 24):
+        (ids, probs), (ref_ids, ref_probs) = results[min_new, False], results[min_new, True]
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-9)
+    ids = results[0, False][0]
     eos, pad = pipe.manifest.special_tokens["eos"], pipe.manifest.special_tokens["pad"]
-    for (ids, probs), (ref_ids, ref_probs) in zip(fast, general):
-        assert np.array_equal(ids, ref_ids)
-        assert np.array_equal(probs, ref_probs)
-    free_ids, suppressed_ids = fast[0][0], fast[1][0]
-    ended = [row for row in free_ids.tolist() if eos in row]
+    ended = [row for row in ids.tolist() if eos in row]
     assert ended and any(row.index(eos) < len(row) - 1 for row in ended)  # rows that end early ...
     assert all(set(row[row.index(eos) + 1:]) <= {pad} for row in ended)  # ... are padded after EOS
-    assert suppressed_ids.shape[1] == 24 and not (suppressed_ids == eos).any()
-    assert np.array_equal(unscored_ids, free_ids) and np.isnan(unscored_probs).all()
+    assert not (results[24, False][0] == eos).any()
+    if grammar:
+        assert np.isin(ids, list(OPEN_IDS)).any() and ((ids >= LOC_FIRST) & (ids < LOC_END)).any()  # boxes
+    assert np.array_equal(unscored_ids, ids) and np.isnan(unscored_probs).all()

@@ -44,11 +44,12 @@ def test_changed_missing_or_foreign_artifacts_are_refused(artifacts_copy):
     manifest_path.write_text(json.dumps(data))
     with pytest.raises(mf.ManifestError, match="band table"):
         Pipeline.from_artifacts(artifacts_copy)
-    data = json.loads(original)
-    data["format_version"] = 99
-    manifest_path.write_text(json.dumps(data))
-    with pytest.raises(mf.ManifestError, match="re-export"):
-        Pipeline.from_artifacts(artifacts_copy)
+    for older_or_newer in (mf.MANIFEST_FORMAT_VERSION - 1, mf.MANIFEST_FORMAT_VERSION + 1):
+        data = json.loads(original)
+        data["format_version"] = older_or_newer
+        manifest_path.write_text(json.dumps(data))
+        with pytest.raises(mf.ManifestError, match=f"manifest format {older_or_newer}, .*re-export"):
+            Pipeline.from_artifacts(artifacts_copy)
     manifest_path.write_text(original)
     decoder = artifacts_copy / "decoder.onnx"
     decoder.write_bytes(decoder.read_bytes()[:-10])

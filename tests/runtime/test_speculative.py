@@ -137,12 +137,6 @@ def test_a_draft_that_cannot_serve_is_refused_with_what_to_do(nano_fused_artifac
         "text_config": {**draft.manifest.model_config["text_config"], "hidden_size": 1}})
     with pytest.raises(SpeculativeError, match="architecture"):
         SpeculativeDecoder(pipe.decoder, Decoder(draft.runner, draft.embed_table, wider))
-    # a decoder exported before logits_index: its graph returns the last position's logits only
-    entry = pipe.manifest.graphs[mf.DECODER]
-    old = dataclasses.replace(entry, inputs=[t for t in entry.inputs if t.name != mf.LOGITS_INDEX])
-    old_runner = OrtRunner(mf.DECODER, nano_fused_artifacts / entry.file, old)
-    with pytest.raises(SpeculativeError, match="export it again"):
-        SpeculativeDecoder(Decoder(old_runner, pipe.embed_table, pipe.manifest), draft)
     with pytest.raises(SpeculativeError, match="draft_tokens"):
         SpeculativeDecoder(pipe.decoder, draft, draft_tokens=0)
 
