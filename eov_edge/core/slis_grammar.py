@@ -13,7 +13,7 @@ x2 < x1. :class:`SlisGrammar` tracks, per batch row, where the answer stands in 
 The mask only removes options. One choice is the grammar's own (``expected_locations``, on by
 default): where the next token must be a location of a box, quad or point, it is the mean bin of
 the model's distribution over the legal bins, rounded, not its argmax. A coordinate is ordinal and
-the model is trained against a Gaussian over neighbouring bins (``eov_edge.training.train.language_loss``),
+the model is trained against a Gaussian over neighbouring bins (``eov_edge.training.losses.language_loss``),
 so its distribution is a density over position; its argmax is unstable where that density is broad,
 and on the shipped nano checkpoint 42% of greedy grounding boxes were ``<loc_0>`` x4 (a spike at
 bin 0 beating a broad bump elsewhere). Decoding the integral of the distribution is what
