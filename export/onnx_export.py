@@ -7,7 +7,9 @@ leaves no half-written artifacts.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import platform
 import shutil
 import warnings
@@ -49,6 +51,19 @@ def _tensor_specs(values) -> list[mf.TensorSpec]:
     return out
 
 
+@contextlib.contextmanager
+def _quiet_registry():
+    """Silence the exporter's op registry while it builds: it logs one "torchvision is not installed"
+    line per torchvision op on every export, about ops this model never uses."""
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_logger.level
+    registry_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registry_logger.setLevel(level)
+
+
 def export_graph(model, name: str, directory: Path, opset: int, external_threshold: int) -> mf.GraphEntry:
     """Export one graph to ``directory``; external data when the weights exceed the threshold."""
     import onnx
@@ -57,7 +72,7 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
     module = spec.module(model).eval()
     inputs = spec.inputs(model, Shapes(), torch.Generator().manual_seed(0))
     path = directory / spec.file
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), _quiet_registry(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module, inputs, dynamo=True, dynamic_shapes=spec.dynamic_shapes(model),

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from eov_edge.core import slis
+from eov_edge.core.metrics import iou
 from eov_edge.core.paths import write_json_atomic  # noqa: F401  (re-exported for the runtime CLI)
 from eov_edge.core.raster import View
 
@@ -86,20 +87,12 @@ def detections_from_answer(parsed: slis.ParseResult, token_ids: Sequence[int], p
     return out
 
 
-def box_iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def non_max_suppression(detections: Sequence[Detection], iou_threshold: float = 0.5) -> list[Detection]:
     """Greedy NMS per label on source-pixel boxes: keeps the highest-scoring of overlapping
     detections (the same object seen by two overlapping tiles)."""
     kept: list[Detection] = []
     for det in sorted(detections, key=lambda d: -d.score):
-        if all(k.label != det.label or box_iou(k.pixel_box, det.pixel_box) <= iou_threshold for k in kept):
+        if all(k.label != det.label or iou(k.pixel_box, det.pixel_box) <= iou_threshold for k in kept):
             kept.append(det)
     return kept
 

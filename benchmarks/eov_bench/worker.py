@@ -19,29 +19,33 @@ class WorkerError(EOVError, RuntimeError):
     """A measurement process failed; the message carries the end of its stderr."""
 
 
-def run_worker(kind: str, **arguments) -> dict:
-    """Run one measurement (``kind``: row, peak or decoder) in a fresh process."""
-    done = subprocess.run([sys.executable, "-m", "eov_edge.bench.worker", kind, json.dumps(arguments)],
+def run_worker(measurement: str, /, **arguments) -> dict:
+    """Run one measurement (row, peak or decoder) in a fresh process.
+
+    ``measurement`` is positional-only: the arguments of a row or decoder measurement carry their
+    own ``kind`` (the runtime kind being timed).
+    """
+    done = subprocess.run([sys.executable, "-m", "eov_edge.bench.worker", measurement, json.dumps(arguments)],
                           capture_output=True, text=True)
     if done.returncode != 0:
-        raise WorkerError(f"the {kind} measurement of {arguments.get('where')} failed:\n{done.stderr[-2000:]}")
+        raise WorkerError(f"the {measurement} measurement of {arguments.get('where')} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(kind: str, arguments: dict) -> dict:
+def measure(measurement: str, arguments: dict) -> dict:
     from eov_edge.bench import measure as m
 
     draft = Path(arguments["draft"]) if arguments.get("draft") else None
-    if kind == "row":
+    if measurement == "row":
         return m.time_row(arguments["kind"], arguments["where"], arguments["batch"], arguments["max_new"],
                           arguments["repeats"], draft=draft)
-    if kind == "peak":
+    if measurement == "peak":
         return {"peak_rss_mb": m.peak_rss_row(arguments["kind"], arguments["where"], arguments["batch"],
                                               arguments["max_new"], draft=draft)}
-    if kind == "decoder":
+    if measurement == "decoder":
         return m.time_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["max_new"],
                               arguments["repeats"])
-    raise ValueError(f"unknown measurement {kind!r}")
+    raise ValueError(f"unknown measurement {measurement!r}")
 
 
 if __name__ == "__main__":

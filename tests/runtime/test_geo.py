@@ -10,7 +10,6 @@ from eov_edge.core.raster import View, Window
 from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.runtime.geo import (
     Detection,
-    box_iou,
     crs_member,
     detections_from_answer,
     feature_collection,
@@ -89,10 +88,7 @@ def test_malformed_output_never_raises(tokenizer):
     assert len(parsed.problems) == 2
 
 
-def test_iou_and_nms_per_class():
-    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
-
+def test_nms_per_class():
     def det(label, box, score):
         x1, y1, x2, y2 = box
         return Detection("box", label, score, [(x1, y1), (x2, y2)])
