@@ -1,2 +1,3 @@
-"""eov_edge.quantize: INT8/FP8 QDQ calibration and weight-only INT8/INT4 recipes
-(see ../shared/docs/DESIGN.md section 6). Not built yet."""
+"""eov_edge.quantize: recipes for ONNX Runtime's CPU kernels and TensorRT's explicit Q/DQ
+(``recipes``), calibration through the FP32 runtime (``calibration``), the per-task accuracy gate
+with float fallback (``gate``, ``build``) and the Q/DQ rules TensorRT enforces (``checks``)."""

@@ -116,9 +116,13 @@ def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], cali
 def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: Path | None = None,
                        max_drop: float | None = None, per_task: int = 100, data_root: Path | None = None,
                        overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print,
-                       int4_block_size: int | None = None) -> dict:
+                       int4_block_size: int | None = None, fallback: bool = True) -> dict:
     """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``).
-    ``int4_block_size`` overrides an INT4 recipe's block (refused for the others)."""
+
+    ``max_drop``: the budget in points per task metric (None: the recipe's default). ``fallback``:
+    when a task breaks the budget, put the most sensitive nodes back in float, round by round, until
+    it holds (False: refuse at the first broken round). ``int4_block_size`` overrides an INT4
+    recipe's block (refused for the others)."""
     from eov_edge.core.paths import data_dir
     from eov_edge.training.evaluate import score_predictions
 
@@ -149,7 +153,7 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged_folder(out) as staging, tempfile.TemporaryDirectory(dir=out.parent) as sensitivity_dir:
         _copy_artifacts(artifacts, staging, recipe)
-        rounds, fallback, sensitivity = [], [], None
+        rounds, in_float, sensitivity = [], [], None
         while True:
             tools = _write_graphs(recipe, artifacts, staging, plans, calibration if recipe.needs_calibration else None)
             problems = {}
@@ -178,23 +182,23 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                                f"{o['ci95'][0]:+.2f} to {o['ci95'][1]:+.2f})" for o in over))
             if not broken:
                 break
-            if max_drop is None or len(rounds) > MAX_FALLBACK_ROUNDS:
-                _refuse(out, recipe, rows, rounds, budget, max_drop)
+            if not fallback or len(rounds) > MAX_FALLBACK_ROUNDS:
+                _refuse(out, recipe, rows, rounds, budget, fallback)
             if sensitivity is None:
                 progress("measuring per-node sensitivity for the fallback")
                 sensitivity = _sensitivity(recipe, artifacts, plans, calibration, Path(sensitivity_dir))
             remaining = [(e, g, n) for e, g, n in sensitivity if n not in plans[g].excluded]
             if not remaining:
-                _refuse(out, recipe, rows, rounds, budget, max_drop)
+                _refuse(out, recipe, rows, rounds, budget, fallback)
             take = remaining[: 2 ** (len(rounds) - 1)]  # 1, 2, 4, ... nodes back to float per round
             for error, graph, node in take:
                 plans[graph].excluded.append(node)
-                fallback.append({"graph": graph, "node": node, "relative_error_alone": round(error, 6)})
+                in_float.append({"graph": graph, "node": node, "relative_error_alone": round(error, 6)})
             if not any(plans[g].quantized for g in recipe.graphs):
                 # the next round would gate the FP32 model itself and "accept" it under the recipe's name
-                _refuse(out, recipe, rows, rounds, budget, max_drop, all_float=True)
+                _refuse(out, recipe, rows, rounds, budget, fallback, all_float=True)
         gate_summary = {"budget_points": budget, "examples": len(examples), "dropped_for_calibration_overlap": dropped,
-                        "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": fallback, "accepted": True}
+                        "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": in_float, "accepted": True}
         if tools.get(mf.DECODER, {}).get(mf.PREFILL_SESSION_CONFIG):
             # The prompt kernel the prefill session fixes is not the faster one on every CPU: gate the
             # accepted artifacts again with prompts in the decode session (its kernel), and let the
@@ -253,15 +257,15 @@ def write_ungated(artifacts: Path, recipe_name: str, out: Path, calibration: Cal
     return out
 
 
-def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, max_drop: float | None,
+def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, fallback: bool,
             all_float: bool = False) -> None:
     """Raise the gate's refusal; ``all_float``: the fallback would have put every node back in float."""
     rejected = out.with_name(out.name + ".rejected.json")
     rejected.write_text(json.dumps({"recipe": recipe.name, "accepted": False, "budget_points": budget,
                                     "rows": gate.rows_as_dicts(rows), "rounds": rounds,
                                     "every_node_in_float": all_float}, indent=1))
-    hint = ("raise --max-drop or try another recipe" if max_drop is not None
-            else "pass --max-drop POINTS to let the most sensitive layers fall back to float")
+    hint = ("raise --max-drop or try another recipe" if fallback
+            else "drop --no-fallback to let the most sensitive layers fall back to float")
     broken = gate.broken_tasks(rows)
     changed = rounds[-1]["changed_answers"]
     # A metric on few examples moves in steps of one answer, which can exceed the budget: say so

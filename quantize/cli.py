@@ -18,8 +18,10 @@ from eov_edge.quantize.recipes import INT4_BLOCK_SIZES, RECIPES
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
               help="calibration samples folder with a manifest.json (default: calib_data/)")
 @click.option("--max-drop", type=float, default=None,
-              help="accuracy budget in points per task metric; enables the fallback of sensitive layers to float "
-                   "(default budget: 1.0 for INT8/FP8, 2.0 for INT4, no fallback)")
+              help="accuracy budget in points per task metric [default: 1.0 for INT8/FP8, 2.0 for INT4]")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="put the most sensitive layers back in float until every task holds the budget "
+                   "(--no-fallback: refuse at the first broken task)")
 @click.option("--per-task", type=int, default=100, show_default=True,
               help="held-out examples per task for the gate (one changed answer in 100 moves a metric 1 point)")
 @click.option("--quantize-lm-head/--keep-lm-head", default=None,
@@ -29,14 +31,15 @@ from eov_edge.quantize.recipes import INT4_BLOCK_SIZES, RECIPES
                    "decides if it holds")
 @click.option("--overwrite", is_flag=True)
 def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
-                     per_task: int, quantize_lm_head: bool, int4_block_size: str | None, overwrite: bool) -> None:
+                     fallback: bool, per_task: int, quantize_lm_head: bool, int4_block_size: str | None, overwrite: bool) -> None:
     """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
     from eov_edge.quantize.build import quantize_artifacts
 
     try:
         report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
                                     quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True),
-                                    int4_block_size=int(int4_block_size) if int4_block_size else None)
+                                    int4_block_size=int(int4_block_size) if int4_block_size else None,
+                                    fallback=fallback)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     size = report["size"]

@@ -72,7 +72,7 @@ def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # The vision stem's convolutions stay float: ONNX Runtime's CPU ConvInteger ran 2.5x (small's
     # 16-px patch embedding) to 4.4x (nano's convolutional stem) slower than its float Conv here,
-    # making nano's INT8 encoder slower than its FP32 one, for ~1% of the weights (session 16).
+    # making nano's INT8 encoder slower than its FP32 one, for ~1% of the weights.
     Recipe("ort-cpu-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-dynamic", "onnxruntime-cpu", False, 1.0,
            description="dynamic INT8 MatMuls, LM head included, the vision stem's convolutions in float, FP16 "
                        "embedding table: the fastest INT8 path of ONNX Runtime on CPU",

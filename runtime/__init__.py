@@ -1,9 +1,9 @@
 """eov_edge.runtime: onboard inference with numpy + onnxruntime (or TensorRT), no torch.
 
 This package must import on a Jetson that has only the base install (numpy, onnxruntime,
-tokenizers, rasterio, click). It builds on the torch-free shared modules re-exported here; the
-runners and the Pipeline arrive with the runtime issue. Never import torch or transformers here or
-in anything imported from here: ``tests/runtime/test_import.py`` blocks them and checks.
+tokenizers, rasterio, click). It builds on the torch-free shared modules (``eov_edge.core``)
+re-exported here. Never import torch, transformers, export or quantize here or in anything imported
+from here: the import-linter contracts in setup.cfg and ``tests/runtime/test_import.py`` check it.
 """
 
 from eov_edge.core import bands, prompt, slis

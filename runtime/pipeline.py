@@ -125,7 +125,7 @@ class Pipeline:
         session does all. None (default): so, unless the manifest lets the runtime take the faster
         of the two kernels for prompts (``Manifest.prompt_kernel_choice``: the gate accepted both),
         which it then measures here (:meth:`choose_prompt_session`): which one is faster depends on
-        the CPU (session 18 and 21 measured it either way round on the same kind of machine).
+        the CPU (two measurements on the same kind of machine came out either way round).
         """
         directory = Path(directory)
         if draft is not None and backend != "onnxruntime":

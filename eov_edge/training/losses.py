@@ -143,7 +143,7 @@ def answer_attention_loss(attentions: tuple[torch.Tensor, ...], input_ids: torch
     against that class's centre map, normalised. Rows whose question names no class
     (``asked_class`` -1) or whose view holds no such object give no term. Added because nano-v5
     answered counts from the question alone (always "0" for cars and people, "1" for ships) while
-    its token-level object head found the objects; measured in nano-v6 (docs/runs/nano-v6-eval.md),
+    its token-level object head found the objects; measured in nano-v6,
     it added no VQA accuracy beyond what the longer joint stage gave on its own.
 
     attentions: per decoder layer (B, H, S, S); asked_class (B,); token_targets (V, N', AUX), the

@@ -228,8 +228,8 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
     monkeypatch.setattr(build, "quantize_graph", broken)
     out = tmp_path / "broken"
     with pytest.raises(QuantizeError, match="refused") as err:
-        build.quantize_artifacts(nano_artifacts, "trt-int8", out, per_task=4, progress=lambda m: None)
-    assert "| NO |" in str(err.value)
+        build.quantize_artifacts(nano_artifacts, "trt-int8", out, per_task=4, fallback=False, progress=lambda m: None)
+    assert "| NO |" in str(err.value) and "drop --no-fallback" in str(err.value)
     assert not out.exists() and not list(tmp_path.glob(".broken.*"))
     rejected = json.loads((tmp_path / "broken.rejected.json").read_text())
     assert rejected["accepted"] is False and any(not r["ok"] for r in rejected["rows"])
