@@ -7,7 +7,7 @@
 # It exports the shipped nano checkpoint, quantizes it for TensorRT (trt-int8, and trt-fp8 where the
 # device has FP8), builds the engines, runs the TensorRT-vs-ONNX-Runtime token test and the CUDA
 # provider test, times the runtime against PyTorch on the same GPU, and leaves JSON reports in OUT_DIR.
-# Nothing here has run on hardware yet (see README, "Deploying on Jetson").
+# Nothing here has run on hardware yet (see README, "What is proven, and what is not").
 set -eu
 DEVICE="${1:?usage: sh benchmarks/gpu_check.sh DEVICE [OUT_DIR]}"
 OUT="${2:-gpu_check_$DEVICE}"

@@ -53,3 +53,43 @@ def test_ci_runs_the_readme_test_command():
 
 def test_version_is_exposed():
     assert eov_edge.__version__.count(".") == 2
+
+
+# Requirements no source file imports by name, and what uses them; every other requirement must be
+# imported somewhere, so a dependency that nothing uses fails here.
+USED_WITHOUT_IMPORT = {
+    "onnxscript": "torch.onnx.export(dynamo=True) imports it",
+    "safetensors": "transformers' save_pretrained / from_pretrained store the checkpoint weights with it",
+    "onnxruntime-gpu": "installs the onnxruntime module with the CUDA provider",
+    "import-linter": "tests/layers.py runs its lint-imports",
+    "ruff": "make test runs ruff check",
+    "pytest-timeout": "pytest plugin",
+    "pytest-xdist": "pytest plugin (-n)",
+}
+MODULE_OF = {"onnxruntime-genai": "onnxruntime_genai", "cuda-python": "cuda"}
+SOURCE_DIRS = ("eov_edge", "export", "quantize", "runtime", "benchmarks", "calib_data", "tests")
+
+
+def _requirements() -> set[str]:
+    import re
+
+    cfg = read_setup_cfg()
+    lines = cfg["options"]["install_requires"].splitlines()
+    for extra in cfg["options.extras_require"].values():
+        lines += extra.splitlines()
+    return {m.group(0) for line in lines if (m := re.match(r"[A-Za-z0-9_.-]+", line.split("#")[0].strip()))}
+
+
+def test_every_requirement_is_imported_or_says_what_uses_it():
+    import re
+
+    sources = "\n".join(p.read_text() for d in SOURCE_DIRS for p in (ROOT / d).rglob("*.py") if ".venv" not in p.parts)
+    unused = []
+    for name in sorted(_requirements()):
+        if name in USED_WITHOUT_IMPORT:
+            continue
+        module = MODULE_OF.get(name, name.replace("-", "_"))
+        if not re.search(rf"^\s*(import|from) {re.escape(module)}\b", sources, re.MULTILINE):
+            unused.append(name)
+    assert not unused, f"setup.cfg requires {unused} but nothing imports them"
+    assert set(USED_WITHOUT_IMPORT) <= _requirements()
