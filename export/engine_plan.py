@@ -253,7 +253,10 @@ def trtexec_commands(plan: EnginePlan, onnx_dir: str = ".", engine_dir: str = ".
         argv = ["trtexec", f"--onnx={source_dir}/{graph.onnx_file}", f"--saveEngine={engine_dir}/{graph.engine_file}",
                 f"--minShapes={_shape_arg(profile.shapes, 'min')}", f"--optShapes={_shape_arg(profile.shapes, 'opt')}",
                 f"--maxShapes={_shape_arg(profile.shapes, 'max')}",
-                f"--memPoolSize=workspace:{plan.workspace_mb}M", f"--timingCacheFile={engine_dir}/{plan.timing_cache}"]
+                f"--memPoolSize=workspace:{plan.workspace_mb}M", f"--timingCacheFile={engine_dir}/{plan.timing_cache}",
+                # build only: trtexec's own inference run would feed random values, and random int64
+                # modality ids index past the encoder's modality table (its Gather reads out of range)
+                "--skipInference"]
         argv += precision_flags(plan, graph)
         commands.append(argv)
     return commands

@@ -146,7 +146,7 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
                    calibration: CalibrationSet | None) -> dict:
     """Write the quantized ``graph`` (from FP32 ``source``) to ``target``; returns what made it."""
     runner: Callable = {
-        "ort-cpu-int8": _dynamic_int8, "ort-cpu-int4": _matmul_nbits, "w4a16": _matmul_nbits,
+        "ort-cpu-int8": _dynamic_int8, "ort-cpu-int4": _matmul_nbits, "w4a16": _w4a16,
         "trt-int8": _static_qdq, "trt-fp8": _static_qdq,
     }[recipe.name]
     if not plan.quantized:
@@ -197,22 +197,20 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    qdq = recipe.name == "w4a16"  # TensorRT takes block-wise INT4 as DequantizeLinear; ORT CPU runs both
-    fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
     model = onnx.load(str(source))
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=recipe.int4_block_size, is_symmetric=True, accuracy_level=4 if not qdq else None,
-        nodes_to_exclude=plan.excluded, quant_format=fmt, op_types_to_quantize=("MatMul",),
+        model, bits=4, block_size=recipe.int4_block_size, is_symmetric=True, accuracy_level=4,
+        nodes_to_exclude=plan.excluded, quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",),
     )  # default algorithm: round-to-nearest per block
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
-    done = _quantized_by_nbits(target, qdq)
+    done = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(target), load_external_data=False).graph.node)
     info = {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)",
             "weights": f"int4 block {recipe.int4_block_size} symmetric",
             "block_size": recipe.int4_block_size,
-            "activations": "float (fp16 on the TensorRT engine)" if qdq else "float, int8 compute (accuracy_level 4)",
-            "format": "DequantizeLinear (QDQ)" if qdq else "MatMulNBits", "nodes_rewritten": done}
-    if not qdq and graph == mf.DECODER:
+            "activations": "float, int8 compute (accuracy_level 4)",
+            "format": "MatMulNBits", "nodes_rewritten": done}
+    if graph == mf.DECODER:
         # accuracy_level 4 (activations quantized to int8 per block, int8 dot products) is the fast
         # kernel for one token, but for a prompt the fp32 kernel on the same 4-bit weights is faster
         # and keeps the activations in float (small, 2 cores: a 200-token prefill 144 -> 130 ms, 90
@@ -224,13 +222,22 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     return info
 
 
-def _quantized_by_nbits(path: Path, qdq: bool) -> int:
+def _w4a16(recipe, graph, source, target, plan, calibration) -> dict:
+    """Block-wise INT4 weights as TensorRT's parser takes them (quantize/int4_blocks.py)."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    if qdq:
-        return sum(n.op_type == "DequantizeLinear" for n in model.graph.node)
-    return sum(n.op_type == "MatMulNBits" for n in model.graph.node)
+    from eov_edge.quantize.int4_blocks import INT4_OPSET, write_w4a16
+
+    model = onnx.load(str(source))
+    rewritten, kept = write_w4a16(model, plan.quantized, recipe.int4_block_size)
+    if kept:
+        raise QuantizeError(f"w4a16 cannot quantize {kept}; keep those nodes in float")
+    onnx.save(model, str(target))
+    return {"tool": "eov_edge.quantize.int4_blocks (round to nearest, scale = block amax / 7)",
+            "weights": f"int4 block {recipe.int4_block_size} symmetric, positive scales",
+            "block_size": recipe.int4_block_size, "opset": INT4_OPSET,
+            "activations": "float (fp16 on the TensorRT engine)", "format": "DequantizeLinear (QDQ)",
+            "nodes_rewritten": len(rewritten)}
 
 
 E4M3_MAX = 448.0  # largest finite FLOAT8 E4M3FN value

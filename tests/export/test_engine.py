@@ -119,7 +119,7 @@ def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
             assert parsed == {name: getattr(rng, part) for name, rng in profile.shapes.items()}
         if graph.graph == mf.DECODER:
             assert parsed[mf.ATTENTION_MASK][1] == parsed[mf.past_names(1)[0]][2] + parsed[mf.INPUTS_EMBEDS][1]
-        assert flags == ["--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
+        assert flags == ["--skipInference", "--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
 
 
 def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
@@ -131,6 +131,9 @@ def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
     assert subprocess.run(["sh", "-n", str(out / "build_engines.sh")]).returncode == 0  # valid shell
     commands = [shlex.split(line) for line in script.splitlines() if line.startswith("trtexec")]
     assert len(commands) == 3 and all("--stronglyTyped" in c for c in commands)  # TensorRT 11
+    assert all("--skipInference" in c for c in commands)  # no random int64 into modality_ids' Gather
+    weak_typing = {"--fp16", "--int8", "--fp8", "--int4", "--bf16", "--best"}
+    assert not any(weak_typing & set(c) for c in commands)
     assert all(any(a.endswith(".fp16.onnx") for a in c) for c in commands)
     plan = EnginePlan.from_json((out / "engine_plan.json").read_text())
     assert plan.strongly_typed and {g.precision for g in plan.graphs} == {"fp16"}
