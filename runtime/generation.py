@@ -11,7 +11,8 @@ the mask, not the slot index, so the tokens are those of PyTorch ``generate()`` 
 
 Artifacts exported with ``--decoder ort-cpu`` (``manifest.decoder_kind``) carry ONNX Runtime's fused
 decoder instead (``export/ort_decoder.py``): there the KV buffer is shared between ``past`` and
-``present`` and the graph itself writes the new positions; :meth:`Decoder._steps_shared_cache`. Its
+``present`` and the graph itself writes the new positions (``runtime/kv_stream.py``, shared with the
+speculative decoder); :meth:`Decoder._steps_shared_cache`. Its
 graph also gathers a fed token's embedding and takes each step's argmax: the greedy loop binds the
 graph's ``next_tokens`` output and its ``input_ids`` input to one buffer, so between two decode
 steps the host only reads the token ids (and rewrites one where EOS may not come yet or the SLIS
@@ -26,13 +27,12 @@ import numpy as np
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import PromptError
+from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.token_choice import GenerationConfig, Step, stack_steps, token_rule
 
 __all__ = ["Decoder", "GenerationConfig", "KVCache", "Step", "stack_steps"]
 
-LAST_POSITION = np.array([-1], np.int64)  # logits_index: logits of the last fed position only (read only)
-LAST_POSITION.flags.writeable = False
 
 
 class KVCache:
@@ -133,73 +133,35 @@ class Decoder:
 
     def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
                             ) -> Iterator[Step]:
-        """The loop over the ONNX Runtime CPU decoder (``decoder_kind`` "ort-cpu"): one KV buffer per
-        layer and kind, bound as both ``past`` and ``present``; the graph writes each row's new K/V
-        at that row's length. Prompts are prefilled unpadded (the buffers hold rows from slot 0),
-        consecutive rows of equal length together, then the batch decodes together, each row at its
-        own length. Decode steps feed the previous step's ``next_tokens`` buffer as ``input_ids``
-        (one buffer bound as both)."""
-        m = self.manifest
-        batch, prompt_length, _ = inputs_embeds.shape
+        """The loop over the ONNX Runtime CPU decoder (``decoder_kind`` "ort-cpu") through a
+        :class:`FusedKVStream`: prompts prefilled unpadded, then the batch decodes together, each row
+        at its own length. Decode steps feed the previous step's ``next_tokens`` buffer as
+        ``input_ids`` (one buffer bound as both)."""
+        batch = inputs_embeds.shape[0]
         lengths = attention_mask.astype(np.int64).sum(-1)  # (B,) real prompt tokens (left padded)
         if (lengths < 1).any():
             raise PromptError("a prompt row has no tokens (its attention mask is all zero)")
-        capacity = int(lengths.max()) + config.max_new_tokens - 1
-        cache = [np.zeros((batch, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
-        self.last_cache_bytes = sum(c.nbytes for c in cache)
-        vocab, hidden = self.embed_table.shape
-        logits = np.empty((batch, 1, vocab), np.float32)  # (B, 1, V)
+        stream = FusedKVStream(self, batch, int(lengths.max()) + config.max_new_tokens - 1)
+        self.last_cache_bytes = stream.nbytes
+        logits = np.empty((batch, 1, len(self.embed_table)), np.float32)  # (B, 1, V)
         # (B, 1) i64: the graph's argmax of each row (next_tokens), then that step's input_ids
         tokens = np.zeros((batch, 1), np.int64)
-        no_ids = np.zeros((batch, 0), np.int64)  # (B, 0): prompts come as embeddings only
-        start = 0
-        while start < batch:  # consecutive rows of one prompt length prefill together (no padding)
-            length = int(lengths[start])
-            end = start + 1
-            while end < batch and lengths[end] == length:
-                end += 1
-            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[start:end, prompt_length - length:],
-                                                           dtype=np.float32),
-                    mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
-                    mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32)}
-            feed.update({mf.LOGITS_INDEX: LAST_POSITION, mf.INPUT_IDS: no_ids[start:end],
-                         mf.EMBED_TABLE: self.embed_table})
-            rows = [c[start:end] for c in cache]  # (rows, KV, C, hd) views into the shared buffers
-            feed.update(zip(self.past_names, rows))
-            outputs = {mf.LOGITS: logits[start:end], mf.NEXT_TOKENS: tokens[start:end],
-                       **dict(zip(self.present_names, rows))}
-            self.prefill_runner.infer(feed, outputs=outputs)
-            start = end
-        # Decode: the same buffers every step, refilled in place (one binding for the whole loop).
-        # GQA's seqlens_k (B,) (tokens already cached per row, for the next one) and
-        # total_sequence_length (), views of one buffer advanced together
-        counters = np.append(lengths, lengths.max() + 1).astype(np.int32)  # (B + 1,)
-        seqlens, total = counters[:batch], counters[batch:].reshape(())
+        stream.prefill(inputs_embeds, lengths, logits, tokens)
+        stream.prepare_one()  # the counters of the first decode step
         # input_ids and next_tokens: one buffer. The graph reads it first (the table Gather feeds
         # every layer) and writes it last (the ArgMax of the logits), so a step's chosen tokens are
         # the next step's input as they stand; the host rewrites a row only where the token rule
         # overrides the argmax.
-        feed = {mf.SEQLENS_K: seqlens, mf.TOTAL_SEQUENCE_LENGTH: total, mf.LOGITS_INDEX: LAST_POSITION,
-                mf.INPUTS_EMBEDS: np.zeros((batch, 0, hidden), np.float32), mf.INPUT_IDS: tokens,
-                mf.EMBED_TABLE: self.embed_table}
-        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: tokens, **dict(zip(self.present_names, cache))}
         token_view = memoryview(tokens.reshape(-1))  # (B,) plain Python reads and writes, no numpy call
-        write = _token_writer(token_view)
-        feed.update(zip(self.past_names, cache))
         bound: list = []  # the bound call, made on the first decode step: the first token is out before
 
         def decode_step() -> dict[str, np.ndarray]:
             if not bound:
-                bound.append(self.runner.bind(feed, outputs))  # checked and bound once: the loop only refills
+                bound.append(stream.bind(tokens, logits, LAST_POSITION, next_tokens=tokens))
             return bound[0]()
 
-        counter_view = memoryview(counters)  # (B + 1,) i32
-
-        def advance() -> None:
-            for i in range(len(counter_view)):  # a few Python increments: cheaper than a numpy call here
-                counter_view[i] += 1
-
-        yield from self._tokens(logits[:, -1], write, decode_step, advance, config, token_view)
+        yield from self._tokens(logits[:, -1], _token_writer(token_view), decode_step, stream.prepare_one, config,
+                                token_view)
 
     def _embedding_writer(self, step_embeds: np.ndarray):
         """A call that writes the chosen tokens' embedding rows into ``step_embeds`` (B, 1, D)."""

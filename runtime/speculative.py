@@ -39,6 +39,7 @@ import numpy as np
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import EOVError
 from eov_edge.runtime.generation import Decoder
+from eov_edge.runtime.kv_stream import FusedKVStream
 from eov_edge.runtime.token_choice import GenerationConfig, GreedyRule, Step, stack_steps
 
 DEFAULT_DRAFT_TOKENS = 4
@@ -64,86 +65,6 @@ class SpeculativeStats:
     def to_dict(self) -> dict:
         return {"rounds": self.rounds, "drafted": self.drafted, "accepted": self.accepted,
                 "acceptance": round(self.acceptance, 4) if self.drafted else None}
-
-
-class CacheStream:
-    """One row's sequence through an ORT CPU decoder: its shared KV buffers, its length, and one
-    bound call per (tokens fed, logits wanted) shape, so a round reuses bindings and buffers."""
-
-    def __init__(self, decoder: Decoder, capacity: int, cache: list[np.ndarray] | None = None) -> None:
-        """``cache``: another stream's buffers to read and write (a draft on the FP32 cache)."""
-        m = decoder.manifest
-        self.runner = decoder.runner
-        self.prefill_runner = decoder.prefill_runner  # the prompt (Decoder: the same runner, or its prefill session)
-        self.table = decoder.embed_table  # (V, D) float32 or float16
-        self.past_names, self.present_names = decoder.past_names, decoder.present_names
-        self.cache = cache if cache is not None else \
-            [np.zeros((1, m.num_kv_heads, capacity, m.head_dim), np.float32) for _ in self.past_names]
-        self.capacity = capacity
-        self.length = 0  # positions of the cache that hold the sequence
-        # seqlens_k (1,) and total_sequence_length (), views of one buffer, set before each call
-        self.counters = np.zeros(2, np.int32)
-        self._calls: dict[tuple[int, bool], tuple] = {}
-
-    @property
-    def nbytes(self) -> int:
-        return sum(c.nbytes for c in self.cache)
-
-    def _feed(self, embeds: np.ndarray, ids: np.ndarray | None, index: np.ndarray | None) -> dict[str, np.ndarray]:
-        feed = {mf.INPUTS_EMBEDS: embeds, mf.SEQLENS_K: self.counters[:1],
-                mf.TOTAL_SEQUENCE_LENGTH: self.counters[1:].reshape(())}
-        feed.update({mf.LOGITS_INDEX: index, mf.INPUT_IDS: ids, mf.EMBED_TABLE: self.table})
-        feed.update(zip(self.past_names, self.cache))
-        return feed
-
-    def _outputs(self, logits: np.ndarray) -> dict[str, np.ndarray]:
-        # next_tokens (1, K): the argmax of each logits row, unread (the rule takes its own)
-        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: np.empty(logits.shape[:2], np.int64),
-                   **dict(zip(self.present_names, self.cache))}
-        return outputs
-
-    def _advance_counters(self, fed: int) -> None:
-        if self.length + fed > self.capacity:
-            raise ValueError(f"KV cache of {self.capacity} positions is full")
-        self.counters[0] = self.length + fed - 1
-        self.counters[1] = self.length + fed
-
-    def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        """Feed the prompt (1, S, D) f32 from an empty cache; the last position's logits (1, V)."""
-        self.length = 0
-        self._advance_counters(embeds.shape[1])
-        logits = np.empty((1, 1, len(self.table)), np.float32)  # (1, 1, V)
-        feed = self._feed(np.ascontiguousarray(embeds, dtype=np.float32), np.zeros((1, 0), np.int64),
-                          np.array([-1], np.int64))
-        self.prefill_runner.infer(feed, outputs=self._outputs(logits))
-        self.length = embeds.shape[1]
-        return logits[:, 0]
-
-    def feed(self, token_ids: list[int], every_position: bool) -> np.ndarray:
-        """Feed tokens after the cache's length; logits (S, V) of each fed position if
-        ``every_position`` (needs ``logits_index``), else (1, V) of the last: a view of the bound
-        output buffer, which the next call of the same shape overwrites."""
-        key = (len(token_ids), every_position)
-        if key not in self._calls:
-            self._calls[key] = self._bind(*key)
-        call, embeds, ids, logits, _ = self._calls[key]
-        for i, token in enumerate(token_ids):
-            ids[0, i] = token
-        self._advance_counters(len(token_ids))
-        call()
-        self.length += len(token_ids)
-        return logits[0]
-
-    def _bind(self, fed: int, every_position: bool) -> tuple:
-        # the S fed tokens as ids (1, S) the graph gathers; no embedding rows (1, 0, D)
-        ids = np.zeros((1, fed), np.int64)
-        embeds = np.empty((1, 0, self.table.shape[1]), np.float32)
-        wanted = fed if every_position else 1
-        index = np.arange(fed, dtype=np.int64) if every_position else np.array([-1], np.int64)
-        logits = np.empty((1, wanted, len(self.table)), np.float32)  # (1, K, V)
-        outputs = self._outputs(logits)
-        # bound by address: every array stays referenced here for as long as the call may run
-        return self.runner.bind(self._feed(embeds, ids, index), outputs), embeds, ids, logits, (index, outputs)
 
 
 class SpeculativeDecoder:
@@ -184,12 +105,14 @@ class SpeculativeDecoder:
         # so far (no prefill of its own, no second cache, and a better-informed draft); it writes
         # its own only at the positions it proposes from, which the FP32 check then overwrites.
         capacity = length + config.max_new_tokens - 1  # never more than the plain loop's
-        target = CacheStream(self.target, capacity)
-        draft = CacheStream(self.draft, capacity, cache=target.cache)
+        target = FusedKVStream(self.target, 1, capacity)
+        draft = FusedKVStream(self.draft, 1, capacity, cache=target.cache)
         self.last_cache_bytes = target.nbytes
         eos, pad = m.special_tokens["eos"], m.special_tokens["pad"]
         rule = GreedyRule(1, len(self.embed_table), config, eos, pad)
-        step = rule.choose(0, target.prefill(prompt))
+        first = np.empty((1, 1, len(self.embed_table)), np.float32)  # (1, 1, V)
+        target.prefill(prompt, np.array([length]), first, np.empty((1, 1), np.int64))
+        step = rule.choose(0, first[:, 0])
         yield step
         produced = 1
         if rule.done or produced == config.max_new_tokens:
@@ -201,7 +124,7 @@ class SpeculativeDecoder:
         count = self.draft_tokens
         while True:
             last = rule.chosen[0]  # chosen, not yet in the cache
-            draft.length = target.length
+            draft.set_lengths(target.lengths)
             proposals = self._propose(draft, rule, last, produced, min(count, config.max_new_tokens - produced - 1))
             # (1 + k, V): the FP32 logits after `last` and after each proposal
             logits = target.feed([last, *proposals], every_position=True) if proposals else \
@@ -222,11 +145,11 @@ class SpeculativeDecoder:
                     break
             stats.accepted += kept
             # `last` and the kept proposals stand; the positions after them are overwritten next round
-            target.length -= len(proposals) - kept
+            target.set_lengths(target.lengths - (len(proposals) - kept))
             taken = bool(proposals) and kept == len(proposals)
             count = min(count + 1, self.draft_tokens) if taken else max(count - 1, 1)
 
-    def _propose(self, draft: CacheStream, rule: GreedyRule, last: int, produced: int, count: int) -> list[int]:
+    def _propose(self, draft: FusedKVStream, rule: GreedyRule, last: int, produced: int, count: int) -> list[int]:
         """Up to ``count`` tokens from the draft, fed ``last`` first, chosen by the same rule
         (forked: the real rule only follows the FP32 choices); stops early at EOS."""
         proposals: list[int] = []

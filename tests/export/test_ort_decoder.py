@@ -183,33 +183,6 @@ def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path
     assert ids.shape[0] == 2 and np.all((probs > 0) & (probs <= 1))
 
 
-def test_several_positions_fed_on_a_filled_cache_match_one_at_a_time(nano_fused_artifacts):
-    """What a speculative check relies on: five positions fed at once after a prompt give, at each
-    position (logits_index), the logits of feeding them one by one, write the same cache slots, and
-    rolling the length back ignores what was written beyond it."""
-    from eov_edge.runtime.speculative import CacheStream
-
-    pipe = Pipeline.from_artifacts(nano_fused_artifacts)
-    tokens = [17, 230, 1024, 5, 99]
-    prompt = np.random.default_rng(0).standard_normal((1, 20, pipe.embed_table.shape[1])).astype(np.float32) * 0.05
-    one, chunk = CacheStream(pipe.decoder, 40), CacheStream(pipe.decoder, 40)
-    first = one.prefill(prompt)
-    np.testing.assert_array_equal(chunk.prefill(prompt), first)
-    stepwise = np.concatenate([one.feed([t], every_position=False).copy() for t in tokens])  # (5, V)
-    together = chunk.feed(tokens, every_position=True)  # (5, V)
-    assert together.shape == stepwise.shape == (5, len(pipe.embed_table))
-    np.testing.assert_allclose(together, stepwise, atol=1e-4, rtol=0)  # a GEMM instead of five GEMVs
-    assert one.length == chunk.length == 25
-    for a, b in zip(one.cache, chunk.cache):
-        np.testing.assert_allclose(a[:, :, :25], b[:, :, :25], atol=1e-5, rtol=0)
-    chunk.length = 22  # keep the first two; the three slots after them now hold stale keys and values
-    fresh = CacheStream(pipe.decoder, 40)
-    fresh.prefill(prompt)
-    fresh.feed(tokens[:2], every_position=False)
-    np.testing.assert_allclose(chunk.feed([7], every_position=False), fresh.feed([7], every_position=False),
-                               atol=1e-4, rtol=0)
-
-
 def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(nano_fused_artifacts, tmp_path):
     """Ungated INT4 artifacts claim no accuracy: their manifest lets the runtime run prompts with the
     faster of the two kernels, measured at start-up (which one wins depends on the CPU). The loser
