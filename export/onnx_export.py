@@ -8,6 +8,7 @@ leaves no half-written artifacts.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import platform
@@ -31,7 +32,10 @@ from eov_edge.export.tensorrt_ops import unsupported_ops
 from eov_edge.model.processor import load_model
 from eov_edge.model.weights import weights_sha256
 
-EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf cannot hold more than 2 GiB in one message
+# Weights over this go to "<graph>.data". Protobuf cannot hold more than 2 GiB in one message, and
+# below that the exporter serializes a graph in memory (2-3 copies of its weights at once: a 1.4 GB
+# graph peaked at 5.2 GB over the model), where external data streams tensor by tensor.
+EXTERNAL_DATA_THRESHOLD = 512 * 2**20
 DEFAULT_OPSET = 18
 
 
@@ -64,6 +68,25 @@ def _quiet_registry():
         registry_logger.setLevel(level)
 
 
+def _release_rewriter_state() -> None:
+    """Drop the exported graph the exporter's optimizer keeps alive after it is done.
+
+    onnxscript's pattern matchers (``SimplePatternMatcher``, one per module-level rewrite rule) keep
+    the last graph they matched in ``_graph`` and ``_match``, and through them every initializer of it:
+    the decoder module's weight copy (6 GB for eov-2b) stayed in memory until the next export, and the
+    2B export ran out of memory on a 24 GB machine. Cleared here after every graph."""
+    try:
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript layout: nothing of ours to clear
+        return
+    for obj in gc.get_objects():
+        if isinstance(obj, SimplePatternMatcher):
+            for attribute in ("_graph", "_match", "_current_node", "_tracer"):
+                if attribute in vars(obj):
+                    setattr(obj, attribute, None)
+    gc.collect()
+
+
 def export_graph(model, name: str, directory: Path, opset: int, external_threshold: int) -> mf.GraphEntry:
     """Export one graph to ``directory``; external data when the weights exceed the threshold."""
     import onnx
@@ -83,7 +106,8 @@ def export_graph(model, name: str, directory: Path, opset: int, external_thresho
     external = weight_bytes > external_threshold
     # ONNXProgram.save streams initializers to one "<file>.data" file: no 2 GB protobuf in memory.
     program.save(str(path), external_data=external)
-    del program
+    del program, module
+    _release_rewriter_state()
     # The exporter may also choose external data on its own (seen for a 1.7 GB encoder): trust the
     # files, not the request, so the manifest lists everything the device must copy.
     data_file = spec.file + ".data" if (directory / (spec.file + ".data")).is_file() else None
