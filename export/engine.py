@@ -7,6 +7,7 @@ The output folder holds ``engine_plan.json``, FP16 conversions for TensorRT 11 w
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -18,12 +19,17 @@ from eov_edge.export.engine_plan import trtexec_script as make_trtexec_script
 from eov_edge.export.tensorrt_build import build_engines, prepare_onnx, write_meta
 
 
-def tensorrt_available() -> bool:
+def installed_tensorrt() -> str | None:
+    """The importable TensorRT's version, or None."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
     except ImportError:
-        return False
-    return True
+        return None
+    return str(tensorrt.__version__)
+
+
+def tensorrt_available() -> bool:
+    return installed_tensorrt() is not None
 
 
 def build_engine_folder(artifacts: Path, device: str, precision: str, out: Path, max_batch: int = 1,
@@ -32,8 +38,12 @@ def build_engine_folder(artifacts: Path, device: str, precision: str, out: Path,
                         verbose: bool = False) -> dict:
     artifacts, out = Path(artifacts), Path(out)
     preset = get_device(device)
+    installed = installed_tensorrt()
+    if installed is not None:
+        # The TensorRT that builds decides the typing (11: strongly typed only), not the device's preset.
+        preset = dataclasses.replace(preset, tensorrt=installed)
     plan = make_plan(artifacts, preset, precision, max_batch, max_views, max_seq, max_kv, workspace_mb)
-    can_build = tensorrt_available()
+    can_build = installed is not None
     if not can_build and not trtexec_script:
         raise EngineError("TensorRT is not importable here (it installs only on the device); pass --trtexec-script "
                           "to write the build commands for the device, or run this on the device")

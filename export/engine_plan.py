@@ -290,6 +290,14 @@ def trtexec_script(plan: EnginePlan) -> str:
         'OUT="${2:-$HERE}"',
         'mkdir -p "$OUT"',
         'command -v trtexec >/dev/null || PATH="$PATH:/usr/src/tensorrt/bin"  # JetPack installs it here',
+        "# trtexec's banner names its version ([TensorRT v100300] is 10.3.0): 11 builds strongly typed only,",
+        "# 10.x weakly typed with precision flags; the commands below are for one of them.",
+        "V=$(trtexec --help 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\)\\].*/\\1/p' | head -n 1)",
+        f'if [ -n "$V" ] && [ $((V / 10000)) -ne {plan.tensorrt.split(".")[0]} ]; then',
+        f'    echo "this script is for TensorRT {plan.tensorrt.split(".")[0]}.x, trtexec here is $V; plan again with '
+        f'eov-export engine for this TensorRT" >&2',
+        "    exit 1",
+        "fi",
     ]
     for argv in trtexec_commands(plan, onnx_dir="$ART", engine_dir="$OUT", converted_dir="$HERE"):
         lines.append(" ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv))

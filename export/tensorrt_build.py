@@ -50,6 +50,15 @@ def prepare_onnx(plan: EnginePlan, artifacts: Path, out: Path) -> EnginePlan:
     return plan
 
 
+def check_tensorrt_major(plan: EnginePlan, installed: str) -> None:
+    """A plan is for one TensorRT major: 11 builds strongly typed only (no FP16/INT8/FP8/INT4 builder
+    flags), 10.x weakly typed with them. Refuse a plan made for the other one."""
+    if int(installed.split(".")[0]) != int(plan.tensorrt.split(".")[0]):
+        raise EngineError(f"the engine plan is for TensorRT {plan.tensorrt}, the installed TensorRT is {installed}; "
+                          "plan again where this TensorRT is installed (eov-export engine plans for the importable "
+                          "TensorRT)")
+
+
 def build_engines(plan: EnginePlan, onnx_dir: Path, out: Path, verbose: bool = False,
                   converted_dir: Path | None = None) -> list[EngineMeta]:
     """Build every graph's engine into ``out``; needs TensorRT and a GPU of the plan's kind. FP16
@@ -59,6 +68,7 @@ def build_engines(plan: EnginePlan, onnx_dir: Path, out: Path, verbose: bool = F
     except ImportError:
         raise EngineError("TensorRT is not importable here; build on the device (eov-export engine there, or "
                           "--trtexec-script for a device with only JetPack's trtexec)") from None
+    check_tensorrt_major(plan, trt.__version__)
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
     cache_path = out / plan.timing_cache

@@ -72,6 +72,18 @@ class TensorRTRunner(Runner):
         decode = self.name == mf.DECODER and feed[mf.past_names(1)[0]].shape[2] > 0
         return self.profile_names.index("decode" if decode else "prefill")
 
+    def _set_input_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        """TensorRT answers a shape outside the active profile with False, not an exception."""
+        if not self.context.set_input_shape(name, shape):
+            low, _, high = self.engine.get_tensor_profile_shape(name, self._current_profile or 0)
+            raise RunnerError(f"{self.name}: {name} of shape {tuple(shape)} is outside the engine's profile "
+                              f"({tuple(low)} to {tuple(high)}); rebuild the engines with eov-export engine "
+                              "--max-batch / --max-seq / --max-views large enough, or feed less")
+
+    def _set_address(self, name: str, pointer: int) -> None:
+        if not self.context.set_tensor_address(name, pointer):
+            raise RunnerError(f"{self.name}: TensorRT refused the device address of {name}")
+
     def _device_buffer(self, name: str, nbytes: int) -> int:
         pointer, capacity = self._buffers.get(name, (0, 0))
         if nbytes > capacity:
@@ -90,11 +102,11 @@ class TensorRTRunner(Runner):
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, array in feed.items():
             array = np.ascontiguousarray(array)
-            context.set_input_shape(name, array.shape)
+            self._set_input_shape(name, array.shape)
             pointer = self._device_buffer(name, array.nbytes)
             if array.nbytes:
                 _cuda_check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self.stream))
-            context.set_tensor_address(name, pointer)
+            self._set_address(name, pointer)
         results = {}
         for name in self.output_names:
             shape = tuple(context.get_tensor_shape(name))
@@ -103,7 +115,7 @@ class TensorRTRunner(Runner):
             if host is None or host.shape != shape or host.dtype != dtype:
                 host = np.empty(shape, dtype)
             results[name] = host
-            context.set_tensor_address(name, self._device_buffer(name, host.nbytes))
+            self._set_address(name, self._device_buffer(name, host.nbytes))
         if not context.execute_async_v3(self.stream):
             raise RunnerError(f"{self.name}: TensorRT execution failed")
         for name, host in results.items():
@@ -132,16 +144,16 @@ class TensorRTRunner(Runner):
         pointers = {}
         for name, array in feed.items():
             array = np.ascontiguousarray(array)
-            context.set_input_shape(name, array.shape)
-            pointers[name] = int(_cuda_check(cudart.cudaMalloc(max(array.nbytes, 1))))
+            self._set_input_shape(name, array.shape)
+            pointers[name] = int(_cuda_check(cudart.cudaMalloc(max(array.nbytes, 1))))  # never null, even empty
             if name in resident:  # the prompt's cache, once
                 _cuda_check(cudart.cudaMemcpyAsync(pointers[name], array.ctypes.data, array.nbytes, h2d, self.stream))
-            context.set_tensor_address(name, pointers[name])
+            self._set_address(name, pointers[name])
         for name in self.output_names:
             shape = tuple(context.get_tensor_shape(name))
             nbytes = int(np.prod(shape)) * trt.nptype(self.engine.get_tensor_dtype(name))().itemsize
             pointers[name] = int(_cuda_check(cudart.cudaMalloc(max(nbytes, 1))))
-            context.set_tensor_address(name, pointers[name])
+            self._set_address(name, pointers[name])
         self._decode_pointers = list(pointers.values())
         uploads = [(pointers[n], a) for n, a in feed.items() if n not in resident]
         downloads = [(pointers[n], outputs[n]) for n in self.output_names if n not in resident and n in outputs]
@@ -152,7 +164,11 @@ class TensorRTRunner(Runner):
             copies.append((pointers[past], pointers[present], capacity * head_dim * item, head_dim * item,
                            batch * heads))
 
+        capacity = next(iter(feed[p] for p in past_of.values())).shape[2] if past_of else 0
+
         def step() -> dict[str, np.ndarray]:
+            if cache.length >= capacity:  # the slot write below would land past the device buffers
+                raise RunnerError(f"{self.name}: KV cache of {capacity} positions is full")
             start = time.perf_counter()
             for pointer, array in uploads:  # embedding, mask, position: refilled in place by the loop
                 _cuda_check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self.stream))

@@ -26,7 +26,7 @@ from eov_edge.export.engine_plan import (
     trtexec_commands,
     trtexec_single_profile,
 )
-from eov_edge.export.tensorrt_build import convert_to_fp16, write_meta
+from eov_edge.export.tensorrt_build import check_tensorrt_major, convert_to_fp16, write_meta
 from eov_edge.runtime.engine_meta import EngineMeta, check_engine, load_meta
 
 pytestmark = pytest.mark.slow
@@ -120,6 +120,35 @@ def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
         if graph.graph == mf.DECODER:
             assert parsed[mf.ATTENTION_MASK][1] == parsed[mf.past_names(1)[0]][2] + parsed[mf.INPUTS_EMBEDS][1]
         assert flags == ["--skipInference", "--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
+
+
+def test_the_trtexec_script_refuses_another_tensorrt_major(nano_artifacts, tmp_path):
+    """The script reads trtexec's banner ("[TensorRT v110400]") and runs only under the major it was
+    planned for; a stand-in trtexec on PATH prints the banner and records each build's arguments."""
+    out = tmp_path / "thor"
+    result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
+                                             "--out", str(out), "--trtexec-script"])
+    assert result.exit_code == 0, result.output
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    for banner, code in (("v100300", 1), ("v110400", 0)):
+        (bin_dir / "trtexec").write_text(f'#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec"\n'
+                                         f'[ "$1" = --help ] || echo "$@" >> {calls}\n')
+        (bin_dir / "trtexec").chmod(0o755)
+        run = subprocess.run(["sh", str(out / "build_engines.sh"), str(nano_artifacts), str(tmp_path / "engines")],
+                             capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+        assert run.returncode == code, run.stderr
+        if code:
+            assert "for TensorRT 11.x" in run.stderr and not calls.exists()
+    builds = calls.read_text().splitlines()
+    assert len(builds) == 3 and all("--skipInference" in b and "--stronglyTyped" in b for b in builds)
+
+
+def test_a_plan_for_another_tensorrt_major_is_refused_at_build():
+    plan = EnginePlan("thor", [11, 0], "11.4.0", "fp16", 1, 1, 16, 16, 64, "t.cache", [])
+    check_tensorrt_major(plan, "11.0.0.114")
+    with pytest.raises(EngineError, match="plan again"):
+        check_tensorrt_major(plan, "10.3.0")
 
 
 def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
