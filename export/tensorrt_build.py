@@ -91,10 +91,13 @@ def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, o
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
     if not strongly_typed:  # TensorRT 10.x: precision from builder flags around the Q/DQ nodes
-        config.set_flag(trt.BuilderFlag.FP16)
-        extra = {"int8": "INT8", "fp8": "FP8", "w4a16": "INT4"}.get(graph.precision)
-        if extra:
-            config.set_flag(getattr(trt.BuilderFlag, extra))
+        config.set_flag(trt.BuilderFlag.FP16)  # gone in TensorRT 11 (tests/export/test_tensorrt_api.py)
+        if graph.precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+        elif graph.precision == "fp8":
+            config.set_flag(trt.BuilderFlag.FP8)
+        elif graph.precision == "w4a16":
+            config.set_flag(trt.BuilderFlag.INT4)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     for profile_plan in graph.profiles:
