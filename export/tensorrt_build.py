@@ -28,22 +28,72 @@ def write_meta(directory: Path, metas: list[EngineMeta], plan: EnginePlan) -> No
     write_json_atomic(directory / META_FILE, data)
 
 
-def convert_to_fp16(source: Path, target: Path) -> None:
-    """FP16 copy of an FP32 graph, inputs and outputs kept FP32 (TensorRT 11 is strongly typed: an
-    FP32 graph builds in FP32). Uses onnxruntime's converter; LayerNorm/Softmax-sensitive ops are
-    left to its default block list."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+# Ops whose FP16 result is wrong, not just rounded, and which cost little: norm reductions (x^2 passes
+# 65504 once |x| > 256), softmax and its exponentials, and the rotary angles (a position of 1000 times
+# a frequency is off by ~0.5 rad in FP16). They stay FP32 in FP16 graphs, with casts around them.
+FP32_OPS = ("Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Reciprocal", "LayerNormalization",
+            "Exp", "Log", "Cos", "Sin", "Range", "CumSum")
 
-    model = onnx.load(str(source))
-    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
-    onnx.save(converted, str(target))
+
+def rotary_nodes(graph) -> list[str]:
+    """Every node that feeds a Cos or Sin: the position and angle arithmetic of rotary embeddings."""
+    producer = {out: node for node in graph.node for out in node.output}
+    todo = [node for node in graph.node if node.op_type in ("Cos", "Sin")]
+    seen: dict[str, None] = {}
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen[node.name] = None
+        todo += [producer[name] for name in node.input if name in producer]
+    return list(seen)
+
+
+def _sort_topologically(graph) -> None:
+    """Reorder ``graph``'s nodes so that every input is produced before it is read (stable)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in available for i in n.input)]
+        if not ready:
+            raise EngineError(f"the FP16 graph has a cycle or an unproduced input near {pending[0].name}")
+        for node in ready:
+            available.update(node.output)
+        ordered += ready
+        ready_ids = {id(n) for n in ready}
+        pending = [n for n in pending if id(n) not in ready_ids]
+    copies = [type(n)() for n in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def convert_to_fp16(source: Path, target: Path, external_threshold: int = 512 * 2**20) -> None:
+    """FP16 copy of a graph for a strongly typed build (TensorRT 11: a graph builds in the precision
+    it carries), inputs and outputs kept FP32, :data:`FP32_OPS` and the rotary math in FP32. A
+    block-wise INT4 graph (w4a16) gets FP16 scales, so its activations are FP16 too. Weights over
+    ``external_threshold`` are written as external data beside it."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    model = onnx.load(str(source))  # with its external data, if any
+    converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                         op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
+                                         node_block_list=rotary_nodes(model.graph))
+    _sort_topologically(converted.graph)  # the converter appends the input casts after their readers
+    del converted.graph.value_info[:]  # stale types of tensors the casts changed; re-inferred by readers
+    external = sum(init.ByteSize() for init in converted.graph.initializer) > external_threshold
+    onnx.save(converted, str(target), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=target.name + ".data")
 
 
 def prepare_onnx(plan: EnginePlan, artifacts: Path, out: Path) -> EnginePlan:
     """Graphs TensorRT 11 should build in FP16 are converted (``<graph>.fp16.onnx`` in ``out``)."""
     for graph in plan.graphs:
-        if plan.strongly_typed and graph.precision == "fp16":
+        # fp16, and w4a16's "a16": FP16 activations around the INT4 weights. INT8 and FP8 Q/DQ graphs stay
+        # as exported (opset < 19 has no FP16 QuantizeLinear): FP32 between their Q/DQ pairs on 11.
+        if plan.strongly_typed and graph.precision in ("fp16", "w4a16"):
             target = out / graph.onnx_file.replace(".onnx", ".fp16.onnx")
             convert_to_fp16(artifacts / graph.onnx_file, target)
             graph.onnx_file, graph.onnx_sha256 = target.name, mf.sha256_file(target)

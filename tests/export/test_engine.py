@@ -189,6 +189,55 @@ def test_fp16_conversion_for_tensorrt_11_keeps_outputs(nano_artifacts, tmp_path)
     assert b.dtype == np.float32 and np.linalg.norm(a - b) / np.linalg.norm(a) < 5e-3
 
 
+def test_fp16_conversion_keeps_norms_softmax_and_rotary_angles_in_fp32(nano_artifacts, tmp_path):
+    """A strongly typed build runs a graph in the precision it carries: the decoder's RMSNorm squares,
+    softmax and rotary angles stay FP32 (wrong, not just rounded, in FP16), the MatMuls go FP16, and
+    the logits stay close to FP32. A w4a16 decoder converts too (FP16 scales: FP16 activations)."""
+    import onnx
+    import onnxruntime as ort
+
+    from eov_edge.export.tensorrt_build import FP32_OPS, rotary_nodes
+    from eov_edge.quantize.int4_blocks import write_w4a16
+    from eov_edge.quantize.recipes import plan_graph
+
+    source = nano_artifacts / "decoder.onnx"
+    target = tmp_path / "decoder.fp16.onnx"
+    convert_to_fp16(source, target)
+    onnx.checker.check_model(str(target), full_check=True)  # sorted, and types that infer
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(target)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types.update((i.name, i.data_type) for i in model.graph.initializer)
+    original = onnx.load(str(source), load_external_data=False).graph
+    kept = set(rotary_nodes(original))
+    assert kept and {"Cos", "Sin"} <= {n.op_type for n in original.node if n.name in kept}
+    checked = [n for n in model.graph.node if n.op_type in FP32_OPS or n.name in kept]
+    assert {"Softmax", "Pow", "ReduceMean", "Cos", "Sin"} <= {n.op_type for n in checked}
+    for node in checked:
+        floats = [types[i] for i in node.input if types.get(i) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+        assert onnx.TensorProto.FLOAT16 not in floats, f"{node.op_type} {node.name} computes in FP16"
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and types.get(n.input[1]) == onnx.TensorProto.FLOAT16]
+    assert len(matmuls) >= 4 * 4  # the projections of every layer
+    manifest = mf.load_manifest(nano_artifacts)
+    rng = np.random.default_rng(0)
+    width = manifest.model_config["text_config"]["hidden_size"]
+    feed = {mf.INPUTS_EMBEDS: rng.standard_normal((1, 8, width)).astype(np.float32) * 0.05,
+            mf.ATTENTION_MASK: np.ones((1, 8), np.int64), mf.POSITION_IDS: np.arange(8)[None]}
+    feed.update((name, np.zeros((1, manifest.num_kv_heads, 0, manifest.head_dim), np.float32))
+                for name in mf.past_names(manifest.num_layers))
+    a = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).run([mf.LOGITS], feed)[0]
+    b = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run([mf.LOGITS], feed)[0]
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
+    w4 = onnx.load(str(source))
+    write_w4a16(w4, plan_graph(source, 3098).quantized, 32)
+    onnx.save(w4, str(tmp_path / "w4.onnx"))
+    convert_to_fp16(tmp_path / "w4.onnx", tmp_path / "w4.fp16.onnx")
+    converted = onnx.load(str(tmp_path / "w4.fp16.onnx"))
+    scales = {i.name: i.data_type for i in converted.graph.initializer if i.name.endswith("_int4_scale")}
+    assert scales and set(scales.values()) == {onnx.TensorProto.FLOAT16}
+    c = ort.InferenceSession(str(tmp_path / "w4.fp16.onnx"), providers=["CPUExecutionProvider"]).run([mf.LOGITS], feed)[0]
+    assert np.isfinite(c).all() and np.linalg.norm(a - c) / np.linalg.norm(a) < 0.3
+
+
 def test_engine_metadata_round_trip_and_mismatches(nano_artifacts, tmp_path):
     manifest = mf.load_manifest(nano_artifacts)
     plan = make_plan(nano_artifacts, get_device("agx-orin"))
