@@ -299,6 +299,47 @@ def trtexec_script(plan: EnginePlan) -> str:
         "    exit 1",
         "fi",
     ]
+    lines += ['LOG="$OUT/build.log"', ': > "$LOG"']
     for argv in trtexec_commands(plan, onnx_dir="$ART", engine_dir="$OUT", converted_dir="$HERE"):
-        lines.append(" ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv))
+        command = " ".join(f'"{a}"' if "$" in a else shlex.quote(a) for a in argv)
+        lines.append(f'{command} >> "$LOG" 2>&1 || {{ tail -n 40 "$LOG" >&2; echo "trtexec failed; the whole log: '
+                     f'$LOG" >&2; exit 1; }}')
+    lines += _engines_json_lines(plan)
     return "\n".join(lines) + "\n"
+
+
+def _engines_json_lines(plan: EnginePlan) -> list[str]:
+    """Shell lines that write engines.json (the metadata the TensorRT runner checks) from what trtexec
+    reported: its version (banner) and the GPU's compute capability (its device information), and the
+    engines' sha256; the rest is known here."""
+    from eov_edge.runtime.engine_meta import META_FILE, META_VERSION, EngineMeta
+
+    engines = []
+    for index, graph in enumerate(plan.graphs):
+        meta = EngineMeta(graph.graph, graph.engine_file, f"@SHA{index}@", "@TRT@", "@CC@", plan.device,
+                          graph.precision, [asdict(trtexec_single_profile(graph))], graph.onnx_file,
+                          graph.onnx_sha256, graph.source_sha256)
+        engines.append(asdict(meta))
+    text = json.dumps({"meta_version": META_VERSION, "engines": engines, "plan": json.loads(plan.to_json()),
+                       "built_on": "@HOST@"}, indent=1)
+    text = text.replace('"@TRT@"', '"$TRT"').replace('"@HOST@"', '"$(uname -srm)"')
+    text = text.replace('"@CC@"', "[$CC_MAJOR, $CC_MINOR]")
+    for index in range(len(plan.graphs)):
+        text = text.replace(f'"@SHA{index}@"', f'"$SHA{index}"')
+    lines = [
+        "# engines.json: what eov-run --backend tensorrt checks before it loads an engine",
+        "CC=$(sed -n 's/.*Compute Capability: *\\([0-9][0-9]*\\)\\.\\([0-9][0-9]*\\).*/\\1 \\2/p' \"$LOG\" | head -n 1)",
+        'if [ -z "$V" ] || [ -z "$CC" ]; then',
+        '    echo "engines built, but trtexec reported no TensorRT version or compute capability: no engines.json '
+        '(eov-run --backend tensorrt refuses engines without it); see $LOG" >&2',
+        "    exit 1",
+        "fi",
+        'TRT="$((V / 10000)).$((V / 100 % 100)).$((V % 100))"',
+        'CC_MAJOR=${CC% *}',
+        'CC_MINOR=${CC#* }',
+    ]
+    for index, graph in enumerate(plan.graphs):
+        lines.append(f'SHA{index}=$(sha256sum "$OUT/{graph.engine_file}" | cut -d " " -f 1)')
+    lines += [f'cat > "$OUT/{META_FILE}.tmp" <<EOF', text, "EOF", f'mv "$OUT/{META_FILE}.tmp" "$OUT/{META_FILE}"',
+              f'echo "engines and {META_FILE} in $OUT"']
+    return lines

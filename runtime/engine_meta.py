@@ -51,7 +51,9 @@ def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compu
         raise EngineError(f"{path}: engine file missing; rebuild with eov-export engine")
     if mf.sha256_file(path) != meta.engine_sha256:
         raise EngineError(f"{path}: sha256 differs from {META_FILE}; the engine was changed or truncated, rebuild it")
-    if meta.tensorrt_version.split(".")[:2] != tensorrt_version.split(".")[:2]:
+    # An engine runs only on the TensorRT release that built it (engines built version-compatible
+    # aside, which these are not); a fourth component is the build number (JetPack's 10.3.0.30).
+    if meta.tensorrt_version.split(".")[:3] != tensorrt_version.split(".")[:3]:
         raise EngineError(f"{path}: built with TensorRT {meta.tensorrt_version}, this is {tensorrt_version}; engines "
                           "are not portable across TensorRT versions, rebuild on this device")
     if tuple(meta.compute_capability) != tuple(compute_capability):

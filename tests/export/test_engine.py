@@ -122,9 +122,11 @@ def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
         assert flags == ["--skipInference", "--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
 
 
-def test_the_trtexec_script_refuses_another_tensorrt_major(nano_artifacts, tmp_path):
+def test_the_trtexec_script_checks_the_major_and_writes_engines_json(nano_artifacts, tmp_path):
     """The script reads trtexec's banner ("[TensorRT v110400]") and runs only under the major it was
-    planned for; a stand-in trtexec on PATH prints the banner and records each build's arguments."""
+    planned for, then writes engines.json from what trtexec reported, which the runner's checks
+    accept. A stand-in trtexec on PATH prints the banner and the device information as trtexec
+    does, records each build's arguments and writes the --saveEngine file."""
     out = tmp_path / "thor"
     result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
                                              "--out", str(out), "--trtexec-script"])
@@ -132,8 +134,13 @@ def test_the_trtexec_script_refuses_another_tensorrt_major(nano_artifacts, tmp_p
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     for banner, code in (("v100300", 1), ("v110400", 0)):
-        (bin_dir / "trtexec").write_text(f'#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec"\n'
-                                         f'[ "$1" = --help ] || echo "$@" >> {calls}\n')
+        (bin_dir / "trtexec").write_text(
+            f'#!/bin/sh\necho "&&&& RUNNING TensorRT.trtexec [TensorRT {banner}] # trtexec"\n'
+            '[ "$1" = --help ] && exit 0\n'
+            f'echo "$@" >> {calls}\n'
+            'echo "=== Device Information ==="\necho "[I] Selected Device: NVIDIA Thor"\n'
+            'echo "[I] Compute Capability: 11.0"\n'
+            'for a in "$@"; do case "$a" in --saveEngine=*) echo "engine for $a" > "${a#--saveEngine=}";; esac; done\n')
         (bin_dir / "trtexec").chmod(0o755)
         run = subprocess.run(["sh", str(out / "build_engines.sh"), str(nano_artifacts), str(tmp_path / "engines")],
                              capture_output=True, text=True, env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
@@ -142,6 +149,15 @@ def test_the_trtexec_script_refuses_another_tensorrt_major(nano_artifacts, tmp_p
             assert "for TensorRT 11.x" in run.stderr and not calls.exists()
     builds = calls.read_text().splitlines()
     assert len(builds) == 3 and all("--skipInference" in b and "--stronglyTyped" in b for b in builds)
+    engines = tmp_path / "engines"
+    metas = load_meta(engines)
+    assert [m.graph for m in metas] == [mf.ENCODER, mf.PROJECTOR, mf.DECODER]
+    manifest = mf.load_manifest(nano_artifacts)
+    for meta in metas:
+        assert meta.tensorrt_version == "11.4.0" and meta.compute_capability == [11, 0] and len(meta.profiles) == 1
+        check_engine(meta, engines, "11.4.0", (11, 0), manifest)
+    with pytest.raises(EngineError, match="compute capability"):
+        check_engine(metas[0], engines, "11.4.0", (8, 7), manifest)
 
 
 def test_a_plan_for_another_tensorrt_major_is_refused_at_build():
@@ -249,9 +265,10 @@ def test_engine_metadata_round_trip_and_mismatches(nano_artifacts, tmp_path):
     write_meta(tmp_path, [meta], plan)
     [loaded] = load_meta(tmp_path)
     assert loaded == meta
-    check_engine(loaded, tmp_path, "10.3.1", (8, 7), manifest)  # patch releases are compatible
-    with pytest.raises(EngineError, match="not portable across TensorRT versions"):
-        check_engine(loaded, tmp_path, "10.7.0", (8, 7), manifest)
+    check_engine(loaded, tmp_path, "10.3.0.30", (8, 7), manifest)  # JetPack's build number: the same release
+    for other in ("10.3.1", "10.7.0"):  # an engine runs on the release that built it only
+        with pytest.raises(EngineError, match="not portable across TensorRT versions"):
+            check_engine(loaded, tmp_path, other, (8, 7), manifest)
     with pytest.raises(EngineError, match="compute capability"):
         check_engine(loaded, tmp_path, "10.3.0", (8, 9), manifest)
     with pytest.raises(EngineError, match="another decoder graph"):
