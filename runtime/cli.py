@@ -106,6 +106,10 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
                                            threads=threads, thread_pool="shared", verify_hashes=not no_verify,
                                            warmup=warmup, engines=engines, draft=draft, draft_tokens=draft_tokens,
                                            prefill_session=prefill_session)
+        if pipeline.max_batch is not None and batch_size > pipeline.max_batch:
+            click.echo(f"--batch-size {batch_size} capped to {pipeline.max_batch}: the engines were built with "
+                       f"--max-batch {pipeline.max_batch}", err=True)
+            batch_size = pipeline.max_batch
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress)

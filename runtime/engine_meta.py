@@ -43,6 +43,18 @@ def load_meta(directory: Path) -> list[EngineMeta]:
     return [EngineMeta(**m) for m in data["engines"]]
 
 
+def engine_max_batch(directory: Path) -> int:
+    """The most samples the decoder engine's every optimization profile takes (``inputs_embeds``' first
+    axis): the batch the runtime must not exceed."""
+    decoder = next((m for m in load_meta(directory) if m.graph == mf.DECODER), None)
+    if decoder is None:
+        raise EngineError(f"{directory}: {META_FILE} lists no decoder engine; rebuild with eov-export engine")
+    sizes = [p["shapes"][mf.INPUTS_EMBEDS]["max"][0] for p in decoder.profiles if mf.INPUTS_EMBEDS in p["shapes"]]
+    if not sizes:
+        raise EngineError(f"{directory}: the decoder engine's profiles do not name {mf.INPUTS_EMBEDS}; rebuild it")
+    return int(min(sizes))
+
+
 def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compute_capability: tuple[int, int],
                  manifest: mf.Manifest | None = None) -> None:
     """Refuse an engine that this TensorRT or GPU cannot run, or that was built from other ONNX."""

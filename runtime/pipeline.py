@@ -103,6 +103,9 @@ class Pipeline:
         self.timings: dict[str, float] = {"read": 0.0, "encode": 0.0, "generate": 0.0}
         # which session runs prompts where the runtime measured it (choose_prompt_session), else None
         self.prompt_session: dict | None = None
+        # most samples one decoder call takes (TensorRT: the engines' profiles), None: any; larger
+        # batches run in pieces of this size
+        self.max_batch: int | None = None
 
     @classmethod
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
@@ -146,6 +149,10 @@ class Pipeline:
             runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
                                            config_entries=prefill_config, **options)
         pipeline = cls(directory, manifest, runners)
+        if backend == "tensorrt":
+            from eov_edge.runtime.engine_meta import engine_max_batch
+
+            pipeline.max_batch = engine_max_batch(engines)
         if PREFILL in runners and prefill_session is None and \
                 manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
             pipeline.choose_prompt_session()
@@ -296,8 +303,14 @@ class Pipeline:
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
                        task: str | None = None) -> list[Answer]:
         generation = generation or GenerationConfig()
-        ids, probs = self.generate_ids(self.batch(samples, generation.max_new_tokens), generation)
-        return [self._answer(sample, row_ids, row_probs, task) for sample, row_ids, row_probs in zip(samples, ids, probs)]
+        size = self.max_batch or len(samples) or 1
+        answers = []
+        for start in range(0, len(samples), size):  # pieces the engines' profiles take
+            piece = samples[start:start + size]
+            ids, probs = self.generate_ids(self.batch(piece, generation.max_new_tokens), generation)
+            answers += [self._answer(sample, row_ids, row_probs, task)
+                        for sample, row_ids, row_probs in zip(piece, ids, probs)]
+        return answers
 
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
                generation: GenerationConfig | None = None) -> Iterator[str]:

@@ -27,7 +27,7 @@ from eov_edge.export.engine_plan import (
     trtexec_single_profile,
 )
 from eov_edge.export.tensorrt_build import check_tensorrt_major, convert_to_fp16, write_meta
-from eov_edge.runtime.engine_meta import EngineMeta, check_engine, load_meta
+from eov_edge.runtime.engine_meta import EngineMeta, check_engine, engine_max_batch, load_meta
 
 pytestmark = pytest.mark.slow
 
@@ -158,6 +158,7 @@ def test_the_trtexec_script_checks_the_major_and_writes_engines_json(nano_artifa
         check_engine(meta, engines, "11.4.0", (11, 0), manifest)
     with pytest.raises(EngineError, match="compute capability"):
         check_engine(metas[0], engines, "11.4.0", (8, 7), manifest)
+    assert engine_max_batch(engines) == 1  # the plan's --max-batch: eov-run caps its batches to it
 
 
 def test_a_plan_for_another_tensorrt_major_is_refused_at_build():

@@ -105,6 +105,23 @@ def test_stream_batch_and_single_answers_agree(pipeline, calib_samples):
         assert len(alone.token_probs) == len(alone.token_ids) and alone.task == "caption"
 
 
+def test_a_batch_over_the_engines_limit_runs_in_pieces(pipeline, calib_samples):
+    """TensorRT engines take at most their profiles' batch: larger batches run in pieces, with the
+    answers of one call (the limit set by hand here, as engines.json sets it on the device)."""
+    singles = [s for s in calib_samples.values() if len(s.views) == 1][:3]
+    views = [s.read(size=pipeline.spec.image_size)[0] for s in singles]
+    generation = GenerationConfig(max_new_tokens=16)
+    whole = pipeline.answer_each(views, task="classification", generation=generation)
+    calls = len(pipeline.runners[mf.ENCODER].timings)
+    pipeline.max_batch = 2
+    try:
+        pieces = pipeline.answer_each(views, task="classification", generation=generation)
+    finally:
+        pipeline.max_batch = None
+    assert [a.token_ids for a in pieces] == [a.token_ids for a in whole]
+    assert len(pipeline.runners[mf.ENCODER].timings) - calls == 2  # two pieces: 2 + 1 samples
+
+
 def test_multi_view_sample_and_stats(pipeline, calib_samples):
     sample = calib_samples["ssl4eo_s2a_0000200"]  # two dates of one Sentinel-2 place
     views = sample.read(size=pipeline.spec.image_size)
