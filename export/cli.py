@@ -46,7 +46,7 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
               help="FP32 artifacts, or trt-int8 / trt-fp8 / w4a16 quantized ones")
 @click.option("--device", type=click.Choice(["orin-nano", "orin-nx", "agx-orin", "thor", "l4", "l40s", "h100"]),
               required=True)
-@click.option("--precision", type=click.Choice(["auto", "fp16", "int8", "fp8", "w4a16"]), default="auto",
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "int8", "fp8", "w4a16"]), default="auto",
               show_default=True, help="auto: what the artifacts carry (FP32 -> fp16)")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="engine folder to create")
 @click.option("--max-batch", type=int, default=1, show_default=True)

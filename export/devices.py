@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import EngineError
 
-PRECISIONS = ("auto", "fp16", "int8", "fp8", "w4a16")
+PRECISIONS = ("auto", "fp32", "fp16", "int8", "fp8", "w4a16")
 # quantization recipe whose artifacts carry each precision's Q/DQ (eov-export quantize)
 RECIPE_FOR = {"int8": "trt-int8", "fp8": "trt-fp8", "w4a16": "w4a16"}
 
@@ -48,6 +48,16 @@ DEVICES: dict[str, DevicePreset] = {d.name: d for d in (
 )}
 
 
+def device_for_compute_capability(compute_capability: tuple[int, int]) -> DevicePreset:
+    """The first preset of this GPU's compute capability (Orin Nano/NX/AGX share 8.7: the smallest
+    memory, the safest plan)."""
+    for device in DEVICES.values():
+        if device.compute_capability == tuple(compute_capability):
+            return device
+    raise EngineError(f"no device preset for compute capability {tuple(compute_capability)}; choose one of "
+                      f"{', '.join(DEVICES)} with --device")
+
+
 def get_device(name: str) -> DevicePreset:
     if name not in DEVICES:
         raise EngineError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
@@ -57,6 +67,7 @@ def get_device(name: str) -> DevicePreset:
 def resolve_precision(device: DevicePreset, requested: str, manifest: mf.Manifest) -> dict[str, str]:
     """Precision per graph for ``requested`` on ``device`` with these artifacts, or EngineError.
 
+    fp32: FP32 artifacts built in FP32 with TF32 off (the reference engine: tokens as ONNX Runtime's).
     fp16: FP32 artifacts built in FP16. int8 / fp8 / w4a16: the artifacts must come from the
     matching ``eov-export quantize`` recipe (explicit Q/DQ; TensorRT takes the precision from it).
     auto: what the artifacts carry; FP32 artifacts -> FP16.
@@ -75,10 +86,10 @@ def resolve_precision(device: DevicePreset, requested: str, manifest: mf.Manifes
             f"{device.compute_capability[0]}.{device.compute_capability[1]} (no FP8 tensor cores). Use "
             "--precision int8 (eov-export quantize --recipe trt-int8) or w4a16 on this device"
         )
-    if requested == "fp16":
+    if requested in ("fp32", "fp16"):
         if recipe is not None:
-            raise EngineError(f"--precision fp16 builds from FP32 artifacts; these were quantized with {recipe!r}")
-        return {g: "fp16" for g in (mf.ENCODER, mf.PROJECTOR, mf.DECODER)}
+            raise EngineError(f"--precision {requested} builds from FP32 artifacts; these were quantized with {recipe!r}")
+        return {g: requested for g in (mf.ENCODER, mf.PROJECTOR, mf.DECODER)}
     wanted = RECIPE_FOR[requested]
     if recipe != wanted:
         raise EngineError(

@@ -266,6 +266,8 @@ def precision_flags(plan: EnginePlan, graph: GraphEnginePlan) -> list[str]:
     """trtexec precision flags. TensorRT 11: strongly typed always, precision comes from the ONNX
     (Q/DQ, and FP16 graphs converted before the build). 10.x: weakly typed with --fp16, so the layers
     between Q/DQ pairs may run in FP16, plus the flag of the quantized type (--int8, --fp8, --int4)."""
+    if graph.precision == "fp32":  # the reference engine: no FP16, and TF32 off
+        return ["--stronglyTyped", "--noTF32"] if plan.strongly_typed else ["--noTF32"]
     if plan.strongly_typed:
         return ["--stronglyTyped"]
     flags = ["--fp16"]

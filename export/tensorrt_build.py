@@ -140,7 +140,9 @@ def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, o
         raise EngineError(f"TensorRT cannot parse {graph.onnx_file}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
-    if not strongly_typed:  # TensorRT 10.x: precision from builder flags around the Q/DQ nodes
+    if graph.precision == "fp32":  # the reference engine: FP32 MatMuls, not TF32's 10-bit mantissa
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif not strongly_typed:  # TensorRT 10.x: precision from builder flags around the Q/DQ nodes
         config.set_flag(trt.BuilderFlag.FP16)  # gone in TensorRT 11 (tests/export/test_tensorrt_api.py)
         if graph.precision == "int8":
             config.set_flag(trt.BuilderFlag.INT8)

@@ -17,12 +17,13 @@ from click.testing import CliRunner
 from eov_edge.cli import export_main as export_cli
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import EngineError
-from eov_edge.export.devices import DEVICES, get_device, resolve_precision
+from eov_edge.export.devices import DEVICES, device_for_compute_capability, get_device, resolve_precision
 from eov_edge.export.engine_plan import (
     EnginePlan,
     ShapeRange,
     check_profiles_against_graph,
     make_plan,
+    precision_flags,
     trtexec_commands,
     trtexec_single_profile,
 )
@@ -50,6 +51,13 @@ def test_presets_know_compute_capability_memory_and_fp8():
         get_device("tx2")
 
 
+def test_the_device_preset_follows_the_gpus_compute_capability():
+    assert device_for_compute_capability((8, 7)).name == "orin-nano"  # the smallest of the 8.7 family
+    assert device_for_compute_capability((11, 0)).name == "thor"
+    with pytest.raises(EngineError, match="no device preset"):
+        device_for_compute_capability((7, 5))
+
+
 def test_precision_policy(nano_artifacts, tmp_path):
     fp32 = mf.load_manifest(nano_artifacts)
     orin, h100 = get_device("agx-orin"), get_device("h100")
@@ -64,6 +72,15 @@ def test_precision_policy(nano_artifacts, tmp_path):
         resolve_precision(h100, "fp8", int8)
     with pytest.raises(EngineError, match="builds from FP32"):
         resolve_precision(orin, "fp16", int8)
+    # fp32: the reference engine the device's token test compares with ONNX Runtime (TF32 off)
+    assert set(resolve_precision(orin, "fp32", fp32).values()) == {"fp32"}
+    with pytest.raises(EngineError, match="builds from FP32"):
+        resolve_precision(orin, "fp32", int8)
+    for device in ("agx-orin", "thor"):
+        plan = make_plan(nano_artifacts, get_device(device), "fp32")
+        for graph in plan.graphs:
+            flags = precision_flags(plan, graph)
+            assert "--noTF32" in flags and "--fp16" not in flags
     w4 = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "w4a16", graphs=("decoder",)))
     assert resolve_precision(orin, "auto", w4) == {"encoder": "fp16", "projector": "fp16", "decoder": "w4a16"}
     cpu = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "ort-cpu-int8"))
@@ -295,12 +312,32 @@ def _has_tensorrt_and_gpu() -> bool:
 @pytest.mark.skipif(not _has_tensorrt_and_gpu(), reason="needs TensorRT, cuda-python and an NVIDIA GPU "
                     "(TensorRT does not install on our CPU machines); run on the device")
 def test_tensorrt_engines_match_onnx_runtime_tokens(nano_artifacts, tmp_path, calib_samples):
+    """On the device: an FP32 engine (TF32 off) gives ONNX Runtime's tokens on every calib sample;
+    FP16 engines answer the same on at least 8 of 10. FP16 moves the decoder's logits by ~1e-3
+    relative, so a different token needs a near tie between the top two, which a few answers of a
+    7.8 M model trained on a CPU do sit on; more than two would be a defect, not rounding."""
+    from cuda.bindings import runtime as cudart
+
+    from eov_edge.export.devices import device_for_compute_capability
     from eov_edge.export.engine import build_engine_folder
+    from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
     from tests.runtime.parity import assert_same_tokens
 
-    engines = tmp_path / "engines"
-    build_engine_folder(nano_artifacts, "h100", "fp16", engines)
-    with Pipeline.from_artifacts(nano_artifacts, backend="tensorrt", engines=engines) as trt_pipe, \
-            Pipeline.from_artifacts(nano_artifacts) as ort_pipe:
-        assert_same_tokens(trt_pipe, ort_pipe, calib_samples)
+    err, props = cudart.cudaGetDeviceProperties(0)
+    assert int(err) == 0
+    device = device_for_compute_capability((props.major, props.minor)).name  # the GPU here, not a preset
+    build_engine_folder(nano_artifacts, device, "fp32", tmp_path / "fp32")
+    build_engine_folder(nano_artifacts, device, "fp16", tmp_path / "fp16")
+    with Pipeline.from_artifacts(nano_artifacts, backend="tensorrt", engines=tmp_path / "fp32") as fp32, \
+            Pipeline.from_artifacts(nano_artifacts, backend="tensorrt", engines=tmp_path / "fp16") as fp16, \
+            Pipeline.from_artifacts(nano_artifacts) as reference:
+        assert_same_tokens(fp32, reference, calib_samples)
+        generation = GenerationConfig(max_new_tokens=24)
+        same = 0
+        for sample in calib_samples.values():
+            views = sample.read(size=reference.spec.image_size)
+            [a] = fp16.answer(views, task=sample.task or "caption", generation=generation)
+            [b] = reference.answer(views, task=sample.task or "caption", generation=generation)
+            same += a.token_ids == b.token_ids
+        assert same >= len(calib_samples) - 2, f"FP16 engines answered {same} of {len(calib_samples)} alike"
