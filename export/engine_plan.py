@@ -199,19 +199,27 @@ def make_plan(artifacts: Path, device: DevicePreset, precision: str = "auto", ma
         check_profiles_against_graph(entry, profiles[name], name)
         graphs.append(GraphEnginePlan(name, entry.file, entry.sha256, f"{name}.engine", precisions[name],
                                       profiles[name], source_sha256=entry.sha256))
-    # Memory: weights (FP32 files halve in FP16; quantized files already hold their weights),
-    # the KV cache at its largest (FP16, past + present buffers), and the builder workspace.
+    # Memory: weights (FP32 files halve in FP16; quantized files already hold their weights), the KV
+    # cache at its largest in the dtype the runtime feeds it (FP32: the graphs keep FP32 I/O; past +
+    # present buffers), the decoder's largest activations (a full-length prompt: its hidden, MLP and
+    # attention-score tensors), and the builder workspace.
     weights = sum(_graph_bytes(artifacts, manifest.graphs[g.graph]) / (2 if g.precision == "fp16" else 1)
                   for g in graphs)
-    kv = 2 * 2 * manifest.num_layers * max_batch * manifest.num_kv_heads * (max_kv + 1) * manifest.head_dim * 2
+    kv = 2 * 2 * manifest.num_layers * max_batch * manifest.num_kv_heads * (max_kv + 1) * manifest.head_dim * 4
+    text = manifest.model_config.get("text_config", {})
+    hidden, mlp = text.get("hidden_size", 0), text.get("intermediate_size", 0)
+    heads = text.get("num_attention_heads", manifest.num_kv_heads)
+    activations = 4 * max_batch * max_seq * (4 * hidden + 2 * mlp + heads * (max_kv + max_seq))
     memory = {"weights_mb": round(weights / 2**20, 1), "kv_cache_mb": round(kv / 2**20, 1),
-              "workspace_mb": workspace_mb, "device_budget_mb": int(device.memory_gb * 1024)}
-    memory["total_mb"] = round(memory["weights_mb"] + memory["kv_cache_mb"] + workspace_mb, 1)
+              "activations_mb": round(activations / 2**20, 1), "workspace_mb": workspace_mb,
+              "device_budget_mb": int(device.memory_gb * 1024)}
+    memory["total_mb"] = round(memory["weights_mb"] + memory["kv_cache_mb"] + memory["activations_mb"]
+                               + workspace_mb, 1)
     if memory["total_mb"] > memory["device_budget_mb"]:
         raise EngineError(
             f"{device.name}: about {memory['total_mb']:.0f} MiB needed (weights {memory['weights_mb']:.0f}, KV cache "
-            f"{memory['kv_cache_mb']:.0f}, workspace {workspace_mb}) but about {memory['device_budget_mb']} MiB are "
-            "usable; quantize (w4a16 / int8), lower --max-kv / --max-batch, or use a larger device"
+            f"{memory['kv_cache_mb']:.0f}, activations {memory['activations_mb']:.0f}, workspace {workspace_mb}) but about {memory['device_budget_mb']} MiB are "
+            "usable; quantize (w4a16 / int8), lower --max-seq / --max-kv / --max-batch, or use a larger device"
         )
     return EnginePlan(device.name, list(device.compute_capability), device.tensorrt, precisions[mf.DECODER],
                       max_batch, max_views, max_seq, max_kv, workspace_mb, "timing.cache", graphs, memory)

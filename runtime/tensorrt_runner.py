@@ -61,10 +61,28 @@ class TensorRTRunner(Runner):
         self.engine = self._runtime.deserialize_cuda_engine((self.engine_dir / meta.engine_file).read_bytes())
         if self.engine is None:
             raise RunnerError(f"{meta.engine_file}: TensorRT could not deserialize the engine; rebuild it")
+        self._check_io(trt, meta.engine_file)
         self.context = self.engine.create_execution_context()
         self.profile_names = [p["name"] for p in meta.profiles]
         self.stream = _cuda_check(cudart.cudaStreamCreate())
         self._current_profile = None
+
+    def _check_io(self, trt, engine_file: str) -> None:
+        """The engine's inputs, outputs and their dtypes are the manifest's graph's: else a feed would
+        fail deep inside TensorRT, or worse, run on the wrong buffers."""
+        engine = self.engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = {n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+        outputs = set(names) - inputs
+        if inputs != set(self.input_names) or outputs != set(self.output_names):
+            raise RunnerError(f"{engine_file}: engine inputs {sorted(inputs)} and outputs {sorted(outputs)}, the "
+                              f"artifacts' {self.name} graph has {self.input_names} and {self.output_names}; "
+                              "rebuild the engines from these artifacts")
+        for spec in [*self.entry.inputs, *self.entry.outputs]:
+            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(spec.name))).name
+            if dtype != spec.dtype:
+                raise RunnerError(f"{engine_file}: {spec.name} is {dtype} in the engine, {spec.dtype} in the "
+                                  "artifacts; rebuild the engines from these artifacts")
 
     def _profile_for(self, feed: dict[str, np.ndarray]) -> int:
         if len(self.profile_names) == 1:

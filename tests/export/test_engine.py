@@ -111,6 +111,18 @@ def test_plan_profiles_follow_the_graphs_and_the_runtime_cache(nano_artifacts):
         check_profiles_against_graph(manifest.graphs[mf.DECODER], decoder.profiles, mf.DECODER)
 
 
+def test_the_memory_plan_prices_the_kv_cache_as_it_runs_and_the_activations(nano_artifacts):
+    m = mf.load_manifest(nano_artifacts)
+    one = make_plan(nano_artifacts, get_device("agx-orin"), max_batch=1).memory_mb
+    two = make_plan(nano_artifacts, get_device("agx-orin"), max_batch=2).memory_mb
+    max_kv = m.max_context - 1
+    fp32_cache = 2 * 2 * m.num_layers * m.num_kv_heads * (max_kv + 1) * m.head_dim * 4  # past + present, FP32
+    assert one["kv_cache_mb"] == round(fp32_cache / 2**20, 1) and two["kv_cache_mb"] == round(2 * fp32_cache / 2**20, 1)
+    assert 0 < one["activations_mb"] and two["activations_mb"] == pytest.approx(2 * one["activations_mb"], abs=0.1)
+    parts = one["weights_mb"] + one["kv_cache_mb"] + one["activations_mb"] + one["workspace_mb"]
+    assert one["total_mb"] == pytest.approx(parts, abs=0.2)
+
+
 def test_plan_refusals(nano_artifacts):
     context = mf.load_manifest(nano_artifacts).max_context
     with pytest.raises(EngineError, match="exceed the model's context"):
