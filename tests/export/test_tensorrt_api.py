@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.export.tensorrt_double import registered
+
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = Path(__file__).resolve().parent / "tensorrt_api"
 SOURCES = ("export/tensorrt_build.py", "runtime/tensorrt_runner.py")
 TENSORRT = {"10": "tensorrt-cu12-bindings-10.3.0", "11": "tensorrt-cu12-bindings-11.4.0.106"}
 CUDA = "cuda-bindings-12.8.0"
@@ -62,12 +63,6 @@ def used_names() -> tuple[dict[str, list[ast.Attribute]], dict[str, list[ast.Att
         for node in ast.walk(tree):
             node.parent = parents.get(node)  # for the branch check
     return tensorrt, cuda
-
-
-def registered(list_name: str) -> set[str]:
-    """Every name of the list and every tail of one (the linker stores "INT8" inside "UINT8")."""
-    names = (NAMES / f"{list_name}.txt").read_text().split()
-    return {name[i:] for name in names for i in range(len(name))}
 
 
 @pytest.fixture(scope="module")
