@@ -80,6 +80,8 @@ def _print_answer(label: str, answer) -> None:
                    "a second copy of the 4-bit decoder weights) / in the decode session. Default: as the manifest "
                    "says; where the gate accepted both, the faster one measured at start-up")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
+@click.option("--geojson-crs", type=click.Choice(["wgs84", "native"]), default="wgs84", show_default=True,
+              help="wgs84: RFC 7946 longitude/latitude; native: the raster's CRS with a crs member (GIS work)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")
 @click.option("--warmup", is_flag=True, help="run each graph once before timing")
@@ -87,7 +89,7 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
 def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
          do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, prefill_session,
-         geojson, as_json, stream, warmup, no_verify, progress) -> None:
+         geojson, geojson_crs, as_json, stream, warmup, no_verify, progress) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
@@ -112,10 +114,10 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
             batch_size = pipeline.max_batch
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
-                                 band_set, nodata, generation, geojson, as_json, progress)
+                                 band_set, nodata, generation, geojson, as_json, progress, geojson_crs=geojson_crs)
         else:
             report = _run_images(pipeline, images, task_name, prompt, band_set, nodata, multiview, generation,
-                                 geojson, as_json, stream)
+                                 geojson, as_json, stream, geojson_crs=geojson_crs)
         report["stats"] = {**pipeline.stats(), "wall_s": round(time.perf_counter() - started, 3)}
     except (EOVError, ValueError) as err:
         raise click.ClickException(str(err)) from None
@@ -128,7 +130,7 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
 
 
 def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,
-                stream) -> dict:
+                stream, geojson_crs: str = "wgs84") -> dict:
     from eov_edge.runtime.geo import feature_collection, write_json_atomic
 
     views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata) for image in images]
@@ -149,7 +151,8 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
     if geojson:
         detections = [d for a in answers for d in a.detections]
         crs = views[0].crs if all(v.crs == views[0].crs for v in views) else None
-        write_json_atomic(geojson, feature_collection(detections, crs, {"task": task, "images": list(images)}))
+        write_json_atomic(geojson, feature_collection(detections, crs, {"task": task, "images": list(images)},
+                                                      output_crs=geojson_crs))
     if not as_json:
         for label, answer in zip(labels, answers):
             _print_answer(label, answer)
@@ -157,7 +160,7 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
 
 
 def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
-                as_json, progress) -> dict:
+                as_json, progress, geojson_crs: str = "wgs84") -> dict:
     from eov_edge.core.raster import raster_grid
     from eov_edge.runtime.geo import write_json_atomic
     from eov_edge.runtime.scene import plan_tiles, run_scene
@@ -175,7 +178,7 @@ def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_
             result = run_scene(pipeline, paths, task, prompt, tile, overlap, batch_size, band_set, nodata,
                                generation, progress=bar.update)
         if geojson:
-            write_json_atomic(geojson, result.geojson())
+            write_json_atomic(geojson, result.geojson(geojson_crs))
         for error in result.errors:
             click.echo(f"tile {error.tile} at {error.window} skipped: {error.message}", err=True)
         if not as_json:

@@ -2,9 +2,11 @@
 
 A shape's location bins are relative to the canvas the model saw; :meth:`View.canvas_to_source`
 takes them to pixels of the whole source raster (tiles included) and :meth:`View.pixel_to_map` to
-the raster's CRS. GeoJSON is written in that CRS, named in the (2008-style) ``crs`` member, because
-reprojecting to WGS 84 would move boxes off the pixel grid they were found on; tools such as QGIS
-and GDAL read the member.
+the raster's CRS. GeoJSON follows RFC 7946 by default: WGS 84 longitude/latitude (every vertex
+reprojected through the raster's full geotransform and CRS, so a box becomes the quadrilateral it
+covers on the ground), exterior rings counterclockwise, 7 decimals (~1 cm), no ``crs`` member: what
+web maps and most tools assume. ``output_crs="native"`` keeps the raster's CRS, named in the
+(2008-style) ``crs`` member that QGIS and GDAL read, for GIS work on the pixel grid.
 """
 
 from __future__ import annotations
@@ -121,10 +123,42 @@ def crs_member(wkt: str | None) -> dict | None:
     return {"type": "name", "properties": {"name": name}}
 
 
+OUTPUT_CRS = ("wgs84", "native")
+WGS84_DECIMALS = 7
+
+
+def _counterclockwise(ring: list[list[float]]) -> list[list[float]]:
+    """RFC 7946's right-hand rule for an exterior ring (closed): counterclockwise, by its signed area."""
+    area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(ring, ring[1:]))
+    return ring if area >= 0 else ring[::-1]
+
+
+def to_wgs84(geometry: dict, crs_wkt: str) -> dict:
+    """A Point or Polygon geometry from ``crs_wkt`` to WGS 84 longitude/latitude (RFC 7946)."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    rings = [geometry["coordinates"]] if geometry["type"] == "Point" else geometry["coordinates"]
+    points = [p for ring in rings for p in ([ring] if geometry["type"] == "Point" else ring)]
+    lons, lats = transform(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), [p[0] for p in points], [p[1] for p in points])
+    moved = [[round(lon, WGS84_DECIMALS), round(lat, WGS84_DECIMALS)] for lon, lat in zip(lons, lats)]
+    if geometry["type"] == "Point":
+        return {"type": "Point", "coordinates": moved[0]}
+    out, start = [], 0
+    for ring in geometry["coordinates"]:
+        out.append(moved[start:start + len(ring)])
+        start += len(ring)
+    return {"type": "Polygon", "coordinates": [_counterclockwise(out[0]), *out[1:]]}
+
+
 def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, properties: dict | None = None,
-                       extra_features: Sequence[dict] = ()) -> dict:
-    """A FeatureCollection in map coordinates (georeferenced input) or source pixels (otherwise;
-    then ``properties.coordinates`` says "pixel" and y grows downwards)."""
+                       extra_features: Sequence[dict] = (), output_crs: str = "wgs84") -> dict:
+    """A FeatureCollection of georeferenced detections in WGS 84 (RFC 7946; ``output_crs="native"``:
+    the raster's CRS with a ``crs`` member), or in source pixels where the input has no CRS (then
+    ``properties.coordinates`` says "pixel" and y grows downwards). ``extra_features`` are in the
+    raster's CRS (or pixels) and move with the detections."""
+    if output_crs not in OUTPUT_CRS:
+        raise ValueError(f"output_crs must be one of {OUTPUT_CRS}, not {output_crs!r}")
     georeferenced = crs_wkt is not None and all(d.map_points is not None for d in detections)
     features = []
     for d in detections:
@@ -135,10 +169,15 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
             "properties": {"class": d.label, "score": round(d.score, 6), "shape": d.kind, "view": d.view,
                            "source": d.source, "pixel_box": [round(v, 2) for v in d.pixel_box], **d.extra},
         })
-    collection = {"type": "FeatureCollection", "features": features + list(extra_features),
-                  "properties": {"coordinates": "map" if georeferenced else "pixel", **(properties or {})}}
-    crs = crs_member(crs_wkt) if georeferenced else None
-    if crs:
-        collection["crs"] = crs
+    features += list(extra_features)
+    if georeferenced and output_crs == "wgs84":
+        features = [{**f, "geometry": to_wgs84(f["geometry"], crs_wkt)} for f in features]
+        coordinates = "wgs84"
+    else:
+        coordinates = "map" if georeferenced else "pixel"
+    collection = {"type": "FeatureCollection", "features": features,
+                  "properties": {"coordinates": coordinates, **(properties or {})}}
+    if georeferenced and output_crs == "native":
+        collection["crs"] = crs_member(crs_wkt)
     return collection
 

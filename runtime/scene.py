@@ -86,14 +86,14 @@ class SceneResult:
     peak_rss_mb: float = 0.0
     raw_detections: int = 0  # before NMS
 
-    def geojson(self) -> dict:
+    def geojson(self, output_crs: str = "wgs84") -> dict:
         properties = {
             "source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
             "tiles_failed": [e.__dict__ for e in self.errors], "partial": self.interrupted,
             "detections_before_nms": self.raw_detections,
         }
         footprints = [_tile_feature(a, self.grid) for a in self.tile_answers]
-        return feature_collection(self.detections, self.grid.crs, properties, footprints)
+        return feature_collection(self.detections, self.grid.crs, properties, footprints, output_crs)
 
     def summary(self) -> dict:
         return {"source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,

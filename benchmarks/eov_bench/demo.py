@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
                           band_set=landsat.band_set, generation=generation)
         write_json_atomic(out / "scene.geojson", scene.geojson())
         print(f"  scene {landsat.views[0][0].name}: {scene.tiles} tiles, {len(scene.detections)} detection(s) "
-              f"-> {out / 'scene.geojson'} (CRS recorded)")
+              f"-> {out / 'scene.geojson'} (WGS 84, RFC 7946)")
 
     step("benchmark PyTorch eager vs the FP32 and INT8 runtime (same inputs, same run)")
     bench = run_bench("nano", 1, out / "bench", repeats=args.repeats, max_new=args.max_new_tokens,

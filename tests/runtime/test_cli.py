@@ -48,7 +48,11 @@ def test_detection_geojson_for_a_georeferenced_image(nano_artifacts, shared_data
     result = run("--artifacts", nano_artifacts, image, "--task", "detect", "--geojson", out)
     assert result.exit_code == 0, result.output
     collection = json.loads(out.read_text())
-    assert collection["type"] == "FeatureCollection" and collection["crs"]["properties"]["name"].endswith("32618")
+    assert collection["type"] == "FeatureCollection" and "crs" not in collection  # RFC 7946: WGS 84
+    native = tmp_path / "native.geojson"
+    result = run("--artifacts", nano_artifacts, image, "--task", "detect", "--geojson", native, "--geojson-crs", "native")
+    assert result.exit_code == 0, result.output
+    assert json.loads(native.read_text())["crs"]["properties"]["name"].endswith("32618")
 
 
 def test_scene_run_with_tiles(nano_artifacts, shared_data, tmp_path):
@@ -62,7 +66,18 @@ def test_scene_run_with_tiles(nano_artifacts, shared_data, tmp_path):
     from eov_edge.runtime.scene import plan_tiles
 
     assert scene["tiles_done"] == scene["tiles"] == len(plan_tiles(718, 791, 384, 64)) == 9
-    assert len(json.loads(out.read_text())["features"]) == scene["detections"] == len(report["detections"])
+    collection = json.loads(out.read_text())
+    assert len(collection["features"]) == scene["detections"] == len(report["detections"])
+    # RFC 7946: WGS 84 longitude/latitude inside the UTM scene's footprint, no crs member
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(image) as ds:
+        west, south, east, north = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    assert "crs" not in collection and collection["properties"]["coordinates"] == "wgs84"
+    points = [p for f in collection["features"] for p in (
+        [f["geometry"]["coordinates"]] if f["geometry"]["type"] == "Point" else f["geometry"]["coordinates"][0])]
+    assert points and all(west <= x <= east and south <= y <= north for x, y in points)
 
 
 @pytest.mark.parametrize("case, message", [

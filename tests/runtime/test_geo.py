@@ -98,12 +98,37 @@ def test_nms_per_class():
     assert [(d.label, d.score) for d in kept] == [("car", 0.9), ("person", 0.3), ("car", 0.2)]
 
 
+def test_geojson_is_rfc_7946_by_default(tokenizer):
+    """WGS 84 longitude/latitude through the raster's CRS, counterclockwise exterior rings, 7 decimals,
+    no crs member; the same box in the native CRS maps to the same place."""
+    from rasterio.warp import transform
+
+    view = tile_view()  # EPSG:32633 (UTM 33N), a 500000 E / 4000000 N origin
+    text = "car <box><loc_0><loc_0><loc_499><loc_499></box>, <pt><loc_10><loc_20></pt>"
+    ids = encode_answer(tokenizer, text)
+    dets = detections_from_answer(slis.parse(text), ids, [0.8] * len(ids), [view], tokenizer)
+    wgs84 = feature_collection(dets, view.crs)
+    native = feature_collection(dets, view.crs, output_crs="native")
+    assert "crs" not in wgs84 and wgs84["properties"]["coordinates"] == "wgs84"
+    ring = wgs84["features"][0]["geometry"]["coordinates"][0]
+    area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(ring, ring[1:]))
+    assert area > 0 and ring[0] == ring[-1]  # counterclockwise, closed
+    xs, ys = zip(*native["features"][0]["geometry"]["coordinates"][0])
+    lons, lats = transform(view.crs, "EPSG:4326", list(xs), list(ys))
+    assert sorted(map(tuple, ring)) == sorted((round(a, 7), round(b, 7)) for a, b in zip(lons, lats))
+    assert all(14.9 < lon < 15.3 and 36.0 < lat < 36.2 for lon, lat in ring)  # UTM 33N near 15 E, 36.1 N
+    lon, lat = wgs84["features"][1]["geometry"]["coordinates"]
+    assert lon == round(lon, 7) and 14.9 < lon < 15.3
+    with pytest.raises(ValueError, match="output_crs"):
+        feature_collection(dets, view.crs, output_crs="epsg:3857")
+
+
 def test_feature_collection_in_map_units_with_crs(tokenizer, tmp_path):
     view = tile_view()
     text = "car <box><loc_0><loc_0><loc_499><loc_499></box>, <pt><loc_10><loc_20></pt>"
     ids = encode_answer(tokenizer, text)
     dets = detections_from_answer(slis.parse(text), ids, [0.8] * len(ids), [view], tokenizer)
-    collection = feature_collection(dets, view.crs, {"task": "detection"})
+    collection = feature_collection(dets, view.crs, {"task": "detection"}, output_crs="native")
     assert collection["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
     assert collection["properties"]["coordinates"] == "map"
     polygon, point = collection["features"]

@@ -51,16 +51,21 @@ def _inside(collection, bounds):
 @pytest.mark.slow
 def test_real_landsat_scene_gives_geojson_inside_the_raster(pipeline, shared_data):
     import rasterio
+    from rasterio.warp import transform_bounds
 
     path = shared_data / "geotiff_samples" / "RGB.byte.tif"  # Landsat-7, EPSG:32618, nodata borders
     result = run_scene(pipeline, str(path), "detection", tile=256, overlap=32, batch_size=4)
-    collection = json.loads(json.dumps(result.geojson()))  # serializable as it is
+    collection = json.loads(json.dumps(result.geojson("native")))  # serializable as it is
     with rasterio.open(path) as ds:
         bounds, epsg = ds.bounds, ds.crs.to_epsg()
+        wgs84_bounds = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
     assert result.tiles_done == result.tiles == len(plan_tiles(718, 791, 256, 32))
     assert collection["type"] == "FeatureCollection"
     assert collection["crs"]["properties"]["name"] == f"urn:ogc:def:crs:EPSG::{epsg}"
     assert _inside(collection, bounds)
+    rfc7946 = result.geojson()  # the default: WGS 84, counterclockwise rings, no crs member
+    assert "crs" not in rfc7946 and _inside(rfc7946, (wgs84_bounds[0], wgs84_bounds[1], wgs84_bounds[2],
+                                                      wgs84_bounds[3]))
     assert all(0 < f["properties"]["score"] <= 1 for f in collection["features"])
     assert result.raw_detections >= len(result.detections)
 
@@ -73,7 +78,7 @@ def test_major_tom_band_files_per_tile_answers(pipeline, shared_data):
     files = band_files_in(cell)  # 12 bands at 10, 20 and 60 m
     result = run_scene(pipeline, files, "classification", tile=512, overlap=0,
                        generation=GenerationConfig(max_new_tokens=8))
-    collection = result.geojson()
+    collection = result.geojson("native")
     grid = raster_grid(files)
     a, _, c, _, e, f = grid.transform
     bounds = (c, f + e * grid.height, c + a * grid.width, f)
