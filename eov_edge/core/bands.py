@@ -190,16 +190,35 @@ def band_name_from_filename(filename: str) -> str | None:
 
 
 def find_band_set(band_names: tuple[str, ...]) -> BandSet:
-    """The band set whose bands are exactly ``band_names`` (in any order), else a clear error."""
+    """The band set whose bands are exactly ``band_names`` (in any order), else the first (in table
+    order) that holds them all: a subset of a sensor's bands fills its slots and the rest of the
+    canvas stays empty, which the model is trained for (:func:`band_subset` takes it). The sets that
+    hold the same named bands map them alike, except Sentinel-2 L2A's processing-baseline offset,
+    which the product name decides (``eov_edge.core.raster``). Else a clear error."""
     wanted = set(band_names)
     for bs in BAND_SETS.values():
         if set(bs.band_names) == wanted:
             return bs
-    subsets = [bs.name for bs in BAND_SETS.values() if wanted < set(bs.band_names)]
-    hint = f" (a subset of {', '.join(subsets)}: pass the missing bands too)" if subsets else ""
+    for bs in BAND_SETS.values():
+        if wanted < set(bs.band_names):
+            return bs
     raise BandMismatchError(
-        f"bands {sorted(wanted)} match no known band set{hint}; known: {', '.join(sorted(BAND_SETS))}"
+        f"bands {sorted(wanted)} match no known band set, nor a part of one; known: {', '.join(sorted(BAND_SETS))}"
     )
+
+
+def band_subset(bs: BandSet, band_names: tuple[str, ...]) -> BandSet:
+    """``bs`` reduced to ``band_names`` (kept in ``bs``'s order); the other bands' slots stay empty
+    on the canvas (``View.present`` says which are filled)."""
+    unknown = sorted(set(band_names) - set(bs.band_names))
+    if unknown:
+        raise BandMismatchError(f"band set {bs.name!r} has no band {unknown}; its bands are {list(bs.band_names)}")
+    if set(band_names) == set(bs.band_names):
+        return bs
+    kept = tuple(b for b in bs.bands if b.name in set(band_names))
+    names = ",".join(b.name for b in kept)
+    return BandSet(f"{bs.name}[{names}]", bs.modality, kept, f"{bs.description}; bands {names} only",
+                   stored_dtype=bs.stored_dtype)
 
 
 def band_sets_with_count(count: int) -> list[BandSet]:

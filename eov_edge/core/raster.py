@@ -21,9 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from eov_edge.core.bands import (
+    BAND_SETS,
     BandSet,
     band_name_from_filename,
     band_sets_with_count,
+    band_subset,
     find_band_set,
     get_band_set,
     greyscale_band_sets,
@@ -192,6 +194,20 @@ def _georef(ds, out_shape: tuple[int, int], window: Window | None = None
     return ds.crs.to_wkt(), tuple(scaled)[:6]
 
 
+def _described_bands(ds, path: str) -> tuple[str, ...] | None:
+    """Band names from the file's band descriptions, when every band's is a band name of the table
+    as spelled there ("B04", "B8A", "VV"; "B4" is Landsat's, not Sentinel-2's B04) and no two name
+    the same band; for a one-band file without one, the band its file name names ("..._B04.tif", as
+    for band files); else None."""
+    known = {name.upper(): name for bs in BAND_SETS.values() for name in bs.band_names}
+    names = tuple(known.get(d.strip().upper()) if d else None for d in ds.descriptions)
+    if ds.count == 1 and names == (None,):
+        names = (band_name_from_filename(Path(path).name),)
+    if not names or None in names or len(set(names)) != len(names):
+        return None
+    return names  # type: ignore[return-value]
+
+
 def _guess_band_set(ds, path: str) -> BandSet:
     # Same band count, different storage: 8-bit RGB vs 8-bit SAR/thermal vs uint16 reflectance.
     byte_data = ds.dtypes[0] == "uint8"
@@ -293,10 +309,17 @@ def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, trans
 
 def _read_multiband(path: str, band_set: str | None, size, nodata, window: Window | None = None) -> View:
     with _open(path) as ds:
-        bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path)
+        described = _described_bands(ds, path)
+        if described and not band_set:  # the file names its bands: any subset of a known sensor's
+            bs = band_subset(_with_processing_baseline(find_band_set(described), [path]), described)
+        else:
+            bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path)
         _check_window(window, ds, path)
         out_shape = _normalize_size(size, _default_shape(ds, window))
-        if ds.count == len(bs.bands):
+        if described and not band_set:  # planes in the band set's order
+            indexes = [described.index(name) + 1 for name in bs.band_names]
+            values, valid = _read_planes(ds, indexes, out_shape, path, window)
+        elif ds.count == len(bs.bands):
             values, valid = _read_planes(ds, list(range(1, ds.count + 1)), out_shape, path, window)
         elif bs.greyscale_as_rgb and len(bs.bands) == 1 and ds.count == 3:
             rgb, valid = _read_planes(ds, [1, 2, 3], out_shape, path, window)
@@ -343,13 +366,8 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata, windo
         names.append(name)
     if len(set(names)) != len(names):
         raise BandMismatchError(f"the same band appears twice among {names}")
-    bs = get_band_set(band_set) if band_set else _with_processing_baseline(find_band_set(tuple(names)), paths)
-    if set(names) != set(bs.band_names):
-        missing = sorted(set(bs.band_names) - set(names))
-        extra = sorted(set(names) - set(bs.band_names))
-        raise BandMismatchError(
-            f"band set {bs.name!r} needs {list(bs.band_names)}; missing {missing}, unexpected {extra}"
-        )
+    full = get_band_set(band_set) if band_set else _with_processing_baseline(find_band_set(tuple(names)), paths)
+    bs = band_subset(full, tuple(names))  # a subset of the sensor's bands: the other slots stay empty
     by_name = dict(zip(names, paths))
     ordered = [by_name[n] for n in bs.band_names]
 

@@ -9,6 +9,7 @@ from eov_edge.core.bands import (
     CANVAS_SLOTS,
     SLOT_INDEX,
     band_name_from_filename,
+    band_subset,
     find_band_set,
     get_band_set,
     to_canvas,
@@ -109,14 +110,26 @@ def test_band_names_from_file_names(filename, band):
     assert band_name_from_filename(filename) == band
 
 
-def test_find_band_set_by_names_and_subset_hint():
+def test_find_band_set_by_names_or_the_first_set_holding_them():
     assert find_band_set(("VH", "VV")).name == "sentinel1_db"
     l2a = BAND_SETS["sentinel2_l2a"].band_names
     assert find_band_set(tuple(reversed(l2a))).name == "sentinel2_l2a"
-    with pytest.raises(BandMismatchError, match="subset of"):
-        find_band_set(("B02", "B03", "B04"))
+    assert find_band_set(("B8A", "B02", "B03", "B04")).name == "sentinel2_l2a"  # a part of it
+    assert find_band_set(("VV",)).name == "sentinel1_db"
     with pytest.raises(BandMismatchError, match="match no known band set"):
-        find_band_set(("B02", "VV"))
+        find_band_set(("B02", "VV"))  # two sensors
+
+
+def test_a_band_subset_fills_its_slots_and_leaves_the_rest_empty():
+    subset = band_subset(BAND_SETS["sentinel2_l2a"], ("B8A", "B02", "B04", "B03"))
+    assert subset.band_names == ("B02", "B03", "B04", "B8A") and subset.name == "sentinel2_l2a[B02,B03,B04,B8A]"
+    values = np.full((4, 2, 2), 1500, np.uint16)
+    canvas, present = to_canvas(values, np.ones((2, 2), bool), subset)
+    filled = {CANVAS_SLOTS[i].name for i in np.flatnonzero(present)}
+    assert filled == {"blue", "green", "red", "nir_narrow"} and not canvas[~present].any()
+    assert band_subset(BAND_SETS["sentinel1_db"], ("VV", "VH")) is BAND_SETS["sentinel1_db"]
+    with pytest.raises(BandMismatchError, match="no band"):
+        band_subset(BAND_SETS["sentinel1_db"], ("B04",))
 
 
 def test_unknown_band_set_lists_choices():

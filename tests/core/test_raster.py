@@ -151,16 +151,42 @@ def test_wrong_band_count_for_named_band_set(calib_samples):
         read_view(calib_samples["eurosat_ms_annualcrop_1"].views[0][0], band_set="sentinel1_db")
 
 
-def test_band_files_with_unknown_or_missing_bands(tmp_path, calib_samples):
+def test_sentinel2_band_files_of_two_resolutions_are_a_subset_on_the_canvas(calib_samples):
+    """B02, B03, B04 (10 m) and B8A (20 m), no option: their four slots filled, the rest empty."""
     files = list(calib_samples["bigearthnet_s2_36_85"].views[0])
-    with pytest.raises(BandMismatchError, match="subset of sentinel2_l2a"):
-        read_view(files[:5])
+    chosen = [f for f in files if str(f).endswith(("_B02.tif", "_B03.tif", "_B04.tif", "_B8A.tif"))]
+    assert len(chosen) == 4
+    view = read_view(chosen)
+    assert view.band_set == "sentinel2_l2a[B02,B03,B04,B8A]"
+    assert slots_of(view) == {"blue", "green", "red", "nir_narrow"}
+    assert view.canvas.shape == (16, 120, 120) and not view.canvas[~view.present].any()
+    whole = read_view(files)  # the same bands read with all twelve land in the same slots alike
+    for slot in ("blue", "nir_narrow"):
+        np.testing.assert_array_equal(view.canvas[SLOT_INDEX[slot]], whole.canvas[SLOT_INDEX[slot]])
+    assert read_view(chosen, band_set="sentinel2_l2a").band_set == view.band_set
+
+
+def test_a_single_band_file_described_b04_is_the_red_slot(tmp_path, calib_samples):
+    source = next(f for f in calib_samples["bigearthnet_s2_36_85"].views[0] if str(f).endswith("_B04.tif"))
+    with rasterio.open(source) as ds:
+        data, profile = ds.read(), ds.profile
+    described = tmp_path / "red.tif"
+    with rasterio.open(described, "w", **profile) as ds:
+        ds.write(data)
+        ds.set_band_description(1, "B04")
+    view = read_view(described)
+    assert view.band_set == "sentinel2_l2a[B04]" and slots_of(view) == {"red"}
+    np.testing.assert_array_equal(view.canvas[SLOT_INDEX["red"]], read_view(source).canvas[SLOT_INDEX["red"]])
+
+
+def test_band_files_with_unknown_or_foreign_bands(tmp_path, calib_samples):
+    files = list(calib_samples["bigearthnet_s2_36_85"].views[0])
     odd = tmp_path / "mystery.tif"
     shutil.copy(files[0], odd)
     with pytest.raises(BandMismatchError, match="cannot tell the band"):
         read_view([files[0], odd])
-    with pytest.raises(BandMismatchError, match="missing"):
-        read_view(files[:5], band_set="sentinel2_l2a")
+    with pytest.raises(BandMismatchError, match="has no band"):
+        read_view(files[:5], band_set="sentinel1_db")
 
 
 def test_band_files_covering_different_areas_are_refused(tmp_path):
