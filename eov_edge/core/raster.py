@@ -208,26 +208,26 @@ def _described_bands(ds, path: str) -> tuple[str, ...] | None:
     return names  # type: ignore[return-value]
 
 
-def _guess_band_set(ds, path: str) -> BandSet:
+def _guess_band_set(ds, path: str, count: int) -> BandSet:
     # Same band count, different storage: 8-bit RGB vs 8-bit SAR/thermal vs uint16 reflectance.
     byte_data = ds.dtypes[0] == "uint8"
 
     def same_storage(sets: list[BandSet]) -> list[BandSet]:
         return [bs for bs in sets if (bs.stored_dtype == "uint8") == byte_data]
 
-    candidates = same_storage(band_sets_with_count(ds.count))
-    if not candidates and ds.count == 3:
+    candidates = same_storage(band_sets_with_count(count))
+    if not candidates and count == 3:
         candidates = same_storage(greyscale_band_sets())
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
         raise BandMismatchError(
-            f"{path}: {ds.count} band(s) of {ds.dtypes[0]} match no known band set; pass the band "
+            f"{path}: {count} band(s) of {ds.dtypes[0]} match no known band set; pass the band "
             "set explicitly (band_set=..., --band-set) or read one file per band"
         )
     names = ", ".join(bs.name for bs in candidates)
     raise BandMismatchError(
-        f"{path}: {ds.count} band(s) of {ds.dtypes[0]} could be any of: {names}; pass band_set=... "
+        f"{path}: {count} band(s) of {ds.dtypes[0]} could be any of: {names}; pass band_set=... "
         "(--band-set) to say which sensor this is"
     )
 
@@ -309,20 +309,25 @@ def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, trans
 
 def _read_multiband(path: str, band_set: str | None, size, nodata, window: Window | None = None) -> View:
     with _open(path) as ds:
+        # An alpha band (RGBA PNG) is a validity mask, not a band: GDAL's dataset mask, which the
+        # masked reads below apply, already comes from it.
+        from rasterio.enums import ColorInterp
+
+        bands = [i + 1 for i, c in enumerate(ds.colorinterp) if c != ColorInterp.alpha]
         described = _described_bands(ds, path)
         if described and not band_set:  # the file names its bands: any subset of a known sensor's
             bs = band_subset(_with_processing_baseline(find_band_set(described), [path]), described)
         else:
-            bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path)
+            bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path, len(bands))
         _check_window(window, ds, path)
         out_shape = _normalize_size(size, _default_shape(ds, window))
         if described and not band_set:  # planes in the band set's order
             indexes = [described.index(name) + 1 for name in bs.band_names]
             values, valid = _read_planes(ds, indexes, out_shape, path, window)
-        elif ds.count == len(bs.bands):
-            values, valid = _read_planes(ds, list(range(1, ds.count + 1)), out_shape, path, window)
-        elif bs.greyscale_as_rgb and len(bs.bands) == 1 and ds.count == 3:
-            rgb, valid = _read_planes(ds, [1, 2, 3], out_shape, path, window)
+        elif len(bands) == len(bs.bands):
+            values, valid = _read_planes(ds, bands, out_shape, path, window)
+        elif bs.greyscale_as_rgb and len(bs.bands) == 1 and len(bands) == 3:
+            rgb, valid = _read_planes(ds, bands, out_shape, path, window)
             spread = float(np.abs(rgb - rgb.mean(axis=0, keepdims=True)).mean())
             if spread > GREYSCALE_TOLERANCE_DN:
                 raise BandMismatchError(
@@ -332,7 +337,7 @@ def _read_multiband(path: str, band_set: str | None, size, nodata, window: Windo
             values = rgb.mean(axis=0, keepdims=True)
         else:
             raise BandMismatchError(
-                f"{path}: has {ds.count} band(s) but band set {bs.name!r} needs {len(bs.bands)} "
+                f"{path}: has {len(bands)} band(s) but band set {bs.name!r} needs {len(bs.bands)} "
                 f"({', '.join(bs.band_names)}); pick the matching band set or the right file"
             )
         crs, transform = _georef(ds, out_shape, window)

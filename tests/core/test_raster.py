@@ -211,3 +211,18 @@ def test_greyscale_stored_as_rgb_is_accepted(tmp_path):
     expected, _ = __import__("eov_edge.core.bands", fromlist=["to_canvas"]).to_canvas(
         grey.astype(np.float32), np.ones((16, 16), bool), get_band_set("sar_amplitude8"))
     np.testing.assert_allclose(view.canvas, expected, rtol=1e-5)
+
+
+def test_rgba_png_reads_its_alpha_as_the_validity_mask(tmp_path):
+    """Change-detection sets ship RGBA PNGs: alpha is where the image is, not a fourth band."""
+    rgba = np.full((4, 64, 64), 120, np.uint8)
+    rgba[3] = 255
+    rgba[3, :, :16] = 0  # the left quarter is outside the image
+    path = tmp_path / "tile.png"
+    with rasterio.open(path, "w", driver="PNG", width=64, height=64, count=4, dtype="uint8") as ds:
+        ds.write(rgba)
+    with rasterio.open(path) as ds:
+        assert ds.colorinterp[3] == rasterio.enums.ColorInterp.alpha  # as the PNG driver reads it
+    view = read_view(path, size=64)
+    assert view.band_set == "rgb8" and slots_of(view) == {"red", "green", "blue"}
+    assert not view.valid[:, :16].any() and view.valid[:, 17:].all()
