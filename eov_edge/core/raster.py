@@ -128,12 +128,37 @@ def _open(path: str):
     if not os.path.exists(path):
         raise RasterReadError(f"{path}: no such file; check the path")
     try:
-        return rasterio.open(path)
+        ds = rasterio.open(path)
     except rasterio.errors.RasterioError as err:
         raise RasterReadError(
             f"{path}: not a raster GDAL can read, or the file is truncated ({err}); "
             "re-download or re-export it as GeoTIFF, JPEG or PNG"
         ) from None
+    try:
+        _check_kind(ds, path)
+    except BandMismatchError:
+        ds.close()
+        raise
+    return ds
+
+
+def _check_kind(ds, path: str) -> None:
+    """Refuse what no band set can mean, with what to do: complex values (SAR SLC) and paletted
+    class maps, whose numbers are indices into a colour table, not measurements."""
+    from rasterio.enums import ColorInterp
+
+    if any(dtype.startswith("complex") for dtype in ds.dtypes):
+        raise BandMismatchError(
+            f"{path}: complex values ({ds.dtypes[0]}, e.g. SAR single-look complex); the model reads "
+            "backscatter in dB: convert to intensity first (10*log10(|z|^2), e.g. with SNAP or "
+            "gdal_calc.py) and calibrate to sigma0 for Sentinel-1"
+        )
+    if ds.colorinterp and ds.colorinterp[0] == ColorInterp.palette:
+        raise BandMismatchError(
+            f"{path}: a paletted raster (its values index a colour table: a class map or a rendered "
+            "quicklook, not measurements); expand it to RGB first (gdal_translate -expand rgb) if it "
+            "is an image, or leave it out if it is a label map"
+        )
 
 
 def _normalize_size(size: int | tuple[int, int] | None, default: tuple[int, int]) -> tuple[int, int]:

@@ -226,3 +226,17 @@ def test_rgba_png_reads_its_alpha_as_the_validity_mask(tmp_path):
     view = read_view(path, size=64)
     assert view.band_set == "rgb8" and slots_of(view) == {"red", "green", "blue"}
     assert not view.valid[:, :16].any() and view.valid[:, 17:].all()
+
+
+def test_complex_and_paletted_rasters_are_refused_with_what_to_do(tmp_path):
+    slc = tmp_path / "slc.tif"
+    with rasterio.open(slc, "w", driver="GTiff", width=32, height=32, count=1, dtype="complex64") as ds:
+        ds.write((np.ones((1, 32, 32)) + 1j).astype(np.complex64))
+    with pytest.raises(BandMismatchError, match="complex values.*intensity"):
+        read_view(slc)
+    classes = tmp_path / "classes.tif"
+    with rasterio.open(classes, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8") as ds:
+        ds.write(np.arange(32 * 32, dtype=np.uint8).reshape(1, 32, 32) % 4)
+        ds.write_colormap(1, {0: (0, 0, 255, 255), 1: (0, 255, 0, 255), 2: (255, 255, 0, 255), 3: (255, 0, 0, 255)})
+    with pytest.raises(BandMismatchError, match="paletted.*-expand rgb"):
+        read_view(classes, band_set="thermal8")  # even where a band set is named: the values are indices
