@@ -49,6 +49,7 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
     assert "make demo" in readme
+    assert len(readme) < 15_000, "the README is a product page: move detail to docs/"
 
 
 def test_version_is_exposed():
