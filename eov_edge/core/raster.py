@@ -117,9 +117,12 @@ class View:
 
 def _rasterio():
     import rasterio  # lazy: keeps `import eov_edge` cheap
-    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning
 
+    # Not the user's concern: a missing georeference is reported on the View (crs None), and a
+    # nodata value taking precedence over an alpha band is what the reader wants (nodata -> mask).
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+    warnings.filterwarnings("ignore", category=NodataShadowWarning)
     return rasterio
 
 
