@@ -52,7 +52,8 @@ def _print_answer(label: str, answer) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True)
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="eov-export artifacts folder")
-@click.option("--task", default=None, help=f"one of {', '.join(TASKS)} (also detect, classify, ground, count)")
+@click.option("--task", default=None, help=f"one of {', '.join(TASKS)} (also detect, classify, ground, count); "
+              "several, comma-separated, are asked together about one sample (views encoded once)")
 @click.option("--prompt", default=None, help="your own question instead of the task's default one")
 @click.option("--band-set", default=None, help="sensor band set of the images, when it cannot be guessed")
 @click.option("--nodata", type=float, default=None, help="extra nodata value")
@@ -97,9 +98,12 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
     try:
         if task is None and prompt is None:
             task = "detection" if tile else "caption"
-        task_name = resolve_task(task) if task else None
+        tasks = [resolve_task(t) for t in task.split(",")] if task else []
+        if len(tasks) > 1 and tile:
+            raise click.UsageError("several tasks take one image, not a tiled scene: run --tile once per task")
+        task_name = tasks[0] if len(tasks) == 1 else None
         if max_new_tokens is None:
-            max_new_tokens = 96 if task_name in SPATIAL_TASKS else 32
+            max_new_tokens = 96 if set(tasks) & set(SPATIAL_TASKS) else 32
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()
@@ -115,6 +119,8 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
                                  band_set, nodata, generation, geojson, as_json, progress, geojson_crs=geojson_crs)
+        elif len(tasks) > 1:
+            report = _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json)
         else:
             report = _run_images(pipeline, images, task_name, prompt, band_set, nodata, multiview, generation,
                                  geojson, as_json, stream, geojson_crs=geojson_crs)
@@ -127,6 +133,19 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         s = report["stats"]
         click.echo(f"[{s['wall_s']:.2f} s, encoder {s['graphs']['encoder']['calls']} call(s), decoder "
                    f"{s['graphs']['decoder']['calls']} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
+
+
+def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json) -> dict:
+    """Several tasks (and ``--prompt``) about one sample: the views encoded once, answered together."""
+    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata) for image in images]
+    questions = [(t, None) for t in tasks] + ([(None, prompt)] if prompt else [])
+    answers = pipeline.answer_questions(views, questions, generation)
+    label = " + ".join(images)
+    if not as_json:
+        for (task, text), answer in zip(questions, answers):
+            _print_answer(f"{label} [{task or text}]", answer)
+    return {"tasks": tasks, "results": [{"images": label, "question": task or text, **a.to_dict()}
+                                        for (task, text), a in zip(questions, answers)]}
 
 
 def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,

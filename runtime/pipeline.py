@@ -312,6 +312,32 @@ class Pipeline:
                         for sample, row_ids, row_probs in zip(piece, ids, probs)]
         return answers
 
+    def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
+                         generation: GenerationConfig | None = None) -> list[Answer]:
+        """Several questions about the same views, as one job: the views encoded once, the questions
+        decoded together as one batch. ``questions``: (task, prompt) pairs, as :meth:`sample` takes
+        them. Each answer is the one the question gets alone (the image embeddings are the same
+        arrays; the batch is left padded, which the decoders are exact under)."""
+        if not questions:
+            raise PromptError("give at least one question")
+        generation = generation or GenerationConfig()
+        samples = [self.sample(views, task, prompt) for task, prompt in questions]
+        size = self.max_batch or len(samples)
+        first = self.batch(samples[:1], generation.max_new_tokens)
+        embeds = self.image_embeds(first["pixel_values"], first["modality_ids"])  # (V, N', D), once
+        answers = []
+        for start in range(0, len(samples), size):  # pieces the engines' profiles take
+            piece = samples[start:start + size]
+            batch = self.batch(piece, generation.max_new_tokens)
+            inputs = self.prompt_embeds(batch["input_ids"], np.concatenate([embeds] * len(piece)))
+            begin = time.perf_counter()
+            ids, probs = self.decoder.generate(inputs, batch["attention_mask"], generation)
+            self.timings["generate"] += time.perf_counter() - begin
+            answers += [self._answer(sample, row_ids, row_probs, task)
+                        for sample, (task, _), row_ids, row_probs in
+                        zip(piece, questions[start:start + size], ids, probs)]
+        return answers
+
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
                generation: GenerationConfig | None = None) -> Iterator[str]:
         """Yield the answer's text piece by piece as tokens are generated (one sample)."""

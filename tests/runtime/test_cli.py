@@ -34,6 +34,20 @@ def test_multi_view_change_and_readable_output(nano_artifacts, calib_samples):
     assert result.output.count(": ") >= 1 and " + " in result.output  # one answer for both views
 
 
+def test_several_tasks_about_one_image_in_one_run(nano_artifacts, calib_samples):
+    image = calib_samples["ucmerced_airplane00"].views[0][0]
+    result = run("--artifacts", nano_artifacts, image, "--task", "classification,caption,detect", "--prompt",
+                 "Is there an airplane?", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [r["question"] for r in report["results"]] == ["classification", "caption", "detection",
+                                                          "Is there an airplane?"]
+    assert report["stats"]["graphs"]["encoder"]["calls"] == 1
+    alone = json.loads(run("--artifacts", nano_artifacts, image, "--task", "caption", "--max-new-tokens", 96,
+                           "--json").stdout)["results"][0]
+    assert report["results"][1]["text"] == alone["text"]  # the same budget (96: a spatial task is asked)
+
+
 def test_stream_prints_the_answer(nano_artifacts, calib_samples):
     image = calib_samples["ucmerced_airplane00"].views[0][0]
     streamed = run("--artifacts", nano_artifacts, image, "--task", "caption", "--stream")

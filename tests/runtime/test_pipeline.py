@@ -105,6 +105,27 @@ def test_stream_batch_and_single_answers_agree(pipeline, calib_samples):
         assert len(alone.token_probs) == len(alone.token_ids) and alone.task == "caption"
 
 
+def test_many_questions_about_one_scene_encode_once_and_answer_as_alone(pipeline, calib_samples):
+    """Every task a sample's views allow, and a free prompt, asked together: the views go through the
+    encoder once, and every answer is token for token the one the question gets alone."""
+    from eov_edge.core.tasks import TASKS
+
+    generation = GenerationConfig(max_new_tokens=24)
+    for sample in calib_samples.values():
+        views = sample.read(size=pipeline.spec.image_size)
+        questions = [(task, None) for task, spec in TASKS.items() if spec.min_views <= len(views)]
+        questions.append((None, "How many vehicles are in the image?"))
+        calls = len(pipeline.runners[mf.ENCODER].timings)
+        together = pipeline.answer_questions(views, questions, generation)
+        assert len(pipeline.runners[mf.ENCODER].timings) - calls == 1
+        for (task, prompt), answer in zip(questions, together):
+            [alone] = pipeline.answer(views, task=task, prompt=prompt, generation=generation)
+            assert answer.token_ids == alone.token_ids, (sample.id, task, prompt)
+            assert answer.task == alone.task
+    with pytest.raises(PromptError, match="at least one"):
+        pipeline.answer_questions(views, [])
+
+
 def test_a_batch_over_the_engines_limit_runs_in_pieces(pipeline, calib_samples):
     """TensorRT engines take at most their profiles' batch: larger batches run in pieces, with the
     answers of one call (the limit set by hand here, as engines.json sets it on the device)."""
