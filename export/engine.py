@@ -28,9 +28,6 @@ def installed_tensorrt() -> str | None:
     return str(tensorrt.__version__)
 
 
-def tensorrt_available() -> bool:
-    return installed_tensorrt() is not None
-
 
 def build_engine_folder(artifacts: Path, device: str, precision: str, out: Path, max_batch: int = 1,
                         max_views: int = 4, max_seq: int | None = None, max_kv: int | None = None,

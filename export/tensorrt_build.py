@@ -50,21 +50,35 @@ def rotary_nodes(graph) -> list[str]:
 
 
 def _sort_topologically(graph) -> None:
-    """Reorder ``graph``'s nodes so that every input is produced before it is read (stable)."""
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        ready = [n for n in pending if all(i in available for i in n.input)]
-        if not ready:
-            raise EngineError(f"the FP16 graph has a cycle or an unproduced input near {pending[0].name}")
-        for node in ready:
-            available.update(node.output)
-        ordered += ready
-        ready_ids = {id(n) for n in ready}
-        pending = [n for n in pending if id(n) not in ready_ids]
-    copies = [type(n)() for n in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
+    """Reorder ``graph``'s nodes so that every input is produced before it is read; among the nodes
+    ready at a time, the original order (Kahn's algorithm over a heap of node indices)."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {out: index for index, node in enumerate(nodes) for out in node.output}
+    waiting = [0] * len(nodes)  # inputs still to be produced, per node
+    readers: dict[int, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in set(node.input):
+            if name in producer:
+                waiting[index] += 1
+                readers.setdefault(producer[name], []).append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(index)
+        for reader in readers.get(index, ()):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    if len(ordered) != len(nodes):
+        stuck = next(nodes[i].name for i in range(len(nodes)) if waiting[i])
+        raise EngineError(f"the FP16 graph has a cycle near {stuck}")
+    copies = [type(nodes[i])() for i in ordered]
+    for copy, index in zip(copies, ordered):
+        copy.CopyFrom(nodes[index])
     del graph.node[:]
     graph.node.extend(copies)
 

@@ -133,22 +133,23 @@ def _counterclockwise(ring: list[list[float]]) -> list[list[float]]:
     return ring if area >= 0 else ring[::-1]
 
 
-def to_wgs84(geometry: dict, crs_wkt: str) -> dict:
-    """A Point or Polygon geometry from ``crs_wkt`` to WGS 84 longitude/latitude (RFC 7946)."""
+def to_wgs84(geometries: Sequence[dict], crs_wkt: str) -> list[dict]:
+    """Point and Polygon geometries from ``crs_wkt`` to WGS 84 longitude/latitude (RFC 7946), every
+    vertex of every geometry through one transform call."""
     from rasterio.crs import CRS
     from rasterio.warp import transform
 
-    rings = [geometry["coordinates"]] if geometry["type"] == "Point" else geometry["coordinates"]
-    points = [p for ring in rings for p in ([ring] if geometry["type"] == "Point" else ring)]
-    lons, lats = transform(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), [p[0] for p in points], [p[1] for p in points])
-    moved = [[round(lon, WGS84_DECIMALS), round(lat, WGS84_DECIMALS)] for lon, lat in zip(lons, lats)]
-    if geometry["type"] == "Point":
-        return {"type": "Point", "coordinates": moved[0]}
-    out, start = [], 0
-    for ring in geometry["coordinates"]:
-        out.append(moved[start:start + len(ring)])
-        start += len(ring)
-    return {"type": "Polygon", "coordinates": [_counterclockwise(out[0]), *out[1:]]}
+    rings = [[g["coordinates"]] if g["type"] == "Point" else g["coordinates"][0] for g in geometries]
+    xs = [x for ring in rings for x, _ in ring]
+    ys = [y for ring in rings for _, y in ring]
+    lons, lats = transform(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), xs, ys) if xs else ([], [])
+    moved = iter([round(lon, WGS84_DECIMALS), round(lat, WGS84_DECIMALS)] for lon, lat in zip(lons, lats))
+    out = []
+    for geometry, ring in zip(geometries, rings):
+        points = [next(moved) for _ in ring]
+        out.append({"type": "Point", "coordinates": points[0]} if geometry["type"] == "Point" else
+                   {"type": "Polygon", "coordinates": [_counterclockwise(points)]})
+    return out
 
 
 def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, properties: dict | None = None,
@@ -171,7 +172,8 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
         })
     features += list(extra_features)
     if georeferenced and output_crs == "wgs84":
-        features = [{**f, "geometry": to_wgs84(f["geometry"], crs_wkt)} for f in features]
+        moved = to_wgs84([f["geometry"] for f in features], crs_wkt)
+        features = [{**f, "geometry": g} for f, g in zip(features, moved)]
         coordinates = "wgs84"
     else:
         coordinates = "map" if georeferenced else "pixel"

@@ -55,6 +55,19 @@ class FusedKVStream:
         """(B,) positions of each row that hold its sequence."""
         return self.seqlens.astype(np.int64) + 1
 
+    @property
+    def length(self) -> int:
+        """Batch 1: the positions that hold the sequence (a Python int: the speculative loop reads and
+        sets it every round, where numpy calls cost more than the arithmetic)."""
+        return self._counter_view[0] + 1
+
+    @length.setter
+    def length(self, value: int) -> None:
+        if not 1 <= value <= self.capacity:
+            raise ValueError(f"length {value} outside 1..{self.capacity}")
+        self._counter_view[0] = value - 1
+        self._counter_view[1] = value
+
     def set_lengths(self, lengths) -> None:
         """Make each row's sequence its first ``lengths`` positions (a roll-back, or a draft joining
         the target's cache)."""
@@ -66,6 +79,11 @@ class FusedKVStream:
 
     def prepare(self, fed: int) -> None:
         """Set the counters for a call that feeds ``fed`` tokens to every row."""
+        if self.batch == 1:  # the speculative loop's every call: scalar arithmetic, no numpy
+            if self.length + fed > self.capacity:
+                raise ValueError(f"KV cache of {self.capacity} positions is full")
+            self.length += fed
+            return
         if int(self.seqlens.max()) + 1 + fed > self.capacity:
             raise ValueError(f"KV cache of {self.capacity} positions is full")
         self.seqlens += fed

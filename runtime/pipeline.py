@@ -273,18 +273,21 @@ class Pipeline:
         embeds[is_image] = image_embeds.reshape(-1, embeds.shape[-1])
         return embeds
 
-    def inputs_embeds(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """The decoder's prefill input (B, S, D): token embeddings with the views' embeddings in place."""
-        return self.prompt_embeds(batch["input_ids"], self.image_embeds(batch["pixel_values"], batch["modality_ids"]))
+    def inputs_embeds(self, batch: dict[str, np.ndarray], image_embeds: np.ndarray | None = None) -> np.ndarray:
+        """The decoder's prefill input (B, S, D): token embeddings with the views' embeddings in place
+        (``image_embeds`` (V, N', D): already encoded, else encoded here from the batch's pixels)."""
+        if image_embeds is None:
+            image_embeds = self.image_embeds(batch["pixel_values"], batch["modality_ids"])
+        return self.prompt_embeds(batch["input_ids"], image_embeds)
 
     def batch(self, samples: Sequence[Sample], max_new_tokens: int) -> dict[str, np.ndarray]:
         return build_batch(samples, self.tokenizer, self.spec, max_new_tokens=max_new_tokens)
 
-    def generate_ids(self, batch: dict[str, np.ndarray], generation: GenerationConfig | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def generate_ids(self, batch: dict[str, np.ndarray], generation: GenerationConfig | None = None,
+                     image_embeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and probabilities (B, T) for model-ready arrays (``build_batch`` output)."""
         generation = generation or GenerationConfig()
-        embeds = self.inputs_embeds(batch)
+        embeds = self.inputs_embeds(batch, image_embeds)
         start = time.perf_counter()
         ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
         self.timings["generate"] += time.perf_counter() - start
@@ -302,15 +305,7 @@ class Pipeline:
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
                        task: str | None = None) -> list[Answer]:
-        generation = generation or GenerationConfig()
-        size = self.max_batch or len(samples) or 1
-        answers = []
-        for start in range(0, len(samples), size):  # pieces the engines' profiles take
-            piece = samples[start:start + size]
-            ids, probs = self.generate_ids(self.batch(piece, generation.max_new_tokens), generation)
-            answers += [self._answer(sample, row_ids, row_probs, task)
-                        for sample, row_ids, row_probs in zip(piece, ids, probs)]
-        return answers
+        return self._answer_in_pieces(samples, [task] * len(samples), generation or GenerationConfig())
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
                          generation: GenerationConfig | None = None) -> list[Answer]:
@@ -322,20 +317,23 @@ class Pipeline:
             raise PromptError("give at least one question")
         generation = generation or GenerationConfig()
         samples = [self.sample(views, task, prompt) for task, prompt in questions]
-        size = self.max_batch or len(samples)
         first = self.batch(samples[:1], generation.max_new_tokens)
         embeds = self.image_embeds(first["pixel_values"], first["modality_ids"])  # (V, N', D), once
+        return self._answer_in_pieces(samples, [task for task, _ in questions], generation, embeds)
+
+    def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[str | None], generation: GenerationConfig,
+                          views_embeds: np.ndarray | None = None) -> list[Answer]:
+        """Answer ``samples`` in batches the engines' profiles take (``max_batch``; one batch when
+        unbounded). ``views_embeds`` (V, N', D): the encoded views every sample shares, else each
+        batch encodes its own."""
+        size = self.max_batch or len(samples) or 1
         answers = []
-        for start in range(0, len(samples), size):  # pieces the engines' profiles take
+        for start in range(0, len(samples), size):
             piece = samples[start:start + size]
-            batch = self.batch(piece, generation.max_new_tokens)
-            inputs = self.prompt_embeds(batch["input_ids"], np.concatenate([embeds] * len(piece)))
-            begin = time.perf_counter()
-            ids, probs = self.decoder.generate(inputs, batch["attention_mask"], generation)
-            self.timings["generate"] += time.perf_counter() - begin
+            shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
+            ids, probs = self.generate_ids(self.batch(piece, generation.max_new_tokens), generation, shared)
             answers += [self._answer(sample, row_ids, row_probs, task)
-                        for sample, (task, _), row_ids, row_probs in
-                        zip(piece, questions[start:start + size], ids, probs)]
+                        for sample, task, row_ids, row_probs in zip(piece, tasks[start:start + size], ids, probs)]
         return answers
 
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,

@@ -124,7 +124,7 @@ class SpeculativeDecoder:
         count = self.draft_tokens
         while True:
             last = rule.chosen[0]  # chosen, not yet in the cache
-            draft.set_lengths(target.lengths)
+            draft.length = target.length
             proposals = self._propose(draft, rule, last, produced, min(count, config.max_new_tokens - produced - 1))
             # (1 + k, V): the FP32 logits after `last` and after each proposal
             logits = target.feed([last, *proposals], every_position=True) if proposals else \
@@ -145,7 +145,7 @@ class SpeculativeDecoder:
                     break
             stats.accepted += kept
             # `last` and the kept proposals stand; the positions after them are overwritten next round
-            target.set_lengths(target.lengths - (len(proposals) - kept))
+            target.length -= len(proposals) - kept
             taken = bool(proposals) and kept == len(proposals)
             count = min(count + 1, self.draft_tokens) if taken else max(count - 1, 1)
 

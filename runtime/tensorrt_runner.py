@@ -182,11 +182,9 @@ class TensorRTRunner(Runner):
             copies.append((pointers[past], pointers[present], capacity * head_dim * item, head_dim * item,
                            batch * heads))
 
-        capacity = next(iter(feed[p] for p in past_of.values())).shape[2] if past_of else 0
-
         def step() -> dict[str, np.ndarray]:
-            if cache.length >= capacity:  # the slot write below would land past the device buffers
-                raise RunnerError(f"{self.name}: KV cache of {capacity} positions is full")
+            if cache.length >= cache.capacity:  # the slot write below would land past the device buffers
+                raise RunnerError(f"{self.name}: KV cache of {cache.capacity} positions is full")
             start = time.perf_counter()
             for pointer, array in uploads:  # embedding, mask, position: refilled in place by the loop
                 _cuda_check(cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, h2d, self.stream))

@@ -222,13 +222,15 @@ def _georef(ds, out_shape: tuple[int, int], window: Window | None = None
     return ds.crs.to_wkt(), tuple(scaled)[:6]
 
 
+_BAND_NAMES = {name.upper(): name for bs in BAND_SETS.values() for name in bs.band_names}  # upper -> as spelled
+
+
 def _described_bands(ds, path: str) -> tuple[str, ...] | None:
     """Band names from the file's band descriptions, when every band's is a band name of the table
     as spelled there ("B04", "B8A", "VV"; "B4" is Landsat's, not Sentinel-2's B04) and no two name
     the same band; for a one-band file without one, the band its file name names ("..._B04.tif", as
     for band files); else None."""
-    known = {name.upper(): name for bs in BAND_SETS.values() for name in bs.band_names}
-    names = tuple(known.get(d.strip().upper()) if d else None for d in ds.descriptions)
+    names = tuple(_BAND_NAMES.get(d.strip().upper()) if d else None for d in ds.descriptions)
     if ds.count == 1 and names == (None,):
         names = (band_name_from_filename(Path(path).name),)
     if not names or None in names or len(set(names)) != len(names):
@@ -342,17 +344,15 @@ def _read_multiband(path: str, band_set: str | None, size, nodata, window: Windo
         from rasterio.enums import ColorInterp
 
         bands = [i + 1 for i, c in enumerate(ds.colorinterp) if c != ColorInterp.alpha]
-        described = _described_bands(ds, path)
-        if described and not band_set:  # the file names its bands: any subset of a known sensor's
+        described = None if band_set else _described_bands(ds, path)
+        if described:  # the file names its bands: any subset of a known sensor's, read in its order
             bs = band_subset(_with_processing_baseline(find_band_set(described), [path]), described)
+            bands = [described.index(name) + 1 for name in bs.band_names]
         else:
             bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path, len(bands))
         _check_window(window, ds, path)
         out_shape = _normalize_size(size, _default_shape(ds, window))
-        if described and not band_set:  # planes in the band set's order
-            indexes = [described.index(name) + 1 for name in bs.band_names]
-            values, valid = _read_planes(ds, indexes, out_shape, path, window)
-        elif len(bands) == len(bs.bands):
+        if len(bands) == len(bs.bands):
             values, valid = _read_planes(ds, bands, out_shape, path, window)
         elif bs.greyscale_as_rgb and len(bs.bands) == 1 and len(bands) == 3:
             rgb, valid = _read_planes(ds, bands, out_shape, path, window)
