@@ -1,5 +1,5 @@
-# make test: create .venv, install the project with the build extras, lint (ruff), check the import
-# layers (lint-imports, setup.cfg's [importlinter] contracts), run the test suite.
+# make test: create .venv, install the project with the build, dev and cluster (Ray) extras, lint (ruff),
+# check the import layers (lint-imports, setup.cfg's [importlinter] contracts), run the test suite.
 # make demo: same setup, then run the demo chain on calib_data.
 VENV ?= .venv
 PYTHON ?= python3
@@ -17,13 +17,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[export,dev]"
+	$(PIP) install -q -e ".[export,dev,cluster]"
 	touch $@
 
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m tests.layers
-	$(PY) -m pytest -q -n 2 --timeout 900
+	$(PY) -m pytest -q -n 2 --dist loadgroup --timeout 900  # loadgroup: the Ray tests share one worker
 
 demo: setup
 	$(PY) -m eov_edge.bench.demo --out demo_out

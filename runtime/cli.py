@@ -4,11 +4,14 @@
     eov-run --artifacts DIR t0.tif t1.tif --task change               # one multi-view sample
     eov-run --artifacts DIR big.tif --task detect --tile 512 --overlap 64 --geojson big.geojson
     eov-run --artifacts DIR --draft DIR-int8 scene.tif --task caption   # FP32 answers, int8 drafts
+    eov-run --artifacts DIR scenes/ --task detect --tile 512 --out results/ [--ray [ADDRESS]]
 
 Each IMAGE is one view: a raster file, a folder of one-file-per-band rasters (BigEarthNet,
 Major-TOM) or band files joined with commas. Tasks needing several views (change, temporal,
 cross_modal) or ``--multiview`` put all images in one prompt; otherwise each image is asked
-separately, in one batch.
+separately, in one batch. With ``--out DIR`` the images are scenes (files, folders, globs, lists of
+paths), answered into a resumable output folder, in this process or on Ray
+(:mod:`eov_edge.runtime.scene_runs`, :mod:`eov_edge.runtime.cluster`).
 """
 
 from __future__ import annotations
@@ -88,9 +91,17 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--warmup", is_flag=True, help="run each graph once before timing")
 @click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="answer IMAGES as scenes (files, folders, globs, .txt lists of paths) into this folder: one "
+                   "DIR/<scene>.geojson or .json each and DIR/index.json; a rerun skips what is done")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              help="with --out: spread tiles over Ray workers; alone, Ray on this machine; 'auto' or an address "
+                   "joins a running cluster (write --ray=ADDRESS, or put --ray after the scenes)")
+@click.option("--workers", type=int, default=None,
+              help="Ray workers (default: the cluster's CPU cores, or its GPUs for --providers cuda / tensorrt)")
 def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
          do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, prefill_session,
-         geojson, geojson_crs, as_json, stream, warmup, no_verify, progress) -> None:
+         geojson, geojson_crs, as_json, stream, warmup, no_verify, progress, out, ray_address, workers) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
@@ -99,8 +110,13 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         if task is None and prompt is None:
             task = "detection" if tile else "caption"
         tasks = [resolve_task(t) for t in task.split(",")] if task else []
-        if len(tasks) > 1 and tile:
-            raise click.UsageError("several tasks take one image, not a tiled scene: run --tile once per task")
+        if len(tasks) > 1 and (tile or out):
+            raise click.UsageError("several tasks take one image, not scenes: run --tile / --out once per task")
+        if (ray_address or workers) and not out:
+            raise click.UsageError("--ray and --workers answer scenes into a folder: give --out DIR")
+        if ray_address and Path(ray_address).exists():
+            raise click.UsageError(f"--ray took {ray_address!r} as the cluster's address: put --ray after the "
+                                   "scenes, or write --ray=ADDRESS")
         task_name = tasks[0] if len(tasks) == 1 else None
         if max_new_tokens is None:
             max_new_tokens = 96 if set(tasks) & set(SPATIAL_TASKS) else 32
@@ -108,10 +124,21 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()
         # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
-        pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
-                                           threads=threads, thread_pool="shared", verify_hashes=not no_verify,
-                                           warmup=warmup, engines=engines, draft=draft, draft_tokens=draft_tokens,
-                                           prefill_session=prefill_session)
+        options = dict(backend=backend, providers=providers.split(","), threads=threads, thread_pool="shared",
+                       verify_hashes=not no_verify, warmup=warmup, engines=engines, draft=draft,
+                       draft_tokens=draft_tokens, prefill_session=prefill_session)
+        if out:
+            from eov_edge.runtime.scene_runs import SceneRunConfig
+
+            config = SceneRunConfig(task_name or "detection", prompt, tile, overlap, batch_size, band_set, nodata,
+                                    generation, geojson_crs)
+            report = _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress)
+            report["stats"] = {"wall_s": round(time.perf_counter() - started, 3)}
+            if as_json:
+                click.echo(json.dumps(report, indent=1))
+            _folder_exit(report["summary"], out)
+            return
+        pipeline = Pipeline.from_artifacts(artifacts, **options)
         if pipeline.max_batch is not None and batch_size > pipeline.max_batch:
             click.echo(f"--batch-size {batch_size} capped to {pipeline.max_batch}: the engines were built with "
                        f"--max-batch {pipeline.max_batch}", err=True)
@@ -133,6 +160,57 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
         s = report["stats"]
         click.echo(f"[{s['wall_s']:.2f} s, encoder {s['graphs']['encoder']['calls']} call(s), decoder "
                    f"{s['graphs']['decoder']['calls']} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
+
+
+def _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress) -> dict:
+    """Scenes into ``out``: resumable, in this process or on Ray workers."""
+    from eov_edge.core.manifest import sha256_file
+    from eov_edge.runtime.pipeline import Pipeline
+    from eov_edge.runtime.scene_runs import InProcessTiles, expand_scenes, run_scenes
+
+    scenes = expand_scenes(images)
+    manifest = Path(artifacts) / "manifest.json"
+    if not manifest.is_file():
+        raise click.ClickException(f"{artifacts}: no manifest.json; give an eov-export artifacts folder")
+    if ray_address:
+        from eov_edge.runtime.cluster import RayTiles
+
+        gpu = options["backend"] == "tensorrt" or options["providers"][0].lower() in ("cuda", "tensorrt",
+                                                                                      "cudaexecutionprovider")
+        executor = RayTiles(artifacts, {**options, "threads": options["threads"] or 1},
+                            config, address=None if ray_address == "local" else ray_address, workers=workers,
+                            gpus_per_worker=1 if gpu else 0)
+        where = f"{len(executor.actors)} Ray worker(s)"
+    else:
+        executor = InProcessTiles(Pipeline.from_artifacts(artifacts, **options), config)
+        where = "this process"
+    show = progress and not as_json and sys.stderr.isatty()
+    tiles_seen = [0]
+    try:
+        with click.progressbar(length=len(scenes), label=f"{len(scenes)} scene(s) on {where}", file=sys.stderr,
+                               hidden=not show, show_pos=True,
+                               item_show_func=lambda _: f"{tiles_seen[0]} tiles") as bar:
+            def on_progress(scene: str, tiles: int, finished: bool) -> None:
+                tiles_seen[0] += tiles
+                bar.update(1 if finished else 0)
+
+            summary = run_scenes(scenes, out, config, executor, sha256_file(manifest),
+                                 run_info={"artifacts": str(Path(artifacts).resolve()), "runner": where},
+                                 progress=on_progress)
+    finally:
+        executor.close()
+    for failure in summary.failures:
+        click.echo(f"failed: {failure}", err=True)
+    click.echo(summary.line(), err=as_json)
+    return {"task": config.task, "out": str(out), "summary": summary.to_dict()}
+
+
+def _folder_exit(summary: dict, out) -> None:
+    if summary["interrupted"]:
+        raise click.ClickException(f"interrupted: finished scenes are in {out}; rerun the same command to do the rest")
+    if summary["failed"]:
+        raise click.ClickException(f"{summary['failed']} scene(s) failed (listed in {out}/index.json); "
+                                   "a rerun retries them and skips the done ones")
 
 
 def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json) -> dict:

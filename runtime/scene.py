@@ -95,6 +95,24 @@ class SceneResult:
         footprints = [_tile_feature(a, self.grid) for a in self.tile_answers]
         return feature_collection(self.detections, self.grid.crs, properties, footprints, output_crs)
 
+    def merge(self, outcomes: Sequence[TileOutcome], iou_threshold: float = 0.5) -> None:
+        """Collect the tiles' answers in tile order (whatever order they finished in) and run NMS
+        across tiles: the result does not depend on how the tiles were spread over workers."""
+        raw: list[Detection] = []
+        for outcome in sorted(outcomes, key=lambda o: o.tile.index):
+            t, w = outcome.tile, outcome.tile.window
+            if outcome.error is not None:
+                self.errors.append(outcome.error)
+            elif self.task in SPATIAL_TASKS:
+                for det in outcome.answer.detections:
+                    det.extra["tile"] = t.index
+                    raw.append(det)
+            else:
+                self.tile_answers.append({"tile": t.index, "window": (w.col, w.row, w.width, w.height),
+                                          "text": outcome.answer.text})
+        self.raw_detections = len(raw)
+        self.detections = non_max_suppression(raw, iou_threshold)
+
     def summary(self) -> dict:
         return {"source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
                 "tiles_failed": len(self.errors), "detections": len(self.detections),
@@ -116,6 +134,55 @@ def _batches(items: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
         yield list(items[start:start + size])
 
 
+@dataclass
+class TileOutcome:
+    """One tile's answer, or why it has none (picklable: Ray workers send these back)."""
+
+    tile: Tile
+    answer: Answer | None = None
+    error: TileError | None = None
+
+
+def answer_tiles(
+    pipeline: Pipeline,
+    paths,
+    tiles: Sequence[Tile],
+    task: str,
+    prompt: str | None,
+    band_set: str | None,
+    nodata: float | None,
+    generation: GenerationConfig,
+) -> list[TileOutcome]:
+    """Read ``tiles`` of the raster at ``paths`` and answer them as one batch. A tile that cannot
+    be read (all nodata, a corrupt block) is an outcome with its error, never an exception."""
+    import rasterio
+
+    outcomes: list[TileOutcome] = []
+    views: list[tuple[TileOutcome, View]] = []
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * (1 << 20)):
+        for t in tiles:
+            outcome = TileOutcome(t)
+            outcomes.append(outcome)
+            try:
+                views.append((outcome, pipeline.read(paths, band_set=band_set, window=t.window, nodata=nodata)))
+            except EOVError as err:
+                w = t.window
+                outcome.error = TileError(t.index, (w.col, w.row, w.width, w.height), type(err).__name__, str(err))
+    if views:
+        answers = pipeline.answer_each([v for _, v in views], task, prompt, generation)
+        for (outcome, _), answer in zip(views, answers):
+            outcome.answer = answer
+    return outcomes
+
+
+def scene_generation(task: str, generation: GenerationConfig | None) -> GenerationConfig:
+    return generation or GenerationConfig(max_new_tokens=96 if task in SPATIAL_TASKS else 32)
+
+
+def scene_source(paths) -> str:
+    return str(paths if isinstance(paths, str) else list(paths)[0])
+
+
 def run_scene(
     pipeline: Pipeline,
     paths,
@@ -131,48 +198,22 @@ def run_scene(
     progress: Callable[[int], None] | None = None,
 ) -> SceneResult:
     """Run ``task`` over every tile of the raster at ``paths`` (one file, or one file per band)."""
-    import rasterio
-
     task = resolve_task(task)
-    generation = generation or GenerationConfig(max_new_tokens=96 if task in SPATIAL_TASKS else 32)
+    generation = scene_generation(task, generation)
     grid = raster_grid(paths)
     tiles = plan_tiles(grid.height, grid.width, tile, overlap)
-    source = paths if isinstance(paths, str) else str(list(paths)[0])
-    result = SceneResult(str(source), task, grid, len(tiles))
-    raw: list[Detection] = []
+    result = SceneResult(scene_source(paths), task, grid, len(tiles))
+    outcomes: list[TileOutcome] = []
     start = time.perf_counter()
     try:
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * (1 << 20)):
-            for group in _batches(tiles, batch_size):
-                views: list[tuple[Tile, View]] = []
-                for t in group:
-                    try:
-                        views.append((t, pipeline.read(paths, band_set=band_set, window=t.window, nodata=nodata)))
-                    except EOVError as err:  # all-nodata tile, unreadable block: report, go on
-                        w = t.window
-                        result.errors.append(TileError(t.index, (w.col, w.row, w.width, w.height),
-                                                       type(err).__name__, str(err)))
-                if views:
-                    answers = pipeline.answer_each([v for _, v in views], task, prompt, generation)
-                    for (t, _), answer in zip(views, answers):
-                        _collect(result, raw, t, answer, task)
-                result.tiles_done += len(group)
-                if progress:
-                    progress(len(group))
+        for group in _batches(tiles, batch_size):
+            outcomes += answer_tiles(pipeline, paths, group, task, prompt, band_set, nodata, generation)
+            result.tiles_done += len(group)
+            if progress:
+                progress(len(group))
     except KeyboardInterrupt:
         result.interrupted = True  # keep the finished tiles; the caller writes them
-    result.raw_detections = len(raw)
-    result.detections = non_max_suppression(raw, iou_threshold)
+    result.merge(outcomes, iou_threshold)
     result.seconds = time.perf_counter() - start
     result.peak_rss_mb = peak_rss_mb()
     return result
-
-
-def _collect(result: SceneResult, raw: list[Detection], t: Tile, answer: Answer, task: str) -> None:
-    w = t.window
-    if task in SPATIAL_TASKS:
-        for det in answer.detections:
-            det.extra["tile"] = t.index
-            raw.append(det)
-    else:
-        result.tile_answers.append({"tile": t.index, "window": (w.col, w.row, w.width, w.height), "text": answer.text})

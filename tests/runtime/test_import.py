@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-BLOCKED = ("torch", "transformers", "nncf", "optimum", "onnxscript")
+BLOCKED = ("torch", "transformers", "nncf", "optimum", "onnxscript", "ray")  # ray: only eov-run --ray needs it
 
 SCRIPT = textwrap.dedent(
     f"""
@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent(
 
     import eov_edge.runtime as rt
     import eov_edge.runtime.pipeline, eov_edge.runtime.scene, eov_edge.runtime.cli  # the whole device side
+    import eov_edge.runtime.scene_runs
     import eov_edge.core.manifest
     from eov_edge.core.calib import load_calib_samples
 
@@ -45,6 +46,10 @@ SCRIPT = textwrap.dedent(
         assert result.tiles_done == result.tiles and result.geojson()["type"] == "FeatureCollection"
         cli = CliRunner().invoke(eov_run, ["--artifacts", sys.argv[1], sys.argv[2], "--task", "caption", "--json"])
         assert cli.exit_code == 0, cli.output
+        out = sys.argv[3]  # scenes into a folder, in this process: no Ray needed
+        cli = CliRunner().invoke(eov_run, ["--artifacts", sys.argv[1], sys.argv[2], "--task", "caption",
+                                           "--max-new-tokens", "4", "--out", out])
+        assert cli.exit_code == 0, cli.output
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in {BLOCKED!r})
     assert not heavy, heavy
     print("runtime ok")
@@ -59,9 +64,10 @@ def test_runtime_works_with_torch_and_transformers_blocked():
 
 
 @pytest.mark.slow
-def test_pipeline_scene_and_cli_run_with_torch_and_transformers_blocked(nano_artifacts, shared_data):
+def test_pipeline_scene_and_cli_run_with_torch_and_transformers_blocked(nano_artifacts, shared_data, tmp_path):
     scene = shared_data / "geotiff_samples" / "RGB.byte.tif"
-    result = subprocess.run([sys.executable, "-c", SCRIPT, str(nano_artifacts), str(scene)], capture_output=True,
+    result = subprocess.run([sys.executable, "-c", SCRIPT, str(nano_artifacts), str(scene), str(tmp_path / "out")],
+                            capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "runtime ok" in result.stdout

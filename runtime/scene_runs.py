@@ -1,0 +1,446 @@
+"""Many scenes into one output folder: a pass's downlink, resumable, in one process or on Ray.
+
+    eov-run --artifacts A scenes/ --task detection --tile 512 --out results/
+    eov-run --artifacts A list.txt 'pass-*/*.tif' --task caption --out results/ --ray
+
+Each scene's answers go to ``DIR/<scene>.geojson`` (spatial tasks) or ``DIR/<scene>.json``,
+written atomically, and ``DIR/index.json`` lists every scene with its status (done, skipped,
+failed, unfinished), error line, feature count and seconds, rewritten atomically after each scene.
+
+A scene's key hashes everything that decides its answers: the bytes of its files, the artifacts'
+manifest (which holds every graph's hash), the task, prompt, tiling, reading and decoding settings.
+A rerun skips a scene whose key is recorded done and whose output is in place, and runs everything
+else: failed and unfinished scenes, changed files, changed settings. File hashes are reused while a
+file's size and modification time are the ones recorded (as git and make do), so a rerun over a
+thousand large scenes does not read them all again.
+
+The tiles of every scene flow through one executor: :class:`InProcessTiles` (this process's
+Pipeline) or :class:`eov_edge.runtime.cluster.RayTiles` (one Pipeline per Ray actor). A scene is
+written when its last tile comes back, from its tiles in tile order, so the output does not depend
+on which worker answered which tile. A bad scene is recorded and the run goes on; Ctrl-C leaves
+every finished scene written and the rest marked unfinished.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
+
+from eov_edge.core.bands import band_name_from_filename
+from eov_edge.core.errors import EOVError, RasterReadError
+from eov_edge.core.manifest import sha256_file
+from eov_edge.core.paths import write_json_atomic
+from eov_edge.core.raster import Window, raster_grid
+from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
+from eov_edge.runtime.scene import (
+    SceneResult,
+    Tile,
+    TileOutcome,
+    _batches,
+    answer_tiles,
+    plan_tiles,
+    scene_generation,
+)
+
+INDEX = "index.json"
+INDEX_FORMAT = 1
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".png", ".img", ".vrt")
+LIST_SUFFIXES = (".txt", ".lst")
+COMPLETE = ("done", "skipped")
+
+
+# -- the scene list ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneSpec:
+    """One scene of a run: its output name (unique in the run) and its raster file(s)."""
+
+    name: str
+    paths: tuple[str, ...]  # one raster, or the band files of one scene
+
+    @property
+    def view_paths(self) -> str | list[str]:
+        return view_paths(self.paths)
+
+
+def view_paths(paths: tuple[str, ...]) -> str | list[str]:
+    """What read_view takes: the one raster, or the list of band files."""
+    return paths[0] if len(paths) == 1 else list(paths)
+
+
+def expand_scenes(arguments: Sequence[str]) -> list[SceneSpec]:
+    """Scenes from command-line arguments, in order: raster files; folders (each raster inside is a
+    scene, and a folder of band files of one scene, B02.tif ..., is one scene); glob patterns;
+    text files (.txt, .lst) of such arguments, one per line, relative to the list's folder, with
+    ``#`` comments; band files joined with commas. A path that does not exist is still a scene:
+    it is recorded as failed, not a reason to stop the others."""
+    found: list[tuple[str, ...]] = []
+    for argument in arguments:
+        found += _expand(argument, Path.cwd())
+    seen: set[tuple[str, ...]] = set()
+    unique = [p for p in found if not (p in seen or seen.add(p))]
+    return _named(unique)
+
+
+def _expand(argument: str, base: Path) -> list[tuple[str, ...]]:
+    if "," in argument:
+        return [tuple(str(base / p) for p in argument.split(",") if p)]
+    path = base / argument
+    if path.is_dir():
+        return _folder_scenes(path)
+    if path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+        out = []
+        for line in path.read_text().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                out += _expand(line, path.parent)
+        return out
+    if not path.exists() and glob.has_magic(argument):
+        matches = sorted(glob.glob(str(path), recursive=True))
+        if not matches:
+            raise RasterReadError(f"{argument}: the pattern matches no file")
+        return [s for m in matches for s in _expand(m, base)]
+    return [(str(path),)]
+
+
+def _folder_scenes(folder: Path) -> list[tuple[str, ...]]:
+    if _is_band_folder(folder):
+        return [tuple(str(p) for p in _rasters_in(folder))]
+    scenes: list[tuple[str, ...]] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_file() and entry.suffix.lower() in RASTER_SUFFIXES:
+            scenes.append((str(entry),))
+        elif entry.is_dir() and _is_band_folder(entry):
+            scenes.append(tuple(str(p) for p in _rasters_in(entry)))
+    return scenes
+
+
+def _rasters_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+
+
+def _is_band_folder(folder: Path) -> bool:
+    """Every raster in it names a band, no band twice: one scene stored one file per band."""
+    names = [band_name_from_filename(p.name) for p in _rasters_in(folder)]
+    return len(names) > 1 and None not in names and len(set(names)) == len(names)
+
+
+def _named(scenes: list[tuple[str, ...]]) -> list[SceneSpec]:
+    def stem(paths: tuple[str, ...]) -> str:
+        if len(paths) == 1:
+            return Path(paths[0]).stem
+        # band files: what their names share once the band is dropped (T33UUP_B02 -> T33UUP), else the folder
+        prefix = os.path.commonprefix([_without_band(Path(p).stem) for p in paths]).rstrip("_-. ")
+        return prefix or Path(paths[0]).parent.name
+
+    stems = [stem(p) for p in scenes]
+    specs = []
+    for paths, name in zip(scenes, stems):
+        if stems.count(name) > 1:  # same stem in two folders: keep both, told apart by their path
+            name = f"{name}-{hashlib.sha256('|'.join(paths).encode()).hexdigest()[:8]}"
+        specs.append(SceneSpec(name, paths))
+    return specs
+
+
+def _without_band(stem: str) -> str:
+    head, sep, last = stem.replace("-", "_").rpartition("_")
+    if band_name_from_filename(last) is not None:
+        return head
+    return "" if band_name_from_filename(stem) is not None else stem
+
+
+# -- what decides a scene's answers --------------------------------------------------------------
+@dataclass(frozen=True)
+class SceneRunConfig:
+    """How every scene of a run is answered. ``tile`` None: each scene is one image."""
+
+    task: str
+    prompt: str | None = None
+    tile: int | None = None
+    overlap: int = 64
+    batch_size: int = 4
+    band_set: str | None = None
+    nodata: float | None = None
+    generation: GenerationConfig | None = None
+    geojson_crs: str = "wgs84"
+    iou_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", resolve_task(self.task))
+        object.__setattr__(self, "generation", scene_generation(self.task, self.generation))
+        if self.tile is not None:
+            plan_tiles(self.tile, self.tile, self.tile, self.overlap)  # checks tile and overlap
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
+
+    @property
+    def spatial(self) -> bool:
+        return self.task in SPATIAL_TASKS
+
+    def answer_settings(self) -> dict:
+        """Everything that changes an answer; not the batch size (batched answers are exact)."""
+        settings = asdict(self)
+        settings.pop("batch_size")
+        return settings
+
+    def plan(self, height: int, width: int) -> list[Tile]:
+        if self.tile is None:
+            return [Tile(0, Window(0, 0, width, height))]
+        return plan_tiles(height, width, self.tile, self.overlap)
+
+
+def file_digests(paths: Sequence[str], known: Sequence[dict] = ()) -> list[dict]:
+    """sha256 of each file, reusing a known digest while size and modification time are unchanged."""
+    by_path = {k.get("path"): k for k in known}
+    out = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+        except OSError as err:
+            raise RasterReadError(f"{path}: {err.strerror or err}; check the path") from None
+        record = {"path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        old = by_path.get(path)
+        if old and old.get("size") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns and old.get("sha256"):
+            record["sha256"] = old["sha256"]
+        else:
+            record["sha256"] = sha256_file(path)
+        out.append(record)
+    return out
+
+
+def scene_key(digests: Sequence[dict], artifacts_sha256: str, config: SceneRunConfig) -> str:
+    identity = {"files": [d["sha256"] for d in digests], "artifacts": artifacts_sha256,
+                "settings": config.answer_settings()}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -- the output folder ---------------------------------------------------------------------------
+class RunIndex:
+    """``DIR/index.json``: one entry per scene, rewritten atomically after every change."""
+
+    def __init__(self, folder: str | os.PathLike, run: dict) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / INDEX
+        self.run = run
+        self.entries: dict[str, dict] = {}
+        self.recorded: set[str] = set()  # scenes recorded by this run
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                self.entries = {e["scene"]: e for e in data["scenes"]}
+            except (ValueError, KeyError, TypeError):
+                raise EOVError(f"{self.path} is not an eov-run index; give another --out folder or remove it") from None
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def complete(self, scene: SceneSpec, key: str) -> dict | None:
+        """The recorded entry if the scene is done under this key and its output is in place."""
+        entry = self.entries.get(scene.name)
+        if entry and entry.get("status") in COMPLETE and entry.get("key") == key \
+                and (self.folder / entry.get("output", "")).is_file():
+            return entry
+        return None
+
+    def record(self, entry: dict) -> None:
+        self.entries[entry["scene"]] = entry
+        self.recorded.add(entry["scene"])
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"format": INDEX_FORMAT, "run": self.run, "scenes": list(self.entries.values())})
+
+
+# -- executors: where tiles are answered ---------------------------------------------------------
+@dataclass(frozen=True)
+class TileJob:
+    """A batch of one scene's tiles."""
+
+    scene: str  # SceneSpec.name
+    paths: tuple[str, ...]
+    tiles: tuple[Tile, ...]
+
+
+class TileExecutor(Protocol):
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[TileJob, list[TileOutcome] | EOVError]]:
+        """Answer every job; yield each with its outcomes (or the error that lost it) as it finishes."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class InProcessTiles:
+    """Tiles answered one batch after another by this process's Pipeline."""
+
+    def __init__(self, pipeline: Pipeline, config: SceneRunConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[TileJob, list[TileOutcome]]]:
+        c = self.config
+        for job in jobs:
+            yield job, answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.task, c.prompt, c.band_set, c.nodata,
+                                    c.generation)
+
+    def close(self) -> None:
+        pass
+
+
+# -- the run -------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    scenes: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unfinished: int = 0
+    tiles: int = 0
+    detections: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[str] = field(default_factory=list)  # "scene: error line"
+
+    @property
+    def scenes_per_minute(self) -> float:
+        ran = self.done + self.failed
+        return 60.0 * ran / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"{self.scenes} scene(s): {self.done} done, {self.skipped} skipped, {self.failed} failed"
+                + (f", {self.unfinished} unfinished" if self.unfinished else "")
+                + f"; {self.tiles} tile(s), {self.detections} detection(s); {self.seconds:.1f} s, "
+                f"{self.scenes_per_minute:.1f} scenes/min")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "scenes_per_minute": round(self.scenes_per_minute, 2)}
+
+
+@dataclass
+class _Pending:
+    spec: SceneSpec
+    key: str
+    digests: list[dict]
+    result: SceneResult
+    started: float
+    outcomes: list[TileOutcome] = field(default_factory=list)
+    lost: str | None = None  # a worker lost some of its tiles: the scene must run again
+
+
+def run_scenes(
+    scenes: Sequence[SceneSpec],
+    out: str | os.PathLike,
+    config: SceneRunConfig,
+    executor: TileExecutor,
+    artifacts_sha256: str,
+    run_info: dict | None = None,
+    progress: Callable[[str, int, bool], None] | None = None,
+) -> RunSummary:
+    """Answer every scene into ``out`` (see the module doc). ``progress(scene, tiles, finished)`` is
+    called as tiles come back, and with ``finished`` when a scene is (skipped or failed to open: 0 tiles)."""
+    index = RunIndex(out, {**(run_info or {}), "settings": config.answer_settings(),
+                           "artifacts_sha256": artifacts_sha256})
+    summary = RunSummary(scenes=len(scenes))
+    pending: dict[str, _Pending] = {}
+    start = time.perf_counter()
+
+    def report(scene: str, tiles: int, finished: bool = True) -> None:
+        if progress:
+            progress(scene, tiles, finished)
+
+    def jobs() -> Iterator[TileJob]:  # planned lazily: the first tiles run while later scenes hash
+        for spec in scenes:
+            begun = time.perf_counter()
+            old = index.entries.get(spec.name, {})
+            try:
+                digests = file_digests(spec.paths, old.get("files", ()))
+                key = scene_key(digests, artifacts_sha256, config)
+                if done := index.complete(spec, key):
+                    index.record({**done, "status": "skipped"})
+                    summary.skipped += 1
+                    report(spec.name, 0)
+                    continue
+                grid = raster_grid(spec.view_paths)
+                tiles = config.plan(grid.height, grid.width)
+            except EOVError as err:
+                index.record(_entry(spec, "failed", error=_line(err), seconds=time.perf_counter() - begun))
+                summary.failed += 1
+                summary.failures.append(f"{spec.name}: {_line(err)}")
+                report(spec.name, 0)
+                continue
+            result = SceneResult(spec.paths[0], config.task, grid, len(tiles))
+            pending[spec.name] = _Pending(spec, key, digests, result, begun)
+            for group in _batches(tiles, config.batch_size):
+                yield TileJob(spec.name, spec.paths, tuple(group))
+
+    try:
+        for job, outcomes in executor.run(jobs()):
+            scene = pending[job.scene]
+            if isinstance(outcomes, EOVError):
+                scene.lost = _line(outcomes)
+            else:
+                scene.outcomes += outcomes
+            scene.result.tiles_done += len(job.tiles)
+            summary.tiles += len(job.tiles)
+            finished = scene.result.tiles_done == scene.result.tiles
+            if finished:
+                _finish(pending.pop(job.scene), index, config, summary)
+            report(job.scene, len(job.tiles), finished)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:  # interrupted (or every worker lost): what did not finish is listed as unfinished
+        ended = summary.done + summary.skipped + summary.failed
+        if ended < len(scenes):
+            for spec in scenes:
+                scene = pending.get(spec.name)
+                if scene is not None:
+                    index.entries[spec.name] = _entry(spec, "unfinished", key=scene.key, files=scene.digests,
+                                                      tiles=scene.result.tiles, tiles_done=scene.result.tiles_done)
+                elif spec.name not in index.recorded:  # not reached
+                    index.entries[spec.name] = _entry(spec, "unfinished")
+            index.save()
+            summary.unfinished = len(scenes) - ended
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: RunSummary) -> None:
+    result = scene.result
+    result.merge(scene.outcomes, config.iou_threshold)
+    result.seconds = time.perf_counter() - scene.started
+    answered = result.tiles - len(result.errors)
+    common = dict(key=scene.key, files=scene.digests, tiles=result.tiles, tiles_failed=len(result.errors),
+                  seconds=result.seconds)
+    if scene.lost or answered == 0:
+        error = scene.lost or f"{result.errors[0].error}: {result.errors[0].message}"
+        index.record(_entry(scene.spec, "failed", error=error, **common))
+        summary.failed += 1
+        summary.failures.append(f"{scene.spec.name}: {error}")
+        return
+    if config.spatial:
+        output = f"{scene.spec.name}.geojson"
+        write_json_atomic(index.folder / output, result.geojson(config.geojson_crs))
+    else:
+        output = f"{scene.spec.name}.json"
+        write_json_atomic(index.folder / output, {
+            "source": result.source, "task": result.task, "tiles": result.tiles,
+            "tiles_failed": [e.__dict__ for e in result.errors], "answers": result.tile_answers})
+    index.record(_entry(scene.spec, "done", output=output, features=len(result.detections),
+                        answers=len(result.tile_answers), **common))
+    summary.done += 1
+    summary.detections += len(result.detections)
+
+
+def _entry(spec: SceneSpec, status: str, error: str | None = None, seconds: float = 0.0, **fields) -> dict:
+    return {"scene": spec.name, "paths": list(spec.paths), "status": status, "error": error,
+            "seconds": round(seconds, 3), **fields}
+
+
+def _line(err: BaseException) -> str:
+    """The error's first line, named by its type."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
