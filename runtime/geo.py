@@ -11,6 +11,7 @@ web maps and most tools assume. ``output_crs="native"`` keeps the raster's CRS, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -124,6 +125,8 @@ def crs_member(wkt: str | None) -> dict | None:
 
 
 OUTPUT_CRS = ("wgs84", "native")
+OFF_THE_EARTH = ("a vertex lies outside the raster CRS's domain (space beyond the Earth's disk?): no longitude/"
+                 "latitude; pixel_box has its pixels, --geojson-crs native its map coordinates")
 WGS84_DECIMALS = 7
 
 
@@ -133,23 +136,42 @@ def _counterclockwise(ring: list[list[float]]) -> list[list[float]]:
     return ring if area >= 0 else ring[::-1]
 
 
-def to_wgs84(geometries: Sequence[dict], crs_wkt: str) -> list[dict]:
+def to_wgs84(geometries: Sequence[dict], crs_wkt: str) -> list[dict | None]:
     """Point and Polygon geometries from ``crs_wkt`` to WGS 84 longitude/latitude (RFC 7946), every
-    vertex of every geometry through one transform call."""
+    vertex of every geometry through one transform call. A geometry with a vertex the CRS cannot
+    place on the Earth (space beyond the disk of a geostationary image) becomes None."""
+    from rasterio._err import CPLE_BaseError  # GDAL's errors; rasterio.errors does not export their base
     from rasterio.crs import CRS
+    from rasterio.errors import RasterioError
     from rasterio.warp import transform
 
+    failures = (CPLE_BaseError, RasterioError, ValueError)
+
+    source, wgs84 = CRS.from_wkt(crs_wkt), CRS.from_epsg(4326)
     rings = [[g["coordinates"]] if g["type"] == "Point" else g["coordinates"][0] for g in geometries]
-    xs = [x for ring in rings for x, _ in ring]
-    ys = [y for ring in rings for _, y in ring]
-    lons, lats = transform(CRS.from_wkt(crs_wkt), CRS.from_epsg(4326), xs, ys) if xs else ([], [])
-    moved = iter([round(lon, WGS84_DECIMALS), round(lat, WGS84_DECIMALS)] for lon, lat in zip(lons, lats))
-    out = []
-    for geometry, ring in zip(geometries, rings):
-        points = [next(moved) for _ in ring]
-        out.append({"type": "Point", "coordinates": points[0]} if geometry["type"] == "Point" else
-                   {"type": "Polygon", "coordinates": [_counterclockwise(points)]})
-    return out
+
+    def move(ring_list: list) -> list[list[list[float]]]:
+        xs = [x for ring in ring_list for x, _ in ring]
+        ys = [y for ring in ring_list for _, y in ring]
+        lons, lats = transform(source, wgs84, xs, ys) if xs else ([], [])
+        if not all(math.isfinite(v) for v in (*lons, *lats)):
+            raise ValueError("a vertex outside the CRS's domain")
+        moved = iter([round(lon, WGS84_DECIMALS), round(lat, WGS84_DECIMALS)] for lon, lat in zip(lons, lats))
+        return [[next(moved) for _ in ring] for ring in ring_list]
+
+    try:
+        placed: list = move(rings)
+    except failures:  # some vertex off the Earth: place each geometry on its own
+        placed = []
+        for ring in rings:
+            try:
+                placed += move([ring])
+            except failures:
+                placed.append(None)
+    return [None if points is None else
+            {"type": "Point", "coordinates": points[0]} if geometry["type"] == "Point" else
+            {"type": "Polygon", "coordinates": [_counterclockwise(points)]}
+            for geometry, points in zip(geometries, placed)]
 
 
 def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, properties: dict | None = None,
@@ -173,7 +195,9 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
     features += list(extra_features)
     if georeferenced and output_crs == "wgs84":
         moved = to_wgs84([f["geometry"] for f in features], crs_wkt)
-        features = [{**f, "geometry": g} for f, g in zip(features, moved)]
+        features = [{**f, "geometry": g} if g is not None else  # RFC 7946 allows a null geometry
+                    {**f, "geometry": None, "properties": {**f["properties"], "geometry_error": OFF_THE_EARTH}}
+                    for f, g in zip(features, moved)]
         coordinates = "wgs84"
     else:
         coordinates = "map" if georeferenced else "pixel"

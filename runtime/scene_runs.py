@@ -281,11 +281,15 @@ class InProcessTiles:
         self.pipeline = pipeline
         self.config = config
 
-    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[TileJob, list[TileOutcome]]]:
+    def run(self, jobs: Iterable[TileJob]) -> Iterator[tuple[TileJob, list[TileOutcome] | EOVError]]:
         c = self.config
         for job in jobs:
-            yield job, answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.task, c.prompt, c.band_set, c.nodata,
-                                    c.generation)
+            try:
+                outcomes = answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.task, c.prompt,
+                                        c.band_set, c.nodata, c.generation)
+            except Exception as err:  # not bad input (that is a tile's error): a fault, recorded on its scene
+                outcomes = EOVError(f"unexpected {_line(err)}; please report it with the scene")
+            yield job, outcomes
 
     def close(self) -> None:
         pass
@@ -366,10 +370,11 @@ def run_scenes(
                     continue
                 grid = raster_grid(spec.view_paths)
                 tiles = config.plan(grid.height, grid.width)
-            except EOVError as err:
-                index.record(_entry(spec, "failed", error=_line(err), seconds=time.perf_counter() - begun))
+            except Exception as err:  # a bad scene (or a fault reading it): recorded, the others go on
+                error = _line(err) if isinstance(err, EOVError) else f"unexpected {_line(err)}; please report it"
+                index.record(_entry(spec, "failed", error=error, seconds=time.perf_counter() - begun))
                 summary.failed += 1
-                summary.failures.append(f"{spec.name}: {_line(err)}")
+                summary.failures.append(f"{spec.name}: {error}")
                 report(spec.name, 0)
                 continue
             result = SceneResult(spec.paths[0], config.task, grid, len(tiles))
@@ -381,14 +386,19 @@ def run_scenes(
         for job, outcomes in executor.run(jobs()):
             scene = pending[job.scene]
             if isinstance(outcomes, EOVError):
-                scene.lost = _line(outcomes)
+                scene.lost = str(outcomes)
             else:
                 scene.outcomes += outcomes
             scene.result.tiles_done += len(job.tiles)
             summary.tiles += len(job.tiles)
             finished = scene.result.tiles_done == scene.result.tiles
             if finished:
-                _finish(pending.pop(job.scene), index, config, summary)
+                scene = pending.pop(job.scene)
+                try:
+                    _finish(scene, index, config, summary)
+                except Exception as err:  # writing its output failed: this scene fails, the others go on
+                    _fail(scene, index, summary, f"unexpected {_line(err)}; please report it with the scene",
+                          key=scene.key, files=scene.digests)
             report(job.scene, len(job.tiles), finished)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -410,16 +420,15 @@ def run_scenes(
 
 def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: RunSummary) -> None:
     result = scene.result
-    result.merge(scene.outcomes, config.iou_threshold)
     result.seconds = time.perf_counter() - scene.started
-    answered = result.tiles - len(result.errors)
+    if scene.lost is None:
+        result.merge(scene.outcomes, config.iou_threshold)
+        if len(result.errors) == result.tiles:  # not one tile could be read
+            scene.lost = f"{result.errors[0].error}: {result.errors[0].message}"
     common = dict(key=scene.key, files=scene.digests, tiles=result.tiles, tiles_failed=len(result.errors),
                   seconds=result.seconds)
-    if scene.lost or answered == 0:
-        error = scene.lost or f"{result.errors[0].error}: {result.errors[0].message}"
-        index.record(_entry(scene.spec, "failed", error=error, **common))
-        summary.failed += 1
-        summary.failures.append(f"{scene.spec.name}: {error}")
+    if scene.lost:
+        _fail(scene, index, summary, scene.lost, **common)
         return
     if config.spatial:
         output = f"{scene.spec.name}.geojson"
@@ -433,6 +442,12 @@ def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: R
                         answers=len(result.tile_answers), **common))
     summary.done += 1
     summary.detections += len(result.detections)
+
+
+def _fail(scene: _Pending, index: RunIndex, summary: RunSummary, error: str, **fields) -> None:
+    index.record(_entry(scene.spec, "failed", error=error, **fields))
+    summary.failed += 1
+    summary.failures.append(f"{scene.spec.name}: {error}")
 
 
 def _entry(spec: SceneSpec, status: str, error: str | None = None, seconds: float = 0.0, **fields) -> dict:

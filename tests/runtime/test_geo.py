@@ -143,3 +143,20 @@ def test_feature_collection_in_map_units_with_crs(tokenizer, tmp_path):
     out = tmp_path / "sub" / "d.geojson"
     write_json_atomic(out, collection)
     assert out.is_file() and [p.name for p in out.parent.iterdir()] == ["d.geojson"]
+
+
+def test_shapes_off_the_earth_get_a_null_geometry_not_a_traceback(shared_data):
+    """A geostationary full disk (GOES): a shape in the space around the disk has no longitude/latitude.
+    Its feature keeps a null geometry (RFC 7946 allows it) and says why; the others are placed."""
+    import rasterio
+
+    with rasterio.open(shared_data / "geotiff_samples" / "goes.tif") as ds:
+        crs, affine = ds.crs.to_wkt(), ds.transform
+    on_disk = [affine * (271 + dx, 271 + dy) for dx, dy in ((0, 0), (5, 0), (5, 5), (0, 5))]
+    in_space = [affine * (2 + dx, 2 + dy) for dx, dy in ((0, 0), (5, 0), (5, 5), (0, 5))]
+    dets = [Detection("quad", "cloud", 0.9, [(0, 0)] * 4, on_disk), Detection("quad", "cloud", 0.8, [(2, 2)] * 4, in_space)]
+    disk, space = feature_collection(dets, crs)["features"]
+    assert space["geometry"] is None and "outside the raster CRS's domain" in space["properties"]["geometry_error"]
+    ring = disk["geometry"]["coordinates"][0]
+    assert all(-76 < lon < -74 and -1 < lat < 1 for lon, lat in ring)  # the sub-satellite point, 75 W
+    assert "geometry_error" not in disk["properties"]

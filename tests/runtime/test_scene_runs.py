@@ -162,3 +162,20 @@ def test_cli_folder_run_exits_nonzero_naming_the_failed_scene(nano_artifacts, tm
     assert (tmp_path / "out" / "scene0.json").is_file()
     result = CliRunner().invoke(eov_run, ["--artifacts", str(nano_artifacts), "x.tif", "--ray"])
     assert result.exit_code == 2 and "give --out DIR" in result.output
+
+
+@pytest.mark.slow
+def test_a_fault_on_one_scene_is_recorded_and_the_others_finish(pipeline, tmp_path, monkeypatch):
+    scenes = expand_scenes(make_scenes(tmp_path / "scenes"))[1:]
+    real = scene_runs.answer_tiles
+
+    def faulty(pipe, paths, *args):
+        if "scene1" in str(paths):
+            raise RuntimeError("a bug, not bad input")
+        return real(pipe, paths, *args)
+
+    monkeypatch.setattr(scene_runs, "answer_tiles", faulty)
+    summary = run_scenes(scenes, tmp_path / "out", CONFIG, InProcessTiles(pipeline, CONFIG), "sha")
+    assert (summary.done, summary.failed) == (2, 1)
+    assert summary.failures == ["scene1: unexpected RuntimeError: a bug, not bad input; please report it with the scene"]
+    assert not (tmp_path / "out" / "scene1.geojson").exists()
