@@ -2,7 +2,8 @@
 
 Everything here is decided on the CPU from the artifacts' manifest: optimization profiles (the
 decoder gets one for the prefill, past length 0, and one for decode steps against the runtime's
-preallocated cache, the encoder one for views), precisions, workspace, timing cache, a memory
+preallocated cache, which also takes a question's own tokens on a shared prefix's cache; the encoder
+one for views), precisions, workspace, timing cache, a memory
 estimate checked against the device, and the equivalent ``trtexec`` commands. The builder
 (:mod:`eov_edge.export.tensorrt_build`) and the TensorRT runner only read it.
 """
@@ -20,6 +21,10 @@ from eov_edge.export.devices import DevicePreset, resolve_precision
 
 PLAN_FILE = "engine_plan.json"
 PLAN_VERSION = 1
+# Most tokens one decode-profile call feeds on top of a cache: a question's own tokens after the
+# image block every question about the same views shares (Pipeline.answer_questions). Longer
+# suffixes are prefilled whole instead.
+MAX_SUFFIX_TOKENS = 64
 
 
 @dataclass
@@ -123,10 +128,12 @@ def _decoder_profiles(m: mf.Manifest, max_batch: int, max_seq: int, max_kv: int)
                mf.ATTENTION_MASK: ShapeRange([1, 1], [1, opt_seq], [max_batch, max_seq]),
                mf.POSITION_IDS: ShapeRange([1, 1], [1, opt_seq], [max_batch, max_seq])}
     prefill.update((name, past(0, 0, 0)) for name in mf.past_names(m.num_layers))
-    # Decode against the runtime's fixed-capacity cache: past = capacity slots, mask = capacity + 1.
-    decode = {mf.INPUTS_EMBEDS: ShapeRange([1, 1, dim], [1, 1, dim], [max_batch, 1, dim]),
-              mf.ATTENTION_MASK: ShapeRange([1, 2], [1, opt_kv + 1], [max_batch, max_kv + 1]),
-              mf.POSITION_IDS: ShapeRange([1, 1], [1, 1], [max_batch, 1])}
+    # Decode against the runtime's fixed-capacity cache: past = capacity slots, mask = capacity + 1;
+    # tuned for one token per row (opt), up to MAX_SUFFIX_TOKENS (a question's suffix on a shared prefix).
+    suffix = min(max_seq, MAX_SUFFIX_TOKENS)
+    decode = {mf.INPUTS_EMBEDS: ShapeRange([1, 1, dim], [1, 1, dim], [max_batch, suffix, dim]),
+              mf.ATTENTION_MASK: ShapeRange([1, 2], [1, opt_kv + 1], [max_batch, max_kv + suffix]),
+              mf.POSITION_IDS: ShapeRange([1, 1], [1, 1], [max_batch, suffix])}
     decode.update((name, past(1, opt_kv, max_kv)) for name in mf.past_names(m.num_layers))
     return [Profile("prefill", prefill), Profile("decode", decode)]
 

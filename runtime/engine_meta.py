@@ -55,6 +55,21 @@ def engine_max_batch(directory: Path) -> int:
     return int(min(sizes))
 
 
+def engine_max_suffix(directory: Path) -> int:
+    """The most tokens per row the decoder engine's decode profile feeds on top of a cache (a question's
+    own tokens on a shared prefix; 1 for engines planned before suffixes): longer suffixes are
+    prefilled whole."""
+    decoder = next((m for m in load_meta(directory) if m.graph == mf.DECODER), None)
+    if decoder is None:
+        raise EngineError(f"{directory}: {META_FILE} lists no decoder engine; rebuild with eov-export engine")
+    # the Python builder's "decode" profile; trtexec's one profile spans prefill and decode
+    single = decoder.profiles[0] if len(decoder.profiles) == 1 else None
+    decode = next((p for p in decoder.profiles if p.get("name") == "decode"), single)
+    if decode is None or mf.INPUTS_EMBEDS not in decode["shapes"]:
+        return 0
+    return int(decode["shapes"][mf.INPUTS_EMBEDS]["max"][1])
+
+
 def check_engine(meta: EngineMeta, directory: Path, tensorrt_version: str, compute_capability: tuple[int, int],
                  manifest: mf.Manifest | None = None) -> None:
     """Refuse an engine that this TensorRT or GPU cannot run, or that was built from other ONNX."""

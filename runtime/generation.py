@@ -27,11 +27,11 @@ import numpy as np
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import PromptError
-from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream
+from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream, PrefixKV
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.token_choice import GenerationConfig, Step, stack_steps, token_rule
 
-__all__ = ["Decoder", "GenerationConfig", "KVCache", "Step", "stack_steps"]
+__all__ = ["Decoder", "GenerationConfig", "KVCache", "PrefixKV", "Step", "stack_steps"]
 
 
 
@@ -91,13 +91,15 @@ class Decoder:
         self.past_names = mf.past_names(manifest.num_layers)
         self.present_names = mf.present_names(manifest.num_layers)
         self.last_cache_bytes = 0
+        self.last_prefix_kv: PrefixKV | None = None  # the shared prefix's keys and values, last generation
 
-    def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
-              ) -> Iterator[Step]:
+    def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+              shared_prefix: int = 0, prefix_kv: PrefixKV | None = None) -> Iterator[Step]:
         """Yield one :class:`Step` per generated token until every row has ended (EOS) or the limit.
 
         inputs_embeds (B, S, D) f32 with image embeddings already in place; attention_mask (B, S)
-        i64, left padded.
+        i64, left padded. ``shared_prefix`` P: every row's first P real tokens are the same; they
+        are prefilled once (or taken from ``prefix_kv``) and each row's rest on top of them.
         """
         m = self.manifest
         batch, prompt_length, _ = inputs_embeds.shape
@@ -106,19 +108,26 @@ class Decoder:
                 f"{prompt_length} prompt tokens + {config.max_new_tokens} new tokens exceed the context of "
                 f"{m.max_context}; shorten the prompt or lower max_new_tokens"
             )
+        self.last_prefix_kv = None
         if m.decoder_kind == mf.ORT_CPU_DECODER:
-            yield from self._steps_shared_cache(inputs_embeds, attention_mask, config)
+            yield from self._steps_shared_cache(inputs_embeds, attention_mask, config, shared_prefix, prefix_kv)
             return
         attention_mask = attention_mask.astype(np.int64, copy=False)
-        positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
-        empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
-        feed = {mf.INPUTS_EMBEDS: inputs_embeds, mf.ATTENTION_MASK: attention_mask, mf.POSITION_IDS: positions}
-        feed.update((name, empty) for name in self.past_names)
-        out = self.prefill_runner.infer(feed)
-        capacity = prompt_length + config.max_new_tokens - 1
+        if shared_prefix:
+            last_logits, presents, attention_mask = self._prefill_shared(inputs_embeds, attention_mask,
+                                                                         shared_prefix, prefix_kv)
+        else:
+            empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
+            positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
+            feed = {mf.INPUTS_EMBEDS: inputs_embeds, mf.ATTENTION_MASK: attention_mask, mf.POSITION_IDS: positions}
+            feed.update((name, empty) for name in self.past_names)
+            out = self.prefill_runner.infer(feed)
+            last_logits, presents = out[mf.LOGITS][:, -1], [out[name] for name in self.present_names]
+        positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # (B, T) over the cached prompt
+        capacity = attention_mask.shape[1] + config.max_new_tokens - 1
         cache = KVCache(m.num_layers, batch, m.num_kv_heads, m.head_dim, capacity)
         self.last_cache_bytes = cache.nbytes
-        cache.write_prompt([out[name] for name in self.present_names], attention_mask)
+        cache.write_prompt(presents, attention_mask)
         # Decode-step inputs live in buffers refilled in place, so the runner sees the same arrays
         # every step and keeps its binding (see OrtRunner).
         step_embeds = np.empty((batch, 1, self.embed_table.shape[1]), np.float32)  # (B, 1, D)
@@ -128,11 +137,50 @@ class Decoder:
         step_outputs = {mf.LOGITS: np.empty((batch, 1, len(self.embed_table)), np.float32)}  # (B, 1, V)
         step_outputs.update(zip(self.present_names, cache.present))
         decode_step = self.runner.bind_decode(feed, step_outputs, cache, dict(zip(self.present_names, self.past_names)))
-        yield from self._tokens(out[mf.LOGITS][:, -1], self._embedding_writer(step_embeds), decode_step,
+        yield from self._tokens(last_logits, self._embedding_writer(step_embeds), decode_step,
                                 lambda: np.add(step_position, 1, out=step_position), config)
 
-    def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
-                            ) -> Iterator[Step]:
+    def _prefill_shared(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, shared_prefix: int,
+                        prefix_kv: PrefixKV | None) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Portable decoder: the shared prefix P once (batch 1, or ``prefix_kv``), then every row's
+        suffix S_r on top of it, left padded to the longest suffix S' *after* the prefix: each row's
+        cache is [prefix | padding | suffix], whose masked slots get zero attention weight and whose
+        positions come from the mask. Returns last logits (B, V), presents 2L x (B, KV, P+S', hd)
+        and the mask (B, P+S')."""
+        m = self.manifest
+        batch, prompt_length, dim = inputs_embeds.shape
+        lengths = attention_mask.sum(-1)  # (B,)
+        suffixes = lengths - shared_prefix  # (B,) S_r
+        if not 0 < shared_prefix < int(lengths.min()):
+            raise ValueError(f"shared prefix {shared_prefix} must leave every row a token of its own")
+        if prefix_kv is None:
+            first = prompt_length - int(lengths[0])  # row 0's first real token
+            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[0:1, first:first + shared_prefix]),
+                    mf.ATTENTION_MASK: np.ones((1, shared_prefix), np.int64),
+                    mf.POSITION_IDS: np.arange(shared_prefix, dtype=np.int64)[None]}
+            feed.update((name, np.zeros((1, m.num_kv_heads, 0, m.head_dim), np.float32)) for name in self.past_names)
+            out = self.prefill_runner.infer(feed)
+            prefix_kv = PrefixKV([out[name][0] for name in self.present_names])
+        elif prefix_kv.length != shared_prefix:
+            raise ValueError(f"cached prefix of {prefix_kv.length} positions for a prefix of {shared_prefix}")
+        self.last_prefix_kv = prefix_kv
+        width = int(suffixes.max())  # S'
+        suffix_embeds = np.zeros((batch, width, dim), np.float32)  # (B, S', D), left padded
+        mask = np.zeros((batch, shared_prefix + width), np.int64)  # (B, P+S')
+        mask[:, :shared_prefix] = 1
+        for row, s in enumerate(suffixes.tolist()):
+            suffix_embeds[row, width - s:] = inputs_embeds[row, prompt_length - s:]
+            mask[row, shared_prefix + width - s:] = 1
+        positions = np.clip(mask.cumsum(-1) - 1, 0, None)[:, shared_prefix:]  # (B, S')
+        past = [np.ascontiguousarray(np.broadcast_to(a[None], (batch, *a.shape))) for a in prefix_kv.arrays]
+        feed = {mf.INPUTS_EMBEDS: suffix_embeds, mf.ATTENTION_MASK: mask, mf.POSITION_IDS: positions,
+                **dict(zip(self.past_names, past))}
+        out = self.prefill_runner.infer(feed)
+        presents = [np.concatenate([p, out[name]], axis=2) for p, name in zip(past, self.present_names)]
+        return out[mf.LOGITS][:, -1], presents, mask
+
+    def _steps_shared_cache(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+                            shared_prefix: int = 0, prefix_kv: PrefixKV | None = None) -> Iterator[Step]:
         """The loop over the ONNX Runtime CPU decoder (``decoder_kind`` "ort-cpu") through a
         :class:`FusedKVStream`: prompts prefilled unpadded, then the batch decodes together, each row
         at its own length. Decode steps feed the previous step's ``next_tokens`` buffer as
@@ -146,7 +194,7 @@ class Decoder:
         logits = np.empty((batch, 1, len(self.embed_table)), np.float32)  # (B, 1, V)
         # (B, 1) i64: the graph's argmax of each row (next_tokens), then that step's input_ids
         tokens = np.zeros((batch, 1), np.int64)
-        stream.prefill(inputs_embeds, lengths, logits, tokens)
+        self.last_prefix_kv = stream.prefill(inputs_embeds, lengths, logits, tokens, shared_prefix, prefix_kv)
         stream.prepare_one()  # the counters of the first decode step
         # input_ids and next_tokens: one buffer. The graph reads it first (the table Gather feeds
         # every layer) and writes it last (the ArgMax of the logits), so a step's chosen tokens are
@@ -199,11 +247,11 @@ class Decoder:
                 logits = outputs[mf.LOGITS][:, -1]
             advance()
 
-    def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def generate(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
+                 shared_prefix: int = 0, prefix_kv: PrefixKV | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (B, T) and their probabilities (B, T), T <= max_new_tokens; rows that ended
         early are padded like ``generate()`` pads them."""
-        return stack_steps(self.steps(inputs_embeds, attention_mask, config))
+        return stack_steps(self.steps(inputs_embeds, attention_mask, config, shared_prefix, prefix_kv))
 
 
 def _token_writer(view: memoryview):

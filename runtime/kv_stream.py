@@ -13,10 +13,29 @@ read before.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.errors import PromptError
+
+
+@dataclass
+class PrefixKV:
+    """The keys and values of a prompt prefix several rows share: 2L arrays (KV, P, hd) float32, in
+    the decoder's past order. Computed once, copied into each row's cache slots 0..P-1."""
+
+    arrays: list[np.ndarray]
+
+    @property
+    def length(self) -> int:
+        return int(self.arrays[0].shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
 
 LAST_POSITION = np.array([-1], np.int64)  # logits_index: logits of the last fed position only (read only)
 LAST_POSITION.flags.writeable = False
@@ -98,33 +117,60 @@ class FusedKVStream:
             view[i] += 1
 
     def prefill(self, inputs_embeds: np.ndarray, lengths: np.ndarray, logits: np.ndarray,
-                next_tokens: np.ndarray) -> None:
+                next_tokens: np.ndarray, shared_prefix: int = 0, prefix_kv: PrefixKV | None = None
+                ) -> PrefixKV | None:
         """Feed the prompts from an empty cache: inputs_embeds (B, S, D) left padded, lengths (B,)
         real tokens per row; writes each row's last-position logits into ``logits`` (B, 1, V) and its
         argmax into ``next_tokens`` (B, 1). Rows are fed unpadded (the buffers hold each from slot 0),
-        consecutive rows of one length together."""
+        consecutive rows of one length together.
+
+        ``shared_prefix`` P > 0: every row's first P real tokens are the same (questions about the
+        same views). They are fed once, for row 0 (or taken from ``prefix_kv``, computed earlier),
+        copied into every row's slots 0..P-1, and each row's suffix is fed on top (row by row: see
+        below). Returns the
+        prefix's keys and values (for a prefix cache), else None."""
         if (lengths < 1).any():
             raise PromptError("a prompt row has no tokens (its attention mask is all zero)")
         prompt_length = inputs_embeds.shape[1]
         no_ids = np.zeros((self.batch, 0), np.int64)  # (B, 0): prompts come as embeddings only
+        if shared_prefix:
+            if not 0 < shared_prefix < int(lengths.min()):
+                raise ValueError(f"shared prefix {shared_prefix} must leave every row a token of its own")
+            if prefix_kv is None:
+                first = prompt_length - int(lengths[0])  # row 0's first real token
+                self._feed(inputs_embeds[0:1, first:first + shared_prefix], 0, 1, shared_prefix, no_ids,
+                           np.empty((1, 1, logits.shape[-1]), np.float32), np.empty((1, 1), np.int64))
+                prefix_kv = PrefixKV([c[0, :, :shared_prefix].copy() for c in self.cache])
+            elif prefix_kv.length != shared_prefix:
+                raise ValueError(f"cached prefix of {prefix_kv.length} positions for a prefix of {shared_prefix}")
+            for buffer, prefix in zip(self.cache, prefix_kv.arrays):
+                buffer[:, :, :shared_prefix] = prefix  # (B, KV, P, hd) <- (KV, P, hd)
         start = 0
         while start < self.batch:
             length = int(lengths[start])
             end = start + 1
-            while end < self.batch and lengths[end] == length:
+            # GroupQueryAttention takes several tokens on top of a cache for one row at a time
+            # (ONNX Runtime: "batch_size must be 1 when sequence_length > 1 and past context is given")
+            while not shared_prefix and end < self.batch and lengths[end] == length:
                 end += 1
-            feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(inputs_embeds[start:end, prompt_length - length:],
-                                                           dtype=np.float32),
-                    mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
-                    mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32),
-                    mf.LOGITS_INDEX: LAST_POSITION, mf.INPUT_IDS: no_ids[start:end], mf.EMBED_TABLE: self.table}
-            rows = [c[start:end] for c in self.cache]  # (rows, KV, C, hd) views into the shared buffers
-            feed.update(zip(self.past_names, rows))
-            outputs = {mf.LOGITS: logits[start:end], mf.NEXT_TOKENS: next_tokens[start:end],
-                       **dict(zip(self.present_names, rows))}
-            self.prefill_runner.infer(feed, outputs=outputs)
+            # (rows, S_fed, D): the suffix after the shared prefix (the whole prompt without one)
+            self._feed(inputs_embeds[start:end, prompt_length - length + shared_prefix:], start, end, length, no_ids,
+                       logits[start:end], next_tokens[start:end])
             start = end
         self.set_lengths(lengths)
+        return prefix_kv if shared_prefix else None
+
+    def _feed(self, embeds: np.ndarray, start: int, end: int, length: int, no_ids: np.ndarray,
+              logits: np.ndarray, next_tokens: np.ndarray) -> None:
+        """Rows start..end-1 take ``embeds`` (rows, S, D) as their positions length-S..length-1."""
+        feed = {mf.INPUTS_EMBEDS: np.ascontiguousarray(embeds, dtype=np.float32),
+                mf.SEQLENS_K: np.full(end - start, length - 1, np.int32),
+                mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32),
+                mf.LOGITS_INDEX: LAST_POSITION, mf.INPUT_IDS: no_ids[start:end], mf.EMBED_TABLE: self.table}
+        rows = [c[start:end] for c in self.cache]  # (rows, KV, C, hd) views into the shared buffers
+        feed.update(zip(self.past_names, rows))
+        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: next_tokens, **dict(zip(self.present_names, rows))}
+        self.prefill_runner.infer(feed, outputs=outputs)
 
     def bind(self, input_ids: np.ndarray, logits: np.ndarray, logits_index: np.ndarray,
              next_tokens: np.ndarray):

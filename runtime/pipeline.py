@@ -32,7 +32,9 @@ from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.runtime.backends import make_runner
 from eov_edge.runtime.generation import Decoder, GenerationConfig
 from eov_edge.runtime.geo import Detection, detections_from_answer
+from eov_edge.runtime.kv_stream import PrefixKV
 from eov_edge.runtime.ort_runner import PROVIDER_ALIASES
+from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, content_key
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 
@@ -106,13 +108,19 @@ class Pipeline:
         # most samples one decoder call takes (TensorRT: the engines' profiles), None: any; larger
         # batches run in pieces of this size
         self.max_batch: int | None = None
+        # most tokens per row the decoder takes on top of a cache (TensorRT: the decode profile's), None:
+        # any; a shared prefix is used only where every question's own tokens fit
+        self.max_suffix: int | None = None
+        # encoded views and shared prompt prefixes' keys and values, by content (answer_questions)
+        self.prefix_cache = PrefixCache(int(DEFAULT_PREFIX_CACHE_MB * (1 << 20)))
 
     @classmethod
     def from_artifacts(cls, directory: str | os.PathLike, backend: str = "onnxruntime",
                        providers: list[str] | None = None, threads: int | None = None,
                        thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
                        engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
-                       draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool | None = None) -> "Pipeline":
+                       draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool | None = None,
+                       prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
@@ -129,6 +137,8 @@ class Pipeline:
         of the two kernels for prompts (``Manifest.prompt_kernel_choice``: the gate accepted both),
         which it then measures here (:meth:`choose_prompt_session`): which one is faster depends on
         the CPU (two measurements on the same kind of machine came out either way round).
+        ``prefix_cache_mb``: bound of the cache of encoded views and shared prompt prefixes that
+        :meth:`answer_questions` keeps for later questions about the same views (0: none).
         """
         directory = Path(directory)
         if draft is not None and backend != "onnxruntime":
@@ -149,10 +159,12 @@ class Pipeline:
             runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
                                            config_entries=prefill_config, **options)
         pipeline = cls(directory, manifest, runners)
+        pipeline.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20)))
         if backend == "tensorrt":
-            from eov_edge.runtime.engine_meta import engine_max_batch
+            from eov_edge.runtime.engine_meta import engine_max_batch, engine_max_suffix
 
             pipeline.max_batch = engine_max_batch(engines)
+            pipeline.max_suffix = engine_max_suffix(engines)
         if PREFILL in runners and prefill_session is None and \
                 manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
             pipeline.choose_prompt_session()
@@ -284,12 +296,18 @@ class Pipeline:
         return build_batch(samples, self.tokenizer, self.spec, max_new_tokens=max_new_tokens)
 
     def generate_ids(self, batch: dict[str, np.ndarray], generation: GenerationConfig | None = None,
-                     image_embeds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and probabilities (B, T) for model-ready arrays (``build_batch`` output)."""
+                     image_embeds: np.ndarray | None = None, shared_prefix: int = 0,
+                     prefix_kv: PrefixKV | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and probabilities (B, T) for model-ready arrays (``build_batch`` output).
+        ``shared_prefix``/``prefix_kv``: see :meth:`Decoder.steps` (rows sharing their first tokens)."""
         generation = generation or GenerationConfig()
         embeds = self.inputs_embeds(batch, image_embeds)
         start = time.perf_counter()
-        ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
+        if shared_prefix:
+            decoder = self.decoder.target if isinstance(self.decoder, SpeculativeDecoder) else self.decoder
+            ids, probs = decoder.generate(embeds, batch["attention_mask"], generation, shared_prefix, prefix_kv)
+        else:
+            ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
         self.timings["generate"] += time.perf_counter() - start
         return ids, probs
 
@@ -308,33 +326,78 @@ class Pipeline:
         return self._answer_in_pieces(samples, [task] * len(samples), generation or GenerationConfig())
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
-                         generation: GenerationConfig | None = None) -> list[Answer]:
-        """Several questions about the same views, as one job: the views encoded once, the questions
-        decoded together as one batch. ``questions``: (task, prompt) pairs, as :meth:`sample` takes
-        them. Each answer is the one the question gets alone (the image embeddings are the same
-        arrays; the batch is left padded, which the decoders are exact under)."""
+                         generation: GenerationConfig | None = None, share_prefix: bool = True) -> list[Answer]:
+        """Several questions about the same views, as one job: the views encoded once, the prompt's
+        image block (``<|user|>``, view tags, image embeddings: the prefix every question shares)
+        prefilled once and copied under each question's own tokens, and the questions decoded
+        together as one batch. ``questions``: (task, prompt) pairs, as :meth:`sample` takes them.
+        The encoded views and the prefix's keys and values stay in :attr:`prefix_cache` for later
+        questions about the same views. Each answer is the one the question gets alone (tested
+        token for token; ``share_prefix=False`` prefills every question whole). Artifacts whose
+        answers depend on what shares a call (:attr:`Manifest.batch_invariant`: dynamic INT8)
+        decode each question alone, after the one encoding."""
         if not questions:
             raise PromptError("give at least one question")
         generation = generation or GenerationConfig()
         samples = [self.sample(views, task, prompt) for task, prompt in questions]
         first = self.batch(samples[:1], generation.max_new_tokens)
-        embeds = self.image_embeds(first["pixel_values"], first["modality_ids"])  # (V, N', D), once
-        return self._answer_in_pieces(samples, [task for task, _ in questions], generation, embeds)
+        views_key = content_key(first["pixel_values"], first["modality_ids"])
+        embeds = self.prefix_cache.get(views_key)
+        if embeds is None:
+            embeds = self.image_embeds(first["pixel_values"], first["modality_ids"])  # (V, N', D), once
+            self.prefix_cache.put(views_key, embeds, embeds.nbytes)
+        tasks = [task for task, _ in questions]
+        if not self.manifest.batch_invariant:
+            # dynamic INT8: a batch or a shared prefix would change each row's activation scales, and
+            # so its answer; each question is decoded alone, on the views encoded once
+            return [a for s, t in zip(samples, tasks) for a in self._answer_in_pieces([s], [t], generation, embeds)]
+        return self._answer_in_pieces(samples, tasks, generation, embeds, views_key if share_prefix else None)
 
     def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[str | None], generation: GenerationConfig,
-                          views_embeds: np.ndarray | None = None) -> list[Answer]:
+                          views_embeds: np.ndarray | None = None, views_key: str | None = None) -> list[Answer]:
         """Answer ``samples`` in batches the engines' profiles take (``max_batch``; one batch when
         unbounded). ``views_embeds`` (V, N', D): the encoded views every sample shares, else each
-        batch encodes its own."""
+        batch encodes its own; with ``views_key`` (their content hash) the shared prefix is
+        prefilled once per piece, or taken from the prefix cache."""
         size = self.max_batch or len(samples) or 1
         answers = []
         for start in range(0, len(samples), size):
             piece = samples[start:start + size]
             shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
-            ids, probs = self.generate_ids(self.batch(piece, generation.max_new_tokens), generation, shared)
+            batch = self.batch(piece, generation.max_new_tokens)
+            prefix, prefix_kv, prefix_key = 0, None, None
+            if views_key is not None:
+                prefix = self._shared_prefix(batch)
+                if prefix:
+                    ids = batch["input_ids"][0, batch["input_ids"].shape[1] - int(batch["attention_mask"][0].sum()):]
+                    prefix_key = content_key(np.frombuffer(views_key.encode(), np.uint8), ids[:prefix])
+                    prefix_kv = self.prefix_cache.get(prefix_key)
+            ids, probs = self.generate_ids(batch, generation, shared, prefix, prefix_kv)
+            if prefix and prefix_kv is None and self._generating_decoder().last_prefix_kv is not None:
+                computed = self._generating_decoder().last_prefix_kv
+                self.prefix_cache.put(prefix_key, computed, computed.nbytes)
             answers += [self._answer(sample, row_ids, row_probs, task)
                         for sample, task, row_ids, row_probs in zip(piece, tasks[start:start + size], ids, probs)]
         return answers
+
+    def _generating_decoder(self) -> Decoder:
+        return self.decoder.target if isinstance(self.decoder, SpeculativeDecoder) else self.decoder
+
+    def _shared_prefix(self, batch: dict[str, np.ndarray]) -> int:
+        """Tokens every row starts with, up to and including the last image placeholder (the image
+        block; the question text after it differs); 0 when the rows do not share that much."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lengths = mask.sum(-1)
+        rows = [ids[r, ids.shape[1] - int(n):] for r, n in enumerate(lengths)]  # unpadded
+        image = np.flatnonzero(rows[0] == self.manifest.special_tokens["image"])
+        if not len(image):
+            return 0
+        prefix = int(image[-1]) + 1
+        if prefix >= int(lengths.min()) or any(not np.array_equal(row[:prefix], rows[0][:prefix]) for row in rows):
+            return 0
+        if self.max_suffix is not None and int(lengths.max()) - prefix > self.max_suffix:
+            return 0  # a question longer than the engine's decode profile takes: prefilled whole
+        return prefix
 
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
                generation: GenerationConfig | None = None) -> Iterator[str]:
@@ -382,6 +445,8 @@ class Pipeline:
                  "peak_rss_mb": round(peak_rss_mb(), 1)}
         if self.prompt_session is not None:
             stats["prompt_session"] = self.prompt_session
+        if self.prefix_cache.hits or self.prefix_cache.misses:
+            stats["prefix_cache"] = self.prefix_cache.stats()
         if isinstance(self.decoder, SpeculativeDecoder):
             stats["speculative"] = {"draft_tokens": self.decoder.draft_tokens, **self.decoder.last_stats.to_dict()}
         return stats

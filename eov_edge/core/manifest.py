@@ -104,6 +104,15 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a row's answer is the same whatever else shares its decoder calls (other rows of a
+        batch, a prefix fed in an earlier call). Not so where activations are quantized at run time
+        with one scale per tensor (dynamic INT8): the scale is the max over every token of the call."""
+        decoder = self.quantization.get("graphs", {}).get(DECODER, {})
+        return not ("dynamic per tensor" in decoder.get("activations", "")
+                    or self.quantization.get("recipe") == "ort-cpu-int8")
+
     def prefill_session_config(self) -> dict[str, str]:
         """The session config entries of the decoder's prefill session; empty: one session does all."""
         return dict(self.quantization.get("graphs", {}).get(DECODER, {}).get(PREFILL_SESSION_CONFIG) or {})

@@ -19,6 +19,7 @@ from eov_edge.core import manifest as mf
 from eov_edge.core.errors import EngineError
 from eov_edge.export.devices import DEVICES, device_for_compute_capability, get_device, resolve_precision
 from eov_edge.export.engine_plan import (
+    MAX_SUFFIX_TOKENS,
     EnginePlan,
     ShapeRange,
     check_profiles_against_graph,
@@ -28,7 +29,7 @@ from eov_edge.export.engine_plan import (
     trtexec_single_profile,
 )
 from eov_edge.export.tensorrt_build import check_tensorrt_major, convert_to_fp16, write_meta
-from eov_edge.runtime.engine_meta import EngineMeta, check_engine, engine_max_batch, load_meta
+from eov_edge.runtime.engine_meta import EngineMeta, check_engine, engine_max_batch, engine_max_suffix, load_meta
 
 pytestmark = pytest.mark.slow
 
@@ -95,9 +96,11 @@ def test_plan_profiles_follow_the_graphs_and_the_runtime_cache(nano_artifacts):
     prefill, decode = decoder.profiles
     key = mf.past_names(1)[0]
     assert prefill.shapes[key].max[2] == 0 and prefill.shapes[mf.INPUTS_EMBEDS].max[:2] == [2, 300]
-    assert decode.shapes[mf.INPUTS_EMBEDS].max[1] == 1 and decode.shapes[key].max == [2, manifest.num_kv_heads, 400,
-                                                                                      manifest.head_dim]
-    assert decode.shapes[mf.ATTENTION_MASK].max == [2, 401]  # capacity + the fed token, as KVCache feeds it
+    assert decode.shapes[key].max == [2, manifest.num_kv_heads, 400, manifest.head_dim]
+    # one token per step (opt), up to a question's suffix on a shared prefix (max)
+    assert decode.shapes[mf.INPUTS_EMBEDS].opt[1] == 1 and decode.shapes[mf.INPUTS_EMBEDS].max[1] == MAX_SUFFIX_TOKENS
+    assert decode.shapes[mf.ATTENTION_MASK].opt == [1, decode.shapes[key].opt[2] + 1]  # capacity + the fed token
+    assert decode.shapes[mf.ATTENTION_MASK].max == [2, 400 + MAX_SUFFIX_TOKENS]
     assert plan.graph(mf.ENCODER).profiles[0].shapes[mf.PIXEL_VALUES].max[0] == 6  # batch x views
     for graph in plan.graphs:
         check_profiles_against_graph(manifest.graphs[graph.graph], graph.profiles, graph.graph)
@@ -188,6 +191,8 @@ def test_the_trtexec_script_checks_the_major_and_writes_engines_json(nano_artifa
     with pytest.raises(EngineError, match="compute capability"):
         check_engine(metas[0], engines, "11.4.0", (8, 7), manifest)
     assert engine_max_batch(engines) == 1  # the plan's --max-batch: eov-run caps its batches to it
+    # trtexec's one profile spans prefill and decode: a question's tokens fit on a shared prefix's cache
+    assert engine_max_suffix(engines) == metas[2].profiles[0]["shapes"][mf.INPUTS_EMBEDS]["max"][1] > 1
 
 
 def test_a_plan_for_another_tensorrt_major_is_refused_at_build():

@@ -155,3 +155,25 @@ def test_a_shape_outside_the_profile_is_refused_with_its_range(nano_artifacts, t
             mf.POSITION_IDS: np.full((2, 1), 4, np.int64), **{n: past for n in mf.past_names(m.num_layers)}}
     with pytest.raises(RunnerError, match="outside the engine's profile"):
         runner.infer(feed)
+
+
+def test_a_questions_own_tokens_on_a_shared_prefix_run_in_the_decode_profile(nano_artifacts, tmp_path, monkeypatch):
+    """Pipeline.answer_questions feeds each question's suffix on the shared prefix's cache: several
+    tokens with a past, which the decode profile takes up to MAX_SUFFIX_TOKENS."""
+    from eov_edge.export.engine_plan import MAX_SUFFIX_TOKENS
+
+    runner, m, trt_calls, _ = _decoder_runner(nano_artifacts, tmp_path, monkeypatch, {})
+    width = runner.entry.inputs[0].shape[-1]
+
+    def suffix_feed(tokens: int, past_length: int = 4) -> dict:
+        past = np.zeros((1, m.num_kv_heads, past_length, m.head_dim), np.float32)
+        return {mf.INPUTS_EMBEDS: np.zeros((1, tokens, width), np.float32),
+                mf.ATTENTION_MASK: np.ones((1, past_length + tokens), np.int64),
+                mf.POSITION_IDS: np.arange(past_length, past_length + tokens, dtype=np.int64)[None],
+                **{n: past for n in mf.past_names(m.num_layers)}}
+
+    runner.infer(suffix_feed(5))
+    profiles = [args for path, args, _ in trt_calls if path.endswith("set_optimization_profile_async")]
+    assert profiles and profiles[-1][0] == runner.profile_names.index("decode")
+    with pytest.raises(RunnerError, match="outside the engine's profile"):
+        runner.infer(suffix_feed(MAX_SUFFIX_TOKENS + 1))
