@@ -56,7 +56,7 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
               recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
               peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE,
-              rounds: int = 3, draft: str | None = DEFAULT_DRAFT) -> dict:
+              rounds: int = 3, draft: str | None = DEFAULT_DRAFT, questions: int | None = None) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
     time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts).
     ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match).
@@ -65,7 +65,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     machine's speed drifts by 20-30% over minutes (a shared VM: the same fp32 row measured 2.0x and
     2.7x PyTorch in two runs 30 minutes apart), so unpaired ratios measure the drift.
     ``draft``: at batch 1, a row of the FP32 runtime decoding speculatively with that recipe's row
-    as its draft (:mod:`eov_edge.runtime.speculative`; FP32 answers); None: no such row."""
+    as its draft (:mod:`eov_edge.runtime.speculative`; FP32 answers); None: no such row.
+    ``questions``: instead of the table, N questions about one image (:mod:`eov_edge.bench.questions`)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     import torch
@@ -78,7 +79,9 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     where = str(NANO_CHECKPOINT) if preset == "nano" else f"preset:{preset}"
     model, processor = pytorch_model(where)
     made = prepare_row_artifacts(model, processor, preset, out, recipes, artifacts, recipe_artifacts or {}, batch,
-                                 int4_block_size, draft, progress)
+                                 int4_block_size, draft if not questions else None, progress)
+    if questions:
+        return _questions_report(model, where, made.folders, out, questions, repeats, rounds, progress, peer, preset)
     bandwidth = read_bandwidth_gbs()
     peak_gflops = compute_peak_gflops()
     prefill_gflop = first_token_gflop(model, processor, bench_samples(model.config.image_size, batch))
@@ -134,6 +137,30 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
     write_json_atomic(out / "bench.json", report)
     write_atomic(out / "bench.md", markdown(report))
     chart(report, out / "bench.png")
+    return report
+
+
+def _questions_report(model, where: str, folders: dict, out: Path, n: int, repeats: int, rounds: int, progress,
+                      peer: bool, preset: str) -> dict:
+    import onnxruntime
+
+    from eov_edge.bench.questions import questions_chart, questions_markdown, run_questions_bench
+
+    section = run_questions_bench(model.language_model, where, folders, out, n, repeats, rounds, progress, peer)
+    report = {"preset": preset, "batch": 1, "model": where, "git_commit": git_commit(),
+              "date": time.strftime("%Y-%m-%d"),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "onnxruntime": onnxruntime.__version__},
+              "questions": section}
+    if peer:
+        import onnxruntime_genai
+
+        report["machine"]["onnxruntime_genai"] = onnxruntime_genai.__version__
+    text = (f"# eov-bench --questions {n}: {preset}, {report['date']}, commit {report['git_commit'][:7]}, "
+            f"{report['machine']['cpus']} CPU(s)\n\n" + questions_markdown(section))
+    write_json_atomic(out / "bench.json", report)
+    write_atomic(out / "bench.md", text)
+    questions_chart(section, out / "questions.png")
     return report
 
 
@@ -214,12 +241,15 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
 @click.option("--recipe-artifacts", multiple=True, metavar="RECIPE=DIR",
               help="quantized artifacts to time for RECIPE, e.g. gate-accepted ones from eov-export quantize "
                    "(default: quantize here without the gate); repeatable")
+@click.option("--questions", type=click.IntRange(min=2), default=None,
+              help="instead of the table: N different questions about one image, asked one by one, together, with the "
+                   "shared prefix reused (short and long answers), against PyTorch and ORT GenAI (batch 1)")
 @click.option("--draft", default=None,
               help=f"at batch 1, also time the FP32 runtime decoding speculatively with this recipe's row as its "
                    f"draft (empty: no such row) [default: {DEFAULT_DRAFT} when that recipe is timed]")
 def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
          peer: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
-         recipe_artifacts: tuple[str, ...], draft: str | None) -> None:
+         recipe_artifacts: tuple[str, ...], draft: str | None, questions: int | None) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     chosen = tuple(r for r in recipes.split(",") if r)
     unknown = [r for r in chosen if r not in RECIPES]
@@ -241,9 +271,14 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen,
                            progress=lambda m: click.echo(m, err=True), peer=peer, peer_prompt_tokens=peer_prompt_tokens,
                            int4_block_size=int(int4_block_size), rounds=rounds, artifacts=artifacts,
-                           recipe_artifacts=given, draft=draft or None)
+                           recipe_artifacts=given, draft=draft or None, questions=questions)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
+    if questions:
+        from eov_edge.bench.questions import questions_markdown
+
+        click.echo(questions_markdown(report["questions"]))
+        return
     click.echo(markdown(report))
 
 

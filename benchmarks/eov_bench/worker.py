@@ -20,7 +20,7 @@ class WorkerError(EOVError, RuntimeError):
 
 
 def run_worker(measurement: str, /, **arguments) -> dict:
-    """Run one measurement (row, peak or decoder) in a fresh process.
+    """Run one measurement (row, peak, decoder, questions, questions_decoder) in a fresh process.
 
     ``measurement`` is positional-only: the arguments of a row or decoder measurement carry their
     own ``kind`` (the runtime kind being timed).
@@ -45,6 +45,16 @@ def measure(measurement: str, arguments: dict) -> dict:
     if measurement == "decoder":
         return m.time_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["max_new"],
                               arguments["repeats"])
+    if measurement == "questions":
+        from eov_edge.bench.questions import time_questions
+
+        return time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
+                              arguments["repeats"], arguments["mode"])
+    if measurement == "questions_decoder":
+        from eov_edge.bench.questions import time_questions_decoder
+
+        return time_questions_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["shared"],
+                                      arguments["max_new"], arguments["repeats"], arguments["mode"])
     raise ValueError(f"unknown measurement {measurement!r}")
 
 
