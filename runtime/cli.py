@@ -59,6 +59,9 @@ def _print_answer(label: str, answer) -> None:
               "several, comma-separated, are asked together about one sample (views encoded once)")
 @click.option("--prompt", default=None, help="your own question instead of the task's default one")
 @click.option("--band-set", default=None, help="sensor band set of the images, when it cannot be guessed")
+@click.option("--bands", default=None,
+              help="band names of multi-band files without band descriptions, in file order (B04,B03,B02,B08): "
+                   "any subset of one sensor's bands")
 @click.option("--nodata", type=float, default=None, help="extra nodata value")
 @click.option("--multiview", is_flag=True, help="all images are views of one sample (time series, optical+SAR)")
 @click.option("--tile", type=int, default=None, help="tile each image as a large scene, N x N source pixels")
@@ -99,7 +102,7 @@ def _print_answer(label: str, answer) -> None:
                    "joins a running cluster (write --ray=ADDRESS, or put --ray after the scenes)")
 @click.option("--workers", type=int, default=None,
               help="Ray workers (default: the cluster's CPU cores, or its GPUs for --providers cuda / tensorrt)")
-def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
+def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
          do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, prefill_session,
          geojson, geojson_crs, as_json, stream, warmup, no_verify, progress, out, ray_address, workers) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
@@ -131,7 +134,7 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
             from eov_edge.runtime.scene_runs import SceneRunConfig
 
             config = SceneRunConfig(task_name or "detection", prompt, tile, overlap, batch_size, band_set, nodata,
-                                    generation, geojson_crs)
+                                    generation, geojson_crs, bands=bands)
             report = _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress)
             report["stats"] = {"wall_s": round(time.perf_counter() - started, 3)}
             if as_json:
@@ -145,12 +148,13 @@ def main(images, artifacts, task, prompt, band_set, nodata, multiview, tile, ove
             batch_size = pipeline.max_batch
         if tile:
             report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
-                                 band_set, nodata, generation, geojson, as_json, progress, geojson_crs=geojson_crs)
+                                 band_set, nodata, generation, geojson, as_json, progress, geojson_crs=geojson_crs,
+                                 bands=bands)
         elif len(tasks) > 1:
-            report = _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json)
+            report = _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json, bands)
         else:
             report = _run_images(pipeline, images, task_name, prompt, band_set, nodata, multiview, generation,
-                                 geojson, as_json, stream, geojson_crs=geojson_crs)
+                                 geojson, as_json, stream, geojson_crs=geojson_crs, bands=bands)
         report["stats"] = {**pipeline.stats(), "wall_s": round(time.perf_counter() - started, 3)}
     except (EOVError, ValueError) as err:
         raise click.ClickException(str(err)) from None
@@ -213,9 +217,9 @@ def _folder_exit(summary: dict, out) -> None:
                                    "a rerun retries them and skips the done ones")
 
 
-def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json) -> dict:
+def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json, bands=None) -> dict:
     """Several tasks (and ``--prompt``) about one sample: the views encoded once, answered together."""
-    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata) for image in images]
+    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
     questions = [(t, None) for t in tasks] + ([(None, prompt)] if prompt else [])
     answers = pipeline.answer_questions(views, questions, generation)
     label = " + ".join(images)
@@ -227,10 +231,10 @@ def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation
 
 
 def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,
-                stream, geojson_crs: str = "wgs84") -> dict:
+                stream, geojson_crs: str = "wgs84", bands=None) -> dict:
     from eov_edge.runtime.geo import feature_collection, write_json_atomic
 
-    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata) for image in images]
+    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
     together = multiview or (task is not None and TASKS[task].min_views > 1)
     if stream:
         if len(images) > 1 and not together:
@@ -257,7 +261,7 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
 
 
 def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
-                as_json, progress, geojson_crs: str = "wgs84") -> dict:
+                as_json, progress, geojson_crs: str = "wgs84", bands=None) -> dict:
     from eov_edge.core.raster import raster_grid
     from eov_edge.runtime.geo import write_json_atomic
     from eov_edge.runtime.scene import plan_tiles, run_scene
@@ -273,7 +277,7 @@ def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_
         with click.progressbar(length=total, label=f"{image} ({total} tiles)", file=sys.stderr,
                                hidden=not show) as bar:
             result = run_scene(pipeline, paths, task, prompt, tile, overlap, batch_size, band_set, nodata,
-                               generation, progress=bar.update)
+                               generation, progress=bar.update, bands=bands)
         if geojson:
             write_json_atomic(geojson, result.geojson(geojson_crs))
         for error in result.errors:

@@ -83,10 +83,13 @@ class Answer:
     detections: list[Detection] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # SLIS parse problems (malformed output)
     task: str | None = None
+    # per view: its sources, band set, and which band filled which canvas slot and what decided it
+    inputs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "text": self.text, "token_ids": self.token_ids,
-                "detections": [d.to_dict() for d in self.detections], "problems": self.problems}
+                "detections": [d.to_dict() for d in self.detections], "problems": self.problems,
+                "inputs": self.inputs}
 
 
 class Pipeline:
@@ -241,10 +244,12 @@ class Pipeline:
 
     # -- inputs ------------------------------------------------------------------------------
     def read(self, paths, band_set: str | None = None, window: Window | None = None,
-             nodata: float | None = None) -> View:
-        """One view at the model's input size; refuses sources smaller than one patch."""
+             nodata: float | None = None, bands: Sequence[str] | str | None = None) -> View:
+        """One view at the model's input size; refuses sources smaller than one patch. ``bands``: the
+        band names of a multi-band file without band descriptions, in file order."""
         start = time.perf_counter()
-        view = read_view(paths, band_set=band_set, size=self.spec.image_size, window=window, nodata=nodata)
+        view = read_view(paths, band_set=band_set, size=self.spec.image_size, window=window, nodata=nodata,
+                         bands=bands)
         src_h, src_w = (view.window.height, view.window.width) if view.window else view.source_size
         if src_h < self.patch_size or src_w < self.patch_size:
             raise ViewMismatchError(
@@ -431,7 +436,7 @@ class Pipeline:
         parsed = slis.parse(text)
         detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
         return Answer(text, token_ids, token_probs, detections,
-                      parsed.problems, resolve_task(task) if task else None)
+                      parsed.problems, resolve_task(task) if task else None, [view_inputs(v) for v in sample.views])
 
     # -- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -452,6 +457,15 @@ class Pipeline:
         return stats
 
 
+def view_inputs(view: View) -> dict:
+    """What a view was read as: sources, band set, modality, the slots filled (band, slot, what
+    decided it) and the canvas slots left empty."""
+    filled = view.extra.get("bands", [])
+    empty = [slot.name for slot, present in zip(bands.CANVAS_SLOTS, view.present.tolist()) if not present]
+    return {"sources": list(view.sources), "band_set": view.band_set, "modality": view.modality,
+            "slots": filled, "empty_slots": empty}
+
+
 def _cpu_first(providers: list[str] | None) -> bool:
     """Whether ONNX Runtime runs these graphs on the CPU (the default, or CPU listed first)."""
     return not providers or PROVIDER_ALIASES.get(providers[0].lower(), providers[0]) == "CPUExecutionProvider"
@@ -468,8 +482,13 @@ def _onnxruntime_at_least(version: tuple[int, int]) -> bool:
 
 def _check_compatible(manifest: mf.Manifest, directory: Path) -> None:
     """The canvas and SLIS grammar of the artifacts must be the ones this runtime implements."""
+    # The canvas must be the same; this runtime may know band sets the artifacts' exporter did not
+    # (they fill the same slots), but every band set the artifacts know must read the same here.
     ours = json.loads(json.dumps(bands.band_table()))
-    if manifest.band_table != ours:
+    theirs = manifest.band_table
+    changed = [name for name, spec in theirs.get("band_sets", {}).items()
+               if name not in ours["band_sets"] or any(ours["band_sets"][name].get(k) != v for k, v in spec.items())]
+    if changed or any(theirs.get(key) != ours[key] for key in ("canvas_version", "slots", "modalities")):
         raise mf.ManifestError(
             f"{directory}: the artifacts were exported with band table (canvas version "
             f"{manifest.band_table.get('canvas_version')}) that differs from this eov-edge's (canvas version "

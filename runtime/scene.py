@@ -152,6 +152,7 @@ def answer_tiles(
     band_set: str | None,
     nodata: float | None,
     generation: GenerationConfig,
+    bands: str | None = None,
 ) -> list[TileOutcome]:
     """Read ``tiles`` of the raster at ``paths`` and answer them as one batch. A tile that cannot
     be read (all nodata, a corrupt block) is an outcome with its error, never an exception."""
@@ -164,7 +165,8 @@ def answer_tiles(
             outcome = TileOutcome(t)
             outcomes.append(outcome)
             try:
-                views.append((outcome, pipeline.read(paths, band_set=band_set, window=t.window, nodata=nodata)))
+                views.append((outcome, pipeline.read(paths, band_set=band_set, window=t.window, nodata=nodata,
+                                                     bands=bands)))
             except EOVError as err:
                 w = t.window
                 outcome.error = TileError(t.index, (w.col, w.row, w.width, w.height), type(err).__name__, str(err))
@@ -196,6 +198,7 @@ def run_scene(
     generation: GenerationConfig | None = None,
     iou_threshold: float = 0.5,
     progress: Callable[[int], None] | None = None,
+    bands: str | None = None,
 ) -> SceneResult:
     """Run ``task`` over every tile of the raster at ``paths`` (one file, or one file per band)."""
     task = resolve_task(task)
@@ -207,7 +210,7 @@ def run_scene(
     start = time.perf_counter()
     try:
         for group in _batches(tiles, batch_size):
-            outcomes += answer_tiles(pipeline, paths, group, task, prompt, band_set, nodata, generation)
+            outcomes += answer_tiles(pipeline, paths, group, task, prompt, band_set, nodata, generation, bands)
             result.tiles_done += len(group)
             if progress:
                 progress(len(group))

@@ -170,6 +170,7 @@ class SceneRunConfig:
     generation: GenerationConfig | None = None
     geojson_crs: str = "wgs84"
     iou_threshold: float = 0.5
+    bands: str | None = None  # band names of multi-band files without descriptions, in file order
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", resolve_task(self.task))
@@ -286,7 +287,7 @@ class InProcessTiles:
         for job in jobs:
             try:
                 outcomes = answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.task, c.prompt,
-                                        c.band_set, c.nodata, c.generation)
+                                        c.band_set, c.nodata, c.generation, c.bands)
             except Exception as err:  # not bad input (that is a tile's error): a fault, recorded on its scene
                 outcomes = EOVError(f"unexpected {_line(err)}; please report it with the scene")
             yield job, outcomes

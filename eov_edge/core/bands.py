@@ -84,6 +84,16 @@ class BandSet:
     greyscale_as_rgb: bool = False
     # How the product is usually stored; used only to tell apart band sets with the same band count.
     stored_dtype: str = "uint16"
+    # Set where the file holds physical values in this unit once its own scale/offset tags are
+    # applied (calibrated products); such a set is chosen by band names or --band-set, never guessed
+    # from a band count.
+    physical_unit: str | None = None
+
+    @property
+    def sensor(self) -> str:
+        """The sensor family ("sentinel2" for every Sentinel-2 product): subsets of one family's
+        bands are one guess, another family's are another."""
+        return self.name.split("_")[0]
 
     @property
     def band_names(self) -> tuple[str, ...]:
@@ -132,6 +142,11 @@ BAND_SETS: dict[str, BandSet] = {
         BandSet("thermal8", "infrared", (BandSpec("thermal", "thermal_ir", scale=1 / 255),),
                 "8-bit thermal infrared frame (LWIR, e.g. HIT-UAV), brightness 0-1",
                 greyscale_as_rgb=True, stored_dtype="uint8"),
+        BandSet("thermal_kelvin", "infrared",
+                (BandSpec("LWIR", "thermal_ir", scale=1 / 70, offset=-250 / 70),),
+                "Calibrated thermal infrared brightness temperature in kelvin, one band described LWIR "
+                "(e.g. Landsat ST_B10, ECOSTRESS); 250-320 K mapped linearly onto the 0-1 brightness of "
+                "8-bit LWIR frames", stored_dtype="float32", physical_unit="K"),
         BandSet("rgb8", "optical",
                 tuple(BandSpec(n, n, scale=_RGB8_SCALE) for n in ("red", "green", "blue")),
                 "8-bit RGB photo (JPEG/PNG/TIFF); display brightness mapped onto a typical "
@@ -218,13 +233,14 @@ def band_subset(bs: BandSet, band_names: tuple[str, ...]) -> BandSet:
     kept = tuple(b for b in bs.bands if b.name in set(band_names))
     names = ",".join(b.name for b in kept)
     return BandSet(f"{bs.name}[{names}]", bs.modality, kept, f"{bs.description}; bands {names} only",
-                   stored_dtype=bs.stored_dtype)
+                   stored_dtype=bs.stored_dtype, physical_unit=bs.physical_unit)
 
 
 def band_sets_with_count(count: int) -> list[BandSet]:
-    """Band sets a multi-band file with ``count`` bands holds; a 3-band file only counts as a
-    greyscale frame stored as RGB when no 3-band set fits (the caller filters by dtype)."""
-    return [bs for bs in BAND_SETS.values() if len(bs.bands) == count]
+    """Band sets a multi-band file with ``count`` bands may be guessed to hold (calibrated products
+    are named, never guessed); a 3-band file only counts as a greyscale frame stored as RGB when no
+    3-band set fits (the caller filters by dtype)."""
+    return [bs for bs in BAND_SETS.values() if len(bs.bands) == count and bs.physical_unit is None]
 
 
 def greyscale_band_sets() -> list[BandSet]:
@@ -274,6 +290,7 @@ def band_table() -> dict:
                 "description": bs.description,
                 "greyscale_as_rgb": bs.greyscale_as_rgb,
                 "stored_dtype": bs.stored_dtype,
+                "physical_unit": bs.physical_unit,
                 "bands": [asdict(band) for band in bs.bands],
             }
             for name, bs in BAND_SETS.items()

@@ -42,6 +42,11 @@ from eov_edge.core.errors import (
 MAX_VIEW_PIXELS = 4096 * 4096
 # Channels of a "greyscale" JPEG may differ by JPEG chroma noise, not by content.
 GREYSCALE_TOLERANCE_DN = 8.0
+# Source pixels (per band) one decimated read may reduce, after the best overview: GDAL's averaging
+# reads them all (a 100,000^2 raster without overviews took 21 s and 1.3 GB to reduce to one view).
+MAX_SOURCE_PIXELS = 16384 * 16384
+# Units a calibrated band may come in, as offsets to kelvin (the thermal set's unit).
+_KELVIN_OFFSETS = {"k": 0.0, "kelvin": 0.0, "c": 273.15, "degc": 273.15, "celsius": 273.15, "°c": 273.15}
 
 PathLike = str | os.PathLike
 
@@ -191,6 +196,10 @@ def _read_planes(ds, indexes: list[int], out_shape: tuple[int, int], path: str,
     source_h, source_w = (window.height, window.width) if window is not None else (ds.height, ds.width)
     downsampling = out_shape[0] < source_h or out_shape[1] < source_w
     resampling = Resampling.average if downsampling else Resampling.bilinear
+    if downsampling:
+        _check_decimated_read(ds, path, source_h, source_w, out_shape, indexes, window)
+    elif window is not None:
+        _check_blocks_in_file(ds, path, window, indexes)
     rio_window = None
     if window is not None:
         from rasterio.windows import Window as RioWindow
@@ -207,6 +216,53 @@ def _read_planes(ds, indexes: list[int], out_shape: tuple[int, int], path: str,
     mask = np.ma.getmaskarray(data)  # True where nodata
     valid = ~mask.any(axis=0) & np.isfinite(values).all(axis=0)
     return values, valid
+
+
+def _check_decimated_read(ds, path: str, source_h: float, source_w: float, out_shape: tuple[int, int],
+                          indexes: list[int], window: Window | None) -> None:
+    """Refuse a reduction GDAL would do from more than MAX_SOURCE_PIXELS (after the coarsest overview
+    still finer than the output, which GDAL reads instead of the full resolution); and, where it
+    would read an overview, make sure the full-resolution data exists: a truncated cloud-optimized
+    GeoTIFF keeps its overviews (stored first) and would answer from them as if whole."""
+    factors = [f for f in (ds.overviews(indexes[0]) or []) if f <= min(source_h / out_shape[0], source_w / out_shape[1])]
+    best = max(factors, default=1)
+    pixels = source_h * source_w / (best * best)
+    if pixels > MAX_SOURCE_PIXELS:
+        raise ImageTooLargeError(
+            f"{path}: reducing {source_w:.0f}x{source_h:.0f} pixels to one {out_shape[1]}x{out_shape[0]} view reads "
+            f"{pixels / 1e6:.0f} million pixels per band (limit {MAX_SOURCE_PIXELS / 1e6:.0f} million); tile the scene "
+            "(eov-run --tile 1024) or give the file overviews (gdaladdo -r average FILE)"
+        )
+    if best > 1 or window is not None:
+        _check_blocks_in_file(ds, path, window, indexes)
+
+
+def _check_blocks_in_file(ds, path: str, window: Window | None, indexes: list[int]) -> None:
+    """Every full-resolution TIFF block under ``window`` (all: None) lies inside the file. GDAL
+    fills a block it cannot read with zeros or reads an overview instead, so a cut file is caught
+    here, from the block offsets, before any pixel is read."""
+    if ds.driver not in ("GTiff", "COG") or ds.name.startswith("/vsi"):
+        return
+    try:
+        file_size = os.path.getsize(path)
+    except OSError:
+        return
+    block_h, block_w = ds.block_shapes[0]
+    if window is None:
+        window = Window(0, 0, ds.width, ds.height)
+    cols = range(int(window.col // block_w), int(-(-(window.col + window.width) // block_w)))
+    rows = range(int(window.row // block_h), int(-(-(window.row + window.height) // block_h)))
+    band_interleaved = ds.interleaving is not None and ds.interleaving.name == "BAND"
+    for band in (indexes if band_interleaved else indexes[:1]):
+        for row in rows:
+            for col in cols:
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                size = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                if offset and size and int(offset) + int(size) > file_size:
+                    raise RasterReadError(
+                        f"{path}: the file is truncated ({file_size} bytes; block {col},{row} of band {band} "
+                        f"ends at byte {int(offset) + int(size)}); re-download it"
+                    )
 
 
 def _georef(ds, out_shape: tuple[int, int], window: Window | None = None
@@ -248,12 +304,29 @@ def _guess_band_set(ds, path: str, count: int) -> BandSet:
     candidates = same_storage(band_sets_with_count(count))
     if not candidates and count == 3:
         candidates = same_storage(greyscale_band_sets())
+    if len(candidates) == 1 and count > 1 and not byte_data:
+        # Undescribed calibrated products: this many bands of one sensor, or as many of another's
+        # (7 uint16 bands: Landsat 8 SR, or 7 of Sentinel-2's 12). Not a guess to make silently.
+        chosen = candidates[0]
+        kind = np.dtype(ds.dtypes[0]).kind  # "u"/"i" integers (DN), "f" floats (physical values)
+
+        def stored_alike(bs: BandSet) -> bool:
+            return (np.dtype(bs.stored_dtype).kind == "f") == (kind == "f")
+
+        others = sorted({bs.sensor for bs in BAND_SETS.values() if len(bs.bands) > count and stored_alike(bs)
+                         and bs.sensor != chosen.sensor and bs.physical_unit is None})
+        if others:
+            raise BandMismatchError(
+                f"{path}: {count} bands of {ds.dtypes[0]} without band descriptions could be {chosen.name} or "
+                f"{count} of the bands of {', '.join(others)}; say which: --band-set {chosen.name}, or --bands "
+                "with the file's band names in order (e.g. --bands B02,B03,B04,B08,...)"
+            )
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
         raise BandMismatchError(
-            f"{path}: {count} band(s) of {ds.dtypes[0]} match no known band set; pass the band "
-            "set explicitly (band_set=..., --band-set) or read one file per band"
+            f"{path}: {count} band(s) of {ds.dtypes[0]} match no known band set; name them in file order "
+            "(--bands B04,B03,B02,B08), pass the band set (--band-set) or read one file per band"
         )
     names = ", ".join(bs.name for bs in candidates)
     raise BandMismatchError(
@@ -268,6 +341,7 @@ def read_view(
     size: int | tuple[int, int] | None = None,
     nodata: float | None = None,
     window: Window | None = None,
+    bands: Sequence[str] | str | None = None,
 ) -> View:
     """Read one view onto the canvas.
 
@@ -279,10 +353,17 @@ def read_view(
     nodata: value to treat as missing in addition to the files' own nodata.
     window: read only this rectangle (pixels of the finest band), as a tile of a large scene; GDAL
         reads just the blocks under it, so memory follows the window and ``size``, not the scene.
+    bands: the band names of a multi-band file in file order ("B04,B03,B02,B08"), for files without
+        band descriptions; any subset of one sensor's bands.
+
+    ``View.extra["bands"]`` says which band filled which slot and what decided it.
     """
     path_list = _path_list(paths)
     if len(path_list) == 1:
-        return _read_multiband(path_list[0], band_set, size, nodata, window)
+        return _read_multiband(path_list[0], band_set, size, nodata, window, bands)
+    if bands is not None:
+        raise BandMismatchError("--bands names the bands of one multi-band file; band files are named by their "
+                                "file names (..._B04.tif)")
     return _read_band_files(path_list, band_set, size, nodata, window)
 
 
@@ -337,19 +418,26 @@ def _finish(values, valid, bs: BandSet, nodata, sources, source_size, crs, trans
                 window=window)
 
 
-def _read_multiband(path: str, band_set: str | None, size, nodata, window: Window | None = None) -> View:
+def _read_multiband(path: str, band_set: str | None, size, nodata, window: Window | None = None,
+                    band_names: Sequence[str] | str | None = None) -> View:
     with _open(path) as ds:
         # An alpha band (RGBA PNG) is a validity mask, not a band: GDAL's dataset mask, which the
         # masked reads below apply, already comes from it.
         from rasterio.enums import ColorInterp
 
         bands = [i + 1 for i, c in enumerate(ds.colorinterp) if c != ColorInterp.alpha]
-        described = None if band_set else _described_bands(ds, path)
+        if band_names is not None:  # the caller names the file's bands, in order (--bands)
+            described, decided_by = _named_bands(band_names, len(bands), path), "--bands"
+        else:
+            described, decided_by = (None if band_set else _described_bands(ds, path)), "band descriptions"
+            if described and ds.count == 1 and not ds.descriptions[0]:
+                decided_by = "file name"
         if described:  # the file names its bands: any subset of a known sensor's, read in its order
             bs = band_subset(_with_processing_baseline(find_band_set(described), [path]), described)
-            bands = [described.index(name) + 1 for name in bs.band_names]
+            bands = [bands[described.index(name)] for name in bs.band_names]
         else:
             bs = get_band_set(band_set) if band_set else _guess_band_set(ds, path, len(bands))
+            decided_by = "--band-set" if band_set else "band count and data type"
         _check_window(window, ds, path)
         out_shape = _normalize_size(size, _default_shape(ds, window))
         if len(bands) == len(bs.bands):
@@ -368,8 +456,47 @@ def _read_multiband(path: str, band_set: str | None, size, nodata, window: Windo
                 f"{path}: has {len(bands)} band(s) but band set {bs.name!r} needs {len(bs.bands)} "
                 f"({', '.join(bs.band_names)}); pick the matching band set or the right file"
             )
+        if bs.physical_unit is not None:
+            values = _physical_values(ds, path, bands, values, bs)
         crs, transform = _georef(ds, out_shape, window)
-        return _finish(values, valid, bs, nodata, [path], (ds.height, ds.width), crs, transform, window)
+        view = _finish(values, valid, bs, nodata, [path], (ds.height, ds.width), crs, transform, window)
+        view.extra["bands"] = _provenance(bs, decided_by)
+        return view
+
+
+def _named_bands(band_names: Sequence[str] | str, count: int, path: str) -> tuple[str, ...]:
+    """``--bands B04,B03,B02``: the file's bands in order, as the band table spells them."""
+    if isinstance(band_names, str):
+        band_names = [n for n in band_names.split(",") if n.strip()]
+    names = tuple(_BAND_NAMES.get(n.strip().upper()) for n in band_names)
+    unknown = [n for n, name in zip(band_names, names) if name is None]
+    if unknown:
+        raise BandMismatchError(f"--bands {','.join(band_names)}: {unknown} are not band names; known: "
+                                f"{', '.join(sorted(set(_BAND_NAMES.values())))}")
+    if len(names) != count:
+        raise BandMismatchError(f"{path}: --bands names {len(names)} band(s) but the file has {count}")
+    if len(set(names)) != len(names):
+        raise BandMismatchError(f"--bands {','.join(band_names)}: a band is named twice")
+    return names  # type: ignore[return-value]
+
+
+def _physical_values(ds, path: str, bands: list[int], values: np.ndarray, bs: BandSet) -> np.ndarray:
+    """Stored values to the band set's physical unit: the file's own scale and offset tags (a uint16
+    brightness temperature stored as K*100 says scale 0.01), then its unit (Celsius to kelvin)."""
+    out = np.empty_like(values)
+    for i, band in enumerate(bands):
+        scale, offset = ds.scales[band - 1], ds.offsets[band - 1]
+        unit = (ds.units[band - 1] or bs.physical_unit).strip().lower()
+        if bs.physical_unit == "K" and unit not in _KELVIN_OFFSETS:
+            raise BandMismatchError(f"{path}: band {band} is in {ds.units[band - 1]!r}; {bs.name} reads kelvin "
+                                    "(or Celsius): convert it, or set its unit tag")
+        out[i] = values[i] * np.float32(scale) + np.float32(offset + _KELVIN_OFFSETS.get(unit, 0.0))
+    return out
+
+
+def _provenance(bs: BandSet, decided_by: str) -> list[dict]:
+    """Which band filled which canvas slot, and what decided it (the answer reports it)."""
+    return [{"band": band.name, "slot": band.slot, "decided_by": decided_by} for band in bs.bands]
 
 
 _BASELINE = re.compile(r"_N(\d{4})_")
@@ -430,7 +557,9 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata, windo
         values = np.concatenate(planes, axis=0)
         valid = np.logical_and.reduce(valids)
         crs, transform = _georef(finest, out_shape, window)
-        return _finish(values, valid, bs, nodata, ordered, (finest.height, finest.width), crs, transform, window)
+        view = _finish(values, valid, bs, nodata, ordered, (finest.height, finest.width), crs, transform, window)
+        view.extra["bands"] = _provenance(bs, "--band-set and file names" if band_set else "file names")
+        return view
     finally:
         for ds in datasets:
             ds.close()

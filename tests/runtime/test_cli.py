@@ -113,3 +113,33 @@ def test_errors_are_one_clear_line(nano_artifacts, calib_samples, tmp_path, case
     result = run(*args)
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_answers_say_which_band_filled_which_slot(nano_artifacts, calib_samples, tmp_path):
+    """--json carries each view's band set, the slots its bands filled and what decided each; --bands
+    names an undescribed stack's bands."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    image = calib_samples["eurosat_ms_annualcrop_1"].views[0][0]  # 13 bands, guessed by count and dtype
+    [result] = json.loads(run("--artifacts", nano_artifacts, image, "--task", "classify", "--json",
+                              "--no-verify").stdout)["results"]
+    [inputs] = result["inputs"]
+    assert inputs["band_set"] == "sentinel2_l1c" and len(inputs["slots"]) == 13
+    assert {s["decided_by"] for s in inputs["slots"]} == {"band count and data type"}
+    assert {"band": "B04", "slot": "red", "decided_by": "band count and data type"} in inputs["slots"]
+    assert inputs["empty_slots"] == ["sar_vv", "sar_vh", "thermal_ir"]
+
+    stack = tmp_path / "rgbn.tif"
+    with rasterio.open(stack, "w", driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:32633",
+                       transform=from_origin(500000, 4000000, 10, 10)) as ds:
+        ds.write(np.random.default_rng(0).integers(300, 3000, (4, 64, 64)).astype("uint16"))
+    refused = run("--artifacts", nano_artifacts, stack, "--task", "classify", "--no-verify")
+    assert refused.exit_code == 1 and "--bands B04,B03,B02,B08" in refused.output
+    named = run("--artifacts", nano_artifacts, stack, "--task", "classify", "--bands", "B04,B03,B02,B08", "--json",
+                "--no-verify")
+    assert named.exit_code == 0, named.output
+    [inputs] = json.loads(named.stdout)["results"][0]["inputs"]
+    assert [(s["band"], s["slot"], s["decided_by"]) for s in inputs["slots"]] == [
+        ("B02", "blue", "--bands"), ("B03", "green", "--bands"), ("B04", "red", "--bands"), ("B08", "nir", "--bands")]

@@ -36,6 +36,22 @@ def artifacts_copy(nano_artifacts, tmp_path):
     return shutil.copytree(nano_artifacts, tmp_path / "copy")
 
 
+def test_artifacts_from_before_a_band_set_was_added_still_load(artifacts_copy):
+    """A newer runtime knows more band sets (they fill the same canvas slots); every band set the
+    artifacts know must read the same here."""
+    manifest_path = artifacts_copy / mf.MANIFEST_FILE
+    data = json.loads(manifest_path.read_text())
+    del data["band_table"]["band_sets"]["thermal_kelvin"]
+    for spec in data["band_table"]["band_sets"].values():
+        del spec["physical_unit"]  # a field this runtime added
+    manifest_path.write_text(json.dumps(data))
+    Pipeline.from_artifacts(artifacts_copy, verify_hashes=False).close()
+    data["band_table"]["band_sets"]["rgb8"]["bands"][0]["scale"] *= 2
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(mf.ManifestError, match="band table"):
+        Pipeline.from_artifacts(artifacts_copy, verify_hashes=False)
+
+
 def test_changed_missing_or_foreign_artifacts_are_refused(artifacts_copy):
     manifest_path = artifacts_copy / mf.MANIFEST_FILE
     original = manifest_path.read_text()
