@@ -132,9 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def _short(commit: str) -> str:
+    return commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def markdown(report: dict) -> str:
     lines = [f"Scale-out, {report['scenes']} scenes / {report['tiles']} tiles ({report['settings']['task']}, tile "
-             f"{report['settings']['tile']}), {report['date']}, {report['cpu']}, commit {report['commit'][:7]}, "
+             f"{report['settings']['tile']}), {report['date']}, {report['cpu']}, commit {_short(report['commit'])}, "
              f"median of {report['rounds']} rounds", "",
              "| runner | scenes/min | ms per tile | start-up s |", "|---|---:|---:|---:|"]
     for row, r in report["rows"].items():
