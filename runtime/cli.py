@@ -113,8 +113,8 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
         if task is None and prompt is None:
             task = "detection" if tile else "caption"
         tasks = [resolve_task(t) for t in task.split(",")] if task else []
-        if len(tasks) > 1 and (tile or out):
-            raise click.UsageError("several tasks take one image, not scenes: run --tile / --out once per task")
+        if len(tasks) > 1 and tile and not out:
+            raise click.UsageError("several tasks over a tiled scene write one output each: give --out DIR")
         if (ray_address or workers) and not out:
             raise click.UsageError("--ray and --workers answer scenes into a folder: give --out DIR")
         if ray_address and Path(ray_address).exists():
@@ -133,8 +133,8 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
         if out:
             from eov_edge.runtime.scene_runs import SceneRunConfig
 
-            config = SceneRunConfig(task_name or "detection", prompt, tile, overlap, batch_size, band_set, nodata,
-                                    generation, geojson_crs, bands=bands)
+            config = SceneRunConfig(tuple(tasks) if len(tasks) > 1 else task_name or "detection", prompt, tile,
+                                    overlap, batch_size, band_set, nodata, generation, geojson_crs, bands=bands)
             report = _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress)
             report["stats"] = {"wall_s": round(time.perf_counter() - started, 3)}
             if as_json:

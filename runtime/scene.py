@@ -104,12 +104,12 @@ class SceneResult:
             if outcome.error is not None:
                 self.errors.append(outcome.error)
             elif self.task in SPATIAL_TASKS:
-                for det in outcome.answer.detections:
+                for det in outcome.answers[self.task].detections:
                     det.extra["tile"] = t.index
                     raw.append(det)
             else:
                 self.tile_answers.append({"tile": t.index, "window": (w.col, w.row, w.width, w.height),
-                                          "text": outcome.answer.text})
+                                          "text": outcome.answers[self.task].text})
         self.raw_detections = len(raw)
         self.detections = non_max_suppression(raw, iou_threshold)
 
@@ -136,10 +136,10 @@ def _batches(items: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
 
 @dataclass
 class TileOutcome:
-    """One tile's answer, or why it has none (picklable: Ray workers send these back)."""
+    """One tile's answers (by task), or why it has none (picklable: Ray workers send these back)."""
 
     tile: Tile
-    answer: Answer | None = None
+    answers: dict[str, Answer] = field(default_factory=dict)
     error: TileError | None = None
 
 
@@ -147,17 +147,20 @@ def answer_tiles(
     pipeline: Pipeline,
     paths,
     tiles: Sequence[Tile],
-    task: str,
+    task: str | Sequence[str],
     prompt: str | None,
     band_set: str | None,
     nodata: float | None,
     generation: GenerationConfig,
     bands: str | None = None,
 ) -> list[TileOutcome]:
-    """Read ``tiles`` of the raster at ``paths`` and answer them as one batch. A tile that cannot
-    be read (all nodata, a corrupt block) is an outcome with its error, never an exception."""
+    """Read ``tiles`` of the raster at ``paths`` and answer ``task`` about them as one batch; several
+    tasks are asked together about each tile (its view encoded once, its image block prefilled once:
+    :meth:`Pipeline.answer_questions`). A tile that cannot be read (all nodata, a corrupt block) is
+    an outcome with its error, never an exception."""
     import rasterio
 
+    tasks = [task] if isinstance(task, str) else list(task)
     outcomes: list[TileOutcome] = []
     views: list[tuple[TileOutcome, View]] = []
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * (1 << 20)):
@@ -170,15 +173,19 @@ def answer_tiles(
             except EOVError as err:
                 w = t.window
                 outcome.error = TileError(t.index, (w.col, w.row, w.width, w.height), type(err).__name__, str(err))
-    if views:
-        answers = pipeline.answer_each([v for _, v in views], task, prompt, generation)
+    if views and len(tasks) == 1:
+        answers = pipeline.answer_each([v for _, v in views], tasks[0], prompt, generation)
         for (outcome, _), answer in zip(views, answers):
-            outcome.answer = answer
+            outcome.answers[tasks[0]] = answer
+    for outcome, view in views if len(tasks) > 1 else ():
+        answers = pipeline.answer_questions([view], [(t, None) for t in tasks], generation)
+        outcome.answers = dict(zip(tasks, answers))
     return outcomes
 
 
-def scene_generation(task: str, generation: GenerationConfig | None) -> GenerationConfig:
-    return generation or GenerationConfig(max_new_tokens=96 if task in SPATIAL_TASKS else 32)
+def scene_generation(task: str | Sequence[str], generation: GenerationConfig | None) -> GenerationConfig:
+    tasks = [task] if isinstance(task, str) else task
+    return generation or GenerationConfig(max_new_tokens=96 if set(tasks) & set(SPATIAL_TASKS) else 32)
 
 
 def scene_source(paths) -> str:

@@ -3,8 +3,9 @@
     eov-run --artifacts A scenes/ --task detection --tile 512 --out results/
     eov-run --artifacts A list.txt 'pass-*/*.tif' --task caption --out results/ --ray
 
-Each scene's answers go to ``DIR/<scene>.geojson`` (spatial tasks) or ``DIR/<scene>.json``,
-written atomically, and ``DIR/index.json`` lists every scene with its status (done, skipped,
+Each scene's answers go to ``DIR/<scene>.geojson`` (spatial tasks) or ``DIR/<scene>.json`` (with
+several tasks, ``DIR/<scene>.<task>.geojson`` each: every tile read and encoded once), written
+atomically, and ``DIR/index.json`` lists every scene with its status (done, skipped,
 failed, unfinished), error line, feature count and seconds, rewritten atomically after each scene.
 
 A scene's key hashes everything that decides its answers: the bytes of its files, the artifacts'
@@ -158,9 +159,10 @@ def _without_band(stem: str) -> str:
 # -- what decides a scene's answers --------------------------------------------------------------
 @dataclass(frozen=True)
 class SceneRunConfig:
-    """How every scene of a run is answered. ``tile`` None: each scene is one image."""
+    """How every scene of a run is answered. ``tile`` None: each scene is one image. ``task``: one
+    task, or several asked together about every tile (``tasks``; ``task`` is then the first)."""
 
-    task: str
+    task: str | tuple[str, ...]
     prompt: str | None = None
     tile: int | None = None
     overlap: int = 64
@@ -171,18 +173,22 @@ class SceneRunConfig:
     geojson_crs: str = "wgs84"
     iou_threshold: float = 0.5
     bands: str | None = None  # band names of multi-band files without descriptions, in file order
+    tasks: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "task", resolve_task(self.task))
-        object.__setattr__(self, "generation", scene_generation(self.task, self.generation))
+        names = (self.task,) if isinstance(self.task, str) else tuple(self.task)
+        tasks = tuple(dict.fromkeys(resolve_task(t) for t in names))
+        if not tasks:
+            raise ValueError("give a task")
+        if len(tasks) > 1 and self.prompt:
+            raise ValueError("--prompt asks one question of every tile: give it with one task")
+        object.__setattr__(self, "tasks", tasks)
+        object.__setattr__(self, "task", tasks[0])
+        object.__setattr__(self, "generation", scene_generation(tasks, self.generation))
         if self.tile is not None:
             plan_tiles(self.tile, self.tile, self.tile, self.overlap)  # checks tile and overlap
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be positive, got {self.batch_size}")
-
-    @property
-    def spatial(self) -> bool:
-        return self.task in SPATIAL_TASKS
 
     def answer_settings(self) -> dict:
         """Everything that changes an answer; not the batch size (batched answers are exact)."""
@@ -242,8 +248,8 @@ class RunIndex:
     def complete(self, scene: SceneSpec, key: str) -> dict | None:
         """The recorded entry if the scene is done under this key and its output is in place."""
         entry = self.entries.get(scene.name)
-        if entry and entry.get("status") in COMPLETE and entry.get("key") == key \
-                and (self.folder / entry.get("output", "")).is_file():
+        if entry and entry.get("status") in COMPLETE and entry.get("key") == key and entry.get("outputs") \
+                and all((self.folder / output).is_file() for output in entry["outputs"]):
             return entry
         return None
 
@@ -286,7 +292,7 @@ class InProcessTiles:
         c = self.config
         for job in jobs:
             try:
-                outcomes = answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.task, c.prompt,
+                outcomes = answer_tiles(self.pipeline, view_paths(job.paths), job.tiles, c.tasks, c.prompt,
                                         c.band_set, c.nodata, c.generation, c.bands)
             except Exception as err:  # not bad input (that is a tile's error): a fault, recorded on its scene
                 outcomes = EOVError(f"unexpected {_line(err)}; please report it with the scene")
@@ -420,29 +426,39 @@ def run_scenes(
 
 
 def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: RunSummary) -> None:
-    result = scene.result
-    result.seconds = time.perf_counter() - scene.started
+    first = scene.result
+    first.seconds = time.perf_counter() - scene.started
+    results: list[SceneResult] = []
     if scene.lost is None:
-        result.merge(scene.outcomes, config.iou_threshold)
-        if len(result.errors) == result.tiles:  # not one tile could be read
-            scene.lost = f"{result.errors[0].error}: {result.errors[0].message}"
-    common = dict(key=scene.key, files=scene.digests, tiles=result.tiles, tiles_failed=len(result.errors),
-                  seconds=result.seconds)
+        for task in config.tasks:  # one result per task, from the same tiles
+            result = first if task == first.task else \
+                SceneResult(first.source, task, first.grid, first.tiles, tiles_done=first.tiles_done)
+            result.merge(scene.outcomes, config.iou_threshold)
+            result.seconds = first.seconds
+            results.append(result)
+        if len(first.errors) == first.tiles:  # not one tile could be read
+            scene.lost = f"{first.errors[0].error}: {first.errors[0].message}"
+    common = dict(key=scene.key, files=scene.digests, tiles=first.tiles, tiles_failed=len(first.errors),
+                  seconds=first.seconds)
     if scene.lost:
         _fail(scene, index, summary, scene.lost, **common)
         return
-    if config.spatial:
-        output = f"{scene.spec.name}.geojson"
-        write_json_atomic(index.folder / output, result.geojson(config.geojson_crs))
-    else:
-        output = f"{scene.spec.name}.json"
-        write_json_atomic(index.folder / output, {
-            "source": result.source, "task": result.task, "tiles": result.tiles,
-            "tiles_failed": [e.__dict__ for e in result.errors], "answers": result.tile_answers})
-    index.record(_entry(scene.spec, "done", output=output, features=len(result.detections),
-                        answers=len(result.tile_answers), **common))
+    outputs = []
+    for result in results:
+        stem = scene.spec.name if len(results) == 1 else f"{scene.spec.name}.{result.task}"
+        if result.task in SPATIAL_TASKS:
+            outputs.append(f"{stem}.geojson")
+            write_json_atomic(index.folder / outputs[-1], result.geojson(config.geojson_crs))
+        else:
+            outputs.append(f"{stem}.json")
+            write_json_atomic(index.folder / outputs[-1], {
+                "source": result.source, "task": result.task, "tiles": result.tiles,
+                "tiles_failed": [e.__dict__ for e in result.errors], "answers": result.tile_answers})
+    detections = sum(len(r.detections) for r in results)
+    index.record(_entry(scene.spec, "done", output=outputs[0], outputs=outputs, features=detections,
+                        answers=sum(len(r.tile_answers) for r in results), **common))
     summary.done += 1
-    summary.detections += len(result.detections)
+    summary.detections += detections
 
 
 def _fail(scene: _Pending, index: RunIndex, summary: RunSummary, error: str, **fields) -> None:

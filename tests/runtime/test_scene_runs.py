@@ -179,3 +179,31 @@ def test_a_fault_on_one_scene_is_recorded_and_the_others_finish(pipeline, tmp_pa
     assert (summary.done, summary.failed) == (2, 1)
     assert summary.failures == ["scene1: unexpected RuntimeError: a bug, not bad input; please report it with the scene"]
     assert not (tmp_path / "out" / "scene1.geojson").exists()
+
+
+@pytest.mark.slow
+def test_several_tasks_read_and_encode_each_tile_once_and_answer_as_one_task_runs(pipeline, tmp_path):
+    from eov_edge.core import manifest as mf
+
+    scenes = expand_scenes(make_scenes(tmp_path / "scenes", good=2))[1:]
+    generation = GenerationConfig(max_new_tokens=8)
+    both = SceneRunConfig(("caption", "detection"), tile=128, overlap=0, generation=generation)
+    encoder = pipeline.runners[mf.ENCODER].timings
+    calls = len(encoder)
+    summary = run_scenes(scenes, tmp_path / "both", both, InProcessTiles(pipeline, both), "sha")
+    assert (summary.done, summary.tiles) == (2, 8)
+    assert len(encoder) - calls == 8  # one encoder call per tile, not one per tile and task
+    index = {e["scene"]: e for e in json.loads((tmp_path / "both" / "index.json").read_text())["scenes"]}
+    assert index["scene0"]["outputs"] == ["scene0.caption.json", "scene0.detection.geojson"]
+    for task, suffix in (("caption", "json"), ("detection", "geojson")):
+        alone = SceneRunConfig(task, tile=128, overlap=0, generation=generation)
+        run_scenes(scenes, tmp_path / task, alone, InProcessTiles(pipeline, alone), "sha")
+        for name in ("scene0", "scene1"):
+            assert (tmp_path / "both" / f"{name}.{task}.{suffix}").read_bytes() == \
+                (tmp_path / task / f"{name}.{suffix}").read_bytes()
+    summary = run_scenes(scenes, tmp_path / "both", both, InProcessTiles(pipeline, both), "sha")
+    assert summary.skipped == 2  # done: every task's output in place
+    (tmp_path / "both" / "scene1.caption.json").unlink()
+    assert run_scenes(scenes, tmp_path / "both", both, InProcessTiles(pipeline, both), "sha").done == 1
+    with pytest.raises(ValueError, match="one task"):
+        SceneRunConfig(("caption", "detection"), prompt="Any ships?")
