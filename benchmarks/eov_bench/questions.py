@@ -17,14 +17,14 @@ token ids): N prompts of ``prompt_tokens`` token ids of which the last ``suffix_
 question. ORT GenAI answers them as N sequential requests and as one batch of N (both timed; the
 faster is the comparison); our decoder as one batch without and with the shared prefix prefilled once.
 
-Each row runs in its own process (:mod:`eov_edge.bench.worker`), rows interleaved over rounds
+Each row runs in its own process (:mod:`eov_edge.bench.worker`; what it times: ``time_questions`` and
+``time_questions_decoder`` in :mod:`eov_edge.bench.measure`), rows interleaved over rounds
 (every other round reversed); ratios are paired within a round, then the median over rounds.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,113 +55,6 @@ def instructions(n: int) -> list[str]:
     if n > len(pool):
         pool += [f"Question {i}: what else is in the image?" for i in range(len(pool), n)]
     return pool[:n]
-
-
-# -- worker side (a fresh process per call) ------------------------------------------------------
-def time_questions(kind: str, where: str, questions: list[str], max_new: int, repeats: int, mode: str) -> dict:
-    """Milliseconds to answer all ``questions`` about one image, ``repeats`` times after a warm-up."""
-    from eov_edge.bench.measure import bench_samples, pytorch_model
-    from eov_edge.core.inputs import Sample
-    from eov_edge.runtime.pipeline import peak_rss_mb
-
-    if kind == "pytorch":
-        import os
-
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 2)
-        model, processor = pytorch_model(where)
-        [image] = bench_samples(model.config.image_size, 1)
-        batches = [processor([Sample(views=image.views, instruction=q)], max_new_tokens=max_new) for q in questions]
-
-        def answer_all():
-            with torch.no_grad():
-                outs = [model.generate(**b, max_new_tokens=max_new, min_new_tokens=max_new) for b in batches]
-            return [processor.decode(out[0].tolist()).token_ids for out in outs]
-        cache = None
-        alone = None
-    else:
-        from eov_edge.runtime.generation import GenerationConfig
-        from eov_edge.runtime.pipeline import Pipeline
-
-        pipe = Pipeline.from_artifacts(where, thread_pool="shared")
-        [image] = bench_samples(pipe.spec.image_size, 1)
-        config = GenerationConfig(max_new_tokens=max_new, min_new_tokens=max_new)
-        asked = [(None, q) for q in questions]
-
-        def one_by_one():
-            return [pipe.answer(image.views, prompt=q, generation=config)[0].token_ids for q in questions]
-
-        def answer_all():
-            if mode == "alone":
-                return one_by_one()
-            if mode != "cached":
-                pipe.prefix_cache.clear()  # within one call only: what a first call on a new image gets
-            answers = pipe.answer_questions(image.views, asked, config, share_prefix=mode != "together")
-            return [a.token_ids for a in answers]
-        cache = pipe.prefix_cache
-    tokens = answer_all()  # warm-up (and, for "cached", the call that fills the cache)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        answer_all()
-        times.append(1000 * (time.perf_counter() - start))
-    result = {"e2e_ms": times, "tokens": tokens, "peak_rss_mb": round(peak_rss_mb(), 1)}
-    if cache is not None:
-        result["prefix_cache_mb"] = round(cache.nbytes / (1 << 20), 3)
-        result["prefix_cache_bound_mb"] = round(cache.max_bytes / (1 << 20), 1)
-        alone = one_by_one() if mode != "alone" else tokens  # untimed: each question asked alone
-        result["identical_to_alone"] = alone == tokens
-    return result
-
-
-def time_questions_decoder(kind: str, where: str, ids: list[list[int]], shared: int, max_new: int, repeats: int,
-                           mode: str) -> dict:
-    """Milliseconds to answer the N prompts ``ids`` (N, S): ORT GenAI ("sequential": N requests of one;
-    "batch": one request of N) or our decoder ("batch"; "shared": the first ``shared`` tokens once)."""
-    import numpy as np
-
-    prompt_ids = np.array(ids, np.int64)  # (N, S)
-    n, prompt = prompt_ids.shape
-    if kind == "ort-genai":
-        import onnxruntime_genai as og
-
-        model = og.Model(og.Config(where))
-
-        def request(rows: np.ndarray) -> list[list[int]]:
-            params = og.GeneratorParams(model)
-            params.set_search_options(max_length=prompt + max_new, min_length=prompt + max_new, do_sample=False,
-                                      batch_size=len(rows))
-            generator = og.Generator(model, params)
-            generator.append_tokens(rows)
-            while not generator.is_done():
-                generator.generate_next_token()
-            return [generator.get_sequence(b)[prompt:].tolist() for b in range(len(rows))]
-
-        def answer_all() -> list[list[int]]:
-            if mode == "sequential":
-                return [request(prompt_ids[i:i + 1])[0] for i in range(n)]
-            return request(prompt_ids)
-    else:
-        from eov_edge.runtime.generation import GenerationConfig
-        from eov_edge.runtime.pipeline import Pipeline
-
-        pipe = Pipeline.from_artifacts(where, thread_pool="shared")
-        config = GenerationConfig(max_new_tokens=max_new, min_new_tokens=max_new, slis_grammar=False,
-                                  output_scores=False)  # as ORT GenAI: no grammar, no probabilities
-        mask = np.ones(prompt_ids.shape, np.int64)
-
-        def answer_all() -> list[list[int]]:
-            embeds = pipe.embed_table[prompt_ids].astype(np.float32)  # (N, S, D): GenAI gathers them in its graph
-            steps = pipe.decoder.steps(embeds, mask, config, shared_prefix=shared if mode == "shared" else 0)
-            return np.stack([s.token_ids for s in steps], 1).tolist()
-    tokens = answer_all()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        answer_all()
-        times.append(1000 * (time.perf_counter() - start))
-    return {"total_ms": times, "tokens": tokens}
 
 
 # -- driver side ---------------------------------------------------------------------------------

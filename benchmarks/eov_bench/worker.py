@@ -46,14 +46,10 @@ def measure(measurement: str, arguments: dict) -> dict:
         return m.time_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["max_new"],
                               arguments["repeats"])
     if measurement == "questions":
-        from eov_edge.bench.questions import time_questions
-
-        return time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
+        return m.time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
                               arguments["repeats"], arguments["mode"])
     if measurement == "questions_decoder":
-        from eov_edge.bench.questions import time_questions_decoder
-
-        return time_questions_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["shared"],
+        return m.time_questions_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["shared"],
                                       arguments["max_new"], arguments["repeats"], arguments["mode"])
     raise ValueError(f"unknown measurement {measurement!r}")
 

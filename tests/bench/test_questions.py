@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from eov_edge.bench.questions import (
-    _end_to_end_rows,
-    instructions,
-    questions_markdown,
-    time_questions,
-    time_questions_decoder,
-)
+from eov_edge.bench.measure import time_questions, time_questions_decoder
+from eov_edge.bench.questions import _end_to_end_rows, instructions, questions_markdown
 
 
 def test_n_different_questions():
