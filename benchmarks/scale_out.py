@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> dict:
     from eov_edge.runtime.cluster import RayTiles
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
-    from eov_edge.runtime.scene_runs import InProcessTiles, SceneRunConfig, expand_scenes, run_scenes
+    from eov_edge.runtime.scene_list import expand_scenes
+    from eov_edge.runtime.scene_runs import InProcessTiles, SceneRunConfig, run_scenes
 
     scenes = expand_scenes(args.scenes or default_scenes())
     config = SceneRunConfig(args.task, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size,

@@ -170,7 +170,8 @@ def _run_folder(artifacts, images, config, out, options, ray_address, workers, a
     """Scenes into ``out``: resumable, in this process or on Ray workers."""
     from eov_edge.core.manifest import sha256_file
     from eov_edge.runtime.pipeline import Pipeline
-    from eov_edge.runtime.scene_runs import InProcessTiles, expand_scenes, run_scenes
+    from eov_edge.runtime.scene_list import expand_scenes
+    from eov_edge.runtime.scene_runs import InProcessTiles, run_scenes
 
     scenes = expand_scenes(images)
     manifest = Path(artifacts) / "manifest.json"

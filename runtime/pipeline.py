@@ -11,7 +11,6 @@ Sessions are created lazily on first use (or by ``warmup()``).
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -148,7 +147,7 @@ class Pipeline:
             raise PromptError("a draft decoder (speculative decoding) runs on ONNX Runtime; drop --draft or "
                               "use --backend onnxruntime")
         manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
-        _check_compatible(manifest, directory)
+        mf.check_compatible(manifest, directory)
         if backend == "onnxruntime":
             options = {"providers": providers, "threads": threads, "thread_pool": thread_pool}
         else:  # tensorrt: engines built by eov-export engine for these artifacts
@@ -436,7 +435,7 @@ class Pipeline:
         parsed = slis.parse(text)
         detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
         return Answer(text, token_ids, token_probs, detections,
-                      parsed.problems, resolve_task(task) if task else None, [view_inputs(v) for v in sample.views])
+                      parsed.problems, resolve_task(task) if task else None, [v.inputs() for v in sample.views])
 
     # -- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -457,15 +456,6 @@ class Pipeline:
         return stats
 
 
-def view_inputs(view: View) -> dict:
-    """What a view was read as: sources, band set, modality, the slots filled (band, slot, what
-    decided it) and the canvas slots left empty."""
-    filled = view.extra.get("bands", [])
-    empty = [slot.name for slot, present in zip(bands.CANVAS_SLOTS, view.present.tolist()) if not present]
-    return {"sources": list(view.sources), "band_set": view.band_set, "modality": view.modality,
-            "slots": filled, "empty_slots": empty}
-
-
 def _cpu_first(providers: list[str] | None) -> bool:
     """Whether ONNX Runtime runs these graphs on the CPU (the default, or CPU listed first)."""
     return not providers or PROVIDER_ALIASES.get(providers[0].lower(), providers[0]) == "CPUExecutionProvider"
@@ -478,25 +468,3 @@ def _onnxruntime_at_least(version: tuple[int, int]) -> bool:
         return tuple(int(part) for part in onnxruntime.__version__.split(".")[:2]) >= version
     except ValueError:  # a local build's version string
         return False
-
-
-def _check_compatible(manifest: mf.Manifest, directory: Path) -> None:
-    """The canvas and SLIS grammar of the artifacts must be the ones this runtime implements."""
-    # The canvas must be the same; this runtime may know band sets the artifacts' exporter did not
-    # (they fill the same slots), but every band set the artifacts know must read the same here.
-    ours = json.loads(json.dumps(bands.band_table()))
-    theirs = manifest.band_table
-    changed = [name for name, spec in theirs.get("band_sets", {}).items()
-               if name not in ours["band_sets"] or any(ours["band_sets"][name].get(k) != v for k, v in spec.items())]
-    if changed or any(theirs.get(key) != ours[key] for key in ("canvas_version", "slots", "modalities")):
-        raise mf.ManifestError(
-            f"{directory}: the artifacts were exported with band table (canvas version "
-            f"{manifest.band_table.get('canvas_version')}) that differs from this eov-edge's (canvas version "
-            f"{bands.CANVAS_VERSION}); install the eov-edge version that exported them or re-export"
-        )
-    if manifest.slis_version != slis.SLIS_VERSION:
-        raise mf.ManifestError(f"{directory}: SLIS version {manifest.slis_version}, this runtime decodes "
-                               f"{slis.SLIS_VERSION}; re-export with this eov-edge version")
-    for name in (mf.ENCODER, mf.PROJECTOR, mf.DECODER):
-        if name not in manifest.graphs:
-            raise mf.ManifestError(f"{directory}: the manifest lists no {name} graph; re-export the artifacts")

@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from eov_edge.core import bands, slis
 from eov_edge.core.errors import EOVError
 
 MANIFEST_FILE = "manifest.json"
@@ -172,3 +173,25 @@ def load_manifest(directory: str | os.PathLike, verify_hashes: bool = True) -> M
                 "re-copy the artifacts"
             )
     return manifest
+
+
+def check_compatible(manifest: Manifest, directory: Path) -> None:
+    """The canvas and SLIS grammar of the artifacts must be the ones this runtime implements."""
+    # The canvas must be the same; this runtime may know band sets the artifacts' exporter did not
+    # (they fill the same slots), but every band set the artifacts know must read the same here.
+    ours = json.loads(json.dumps(bands.band_table()))
+    theirs = manifest.band_table
+    changed = [name for name, spec in theirs.get("band_sets", {}).items()
+               if name not in ours["band_sets"] or any(ours["band_sets"][name].get(k) != v for k, v in spec.items())]
+    if changed or any(theirs.get(key) != ours[key] for key in ("canvas_version", "slots", "modalities")):
+        raise ManifestError(
+            f"{directory}: the artifacts were exported with band table (canvas version "
+            f"{manifest.band_table.get('canvas_version')}) that differs from this eov-edge's (canvas version "
+            f"{bands.CANVAS_VERSION}); install the eov-edge version that exported them or re-export"
+        )
+    if manifest.slis_version != slis.SLIS_VERSION:
+        raise ManifestError(f"{directory}: SLIS version {manifest.slis_version}, this runtime decodes "
+                            f"{slis.SLIS_VERSION}; re-export with this eov-edge version")
+    for name in (ENCODER, PROJECTOR, DECODER):
+        if name not in manifest.graphs:
+            raise ManifestError(f"{directory}: the manifest lists no {name} graph; re-export the artifacts")

@@ -13,7 +13,8 @@ import signal
 import pytest
 
 from eov_edge.core.manifest import sha256_file
-from eov_edge.runtime.scene_runs import InProcessTiles, expand_scenes, run_scenes
+from eov_edge.runtime.scene_list import expand_scenes
+from eov_edge.runtime.scene_runs import InProcessTiles, run_scenes
 from tests.runtime.test_scene_runs import CONFIG, make_scenes, statuses, write_scene
 
 ray = pytest.importorskip("ray", reason="Ray is the [cluster] extra; make test installs it")

@@ -24,7 +24,8 @@ from typing import Literal
 
 import numpy as np
 
-from eov_edge.core.raster import _rasterio, band_files_in
+from eov_edge.core.raster import band_files_in
+from eov_edge.core.raster_checks import rasterio_module
 
 Split = Literal["train", "val"]
 Box = tuple[float, float, float, float]
@@ -52,7 +53,7 @@ class Scene:
 
 def _read_all(paths: list[str]) -> np.ndarray:
     """Stack band files (or one multi-band file) at the finest band's grid."""
-    rasterio = _rasterio()
+    rasterio = rasterio_module()
     from rasterio.enums import Resampling
 
     datasets = [rasterio.open(p) for p in paths]
@@ -75,7 +76,7 @@ def load_hit_uav(root: Path, split: Split, limit: int | None = None) -> list[Sce
             x, y, w, h = ann["bbox"]
             boxes.setdefault(ann["image_id"], []).append((HIT_UAV_CLASS[ann["category_id"]], (x, y, x + w, y + h)))
     images = sorted(annotations["images"], key=lambda im: im["filename"])[:limit]
-    rasterio = _rasterio()
+    rasterio = rasterio_module()
     scenes = []
     for image in images:
         path = root / "hit_uav" / split / image["filename"]
@@ -104,7 +105,7 @@ def load_hrsid(root: Path, split: Split) -> list[Scene]:
     names = sorted(p.stem for p in (root / "hrsid_mini" / "images").glob("*.jpg"))
     random.Random(0).shuffle(names)
     chosen = names[:28] if split == "train" else names[28:]
-    rasterio = _rasterio()
+    rasterio = rasterio_module()
     scenes = []
     for name in sorted(chosen):
         with rasterio.open(root / "hrsid_mini" / "images" / f"{name}.jpg") as ds:
