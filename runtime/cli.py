@@ -169,7 +169,7 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
 def _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress) -> dict:
     """Scenes into ``out``: resumable, in this process or on Ray workers."""
     from eov_edge.core.manifest import sha256_file
-    from eov_edge.runtime.pipeline import Pipeline
+    from eov_edge.runtime.pipeline import Pipeline, runs_on_cpu
     from eov_edge.runtime.scene_list import expand_scenes
     from eov_edge.runtime.scene_runs import InProcessTiles, run_scenes
 
@@ -180,8 +180,7 @@ def _run_folder(artifacts, images, config, out, options, ray_address, workers, a
     if ray_address:
         from eov_edge.runtime.cluster import RayTiles
 
-        gpu = options["backend"] == "tensorrt" or options["providers"][0].lower() in ("cuda", "tensorrt",
-                                                                                      "cudaexecutionprovider")
+        gpu = options["backend"] == "tensorrt" or not runs_on_cpu(options["providers"])
         executor = RayTiles(artifacts, {**options, "threads": options["threads"] or 1},
                             config, address=None if ray_address == "local" else ray_address, workers=workers,
                             gpus_per_worker=1 if gpu else 0)

@@ -43,12 +43,17 @@ def load_meta(directory: Path) -> list[EngineMeta]:
     return [EngineMeta(**m) for m in data["engines"]]
 
 
-def engine_max_batch(directory: Path) -> int:
-    """The most samples the decoder engine's every optimization profile takes (``inputs_embeds``' first
-    axis): the batch the runtime must not exceed."""
+def _decoder_meta(directory: Path) -> EngineMeta:
     decoder = next((m for m in load_meta(directory) if m.graph == mf.DECODER), None)
     if decoder is None:
         raise EngineError(f"{directory}: {META_FILE} lists no decoder engine; rebuild with eov-export engine")
+    return decoder
+
+
+def engine_max_batch(directory: Path) -> int:
+    """The most samples the decoder engine's every optimization profile takes (``inputs_embeds``' first
+    axis): the batch the runtime must not exceed."""
+    decoder = _decoder_meta(directory)
     sizes = [p["shapes"][mf.INPUTS_EMBEDS]["max"][0] for p in decoder.profiles if mf.INPUTS_EMBEDS in p["shapes"]]
     if not sizes:
         raise EngineError(f"{directory}: the decoder engine's profiles do not name {mf.INPUTS_EMBEDS}; rebuild it")
@@ -59,9 +64,7 @@ def engine_max_suffix(directory: Path) -> int:
     """The most tokens per row the decoder engine's decode profile feeds on top of a cache (a question's
     own tokens on a shared prefix; 1 for engines planned before suffixes): longer suffixes are
     prefilled whole."""
-    decoder = next((m for m in load_meta(directory) if m.graph == mf.DECODER), None)
-    if decoder is None:
-        raise EngineError(f"{directory}: {META_FILE} lists no decoder engine; rebuild with eov-export engine")
+    decoder = _decoder_meta(directory)
     # the Python builder's "decode" profile; trtexec's one profile spans prefill and decode
     single = decoder.profiles[0] if len(decoder.profiles) == 1 else None
     decode = next((p for p in decoder.profiles if p.get("name") == "decode"), single)

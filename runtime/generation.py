@@ -116,14 +116,13 @@ class Decoder:
         if shared_prefix:
             last_logits, presents, attention_mask = self._prefill_shared(inputs_embeds, attention_mask,
                                                                          shared_prefix, prefix_kv)
-        else:
+        positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # (B, T) left padding: count real tokens
+        if not shared_prefix:
             empty = np.zeros((batch, m.num_kv_heads, 0, m.head_dim), np.float32)
-            positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # left padding: count real tokens
             feed = {mf.INPUTS_EMBEDS: inputs_embeds, mf.ATTENTION_MASK: attention_mask, mf.POSITION_IDS: positions}
             feed.update((name, empty) for name in self.past_names)
             out = self.prefill_runner.infer(feed)
             last_logits, presents = out[mf.LOGITS][:, -1], [out[name] for name in self.present_names]
-        positions = np.clip(attention_mask.cumsum(-1) - 1, 0, None)  # (B, T) over the cached prompt
         capacity = attention_mask.shape[1] + config.max_new_tokens - 1
         cache = KVCache(m.num_layers, batch, m.num_kv_heads, m.head_dim, capacity)
         self.last_cache_bytes = cache.nbytes

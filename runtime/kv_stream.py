@@ -136,15 +136,17 @@ class FusedKVStream:
         if shared_prefix:
             if not 0 < shared_prefix < int(lengths.min()):
                 raise ValueError(f"shared prefix {shared_prefix} must leave every row a token of its own")
+            filled = 0  # rows whose slots already hold the prefix
             if prefix_kv is None:
                 first = prompt_length - int(lengths[0])  # row 0's first real token
                 self._feed(inputs_embeds[0:1, first:first + shared_prefix], 0, 1, shared_prefix, no_ids,
                            np.empty((1, 1, logits.shape[-1]), np.float32), np.empty((1, 1), np.int64))
                 prefix_kv = PrefixKV([c[0, :, :shared_prefix].copy() for c in self.cache])
+                filled = 1
             elif prefix_kv.length != shared_prefix:
                 raise ValueError(f"cached prefix of {prefix_kv.length} positions for a prefix of {shared_prefix}")
             for buffer, prefix in zip(self.cache, prefix_kv.arrays):
-                buffer[:, :, :shared_prefix] = prefix  # (B, KV, P, hd) <- (KV, P, hd)
+                buffer[filled:, :, :shared_prefix] = prefix  # (B, KV, P, hd) <- (KV, P, hd)
         start = 0
         while start < self.batch:
             length = int(lengths[start])

@@ -155,7 +155,7 @@ class Pipeline:
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
         prefill_config = manifest.prefill_session_config() if prefill_session is not False else {}
-        if (prefill_config and backend == "onnxruntime" and _cpu_first(providers)
+        if (prefill_config and backend == "onnxruntime" and runs_on_cpu(providers)
                 and _onnxruntime_at_least(PREFILL_MIN_ONNXRUNTIME)):
             entry = manifest.graphs[mf.DECODER]
             runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
@@ -307,9 +307,9 @@ class Pipeline:
         generation = generation or GenerationConfig()
         embeds = self.inputs_embeds(batch, image_embeds)
         start = time.perf_counter()
-        if shared_prefix:
-            decoder = self.decoder.target if isinstance(self.decoder, SpeculativeDecoder) else self.decoder
-            ids, probs = decoder.generate(embeds, batch["attention_mask"], generation, shared_prefix, prefix_kv)
+        if shared_prefix:  # the speculative loop is batch 1: its FP32 target decodes the questions together
+            ids, probs = self._generating_decoder().generate(embeds, batch["attention_mask"], generation,
+                                                             shared_prefix, prefix_kv)
         else:
             ids, probs = self.decoder.generate(embeds, batch["attention_mask"], generation)
         self.timings["generate"] += time.perf_counter() - start
@@ -369,13 +369,11 @@ class Pipeline:
             piece = samples[start:start + size]
             shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
             batch = self.batch(piece, generation.max_new_tokens)
+            prefix_ids = self._shared_prefix(batch) if views_key is not None else None
             prefix, prefix_kv, prefix_key = 0, None, None
-            if views_key is not None:
-                prefix = self._shared_prefix(batch)
-                if prefix:
-                    ids = batch["input_ids"][0, batch["input_ids"].shape[1] - int(batch["attention_mask"][0].sum()):]
-                    prefix_key = content_key(np.frombuffer(views_key.encode(), np.uint8), ids[:prefix])
-                    prefix_kv = self.prefix_cache.get(prefix_key)
+            if prefix_ids is not None:
+                prefix, prefix_key = len(prefix_ids), f"{views_key}:{content_key(prefix_ids)}"
+                prefix_kv = self.prefix_cache.get(prefix_key)
             ids, probs = self.generate_ids(batch, generation, shared, prefix, prefix_kv)
             if prefix and prefix_kv is None and self._generating_decoder().last_prefix_kv is not None:
                 computed = self._generating_decoder().last_prefix_kv
@@ -387,20 +385,20 @@ class Pipeline:
     def _generating_decoder(self) -> Decoder:
         return self.decoder.target if isinstance(self.decoder, SpeculativeDecoder) else self.decoder
 
-    def _shared_prefix(self, batch: dict[str, np.ndarray]) -> int:
-        """Tokens every row starts with, up to and including the last image placeholder (the image
-        block; the question text after it differs); 0 when the rows do not share that much."""
+    def _shared_prefix(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The token ids every row starts with, up to and including the last image placeholder (the
+        image block; the question text after it differs); None when the rows do not share that much."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         lengths = mask.sum(-1)
         rows = [ids[r, ids.shape[1] - int(n):] for r, n in enumerate(lengths)]  # unpadded
         image = np.flatnonzero(rows[0] == self.manifest.special_tokens["image"])
         if not len(image):
-            return 0
-        prefix = int(image[-1]) + 1
-        if prefix >= int(lengths.min()) or any(not np.array_equal(row[:prefix], rows[0][:prefix]) for row in rows):
-            return 0
-        if self.max_suffix is not None and int(lengths.max()) - prefix > self.max_suffix:
-            return 0  # a question longer than the engine's decode profile takes: prefilled whole
+            return None
+        prefix = rows[0][:int(image[-1]) + 1]
+        if len(prefix) >= int(lengths.min()) or any(not np.array_equal(row[:len(prefix)], prefix) for row in rows):
+            return None
+        if self.max_suffix is not None and int(lengths.max()) - len(prefix) > self.max_suffix:
+            return None  # a question longer than the engine's decode profile takes: prefilled whole
         return prefix
 
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
@@ -456,7 +454,7 @@ class Pipeline:
         return stats
 
 
-def _cpu_first(providers: list[str] | None) -> bool:
+def runs_on_cpu(providers: list[str] | None) -> bool:
     """Whether ONNX Runtime runs these graphs on the CPU (the default, or CPU listed first)."""
     return not providers or PROVIDER_ALIASES.get(providers[0].lower(), providers[0]) == "CPUExecutionProvider"
 

@@ -173,13 +173,15 @@ def answer_tiles(
             except EOVError as err:
                 w = t.window
                 outcome.error = TileError(t.index, (w.col, w.row, w.width, w.height), type(err).__name__, str(err))
-    if views and len(tasks) == 1:
-        answers = pipeline.answer_each([v for _, v in views], tasks[0], prompt, generation)
-        for (outcome, _), answer in zip(views, answers):
-            outcome.answers[tasks[0]] = answer
-    for outcome, view in views if len(tasks) > 1 else ():
-        answers = pipeline.answer_questions([view], [(t, None) for t in tasks], generation)
-        outcome.answers = dict(zip(tasks, answers))
+    if len(tasks) == 1:
+        if views:
+            answers = pipeline.answer_each([v for _, v in views], tasks[0], prompt, generation)
+            for (outcome, _), answer in zip(views, answers):
+                outcome.answers[tasks[0]] = answer
+    else:
+        for outcome, view in views:
+            outcome.answers = dict(zip(tasks, pipeline.answer_questions([view], [(t, None) for t in tasks],
+                                                                        generation)))
     return outcomes
 
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 from eov_edge.core.errors import EOVError, RasterReadError
 from eov_edge.core.manifest import sha256_file
 from eov_edge.core.paths import write_json_atomic
-from eov_edge.core.raster import Window, raster_grid
+from eov_edge.core.raster import RasterGrid, Window, raster_grid
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
 from eov_edge.runtime.scene import (
@@ -151,10 +151,13 @@ class RunIndex:
             return entry
         return None
 
-    def record(self, entry: dict) -> None:
+    def record(self, entry: dict, save: bool = True) -> None:
+        """Set a scene's entry; ``save=False`` leaves the rewrite to the next save (a rerun skipping a
+        thousand done scenes writes the index once, not a thousand times)."""
         self.entries[entry["scene"]] = entry
         self.recorded.add(entry["scene"])
-        self.save()
+        if save:
+            self.save()
 
     def save(self) -> None:
         write_json_atomic(self.path, {"format": INDEX_FORMAT, "run": self.run, "scenes": list(self.entries.values())})
@@ -234,8 +237,10 @@ class _Pending:
     spec: SceneSpec
     key: str
     digests: list[dict]
-    result: SceneResult
+    grid: RasterGrid
+    tiles: int
     started: float
+    tiles_done: int = 0
     outcomes: list[TileOutcome] = field(default_factory=list)
     lost: str | None = None  # a worker lost some of its tiles: the scene must run again
 
@@ -269,7 +274,7 @@ def run_scenes(
                 digests = file_digests(spec.paths, old.get("files", ()))
                 key = scene_key(digests, artifacts_sha256, config)
                 if done := index.complete(spec, key):
-                    index.record({**done, "status": "skipped"})
+                    index.record({**done, "status": "skipped"}, save=False)
                     summary.skipped += 1
                     report(spec.name, 0)
                     continue
@@ -277,13 +282,10 @@ def run_scenes(
                 tiles = config.plan(grid.height, grid.width)
             except Exception as err:  # a bad scene (or a fault reading it): recorded, the others go on
                 error = _line(err) if isinstance(err, EOVError) else f"unexpected {_line(err)}; please report it"
-                index.record(_entry(spec, "failed", error=error, seconds=time.perf_counter() - begun))
-                summary.failed += 1
-                summary.failures.append(f"{spec.name}: {error}")
+                _fail(spec, index, summary, error, seconds=time.perf_counter() - begun)
                 report(spec.name, 0)
                 continue
-            result = SceneResult(spec.paths[0], config.task, grid, len(tiles))
-            pending[spec.name] = _Pending(spec, key, digests, result, begun)
+            pending[spec.name] = _Pending(spec, key, digests, grid, len(tiles), begun)
             for group in _batches(tiles, config.batch_size):
                 yield TileJob(spec.name, spec.paths, tuple(group))
 
@@ -294,52 +296,50 @@ def run_scenes(
                 scene.lost = str(outcomes)
             else:
                 scene.outcomes += outcomes
-            scene.result.tiles_done += len(job.tiles)
+            scene.tiles_done += len(job.tiles)
             summary.tiles += len(job.tiles)
-            finished = scene.result.tiles_done == scene.result.tiles
+            finished = scene.tiles_done == scene.tiles
             if finished:
                 scene = pending.pop(job.scene)
                 try:
                     _finish(scene, index, config, summary)
                 except Exception as err:  # writing its output failed: this scene fails, the others go on
-                    _fail(scene, index, summary, f"unexpected {_line(err)}; please report it with the scene",
+                    _fail(scene.spec, index, summary, f"unexpected {_line(err)}; please report it with the scene",
                           key=scene.key, files=scene.digests)
             report(job.scene, len(job.tiles), finished)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:  # interrupted (or every worker lost): what did not finish is listed as unfinished
         ended = summary.done + summary.skipped + summary.failed
-        if ended < len(scenes):
-            for spec in scenes:
-                scene = pending.get(spec.name)
-                if scene is not None:
-                    index.entries[spec.name] = _entry(spec, "unfinished", key=scene.key, files=scene.digests,
-                                                      tiles=scene.result.tiles, tiles_done=scene.result.tiles_done)
-                elif spec.name not in index.recorded:  # not reached
-                    index.entries[spec.name] = _entry(spec, "unfinished")
-            index.save()
-            summary.unfinished = len(scenes) - ended
+        for spec in scenes if ended < len(scenes) else ():
+            scene = pending.get(spec.name)
+            if scene is not None:
+                index.record(_entry(spec, "unfinished", key=scene.key, files=scene.digests, tiles=scene.tiles,
+                                    tiles_done=scene.tiles_done), save=False)
+            elif spec.name not in index.recorded:  # the run never came to it
+                index.record(_entry(spec, "unfinished"), save=False)
+        summary.unfinished = len(scenes) - ended
+        index.save()  # the skipped scenes' entries too
         summary.seconds = time.perf_counter() - start
     return summary
 
 
 def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: RunSummary) -> None:
-    first = scene.result
-    first.seconds = time.perf_counter() - scene.started
+    seconds = time.perf_counter() - scene.started
     results: list[SceneResult] = []
     if scene.lost is None:
         for task in config.tasks:  # one result per task, from the same tiles
-            result = first if task == first.task else \
-                SceneResult(first.source, task, first.grid, first.tiles, tiles_done=first.tiles_done)
+            result = SceneResult(scene.spec.paths[0], task, scene.grid, scene.tiles, tiles_done=scene.tiles_done,
+                                 seconds=seconds)
             result.merge(scene.outcomes, config.iou_threshold)
-            result.seconds = first.seconds
             results.append(result)
-        if len(first.errors) == first.tiles:  # not one tile could be read
-            scene.lost = f"{first.errors[0].error}: {first.errors[0].message}"
-    common = dict(key=scene.key, files=scene.digests, tiles=first.tiles, tiles_failed=len(first.errors),
-                  seconds=first.seconds)
+        errors = results[0].errors
+        if len(errors) == scene.tiles:  # not one tile could be read
+            scene.lost = f"{errors[0].error}: {errors[0].message}"
+    common = dict(key=scene.key, files=scene.digests, tiles=scene.tiles,
+                  tiles_failed=len(results[0].errors) if results else 0, seconds=seconds)
     if scene.lost:
-        _fail(scene, index, summary, scene.lost, **common)
+        _fail(scene.spec, index, summary, scene.lost, **common)
         return
     outputs = []
     for result in results:
@@ -359,10 +359,10 @@ def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: R
     summary.detections += detections
 
 
-def _fail(scene: _Pending, index: RunIndex, summary: RunSummary, error: str, **fields) -> None:
-    index.record(_entry(scene.spec, "failed", error=error, **fields))
+def _fail(spec: SceneSpec, index: RunIndex, summary: RunSummary, error: str, **fields) -> None:
+    index.record(_entry(spec, "failed", error=error, **fields))
     summary.failed += 1
-    summary.failures.append(f"{scene.spec.name}: {error}")
+    summary.failures.append(f"{spec.name}: {error}")
 
 
 def _entry(spec: SceneSpec, status: str, error: str | None = None, seconds: float = 0.0, **fields) -> dict:

@@ -288,7 +288,6 @@ def time_questions(kind: str, where: str, questions: list[str], max_new: int, re
                 outs = [model.generate(**b, max_new_tokens=max_new, min_new_tokens=max_new) for b in batches]
             return [processor.decode(out[0].tolist()).token_ids for out in outs]
         cache = None
-        alone = None
     else:
         from eov_edge.runtime.generation import GenerationConfig
         from eov_edge.runtime.pipeline import Pipeline

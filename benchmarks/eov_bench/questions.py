@@ -63,8 +63,6 @@ def run_questions_bench(language_model, where_pytorch: str, folders: dict[Row, P
                         lengths: tuple[int, ...] = (SHORT, LONG)) -> dict:
     """The ``questions`` section of bench.json. ``folders``: the rows' artifacts (Row.FP32 and the
     recipes' rows present are timed)."""
-    import numpy as np
-
     questions = instructions(n)
     rows = [QuestionRow("pytorch eager", "pytorch", where_pytorch, "generate")]
     fp32 = str(folders[Row.FP32])
@@ -85,7 +83,7 @@ def run_questions_bench(language_model, where_pytorch: str, folders: dict[Row, P
         section["end_to_end"][str(max_new)] = _end_to_end_rows(timed)
     if peer:
         section["decoder_head_to_head"] = _decoder_head_to_head(language_model, fp32, out, n, repeats,
-                                                                max(rounds, 3), progress, lengths, np)
+                                                                max(rounds, 3), progress, lengths)
     return section
 
 
@@ -116,8 +114,10 @@ def _end_to_end_rows(timed: dict[str, list[dict]]) -> dict:
 
 
 def _decoder_head_to_head(language_model, fp32: str, out: Path, n: int, repeats: int, rounds: int, progress,
-                          lengths, np) -> dict:
+                          lengths) -> dict:
     import os
+
+    import numpy as np
 
     threads = os.cpu_count() or 2
     eos = int(language_model.config.eos_token_id)
