@@ -29,20 +29,23 @@ def main() -> None:
 
     import torch
 
+    from eov_edge.bench.held_out import benchmark_set
     from eov_edge.core import manifest as mf
     from eov_edge.core.calib import load_calib_samples
-    from eov_edge.core.paths import NANO_CHECKPOINT, data_dir, write_json_atomic
+    from eov_edge.core.paths import NANO_CHECKPOINT, write_json_atomic
     from eov_edge.core.provenance import git_commit
+    from eov_edge.evaluation.scoring import score_predictions
     from eov_edge.model.processor import load_checkpoint
     from eov_edge.quantize.calibration import CalibrationSet
-    from eov_edge.quantize.gate import answer_examples, gate_examples, task_points
-    from eov_edge.training.evaluate import evaluate, score_predictions
+    from eov_edge.quantize.gate import answer_examples, task_points
+    from eov_edge.training.evaluate import evaluate
 
     torch.set_num_threads(os.cpu_count() or 2)
     manifest = mf.load_manifest(args.artifacts)
     calib_files = CalibrationSet(sources=[str(p) for c in load_calib_samples() for files in c.views for p in files])
     patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
-    examples, train, dropped = gate_examples(data_dir(), manifest.image_size, patch, args.per_task, calib_files)
+    held_out, dropped = benchmark_set(manifest.image_size, patch, args.per_task, calib_files.sources)
+    examples, train = held_out.examples, held_out.baseline_examples
 
     model, processor = load_checkpoint(args.checkpoint or NANO_CHECKPOINT)
     reports = {"pytorch fp32": evaluate(model, processor, examples, train, progress=False)}

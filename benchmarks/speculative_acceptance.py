@@ -38,20 +38,20 @@ def main() -> None:
     import numpy as np
     import onnxruntime
 
+    from eov_edge.bench.held_out import benchmark_set
     from eov_edge.core import manifest as mf
     from eov_edge.core.calib import load_calib_samples
     from eov_edge.core.inputs import Sample
-    from eov_edge.core.paths import data_dir, write_atomic, write_json_atomic
+    from eov_edge.core.paths import write_atomic, write_json_atomic
     from eov_edge.core.provenance import git_commit
     from eov_edge.quantize.calibration import CalibrationSet
-    from eov_edge.quantize.gate import gate_examples
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
     manifest = mf.load_manifest(args.artifacts)
     calib_files = CalibrationSet(sources=[str(p) for c in load_calib_samples() for files in c.views for p in files])
     patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
-    examples, _, _ = gate_examples(data_dir(), manifest.image_size, patch, args.per_task, calib_files)
+    examples = benchmark_set(manifest.image_size, patch, args.per_task, calib_files.sources)[0].examples
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     plain = Pipeline.from_artifacts(args.artifacts, thread_pool="shared")
     drafts = {}
@@ -68,7 +68,7 @@ def main() -> None:
 
     per_task: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     for example in examples:
-        sample = Sample(views=example.views, instruction=example.instruction)
+        sample = Sample(views=example.views or example.read_views(manifest.image_size), instruction=example.instruction)
         batch = plain.batch([sample], config.max_new_tokens)
         reference, plain_s = timed(plain, batch)
         for recipe, pipe in drafts.items():

@@ -2,10 +2,12 @@
 
     eov-export quantize --artifacts artifacts/nano --recipe ort-cpu-int8 --out artifacts/nano-int8
 
-1. calibration feeds from ``calib_data`` (or ``--calib``) through the FP32 runtime;
+1. calibration feeds from ``calib_data`` (or ``--calib``: a samples folder or a held-out JSONL file)
+   through the FP32 runtime;
 2. the recipe's graphs quantized with the field's quantizers (:mod:`eov_edge.quantize.recipes`);
 3. TensorRT recipes: the Q/DQ check (:mod:`eov_edge.quantize.checks`);
-4. the gate: every task metric on held-out real samples against FP32. Over budget, with
+4. the gate: every task metric on held-out examples against FP32 (``--gate-data FILE.jsonl``, the
+   user's own; by default the pack shipped in ``calib_data/heldout/``). Over budget, with
    ``--max-drop``, the most sensitive nodes (measured) go back to float, a few more each round,
    until the budget holds; otherwise the quantization is refused and no artifacts are written.
 The output folder is a complete artifacts folder (same runtime, same CLI) whose manifest records the
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.paths import staged_folder
+from eov_edge.evaluation.examples import ExampleSet
 from eov_edge.quantize import gate
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError, calibration_set
 from eov_edge.quantize.checks import tensorrt_qdq_problems
@@ -114,7 +117,8 @@ def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], cali
 
 
 def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: Path | None = None,
-                       max_drop: float | None = None, per_task: int = 100, data_root: Path | None = None,
+                       max_drop: float | None = None, per_task: int | None = None,
+                       gate_data: ExampleSet | Path | None = None,
                        overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print,
                        int4_block_size: int | None = None, fallback: bool = True) -> dict:
     """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``).
@@ -122,9 +126,9 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     ``max_drop``: the budget in points per task metric (None: the recipe's default). ``fallback``:
     when a task breaks the budget, put the most sensitive nodes back in float, round by round, until
     it holds (False: refuse at the first broken round). ``int4_block_size`` overrides an INT4
-    recipe's block (refused for the others)."""
-    from eov_edge.core.paths import data_dir
-    from eov_edge.training.evaluate import score_predictions
+    recipe's block (refused for the others). ``gate_data``: held-out examples (an example set, or a
+    JSONL file or folder; None: the shipped pack), at most ``per_task`` of each task (None: all)."""
+    from eov_edge.evaluation.scoring import score_predictions
 
     if recipe_name not in RECIPES:
         raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
@@ -143,10 +147,12 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
     calibration = calibration_set(artifacts, calib_dir)
     plans = recipe_plans(recipe, artifacts, quantize_lm_head)
 
-    data_root = Path(data_root) if data_root else data_dir()
-    patch = int(manifest.model_config.get("vision_config", {}).get("patch_size", 16))
-    examples, train, dropped = gate.gate_examples(data_root, manifest.image_size, patch, per_task, calibration)
-    progress(f"gate: {len(examples)} held-out examples ({dropped} dropped for sharing a calibration file)")
+    held_out, dropped = gate.gate_set(gate_data, manifest.image_size, per_task, calibration)
+    examples, train = held_out.examples, held_out.baseline_examples
+    not_gated = gate.tasks_not_gated(held_out)
+    progress(f"gate: {len(examples)} held-out examples from {held_out.name} ({dropped} dropped for sharing a "
+             f"calibration file)" + (f"; not gated, the set has no example of: {', '.join(not_gated)}"
+                                     if not_gated else ""))
     fp32_answers = gate.answer_examples(artifacts, examples)
     fp32_report = score_predictions(fp32_answers, examples, train, manifest.image_size)
 
@@ -197,7 +203,9 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
             if not any(plans[g].quantized for g in recipe.graphs):
                 # the next round would gate the FP32 model itself and "accept" it under the recipe's name
                 _refuse(out, recipe, rows, rounds, budget, fallback, all_float=True)
-        gate_summary = {"budget_points": budget, "examples": len(examples), "dropped_for_calibration_overlap": dropped,
+        gate_summary = {"budget_points": budget, "examples": len(examples), "examples_from": held_out.name,
+                        "example_set": held_out.provenance, "per_task_counts": held_out.counts(),
+                        "tasks_not_gated": not_gated, "dropped_for_calibration_overlap": dropped,
                         "rows": gate.rows_as_dicts(rows), "rounds": rounds, "fallback": in_float, "accepted": True}
         if tools.get(mf.DECODER, {}).get(mf.PREFILL_SESSION_CONFIG):
             # The prompt kernel the prefill session fixes is not the faster one on every CPU: gate the
@@ -299,7 +307,9 @@ def _strip(report: dict) -> dict:
 def _markdown(report: dict, rows) -> str:
     size = report["size"]
     return (f"# {report['recipe']} ({report['target']})\n\nAccepted: {report['accepted']}; budget "
-            f"{report['gate']['budget_points']:g} points; {report['gate']['examples']} held-out examples.\n\n"
+            f"{report['gate']['budget_points']:g} points; {report['gate']['examples']} held-out examples from "
+            f"{report['gate']['examples_from']}" + (f"; not gated (no examples): {', '.join(report['gate']['tasks_not_gated'])}"
+                                                    if report['gate']['tasks_not_gated'] else "") + ".\n\n"
             f"Size on disk: {size['fp32_bytes'] / 2**20:.1f} MiB FP32 -> {size['quantized_bytes'] / 2**20:.1f} MiB "
             f"({size['ratio']:.2f}x smaller).\n\n{gate.table(rows)}\n\nFallback to float: "
             f"{[f['node'] for f in report['gate']['fallback']] or 'none'}\n" + _prompt_kernel_line(report))

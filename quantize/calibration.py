@@ -1,5 +1,6 @@
 """Calibration feeds per graph, from real samples of every modality (``calib_data/`` by default).
 
+Samples come from ``calib_data/`` or from the user's held-out JSONL format (views and questions only).
 Encoder feeds are the samples' views; projector feeds are the FP32 encoder's outputs; decoder feeds
 are recorded while the FP32 runtime pipeline answers each sample with its task's question: the
 prefill and every decode step, exactly the tensors the device will feed (including the masked
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from eov_edge.core import manifest as mf
 from eov_edge.core.calib import CalibSample, load_calib_samples
 from eov_edge.core.errors import EOVError
+from eov_edge.core.inputs import Sample
 
 CALIB_MAX_NEW_TOKENS = 16  # decode steps recorded per sample (with the prefill)
 
@@ -70,6 +72,16 @@ class FeedReader:
         return iter(self._feeds)
 
 
+@dataclass(frozen=True)
+class CalibrationInput:
+    """One input the FP32 pipeline answers while its feeds are recorded."""
+
+    id: str
+    files: tuple[str, ...]  # the files its views are read from
+    read: Callable[[int], Sample]  # its views at a canvas size, with its question
+    modality: str | None = None  # calib_data's sample modality (temporal, video, ...); else its views'
+
+
 def load_calibration_samples(directory: str | Path | None) -> list[CalibSample]:
     try:
         samples = load_calib_samples(directory, verify=True)
@@ -80,8 +92,27 @@ def load_calibration_samples(directory: str | Path | None) -> list[CalibSample]:
     return samples
 
 
-def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
-    """Run the FP32 ``pipeline`` on every sample and record each graph's feeds."""
+def calibration_inputs(source: str | Path | None) -> list[CalibrationInput]:
+    """Calibration inputs from a samples folder with a ``manifest.json`` (default: calib_data/), or
+    from a held-out JSONL file (or a folder with one; docs/evaluation.md): its records' views and
+    questions, their reference answers unread."""
+    path = Path(source) if source is not None else None
+    if path is not None and (path.suffix == ".jsonl" or (path.is_dir() and not (path / "manifest.json").is_file())):
+        from eov_edge.evaluation.heldout import load_heldout
+
+        try:
+            examples = load_heldout(path, image_size=1).examples  # views and questions only: any size
+        except EOVError as err:
+            raise QuantizeError(f"calibration data: {err}") from None
+        return [CalibrationInput(e.source, e.files, lambda size, e=e: Sample(views=e.read_views(size),
+                                                                              instruction=e.instruction))
+                for e in examples]
+    return [CalibrationInput(c.id, tuple(str(p) for files in c.views for p in files), c.as_sample, c.modality)
+            for c in load_calibration_samples(path)]
+
+
+def collect_feeds(pipeline, inputs: list[CalibrationInput], max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
+    """Run the FP32 ``pipeline`` on every input and record each graph's feeds."""
     from eov_edge.runtime.generation import GenerationConfig
 
     result = CalibrationSet()
@@ -97,15 +128,15 @@ def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CA
 
         runner.infer = recording
     try:
-        for sample in samples:
+        for item in inputs:
             try:
-                question = sample.as_sample(pipeline.spec.image_size)
+                question = item.read(pipeline.spec.image_size)
+                pipeline.answer_samples([question], GenerationConfig(max_new_tokens=max_new_tokens))
             except EOVError as err:
-                raise QuantizeError(f"calibration sample {sample.id}: {err}") from None
-            pipeline.answer_samples([question], GenerationConfig(max_new_tokens=max_new_tokens))
-            result.sample_ids.append(sample.id)
-            result.modalities.append(sample.modality)
-            result.sources += [str(p) for files in sample.views for p in files]
+                raise QuantizeError(f"calibration sample {item.id}: {err}") from None
+            result.sample_ids.append(item.id)
+            result.modalities += [item.modality] if item.modality else [v.modality for v in question.views]
+            result.sources += list(item.files)
     finally:
         for name, runner in pipeline.runners.items():
             runner.infer = originals[name]
@@ -120,14 +151,16 @@ def collect_feeds(pipeline, samples: list[CalibSample], max_new_tokens: int = CA
 
 def calibration_set(artifacts: Path, calib_dir: str | Path | None = None,
                     max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
-    """Feeds for every graph of the FP32 ``artifacts`` from the samples in ``calib_dir``."""
+    """Feeds for every graph of the FP32 ``artifacts`` from the samples in ``calib_dir`` (a folder
+    with a manifest.json, default calib_data/, or a held-out JSONL file)."""
     from eov_edge.runtime.pipeline import Pipeline
 
-    samples = load_calibration_samples(calib_dir)
+    samples = calibration_inputs(calib_dir)
     with Pipeline.from_artifacts(artifacts) as pipeline:
         if any(entry.precision != "fp32" for entry in pipeline.manifest.graphs.values()):
             raise QuantizeError(f"{artifacts}: quantize from the FP32 export, not from already quantized graphs")
         return collect_feeds(pipeline, samples, max_new_tokens)
 
 
-__all__ = ["CalibrationSet", "FeedReader", "QuantizeError", "calibration_set", "collect_feeds"]
+__all__ = ["CalibrationInput", "CalibrationSet", "FeedReader", "QuantizeError", "calibration_inputs", "calibration_set",
+           "collect_feeds"]

@@ -16,27 +16,33 @@ from eov_edge.quantize.recipes import INT4_BLOCK_SIZES, RECIPES
               required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="quantized artifacts folder to create")
 @click.option("--calib", type=click.Path(path_type=Path), default=None,
-              help="calibration samples folder with a manifest.json (default: calib_data/)")
+              help="calibration samples: a folder with a manifest.json (default: calib_data/), or a held-out "
+                   "JSONL file (its views and questions; docs/evaluation.md)")
+@click.option("--gate-data", type=click.Path(path_type=Path), default=None,
+              help="held-out examples the gate scores, a JSONL file or a folder with one (docs/evaluation.md) "
+                   "[default: the pack shipped in calib_data/heldout/]")
 @click.option("--max-drop", type=float, default=None,
               help="accuracy budget in points per task metric [default: 1.0 for INT8/FP8, 2.0 for INT4]")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="put the most sensitive layers back in float until every task holds the budget "
                    "(--no-fallback: refuse at the first broken task)")
-@click.option("--per-task", type=int, default=100, show_default=True,
-              help="held-out examples per task for the gate (one changed answer in 100 moves a metric 1 point)")
+@click.option("--per-task", type=click.IntRange(min=1), default=None,
+              help="at most this many held-out examples per task [default: all]; one changed answer in 100 "
+                   "moves a metric 1 point")
 @click.option("--quantize-lm-head/--keep-lm-head", default=None,
               help="override the recipe's default for the LM head (TensorRT recipes keep it in float)")
 @click.option("--int4-block-size", type=click.Choice([str(s) for s in INT4_BLOCK_SIZES]), default=None,
               help="weights per scale for ort-cpu-int4 and w4a16 [default: 32]; larger is faster on CPU, the gate "
                    "decides if it holds")
 @click.option("--overwrite", is_flag=True)
-def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, max_drop: float | None,
-                     fallback: bool, per_task: int, quantize_lm_head: bool, int4_block_size: str | None, overwrite: bool) -> None:
+def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, gate_data: Path | None,
+                     max_drop: float | None, fallback: bool, per_task: int | None, quantize_lm_head: bool,
+                     int4_block_size: str | None, overwrite: bool) -> None:
     """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
     from eov_edge.quantize.build import quantize_artifacts
 
     try:
-        report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, overwrite=overwrite,
+        report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, gate_data, overwrite=overwrite,
                                     quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True),
                                     int4_block_size=int(int4_block_size) if int4_block_size else None,
                                     fallback=fallback)

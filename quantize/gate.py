@@ -1,11 +1,12 @@
-"""The accuracy gate: every task metric of quantized artifacts against FP32, on held-out real samples.
+"""The accuracy gate: every task metric of quantized artifacts against FP32, on held-out examples.
 
-Both artifact folders answer the same validation examples (the val split of every source, fixed by
-the seed, with any example whose file is also a calibration sample removed) through the device
-runtime; each metric is compared in points (100 x the metric, CIDEr-D included, as papers report
-it). A drop beyond the budget fails the gate. Sensitivity for the fallback is measured, per
-quantized node: the relative error of its graph's output on the calibration feeds when that node
-alone is quantized.
+Both artifact folders answer the same held-out examples through the device runtime: the user's own
+(``--gate-data FILE.jsonl``, docs/evaluation.md) or the pack shipped in ``calib_data/heldout/``,
+without any example that shares a file with the calibration samples. Each metric is compared in
+points (100 x the metric, CIDEr-D included, as papers report it). A drop beyond the budget fails
+the gate; a task the set lacks is not gated, and the report says so. Sensitivity for the fallback
+is measured, per quantized node: the relative error of its graph's output on the calibration feeds
+when that node alone is quantized.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from eov_edge.core.errors import EOVError
+from eov_edge.core.tasks import TASKS
+from eov_edge.evaluation.examples import Example, ExampleSet
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
-from eov_edge.training.data.examples import Example
 
-EVAL_SEED = 2000  # not eov-eval's seed: the gate's samples are its own
 # "margin" (eov-eval reports, e.g. the PyTorch column of benchmarks/accuracy.py) is the headline
 # metric minus its baseline: its drop is the headline metric's, already a row
 NOT_METRICS = ("n", "distinct_answers", "examples", "margin")
@@ -38,27 +40,41 @@ class MetricRow:
         return self.drop <= self.budget + 1e-9
 
 
-def gate_examples(data_root: Path, image_size: int, patch_size: int, per_task: int, calibration: CalibrationSet,
-                  seed: int = EVAL_SEED) -> tuple[list[Example], list[Example], int]:
-    """Held-out examples (val split) disjoint from the calibration files; train examples for the
-    baselines that score() reports; and how many examples were dropped for sharing a file."""
-    from eov_edge.training.data.examples import ExampleFactory
-    from eov_edge.training.evaluate import build_examples
+def gate_set(gate_data: ExampleSet | str | Path | None, image_size: int, per_task: int | None,
+             calibration: CalibrationSet) -> tuple[ExampleSet, int]:
+    """The gate's held-out examples: ``gate_data`` (an example set, or a held-out JSONL file or folder;
+    None: the shipped pack), at most ``per_task`` per task, without any example that shares a file
+    with the calibration samples; and how many were dropped for that."""
+    from eov_edge.core.paths import heldout_pack
+    from eov_edge.evaluation.heldout import load_heldout
 
-    if not (Path(data_root) / "README.md").is_file():
-        raise QuantizeError(f"the accuracy gate needs the held-out real data at {data_root} (set EOV_DATA_DIR)")
-    val = build_examples(ExampleFactory(data_root, "val", image_size, patch_size), per_task, seed)
-    train = build_examples(ExampleFactory(data_root, "train", image_size, patch_size), per_task, seed + 1,
-                           with_views=False)  # the baselines read answers only
-    calib_names = {Path(s).name for s in calibration.sources} | {Path(s).parent.name for s in calibration.sources}
-    kept = [e for e in val if Path(e.source).name not in calib_names]
-    return kept, train, len(val) - len(kept)
+    if not isinstance(gate_data, ExampleSet):
+        path = Path(gate_data) if gate_data is not None else heldout_pack()
+        if gate_data is None and not path.is_file():
+            raise QuantizeError(f"the held-out pack shipped with eov-edge is missing ({path}); restore it "
+                                "(git checkout calib_data/heldout) or give your own: --gate-data FILE.jsonl")
+        try:
+            gate_data = load_heldout(path, image_size)
+        except EOVError as err:
+            raise QuantizeError(f"gate data: {err}") from None
+    examples = gate_data.limited(per_task)
+    kept, dropped = examples.without_files(calibration.sources)
+    if not kept.examples:
+        raise QuantizeError(f"every example of {gate_data.name} shares a file with the calibration samples: the gate "
+                            "must not score what calibration saw; calibrate on other files (--calib)")
+    return kept, dropped
+
+
+def tasks_not_gated(examples: ExampleSet) -> list[str]:
+    """The task kinds ``examples`` has no example of: the gate cannot hold them."""
+    return [t for t in TASKS if t not in examples.tasks]
 
 
 def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int = 64, batch_size: int = 8,
                     prefill_session: bool = True) -> list[str]:
-    """Greedy answers of the runtime on ``artifacts`` for ``examples``; ``prefill_session``: as
-    ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made by timing)."""
+    """Greedy answers of the runtime on ``artifacts`` for ``examples`` (views read batch by batch);
+    ``prefill_session``: as ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made
+    by timing)."""
     from eov_edge.core.inputs import Sample
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
@@ -66,9 +82,13 @@ def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: in
     generation = GenerationConfig(max_new_tokens=max_new_tokens)
     texts: list[str] = []
     with Pipeline.from_artifacts(artifacts, prefill_session=prefill_session) as pipeline:
+        size = pipeline.spec.image_size
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            samples = [Sample(views=e.views, instruction=e.instruction) for e in chunk]
+            try:
+                samples = [Sample(views=e.views or e.read_views(size), instruction=e.instruction) for e in chunk]
+            except EOVError as err:
+                raise QuantizeError(f"gate data: {err}") from None
             texts += [a.text for a in pipeline.answer_samples(samples, generation)]
     return texts
 
@@ -113,7 +133,7 @@ def drop_intervals(task: str, metrics: list[str], reference: list[str], candidat
     two CIDEr-D passes instead of four)."""
     import random
 
-    from eov_edge.training.evaluate import score
+    from eov_edge.evaluation.scoring import score
 
     idx = [i for i, e in enumerate(examples) if e.task == task]
     rng = random.Random(seed)
@@ -165,5 +185,5 @@ def output_error(reference_path: Path, candidate_path: Path, feeds: list[dict], 
     return float(np.mean(errors))
 
 
-__all__ = ["MetricRow", "answer_examples", "broken_tasks", "changed_answers", "compare", "gate_examples",
-           "output_error"]
+__all__ = ["MetricRow", "answer_examples", "broken_tasks", "changed_answers", "compare", "gate_set",
+           "output_error", "tasks_not_gated"]

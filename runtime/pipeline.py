@@ -26,7 +26,7 @@ from eov_edge.core import manifest as mf
 from eov_edge.core.errors import PromptError, ViewMismatchError
 from eov_edge.core.inputs import InputSpec, Sample, build_batch
 from eov_edge.core.raster import View, Window, read_view
-from eov_edge.core.tasks import DEFAULT_QUESTIONS, TASKS
+from eov_edge.core.tasks import DEFAULT_QUESTIONS, SPATIAL_TASKS, TASK_ALIASES, TASKS, resolve_task  # noqa: F401
 from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.runtime.backends import make_runner
 from eov_edge.runtime.generation import Decoder, GenerationConfig
@@ -37,22 +37,11 @@ from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, 
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 
-TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
-                "count": "vqa", "describe": "caption", "track": "temporal"}
-SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
 DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts' graphs in Pipeline.runners
 # a second ONNX Runtime session on decoder.onnx for prompts, where the manifest asks for one
 # (mf.PREFILL_SESSION_CONFIG: INT4 CPU artifacts, whose fp32 kernel is faster on prompts)
 PREFILL = "decoder prefill"
 PREFILL_MIN_ONNXRUNTIME = (1, 32)  # mlas.qnbit.force_fp32; older versions ignore the key
-
-
-def resolve_task(task: str) -> str:
-    name = TASK_ALIASES.get(task, task)
-    if name not in TASKS:
-        raise PromptError(f"unknown task {task!r}; choose one of {', '.join(TASKS)} "
-                          f"(or {', '.join(TASK_ALIASES)})")
-    return name
 
 
 def peak_rss_mb() -> float:

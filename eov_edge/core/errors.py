@@ -50,3 +50,7 @@ class CheckpointError(EOVError, OSError):
 
 class EngineError(EOVError, RuntimeError):
     """An engine cannot be planned, built or loaded for this device, precision or artifacts."""
+
+
+class HeldOutError(EOVError, ValueError):
+    """A held-out examples file (JSONL) is malformed: the message names the line and what is wrong."""

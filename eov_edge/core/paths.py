@@ -2,6 +2,8 @@
 
 ``EOV_DATA_DIR``: the real remote-sensing data (default ``../shared/data`` next to the project).
 ``EOV_CALIB_DIR``: the calibration samples shipped with the project (default ``calib_data/``).
+``EOV_HELDOUT``: the held-out examples the gate and the demo use by default (default: the pack
+shipped in ``calib_data/heldout/``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ def data_dir() -> Path:
 def calib_dir() -> Path:
     """The calibration samples folder holding ``manifest.json``."""
     return Path(os.environ.get("EOV_CALIB_DIR", PROJECT_ROOT / "calib_data"))
+
+
+def heldout_pack() -> Path:
+    """The held-out pack shipped with the project (JSONL, docs/evaluation.md), or ``$EOV_HELDOUT``."""
+    return Path(os.environ.get("EOV_HELDOUT", PROJECT_ROOT / "calib_data" / "heldout" / "heldout.jsonl"))
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:

@@ -61,6 +61,24 @@ TASKS: dict[str, TaskSpec] = {
     )
 }  # fmt: skip
 
+# Names users type for a task kind (eov-run --task, held-out files).
+TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
+                "count": "vqa", "describe": "caption", "track": "temporal"}
+# Task kinds whose answers carry SLIS shapes (boxes, quads, polygons, points).
+SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
+
+
+def resolve_task(task: str) -> str:
+    """A task kind from its name or alias; :class:`PromptError` naming the choices otherwise."""
+    from eov_edge.core.errors import PromptError
+
+    name = TASK_ALIASES.get(task, task)
+    if name not in TASKS:
+        raise PromptError(f"unknown task {task!r}; choose one of {', '.join(TASKS)} "
+                          f"(or {', '.join(TASK_ALIASES)})")
+    return name
+
+
 HIT_UAV_CLASSES = ("person", "car", "bicycle", "other vehicle")
 SAR_CLASSES = ("ship",)
 EUROSAT_CLASSES = (

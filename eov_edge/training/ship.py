@@ -47,8 +47,9 @@ def ship(run: Path, out: Path, per_task: int = 256, commit: str | None = None, h
     import torch
     import transformers
 
+    from eov_edge.evaluation.scoring import markdown
     from eov_edge.model.processor import load_checkpoint, save_checkpoint
-    from eov_edge.training.evaluate import markdown, run_eval
+    from eov_edge.training.evaluate import run_eval
     from eov_edge.training.train import TrainConfig
 
     model, processor = load_checkpoint(run / "final")
@@ -145,7 +146,7 @@ Greedy answers, {decoding} (`eov_edge/core/slis_grammar.py`, as the runtime deco
 def verdict(report: dict) -> str:
     """Which tasks beat their baseline on the headline metric beyond the luck of the draw (the 95%
     bootstrap interval of the margin above 0), and which do not (said plainly)."""
-    from eov_edge.training.evaluate import HEADLINE_METRICS
+    from eov_edge.evaluation.scoring import HEADLINE_METRICS
 
     above, below = [], []
     for task, metric in HEADLINE_METRICS.items():

@@ -2,8 +2,8 @@
 
 import pytest
 
+from eov_edge.evaluation.examples import Example
 from eov_edge.quantize.gate import drop_intervals
-from eov_edge.training.data.examples import Example
 
 
 def _examples(n: int, task: str = "classification") -> list[Example]:

@@ -245,8 +245,8 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
 
 
 def test_changed_answers_counts_per_task():
+    from eov_edge.evaluation.examples import Example
     from eov_edge.quantize.gate import changed_answers
-    from eov_edge.training.data.examples import Example
 
     examples = [Example(task=t, views=[], instruction="q", answer="a", target={}, source="s")
                 for t in ("vqa", "vqa", "temporal")]

@@ -15,7 +15,6 @@ Every example is drawn from a ``random.Random``, so a seed fixes the whole valid
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,8 @@ from eov_edge.core import slis
 from eov_edge.core.bands import MODALITY_INDEX, get_band_set, to_canvas
 from eov_edge.core.raster import View
 from eov_edge.core.tasks import DIRECTIONS
+from eov_edge.evaluation.examples import Example
+from eov_edge.evaluation.resize import resize
 from eov_edge.training.data.sources import (
     Box,
     Scene,
@@ -42,17 +43,6 @@ MAX_DETECTIONS = 12
 LAND_COVER_MIN_FRACTION = 0.10
 # aux channels: objects (centre, cover) per class, then land cover per class
 AUX_CHANNELS = 2 * len(OBJECT_CLASSES) + len(LAND_COVER_CLASSES)
-
-
-@dataclass
-class Example:
-    task: str
-    views: list[View]
-    instruction: str
-    answer: str
-    target: dict  # ground truth for metrics, in canvas pixels
-    source: str
-    aux: list[np.ndarray | None] = field(default_factory=list)  # per view (grid, grid, AUX) or None
 
 
 def land_cover_map(scene: Scene) -> np.ndarray:
@@ -77,25 +67,18 @@ def land_cover_map(scene: Scene) -> np.ndarray:
 
 def _resize(array: np.ndarray, size: int, mode: str) -> np.ndarray:
     """(C, h, w) -> (C, size, size); area averaging when shrinking, bilinear when enlarging."""
-    import torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
-    if mode == "nearest":
-        out = F.interpolate(tensor, size=(size, size), mode="nearest")
-    elif tensor.shape[-1] >= size:
-        out = F.interpolate(tensor, size=(size, size), mode="area")
-    else:
-        out = F.interpolate(tensor, size=(size, size), mode="bilinear", align_corners=False)
-    return out[0].numpy()
+    return resize(array, size, "nearest" if mode == "nearest" else "area")
 
 
 class ExampleFactory:
     """Draws examples of each task from the scenes of one split."""
 
     def __init__(self, data_root: Path, split: Split, image_size: int, patch_size: int,
-                 hit_uav_limit: int | None = None) -> None:
+                 hit_uav_limit: int | None = None, keep_source_pixels: bool = False) -> None:
         self.split = split
+        # each view also keeps its crop in stored units (View.extra["source_pixels"], (C, crop, crop)):
+        # what the held-out pack writes to files
+        self.keep_source_pixels = keep_source_pixels
         self.size = image_size
         self.grid = image_size // patch_size
         self.train = split == "train"
@@ -119,8 +102,9 @@ class ExampleFactory:
         resized = _resize(window, self.size, "area")
         bs = get_band_set(band_set or scene.band_set)
         canvas, present = to_canvas(resized, np.ones((self.size, self.size), bool), bs)
+        extra = {"source_pixels": window} if self.keep_source_pixels else {}
         return View(canvas, np.ones((self.size, self.size), bool), present, bs.name,
-                    modality or bs.modality, (scene.source,), (crop, crop))
+                    modality or bs.modality, (scene.source,), (crop, crop), extra=extra)
 
     def rgb_view(self, scene: Scene, x0: int, y0: int, crop: int) -> View:
         """Only the red, green and blue bands of a Sentinel-2 crop: an 'optical' view."""
@@ -321,6 +305,7 @@ class ExampleFactory:
             after = self.view(scene, x0, y0, crop)
         jitter = np.float32(rng.uniform(-0.05, 0.05))
         after.canvas[after.present] += jitter  # radiometric difference between acquisitions
+        after.extra["canvas_offset"] = float(jitter)
         if changed:
             obj = slis.SpatialObject.from_pixels("box", [boxes[0][1][:2], boxes[0][1][2:]], self.size,
                                                  self.size, label=boxes[0][0], view=1)
