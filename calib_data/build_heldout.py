@@ -1,0 +1,186 @@
+"""Cut the held-out pack (``calib_data/heldout/``) from the val split of the shared data folder.
+
+    python calib_data/build_heldout.py            # reads $EOV_DATA_DIR (default ../shared/data)
+
+The examples are the training data factory's own val-split examples (docs/data.md: the same tasks,
+questions and programmatic labels the gate draws on the full data), drawn with a fixed seed, from
+permissively licensed sources only (HIT-UAV CC BY 4.0, BigEarthNet CDLA-Permissive-1.0, SSL4EO-S12
+CC BY 4.0; HRSID, GPL-3.0, and Major-TOM, CC BY-SA 4.0, are left out), without any example read from
+a calibration sample's file. Each view is written as the crop it was cut from, in the sensor's
+stored units (8-bit PNG for thermal frames, GeoTIFF for Sentinel-1/-2), and each record holds its
+reference answer in that file's pixels: the format a user writes by hand (docs/evaluation.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from eov_edge.core.bands import SLOT_INDEX, get_band_set  # noqa: E402
+from eov_edge.core.calib import load_calib_samples  # noqa: E402
+from eov_edge.core.paths import data_dir  # noqa: E402
+from eov_edge.core.tasks import TASKS  # noqa: E402
+
+OUT = HERE / "heldout"
+PER_TASK = 32
+SEED = 3000  # neither eov-eval's (1000) nor the data-folder gate's (2000)
+IMAGE_SIZE, PATCH_SIZE = 224, 16  # the shipped nano's canvas; crops are written at their own size
+LICENCES = {
+    "hit_uav": ("CC BY 4.0", "HIT-UAV, Suo et al., Scientific Data 2023"),
+    "bigearthnet": ("CDLA-Permissive-1.0", "BigEarthNet, Sumbul et al., IGARSS 2019; contains modified "
+                    "Copernicus Sentinel data 2017"),
+    "ssl4eo": ("CC BY 4.0", "SSL4EO-S12, Wang et al., 2022; contains modified Copernicus Sentinel data 2020"),
+}
+
+
+def dataset_of(source: str) -> str:
+    if "hit_uav" in source:
+        return "hit_uav"
+    if source.startswith("bigearthnet"):
+        return "bigearthnet"
+    return "ssl4eo"  # the S1/S2 pairs' sources are SSL4EO date folders
+
+
+def stored(view) -> np.ndarray:
+    """The view's crop in stored units, with the change task's radiometric offset applied."""
+    pixels = view.extra["source_pixels"].astype(np.float64)
+    offset = view.extra.get("canvas_offset")
+    if offset:
+        bs = get_band_set(view.band_set)
+        from eov_edge.core.bands import CANVAS_SLOTS
+
+        for c, band in enumerate(bs.bands):
+            slot = CANVAS_SLOTS[SLOT_INDEX[band.slot]]
+            pixels[c] += offset * slot.std / band.scale  # canvas units -> stored units
+    return pixels
+
+
+def write_view(view, folder: Path, stem: str, written: dict[str, str]) -> dict:
+    """One view's crop as a file under ``folder``; identical crops are written once."""
+    import rasterio
+
+    bs = get_band_set(view.band_set)
+    pixels = stored(view)
+    entry: dict = {"band_set": bs.name}
+    if view.modality == "optical" and bs.modality != "optical":  # the RGB bands of a Sentinel-2 crop
+        keep = ["B04", "B03", "B02"]
+        pixels = pixels[[bs.band_names.index(b) for b in keep]]
+        entry.update(bands=keep, modality="optical")
+        names = keep
+    else:
+        names = list(bs.band_names)
+    dtype = np.dtype(bs.stored_dtype or "float32")
+    if dtype.kind == "f":
+        # Sentinel-1 dB to 1/64 dB (a binary fraction: the low mantissa bits become zeros, which
+        # deflate packs; 0.008 dB at most, far below the sensor's radiometric accuracy)
+        pixels = np.round(pixels * 64) / 64
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        pixels = np.clip(np.rint(pixels), info.min, info.max)
+    data = pixels.astype(dtype)
+    count, height, width = data.shape
+    with tempfile.TemporaryDirectory() as tmp:
+        if dtype == np.uint8 and count == 1:
+            path, profile = Path(tmp) / "v.png", {"driver": "PNG"}
+        else:
+            path = Path(tmp) / "v.tif"
+            profile = {"driver": "GTiff", "compress": "deflate", "predictor": 3 if dtype.kind == "f" else 2,
+                       "zlevel": 9}
+        with rasterio.open(path, "w", width=width, height=height, count=count, dtype=data.dtype, **profile) as ds:
+            ds.write(data)
+            if profile["driver"] == "GTiff":
+                for i, name in enumerate(names, start=1):
+                    ds.set_band_description(i, name)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in written:
+            target = folder / f"{stem}{path.suffix}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            written[digest] = target.relative_to(OUT).as_posix()
+    entry["file"] = written[digest]
+    return entry
+
+
+def box_in_file(box, crop: int) -> list[float]:
+    scale = crop / IMAGE_SIZE  # canvas pixels -> the written crop's pixels
+    return [round(float(v) * scale, 2) for v in box]
+
+
+def reference(example, crop: int) -> dict:
+    task, target = example.task, example.target
+    if task in ("classification", "vqa", "cross_modal"):
+        return {"answer": example.answer}
+    if task == "multilabel":
+        return {"labels": target["labels"]}
+    if task == "caption":
+        return {"captions": target["references"]}
+    if task == "grounding":
+        return {"box": box_in_file(target["box"], crop), "label": target["class"]}
+    if task == "detection":
+        return {"objects": [{"label": label, "box": box_in_file(b, crop)} for label, b in target["objects"]]}
+    if task == "change":
+        return {"changed": target["changed"],
+                "boxes": [{"label": label, "box": box_in_file(b, crop)} for label, b in target["boxes"]]}
+    if task == "temporal":
+        if target["kind"] == "direction":
+            return {"direction": target["direction"]}
+        return {"track": [box_in_file(b, crop) for _, b in target["boxes"]], "label": target["boxes"][0][0]}
+    raise ValueError(task)
+
+
+def main() -> None:
+    from eov_edge.training.data.examples import ExampleFactory
+
+    data = data_dir()
+    if not (data / "README.md").is_file():
+        raise SystemExit(f"{data}: shared data folder not found; set EOV_DATA_DIR")
+    factory = ExampleFactory(data, "val", IMAGE_SIZE, PATCH_SIZE, keep_source_pixels=True)
+    factory.hrsid = []  # GPL-3.0: not shipped
+    keep = [i for i, s in enumerate(factory.s2) if s.source.startswith("bigearthnet")]  # Major-TOM: CC BY-SA
+    factory.s2 = [factory.s2[i] for i in keep]
+    factory.s2_classes = [factory.s2_classes[i] for i in keep]
+    calib = {Path(p).name for c in load_calib_samples() for files in c.views for p in files}
+
+    staging = Path(tempfile.mkdtemp(prefix=".heldout.", dir=HERE))
+    global OUT
+    final, OUT = OUT, staging
+    rng = random.Random(SEED)
+    records, written, skipped = [], {}, Counter()
+    for task in TASKS:
+        kept = 0
+        while kept < PER_TASK:
+            example = factory.sample(task, rng)
+            if Path(example.source).name in calib:
+                skipped[task] += 1
+                continue
+            crop = example.views[0].extra["source_pixels"].shape[-1]
+            stem = f"{task}_{kept:02d}"
+            views = [write_view(v, staging / "views" / task, f"{stem}_v{i}", written)
+                     for i, v in enumerate(example.views)]
+            licence, attribution = LICENCES[dataset_of(example.source)]
+            source = example.source.split("shared/data/")[-1]
+            records.append({"id": stem, "task": task, "views": views, "prompt": example.instruction,
+                            **reference(example, crop), "source": source, "licence": licence})
+            kept += 1
+    (staging / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    size = sum(p.stat().st_size for p in final.rglob("*") if p.is_file())
+    print(f"{len(records)} examples, {len(written)} view files, {size / 2**20:.2f} MiB -> {final}; "
+          f"skipped for sharing a calibration file: {dict(skipped) or 'none'}")
+
+
+if __name__ == "__main__":
+    main()
