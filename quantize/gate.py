@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from eov_edge.core.errors import EOVError
-from eov_edge.core.tasks import TASKS
+from eov_edge.core.tasks import TASKS, answer_token_budget
 from eov_edge.evaluation.examples import Example, ExampleSet
 from eov_edge.quantize.calibration import CalibrationSet, QuantizeError
 
@@ -70,21 +70,22 @@ def tasks_not_gated(examples: ExampleSet) -> list[str]:
     return [t for t in TASKS if t not in examples.tasks]
 
 
-def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int = 64, batch_size: int = 8,
+def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int | None = None, batch_size: int = 8,
                     prefill_session: bool = True) -> list[str]:
     """Greedy answers of the runtime on ``artifacts`` for ``examples`` (views read batch by batch);
+    ``max_new_tokens``: None gives each batch its tasks' budget (a detection answer its 96 tokens);
     ``prefill_session``: as ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made
     by timing)."""
     from eov_edge.core.inputs import Sample
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
-    generation = GenerationConfig(max_new_tokens=max_new_tokens)
     texts: list[str] = []
     with Pipeline.from_artifacts(artifacts, prefill_session=prefill_session) as pipeline:
         size = pipeline.spec.image_size
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
+            generation = GenerationConfig(max_new_tokens=max_new_tokens or answer_token_budget(e.task for e in chunk))
             try:
                 samples = [Sample(views=e.views or e.read_views(size), instruction=e.instruction) for e in chunk]
             except EOVError as err:

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from eov_edge.core.errors import EOVError
-from eov_edge.core.tasks import TASKS
+from eov_edge.core.tasks import TASKS, answer_token_budget
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
 
 
@@ -107,7 +107,7 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
          geojson, geojson_crs, as_json, stream, warmup, no_verify, progress, out, ray_address, workers) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     from eov_edge.runtime.generation import GenerationConfig
-    from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
+    from eov_edge.runtime.pipeline import Pipeline, resolve_task
 
     try:
         if task is None and prompt is None:
@@ -122,7 +122,7 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
                                    "scenes, or write --ray=ADDRESS")
         task_name = tasks[0] if len(tasks) == 1 else None
         if max_new_tokens is None:
-            max_new_tokens = 96 if set(tasks) & set(SPATIAL_TASKS) else 32
+            max_new_tokens = answer_token_budget(tasks)
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()

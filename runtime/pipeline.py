@@ -73,11 +73,14 @@ class Answer:
     task: str | None = None
     # per view: its sources, band set, and which band filled which canvas slot and what decided it
     inputs: list[dict] = field(default_factory=list)
+    # the answer ran out of new tokens before its end token; a shape it had begun is dropped (not
+    # counted as malformed): raise max_new_tokens to get it
+    cut_at_budget: bool = False
 
     def to_dict(self) -> dict:
         return {"task": self.task, "text": self.text, "token_ids": self.token_ids,
                 "detections": [d.to_dict() for d in self.detections], "problems": self.problems,
-                "inputs": self.inputs}
+                "cut_at_token_budget": self.cut_at_budget, "inputs": self.inputs}
 
 
 class Pipeline:
@@ -411,8 +414,10 @@ class Pipeline:
     def _answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
         special = self.manifest.special_tokens
         kept = []
+        ended = False
         for token, prob in zip(ids.tolist(), probs.tolist()):
             if token == special["eos"]:
+                ended = True
                 break
             if token != special["pad"]:
                 kept.append((token, prob))
@@ -421,8 +426,11 @@ class Pipeline:
         text = self.tokenizer.decode(token_ids)
         parsed = slis.parse(text)
         detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
-        return Answer(text, token_ids, token_probs, detections,
-                      parsed.problems, resolve_task(task) if task else None, [v.inputs() for v in sample.views])
+        problems = list(parsed.problems)
+        if not ended and problems and problems[-1].endswith("never closed; dropped it"):
+            problems.pop()  # the budget ended it inside a shape: a cut answer, not a malformed one
+        return Answer(text, token_ids, token_probs, detections, problems, resolve_task(task) if task else None,
+                      [v.inputs() for v in sample.views], cut_at_budget=not ended)
 
     # -- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:

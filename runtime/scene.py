@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import RasterGrid, View, Window, raster_grid
+from eov_edge.core.tasks import answer_token_budget
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.geo import (
     Detection,
@@ -187,7 +188,7 @@ def answer_tiles(
 
 def scene_generation(task: str | Sequence[str], generation: GenerationConfig | None) -> GenerationConfig:
     tasks = [task] if isinstance(task, str) else task
-    return generation or GenerationConfig(max_new_tokens=96 if set(tasks) & set(SPATIAL_TASKS) else 32)
+    return generation or GenerationConfig(max_new_tokens=answer_token_budget(tasks))
 
 
 def scene_source(paths) -> str:

@@ -3,7 +3,8 @@
     python -m eov_edge.bench.demo --out demo_out            # about 5 minutes on 2 cores
 
 1. export the checkpoint to ONNX (with the parity proof against PyTorch);
-2. quantize it with ``ort-cpu-int8`` through the accuracy gate;
+2. quantize it with ``ort-cpu-int8`` through the accuracy gate, on the held-out pack shipped in
+   ``calib_data/heldout/`` (nothing outside the repository is needed);
 3. verify the FP32 artifacts again (``eov-export verify``);
 4. run the INT8 runtime on a real sample of every modality from calib_data (answers printed) and over a
    georeferenced Landsat scene, tiled, writing GeoJSON;
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per-task", type=int, default=32, help="held-out examples per task for the gate")
     parser.add_argument("--repeats", type=int, default=3, help="benchmark repeats")
     parser.add_argument("--rounds", type=int, default=3, help="benchmark rounds (eov-bench --rounds)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per benchmark answer")
     parser.add_argument("--quick", action="store_true", help="tiny settings (the test of this chain)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eov_edge.bench.cli import run_bench
     from eov_edge.core.calib import load_calib_samples
     from eov_edge.core.paths import NANO_CHECKPOINT
+    from eov_edge.core.tasks import answer_token_budget
     from eov_edge.export.onnx_export import export_onnx
     from eov_edge.export.validate import verify
     from eov_edge.quantize.build import quantize_artifacts
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = export_onnx(fp32, checkpoint=NANO_CHECKPOINT, overwrite=True)
     print(json.dumps(manifest.validation["summary"], indent=1))
 
-    step(f"quantize with ort-cpu-int8 through the accuracy gate ({args.per_task} held-out examples per task)")
+    step(f"quantize with ort-cpu-int8 through the accuracy gate (up to {args.per_task} held-out examples per task "
+         "of the shipped pack)")
     quant = quantize_artifacts(fp32, "ort-cpu-int8", int8, per_task=args.per_task, overwrite=True, max_drop=1.0,
                                progress=lambda m: print("  " + m, flush=True))
     print(f"  {quant['size']['fp32_bytes'] / 2**20:.1f} MiB -> {quant['size']['quantized_bytes'] / 2**20:.1f} MiB")
@@ -70,19 +73,21 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  ok: {verified['ok']}, tokens identical {verified['summary']['token_identical']}")
 
     step("run the INT8 runtime on every modality, and a georeferenced scene to GeoJSON")
-    generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
     with Pipeline.from_artifacts(int8) as pipe:
         for calib in load_calib_samples():
             views = [pipe.read(list(files), band_set=calib.band_set) for files in calib.views]
             task = calib.task or "caption"
+            # each task its answers' budget (a detection 96 tokens): no answer cut inside a shape
+            generation = GenerationConfig(max_new_tokens=answer_token_budget([task]))
             [answer] = pipe.answer(views, task=task, generation=generation)
             print(f"  [{calib.modality}] {calib.id} ({task}): {answer.text!r}")
             if task in SPATIAL_TASKS:
-                print(f"      {len(answer.detections)} shape(s) in source pixels, "
-                      f"{len(answer.problems)} malformed")
+                print(f"      {len(answer.detections)} shape(s) in source pixels, {len(answer.problems)} malformed"
+                      + (", cut at the token budget" if answer.cut_at_budget else ""))
         landsat = next(c for c in load_calib_samples() if c.id == "landsat7_etm_olinda")
         scene = run_scene(pipe, [str(p) for p in landsat.views[0]], "detection", tile=256, overlap=32,
-                          band_set=landsat.band_set, generation=generation)
+                          band_set=landsat.band_set,
+                          generation=GenerationConfig(max_new_tokens=answer_token_budget(["detection"])))
         write_json_atomic(out / "scene.geojson", scene.geojson())
         print(f"  scene {landsat.views[0][0].name}: {scene.tiles} tiles, {len(scene.detections)} detection(s) "
               f"-> {out / 'scene.geojson'} (WGS 84, RFC 7946)")

@@ -66,6 +66,15 @@ TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "
                 "count": "vqa", "describe": "caption", "track": "temporal"}
 # Task kinds whose answers carry SLIS shapes (boxes, quads, polygons, points).
 SPATIAL_TASKS = ("grounding", "detection", "change", "temporal")
+# New-token budgets: a spatial answer holds up to 12 labelled boxes (80 tokens in the shipped held-out
+# pack's longest detection, 6-7 per box) and its end token; text answers are a sentence at most.
+SPATIAL_ANSWER_TOKENS = 96
+TEXT_ANSWER_TOKENS = 32
+
+
+def answer_token_budget(tasks) -> int:
+    """New tokens to allow for answers to ``tasks`` (task kinds) asked together."""
+    return SPATIAL_ANSWER_TOKENS if set(tasks) & set(SPATIAL_TASKS) else TEXT_ANSWER_TOKENS
 
 
 def resolve_task(task: str) -> str:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from eov_edge.core.paths import write_json_atomic
-from eov_edge.core.tasks import TASKS
+from eov_edge.core.tasks import TASKS, answer_token_budget
 from eov_edge.evaluation.examples import Example, ExampleSet
 from eov_edge.evaluation.scoring import add_margins, score_predictions
 from eov_edge.training.data.examples import ExampleFactory
@@ -44,9 +44,10 @@ def build_examples(factory: ExampleFactory, per_task: int, seed: int, tasks=tupl
     return examples
 
 
-def predict(model, processor, examples: list[Example], batch_size: int = 16, max_new_tokens: int = 64,
+def predict(model, processor, examples: list[Example], batch_size: int = 16, max_new_tokens: int | None = None,
             progress: bool = True, slis_grammar: bool = True, drop_views: bool = False) -> list[str]:
-    """Greedy answers for ``examples``; ``drop_views``: free each batch's images once answered."""
+    """Greedy answers for ``examples``; ``max_new_tokens`` None: each batch its tasks' budget (as the
+    runtime and the gate give them); ``drop_views``: free each batch's images once answered."""
     from tqdm import tqdm
 
     from eov_edge.core.inputs import Sample
@@ -56,7 +57,8 @@ def predict(model, processor, examples: list[Example], batch_size: int = 16, max
         chunk = examples[i : i + batch_size]
         answers = processor.answer(model, [Sample(views=e.views or e.read_views(model.config.image_size),
                                                   instruction=e.instruction) for e in chunk],
-                                   max_new_tokens=max_new_tokens, slis_grammar=slis_grammar)
+                                   max_new_tokens=max_new_tokens or answer_token_budget(e.task for e in chunk),
+                                   slis_grammar=slis_grammar)
         predictions += [a.text for a in answers]
         if drop_views:
             for example in chunk:
@@ -70,7 +72,7 @@ def _drop_images(example: Example) -> None:
 
 
 def evaluate(model, processor, examples: list[Example], train_examples: list[Example], batch_size: int = 16,
-             max_new_tokens: int = 64, progress: bool = True, slis_grammar: bool = True,
+             max_new_tokens: int | None = None, progress: bool = True, slis_grammar: bool = True,
              drop_views: bool = False) -> dict:
     """Greedy answers for ``examples`` and the per-task report (``slis_grammar``: constrained
     decoding of spatial answers, :mod:`eov_edge.core.slis_grammar`; ``drop_views``: see :func:`predict`)."""

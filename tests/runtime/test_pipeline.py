@@ -175,3 +175,25 @@ def test_warmup_creates_every_session(nano_artifacts):
     assert all(r.active for r in pipe.runners.values())
     pipe.close()
     assert not any(r.active for r in pipe.runners.values())
+
+
+def test_an_answer_cut_inside_a_shape_is_cut_not_malformed(nano_artifacts, calib_samples):
+    """A detection stopped by the token budget inside its first box: no malformed shape reported,
+    the cut said; the same answer with its task's budget ends by itself."""
+    from eov_edge.core.tasks import answer_token_budget
+
+    frame = calib_samples["hit_uav_0_100_30_0_03306"]
+    with Pipeline.from_artifacts(nano_artifacts) as pipe:
+        views = [pipe.read(list(frame.views[0]), band_set=frame.band_set)]
+        full = pipe.answer(views, task="detection",
+                           generation=GenerationConfig(max_new_tokens=answer_token_budget(["detection"])))[0]
+        assert not full.cut_at_budget and not full.problems and "<box>" in full.text
+        # stop two tokens after the first <box>: inside it
+        opened = full.text.index("<box>")
+        prefix_ids = next(n for n in range(1, len(full.token_ids) + 1)
+                          if "<box>" in pipe.tokenizer.decode(full.token_ids[:n]) and
+                          len(pipe.tokenizer.decode(full.token_ids[:n])) > opened)
+        cut = pipe.answer(views, task="detection", generation=GenerationConfig(max_new_tokens=prefix_ids + 2))[0]
+    assert cut.cut_at_budget and cut.token_ids == full.token_ids[:prefix_ids + 2]
+    assert cut.problems == [] and cut.to_dict()["cut_at_token_budget"] is True
+    assert len(cut.detections) < len(full.detections)
