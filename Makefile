@@ -17,7 +17,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[export,dev,cluster]"
+	# PYTHONWARNINGS: setuptools warns on every editable install with package_dir (nothing is wrong)
+	PYTHONWARNINGS=ignore $(PIP) install -q -e ".[export,dev,cluster]"
 	touch $@
 
 test: setup

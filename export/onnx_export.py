@@ -80,7 +80,9 @@ def _release_rewriter_state() -> None:
     except ImportError:  # another onnxscript layout: nothing of ours to clear
         return
     for obj in gc.get_objects():
-        if isinstance(obj, SimplePatternMatcher):
+        # the class's MRO, not isinstance: an ABC instance check on every live object also asks
+        # torch's deprecated aliases (torch.distributed.reduce_op), which warn each time
+        if SimplePatternMatcher in type(obj).__mro__:
             for attribute in ("_graph", "_match", "_current_node", "_tracer"):
                 if attribute in vars(obj):
                     setattr(obj, attribute, None)

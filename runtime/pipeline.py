@@ -12,6 +12,7 @@ Sessions are created lazily on first use (or by ``warmup()``).
 from __future__ import annotations
 
 import os
+import re
 import resource
 import sys
 import time
@@ -81,6 +82,16 @@ class Answer:
         return {"task": self.task, "text": self.text, "token_ids": self.token_ids,
                 "detections": [d.to_dict() for d in self.detections], "problems": self.problems,
                 "cut_at_token_budget": self.cut_at_budget, "inputs": self.inputs}
+
+    def whole_text(self) -> str:
+        """The text to show: where the token budget cut it, up to the end of its last whole shape
+        (``text`` itself keeps every generated token)."""
+        if not self.cut_at_budget:
+            return self.text
+        last_open = max((m.start() for m in re.finditer(r"<(box|quad|poly|pt)>", self.text)), default=-1)
+        last_close = max((m.end() for m in re.finditer(r"</(box|quad|poly|pt)>", self.text)), default=0)
+        # cut inside a shape: drop it and its label; cut elsewhere (a long caption): the text as it is
+        return self.text[:last_close] if last_open > last_close else self.text
 
 
 class Pipeline:

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             # each task its answers' budget (a detection 96 tokens): no answer cut inside a shape
             generation = GenerationConfig(max_new_tokens=answer_token_budget([task]))
             [answer] = pipe.answer(views, task=task, generation=generation)
-            print(f"  [{calib.modality}] {calib.id} ({task}): {answer.text!r}")
+            print(f"  [{calib.modality}] {calib.id} ({task}): {answer.whole_text()!r}")
             if task in SPATIAL_TASKS:
                 print(f"      {len(answer.detections)} shape(s) in source pixels, {len(answer.problems)} malformed"
                       + (", cut at the token budget" if answer.cut_at_budget else ""))

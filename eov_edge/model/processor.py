@@ -87,10 +87,17 @@ def load_checkpoint(
         raise CheckpointError(f"{directory}: no *.safetensors weights")
     # Weights may be stored in fp16 (the shipped checkpoint); compute in fp32 unless told otherwise.
     from_pretrained_kwargs.setdefault("dtype", torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # "Loading weights" for a few MB of local safetensors is noise
     try:
         model = EarthOneVisionForConditionalGeneration.from_pretrained(directory, **from_pretrained_kwargs)
     except Exception as err:  # safetensors, torch and transformers each raise their own types
         raise CheckpointError(f"{directory}: could not load the weights ({type(err).__name__}: {err})") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     tokenizer = TextTokenizer.from_file(directory / TOKENIZER_FILE)
     return model.eval(), EarthOneVisionProcessor(tokenizer, model.config)
 

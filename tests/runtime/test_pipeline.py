@@ -197,3 +197,5 @@ def test_an_answer_cut_inside_a_shape_is_cut_not_malformed(nano_artifacts, calib
     assert cut.cut_at_budget and cut.token_ids == full.token_ids[:prefix_ids + 2]
     assert cut.problems == [] and cut.to_dict()["cut_at_token_budget"] is True
     assert len(cut.detections) < len(full.detections)
+    # shown: up to the last whole shape, nothing of the cut box or its label (cut inside the first: nothing)
+    assert cut.whole_text() == "" and "<box>" in cut.text and full.whole_text() == full.text
