@@ -86,3 +86,12 @@ def test_score_without_baselines_gives_the_same_metrics_and_no_baseline():
         assert not any(k.startswith("baseline_") for k in lean), task
         assert lean == {k: v for k, v in full.items() if not k.startswith("baseline_")}, task
         assert any(k.startswith("baseline_") for k in full), task
+
+
+def test_an_answer_cut_inside_its_last_shape_is_well_formed_a_broken_one_is_not():
+    from eov_edge.evaluation.scoring import well_formed
+
+    whole = "car <box><loc_1><loc_2><loc_30><loc_40></box>"
+    assert well_formed(whole) and well_formed(whole + ", car <box><loc_5><loc_6>")  # the budget ran out
+    assert not well_formed("car <box><loc_1><loc_2></quad>")  # closed by the wrong tag
+    assert not well_formed("car <box><loc_1><loc_2><box><loc_3>")  # a shape opened inside another
