@@ -251,7 +251,7 @@ class _Reference:
         from affine import Affine
 
         inverse = ~Affine(*self.grid.transform)
-        col, row = inverse * (x, y)
+        col, row = inverse @ (x, y)
         return float(col), float(row)
 
     def labelled_boxes(self, items: Any, key: str, label_required: bool) -> list[tuple[str, tuple]]:
