@@ -53,7 +53,19 @@ def shipped():
 
 
 @pytest.fixture(scope="session")
-def nano_artifacts(tmp_path_factory, shipped):
+def nano_artifacts(tmp_path_factory, request):
+    """The shipped nano's FP32 artifacts: exported here, or ``$EOV_NANO_ARTIFACTS`` (exported on another
+    machine: a Jetson's device check has no PyTorch, whose transformers needs Python 3.11)."""
+    import os
+
+    given = os.environ.get("EOV_NANO_ARTIFACTS")
+    if given:
+        from eov_edge.core import manifest as mf
+
+        manifest = mf.load_manifest(given)  # every file against its sha256
+        assert manifest.model_config.get("preset") == "nano", f"{given} holds {manifest.model_config.get('preset')}"
+        return Path(given)
+    shipped = request.getfixturevalue("shipped")
     from eov_edge.core.paths import NANO_CHECKPOINT
     from eov_edge.export.onnx_export import export_onnx
 

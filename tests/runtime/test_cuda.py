@@ -2,12 +2,13 @@
 
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
-                                reason="needs onnxruntime-gpu and an NVIDIA GPU (pip install 'eov-edge[gpu]')")
+from tests.gpu import require, skip_unless
+
+pytestmark = [pytest.mark.gpu, skip_unless("gpu", "onnxruntime_cuda")]
 
 
 def test_cuda_provider_matches_cpu_tokens_on_calib_data(nano_artifacts, pipeline, calib_samples):
+    require("gpu", "onnxruntime_cuda")  # a CUDA session opened and run, not a provider listed
     from eov_edge.runtime.pipeline import Pipeline
     from tests.runtime.parity import assert_same_tokens
 
