@@ -55,11 +55,14 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
 @click.option("--max-kv", type=int, default=None, help="KV cache slots (default: context - 1)")
 @click.option("--workspace-mb", type=int, default=None, help="builder workspace (default: 1/8 of the device)")
 @click.option("--trtexec-script", is_flag=True, help="also write build_engines.sh (trtexec commands) for the device")
+@click.option("--tensorrt", "tensorrt_version", default=None, metavar="VERSION",
+              help="plan for this TensorRT (e.g. 11.4 from pip) instead of the device's JetPack one; where TensorRT "
+                   "is importable, the importable one decides")
 @click.option("--overwrite", is_flag=True)
 @click.option("--verbose", is_flag=True, help="TensorRT builder log")
 def engine_command(artifacts: Path, device: str, precision: str, out: Path, max_batch: int, max_views: int,
                    max_seq: int | None, max_kv: int | None, workspace_mb: int | None, trtexec_script: bool,
-                   overwrite: bool, verbose: bool) -> None:
+                   tensorrt_version: str | None, overwrite: bool, verbose: bool) -> None:
     """Plan TensorRT engines for DEVICE and build them (where TensorRT is importable) or write the
     trtexec script that builds them on the device."""
     from eov_edge.export.engine import build_engine_folder
@@ -67,7 +70,8 @@ def engine_command(artifacts: Path, device: str, precision: str, out: Path, max_
     try:
         summary = build_engine_folder(artifacts, device, precision, out, max_batch=max_batch, max_views=max_views,
                                       max_seq=max_seq, max_kv=max_kv, workspace_mb=workspace_mb,
-                                      trtexec_script=trtexec_script, overwrite=overwrite, verbose=verbose)
+                                      trtexec_script=trtexec_script, overwrite=overwrite, verbose=verbose,
+                                      tensorrt=tensorrt_version)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     click.echo(json.dumps(summary, indent=1))

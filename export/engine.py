@@ -32,10 +32,16 @@ def installed_tensorrt() -> str | None:
 def build_engine_folder(artifacts: Path, device: str, precision: str, out: Path, max_batch: int = 1,
                         max_views: int = 4, max_seq: int | None = None, max_kv: int | None = None,
                         workspace_mb: int | None = None, trtexec_script: bool = False, overwrite: bool = False,
-                        verbose: bool = False) -> dict:
+                        verbose: bool = False, tensorrt: str | None = None) -> dict:
+    """``tensorrt``: plan for this TensorRT release (e.g. pip's 11.4 on an x86 station) instead of the
+    device preset's own (its JetPack's); refused where another TensorRT is importable."""
     artifacts, out = Path(artifacts), Path(out)
     preset = get_device(device)
     installed = installed_tensorrt()
+    if tensorrt is not None:
+        if installed is not None and installed.split(".")[0] != tensorrt.split(".")[0]:
+            raise EngineError(f"--tensorrt {tensorrt} but TensorRT {installed} is what builds here; drop --tensorrt")
+        preset = dataclasses.replace(preset, tensorrt=tensorrt)
     if installed is not None:
         # The TensorRT that builds decides the typing (11: strongly typed only), not the device's preset.
         preset = dataclasses.replace(preset, tensorrt=installed)

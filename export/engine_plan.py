@@ -80,9 +80,16 @@ class EnginePlan:
 
     @property
     def strongly_typed(self) -> bool:
-        """TensorRT 11 networks are always strongly typed; on 10.x we opt in for Q/DQ graphs only
-        (FP16 there comes from the builder flag on a weakly typed network)."""
+        """TensorRT 11: every network is strongly typed (weak typing and its precision flags are gone)."""
         return int(self.tensorrt.split(".")[0]) >= 11
+
+    def graph_strongly_typed(self, graph: "GraphEnginePlan") -> bool:
+        """Whether ``graph`` builds strongly typed: everything on 11; on 10.x (10.3 on JetPack 6) the
+        FP32, FP16 and w4a16 graphs too, so the FP32 islands of the FP16 conversion (norms, softmax,
+        rotary angles) hold on the Orin as on 11. INT8/FP8 Q/DQ graphs on 10.x stay weakly typed with
+        the FP16 flag, which lets the layers between Q/DQ pairs run in FP16 (their FP32 islands are
+        TensorRT's choice there)."""
+        return self.strongly_typed or graph.precision in ("fp32", "fp16", "w4a16")
 
     def graph(self, name: str) -> GraphEnginePlan:
         return next(g for g in self.graphs if g.graph == name)
@@ -278,16 +285,15 @@ def trtexec_commands(plan: EnginePlan, onnx_dir: str = ".", engine_dir: str = ".
 
 
 def precision_flags(plan: EnginePlan, graph: GraphEnginePlan) -> list[str]:
-    """trtexec precision flags. TensorRT 11: strongly typed always, precision comes from the ONNX
-    (Q/DQ, and FP16 graphs converted before the build). 10.x: weakly typed with --fp16, so the layers
-    between Q/DQ pairs may run in FP16, plus the flag of the quantized type (--int8, --fp8, --int4)."""
-    if graph.precision == "fp32":  # the reference engine: no FP16, and TF32 off
-        return ["--stronglyTyped", "--noTF32"] if plan.strongly_typed else ["--noTF32"]
-    if plan.strongly_typed:
+    """trtexec precision flags. Strongly typed graphs (:meth:`EnginePlan.graph_strongly_typed`) take
+    their precision from the ONNX (FP16 graphs converted before the build, w4a16's FP16 scales, Q/DQ
+    on 11). INT8/FP8 on 10.x: weakly typed with --fp16, plus the quantized type's flag. Never --int4:
+    it only enables INT4 I/O plugins; w4a16's INT4 weights come from its DequantizeLinear nodes."""
+    if graph.precision == "fp32":  # the reference engine: FP32 throughout, TF32 off
+        return ["--stronglyTyped", "--noTF32"]
+    if plan.graph_strongly_typed(graph):
         return ["--stronglyTyped"]
-    flags = ["--fp16"]
-    flags += {"int8": ["--int8"], "fp8": ["--fp8"], "w4a16": ["--int4"]}.get(graph.precision, [])
-    return flags
+    return ["--fp16", {"int8": "--int8", "fp8": "--fp8"}[graph.precision]]
 
 
 SCRIPT_FILE = "build_engines.sh"
@@ -308,7 +314,7 @@ def trtexec_script(plan: EnginePlan) -> str:
         'mkdir -p "$OUT"',
         'command -v trtexec >/dev/null || PATH="$PATH:/usr/src/tensorrt/bin"  # JetPack installs it here',
         "# trtexec's banner names its version ([TensorRT v100300] is 10.3.0): 11 builds strongly typed only,",
-        "# 10.x weakly typed with precision flags; the commands below are for one of them.",
+        "# 10.x strongly typed except INT8/FP8 (precision flags); the commands below are for one of them.",
         "V=$(trtexec --help 2>&1 | sed -n 's/.*TensorRT v\\([0-9][0-9]*\\)\\].*/\\1/p' | head -n 1)",
         f'if [ -n "$V" ] && [ $((V / 10000)) -ne {plan.tensorrt.split(".")[0]} ]; then',
         f'    echo "this script is for TensorRT {plan.tensorrt.split(".")[0]}.x, trtexec here is $V; plan again with '

@@ -2,9 +2,10 @@
 engine metadata (``eov_edge.runtime.engine_meta``) that the runtime checks before it loads one.
 
 Written against TensorRT 10.3 (JetPack 6) and 11.x: ``Builder`` -> ``create_network`` (strongly typed
-flag on 11, where it is the only mode, and for nothing on 10.x, where FP16 is a builder flag) ->
-``OnnxParser.parse_from_file`` -> ``IBuilderConfig`` (workspace pool limit, precision flags on 10.x,
-timing cache, one optimization profile per plan profile) -> ``build_serialized_network``. TensorRT
+on 11, where it is the only mode, and on 10.x for FP32, FP16 and w4a16 graphs, which carry their
+precision; INT8/FP8 on 10.x weakly typed with builder flags) -> ``OnnxParser.parse_from_file`` ->
+``IBuilderConfig`` (workspace pool limit, precision flags for weak typing only, timing cache, one
+optimization profile per plan profile) -> ``build_serialized_network``. TensorRT
 cannot be installed on our build machines; everything before ``import tensorrt`` is tested on CPU.
 """
 
@@ -103,11 +104,12 @@ def convert_to_fp16(source: Path, target: Path, external_threshold: int = 512 * 
 
 
 def prepare_onnx(plan: EnginePlan, artifacts: Path, out: Path) -> EnginePlan:
-    """Graphs TensorRT 11 should build in FP16 are converted (``<graph>.fp16.onnx`` in ``out``)."""
+    """Graphs to build in FP16 are converted (``<graph>.fp16.onnx`` in ``out``), on every TensorRT:
+    strongly typed builds take the precision the graph carries."""
     for graph in plan.graphs:
         # fp16, and w4a16's "a16": FP16 activations around the INT4 weights. INT8 and FP8 Q/DQ graphs stay
         # as exported (opset < 19 has no FP16 QuantizeLinear): FP32 between their Q/DQ pairs on 11.
-        if plan.strongly_typed and graph.precision in ("fp16", "w4a16"):
+        if plan.graph_strongly_typed(graph) and graph.precision in ("fp16", "w4a16"):
             target = out / graph.onnx_file.replace(".onnx", ".fp16.onnx")
             convert_to_fp16(artifacts / graph.onnx_file, target)
             graph.onnx_file, graph.onnx_sha256 = target.name, mf.sha256_file(target)
@@ -115,8 +117,8 @@ def prepare_onnx(plan: EnginePlan, artifacts: Path, out: Path) -> EnginePlan:
 
 
 def check_tensorrt_major(plan: EnginePlan, installed: str) -> None:
-    """A plan is for one TensorRT major: 11 builds strongly typed only (no FP16/INT8/FP8/INT4 builder
-    flags), 10.x weakly typed with them. Refuse a plan made for the other one."""
+    """A plan is for one TensorRT major: 11 builds strongly typed only (no FP16/INT8/FP8 builder flags),
+    10.x builds INT8/FP8 weakly typed with them. Refuse a plan made for the other one."""
     if int(installed.split(".")[0]) != int(plan.tensorrt.split(".")[0]):
         raise EngineError(f"the engine plan is for TensorRT {plan.tensorrt}, the installed TensorRT is {installed}; "
                           "plan again where this TensorRT is installed (eov-export engine plans for the importable "
@@ -145,7 +147,8 @@ def build_engines(plan: EnginePlan, onnx_dir: Path, out: Path, verbose: bool = F
 
 def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, onnx_dir: Path, out: Path,
                cache_path: Path) -> EngineMeta:
-    strongly_typed = plan.strongly_typed
+    strongly_typed = plan.graph_strongly_typed(graph)
+    # STRONGLY_TYPED is bit 1 on 10.3 and bit 0 on 11 (EXPLICIT_BATCH, bit 0 on 10.x, is gone): ask the enum
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -156,14 +159,9 @@ def _build_one(trt, builder, logger, plan: EnginePlan, graph: GraphEnginePlan, o
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mb << 20)
     if graph.precision == "fp32":  # the reference engine: FP32 MatMuls, not TF32's 10-bit mantissa
         config.clear_flag(trt.BuilderFlag.TF32)
-    elif not strongly_typed:  # TensorRT 10.x: precision from builder flags around the Q/DQ nodes
+    elif not strongly_typed:  # INT8/FP8 on TensorRT 10.x: precision from builder flags around the Q/DQ nodes
         config.set_flag(trt.BuilderFlag.FP16)  # gone in TensorRT 11 (tests/export/test_tensorrt_api.py)
-        if graph.precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-        elif graph.precision == "fp8":
-            config.set_flag(trt.BuilderFlag.FP8)
-        elif graph.precision == "w4a16":
-            config.set_flag(trt.BuilderFlag.INT4)
+        config.set_flag(trt.BuilderFlag.INT8 if graph.precision == "int8" else trt.BuilderFlag.FP8)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     for profile_plan in graph.profiles:

@@ -82,8 +82,16 @@ def test_precision_policy(nano_artifacts, tmp_path):
         plan = make_plan(nano_artifacts, get_device(device), "fp32")
         for graph in plan.graphs:
             flags = precision_flags(plan, graph)
-            assert "--noTF32" in flags and "--fp16" not in flags
-    w4 = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "w4a16", graphs=("decoder",)))
+            assert "--noTF32" in flags and "--stronglyTyped" in flags and "--fp16" not in flags
+    # FP16 on the Orin's TensorRT 10.3: strongly typed, as on 11 (the converted graph's FP32 islands hold);
+    # w4a16 too, and never --int4 (it only enables INT4 I/O plugins)
+    plan = make_plan(nano_artifacts, get_device("orin-nano"), "fp16")
+    assert plan.tensorrt == "10.3" and not plan.strongly_typed
+    assert all(precision_flags(plan, g) == ["--stronglyTyped"] for g in plan.graphs)
+    w4_artifacts = quantized_copy(nano_artifacts, tmp_path, "w4a16", graphs=("decoder",))
+    w4_plan = make_plan(w4_artifacts, get_device("orin-nano"))
+    assert [precision_flags(w4_plan, g) for g in w4_plan.graphs] == [["--stronglyTyped"]] * 3
+    w4 = mf.load_manifest(w4_artifacts)
     assert resolve_precision(orin, "auto", w4) == {"encoder": "fp16", "projector": "fp16", "decoder": "w4a16"}
     cpu = mf.load_manifest(quantized_copy(nano_artifacts, tmp_path, "ort-cpu-int8"))
     with pytest.raises(EngineError, match="ONNX Runtime on CPU"):
@@ -162,7 +170,7 @@ def test_the_trtexec_script_checks_the_major_and_writes_engines_json(nano_artifa
     does, records each build's arguments and writes the --saveEngine file."""
     out = tmp_path / "thor"
     result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
-                                             "--out", str(out), "--trtexec-script"])
+                                             "--tensorrt", "11.4.0", "--out", str(out), "--trtexec-script"])
     assert result.exit_code == 0, result.output
     bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
@@ -206,7 +214,7 @@ def test_a_plan_for_another_tensorrt_major_is_refused_at_build():
 def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
     out = tmp_path / "thor"
     result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
-                                             "--out", str(out), "--trtexec-script"])
+                                             "--tensorrt", "11.4.0", "--out", str(out), "--trtexec-script"])
     assert result.exit_code == 0, result.output
     script = (out / "build_engines.sh").read_text()
     assert subprocess.run(["sh", "-n", str(out / "build_engines.sh")]).returncode == 0  # valid shell
@@ -218,6 +226,13 @@ def test_engine_cli_script_thor_fp16_and_refusals(nano_artifacts, tmp_path):
     assert all(any(a.endswith(".fp16.onnx") for a in c) for c in commands)
     plan = EnginePlan.from_json((out / "engine_plan.json").read_text())
     assert plan.strongly_typed and {g.precision for g in plan.graphs} == {"fp16"}
+    # Thor's own JetPack (7.0/7.1) ships TensorRT 10.13; its FP16 graphs build strongly typed as well
+    result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "thor",
+                                             "--out", str(tmp_path / "thor-jp7"), "--trtexec-script"])
+    jetpack7 = EnginePlan.from_json((tmp_path / "thor-jp7" / "engine_plan.json").read_text())
+    assert result.exit_code == 0 and jetpack7.tensorrt == "10.13" and not jetpack7.strongly_typed
+    assert all(jetpack7.graph_strongly_typed(g) for g in jetpack7.graphs)
+    assert "--fp16" not in (tmp_path / "thor-jp7" / "build_engines.sh").read_text()
     # Without TensorRT and without --trtexec-script there is nothing to do: refused, nothing written.
     result = CliRunner().invoke(export_cli, ["engine", "--artifacts", str(nano_artifacts), "--device", "l4",
                                              "--out", str(tmp_path / "none")])

@@ -100,3 +100,58 @@ def test_every_cuda_name_exists_in_the_bindings(names):
     have = registered(CUDA)
     missing = sorted(n for n in names[1] if n not in have)
     assert not missing, f"cuda-python's runtime bindings have no {missing}"
+
+
+# The class each variable of the sources holds, for the per-class check (tensorrt_api/tensorrt-api-*.json,
+# from TensorRT's binding sources at the release tags).
+CLASS_OF = {"builder": "Builder", "network": "INetworkDefinition", "parser": "OnnxParser", "config": "IBuilderConfig",
+            "profile": "IOptimizationProfile", "context": "IExecutionContext", "engine": "ICudaEngine",
+            "_runtime": "Runtime"}
+
+
+# Enum members one major lacks (weak typing's precision flags are gone in 11), the majors that have
+# them, and the condition of the branch that may use them.
+MEMBERS_ONLY_ON = {("BuilderFlag", m): ({"10"}, "strongly_typed") for m in ("FP16", "INT8", "FP8")}
+APIS = {"10": "tensorrt-api-10.3.0.json", "11": "tensorrt-api-11.1.json"}
+
+
+def _api(major: str) -> dict:
+    import json
+
+    return json.loads((ROOT / "tests" / "export" / "tensorrt_api" / APIS[major]).read_text())
+
+
+@pytest.mark.parametrize("major", sorted(APIS))
+def test_every_method_is_its_objects_classs_and_every_enum_member_its_enums(major):
+    """``config.set_flag`` must be IBuilderConfig's, ``trt.BuilderFlag.TF32`` a BuilderFlag member, in
+    each TensorRT's own bindings; a member only one major has is used only on that major's branch."""
+    api = _api(major)
+    wrong = []
+    for source in SOURCES:
+        tree = ast.parse((ROOT / source).read_text())
+        parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain = _chain(node)
+            if chain[:1] == ["self"]:
+                chain = chain[1:]
+            if len(chain) >= 2 and chain[0] in CLASS_OF and chain[1] not in api["classes"][CLASS_OF[chain[0]]]:
+                wrong.append(f"{chain[0]}.{chain[1]} ({CLASS_OF[chain[0]]}, line {node.lineno})")
+            if len(chain) == 3 and chain[0] == "trt" and chain[1] in api["enums"]:
+                majors, condition = MEMBERS_ONLY_ON.get((chain[1], chain[2]), ({major}, None))
+                if major in majors and chain[2] not in api["enums"][chain[1]]:
+                    wrong.append(f"trt.{chain[1]}.{chain[2]} (line {node.lineno})")
+                if condition is not None:
+                    branch = node
+                    while branch is not None and not (isinstance(branch, ast.If) and condition in ast.unparse(branch.test)):
+                        branch = parents.get(branch)
+                    if branch is None:
+                        wrong.append(f"trt.{chain[1]}.{chain[2]} outside an `if ... {condition}` branch (line {node.lineno})")
+    assert not wrong, f"TensorRT {api['tag']}: {wrong}"
+
+
+def test_members_only_one_major_has_are_really_so():
+    for (enum, member), (majors, _) in MEMBERS_ONLY_ON.items():
+        for major in APIS:
+            assert (member in _api(major)["enums"][enum]) == (major in majors), (enum, member, major)

@@ -46,17 +46,15 @@ def test_the_builder_calls_only_real_names_with_the_plans_typing_and_profiles(na
     plan = make_plan(nano_artifacts, get_device(device), "fp16")
     plan.tensorrt = version  # as eov-export engine plans for the importable TensorRT
     calls, _ = install(monkeypatch, names, version, _build_answers(), _cuda_answers((8, 7), {}))
-    if plan.strongly_typed:  # the converted FP16 graphs the build reads; their content is not read here
-        for graph in plan.graphs:
-            graph.onnx_file = graph.onnx_file.replace(".onnx", ".fp16.onnx")
+    for graph in plan.graphs:  # the converted FP16 graphs the build reads; their content is not read here
+        graph.onnx_file = graph.onnx_file.replace(".onnx", ".fp16.onnx")
     metas = build_engines(plan, nano_artifacts, tmp_path, converted_dir=tmp_path)
     paths = [path for path, _, _ in calls]
     networks = [args for path, args, _ in calls if path.endswith("create_network")]
     flags = [repr(args[0]) for path, args, _ in calls if path.endswith("set_flag")]
-    if version.startswith("11"):
-        assert networks == [(1,)] * 3 and not flags  # strongly typed; no weak-typing flag exists on 11
-    else:
-        assert networks == [(0,)] * 3 and flags == ["<trt.BuilderFlag.FP16>"] * 3
+    # strongly typed on both majors, no precision flag: NetworkDefinitionCreationFlag.STRONGLY_TYPED is
+    # enumerator 1 in 10.3's NvInfer.h (0 is EXPLICIT_BATCH) and 0 in 11's
+    assert networks == [(2,) if version.startswith("10") else (1,)] * 3 and not flags
     shapes = {args[0]: args[1:] for path, args, _ in calls if path.endswith("set_shape")}
     for graph in plan.graphs:
         for profile in graph.profiles:
@@ -68,6 +66,54 @@ def test_the_builder_calls_only_real_names_with_the_plans_typing_and_profiles(na
     with pytest.raises(EngineError, match="plan again"):  # a plan for the other major
         plan.tensorrt = "10.3.0" if version.startswith("11") else "11.4.0"
         build_engines(plan, nano_artifacts, tmp_path, converted_dir=tmp_path)
+
+
+def test_int8_on_tensorrt_10_is_weakly_typed_with_its_flags(nano_artifacts, tmp_path, monkeypatch):
+    """Q/DQ graphs on 10.3: a weakly typed network, FP16 and INT8 builder flags (FP16 between the Q/DQ
+    pairs); on 11 the same plan is strongly typed with no flag."""
+    for names, version, network, expected in ((TENSORRT_10, "10.3.0", (0,), ["FP16", "INT8"]),
+                                              (TENSORRT_11, "11.4.0", (1,), [])):
+        plan = make_plan(nano_artifacts, get_device("agx-orin"), "fp16")
+        plan.tensorrt = version
+        for graph in plan.graphs:
+            graph.precision = "int8"  # as a trt-int8 artifacts folder plans; the graphs are not read here
+        calls, _ = install(monkeypatch, names, version, _build_answers(), _cuda_answers((8, 7), {}))
+        build_engines(plan, nano_artifacts, tmp_path)
+        assert [args for path, args, _ in calls if path.endswith("create_network")] == [network] * 3
+        flags = [repr(args[0]) for path, args, _ in calls if path.endswith("set_flag")]
+        assert flags == [f"<trt.BuilderFlag.{f}>" for f in expected] * 3
+
+
+@pytest.mark.parametrize("names, version", [(TENSORRT_10, "10.3.0"), (TENSORRT_11, "11.4.0")])
+def test_the_stand_in_refuses_a_member_of_another_class_and_gives_real_enum_values(monkeypatch, names, version):
+    """What the stand-in holds the code to: BuilderFlag.INT8 exists on 10.3 only (on 11 only DataType
+    has INT8); a method of IBuilderConfig is not one of Builder; enum members are worth their C++ values."""
+    install(monkeypatch, names, version, _build_answers(), _cuda_answers((8, 7), {}))
+    trt = sys.modules["tensorrt"]
+    assert int(trt.DataType.INT8) == 2 and int(trt.DataType.HALF) == 1
+    if version.startswith("11"):
+        with pytest.raises(AttributeError, match="not a member of BuilderFlag"):
+            trt.BuilderFlag.INT8
+        with pytest.raises(AttributeError, match="not a member of BuilderFlag"):
+            trt.BuilderFlag.FP16
+        assert int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 0
+    else:
+        assert int(trt.BuilderFlag.INT8) == 1 and int(trt.BuilderFlag.FP16) == 0
+        assert int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) == 1
+    with pytest.raises(AttributeError, match="not a member of BuilderFlag"):
+        trt.BuilderFlag.INT2
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    config = builder.create_builder_config()
+    config.set_flag(trt.BuilderFlag.TF32)  # IBuilderConfig's, with a member both majors have
+    with pytest.raises(AttributeError, match="Builder has no 'set_flag'"):
+        builder.set_flag(trt.BuilderFlag.TF32)
+    with pytest.raises(AttributeError, match="IBuilderConfig has no 'create_network'"):
+        config.create_network(0)
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(b"plan")
+    context = engine.create_execution_context()
+    context.set_input_shape("x", (1, 2))
+    with pytest.raises(AttributeError, match="ICudaEngine has no 'set_input_shape'"):
+        engine.set_input_shape("x", (1, 2))
 
 
 def _decoder_runner(nano_artifacts, tmp_path, monkeypatch, log):
