@@ -56,6 +56,9 @@ class GraphEnginePlan:
     precision: str  # fp16 | int8 | fp8 | w4a16
     profiles: list[Profile]
     source_sha256: str = ""  # the artifacts' graph (onnx_file may be an FP16 conversion of it)
+    # float16: a Q/DQ graph carrying FP16 between its pairs (the trt-int8 / trt-fp8 recipes); float32:
+    # Q/DQ graphs quantized before they did
+    activations: str = "float32"
 
     @property
     def quantized(self) -> bool:
@@ -86,10 +89,11 @@ class EnginePlan:
     def graph_strongly_typed(self, graph: "GraphEnginePlan") -> bool:
         """Whether ``graph`` builds strongly typed: everything on 11; on 10.x (10.3 on JetPack 6) the
         FP32, FP16 and w4a16 graphs too, so the FP32 islands of the FP16 conversion (norms, softmax,
-        rotary angles) hold on the Orin as on 11. INT8/FP8 Q/DQ graphs on 10.x stay weakly typed with
-        the FP16 flag, which lets the layers between Q/DQ pairs run in FP16 (their FP32 islands are
-        TensorRT's choice there)."""
-        return self.strongly_typed or graph.precision in ("fp32", "fp16", "w4a16")
+        rotary angles) hold on the Orin as on 11; and Q/DQ graphs that carry FP16 between their pairs
+        (the trt-int8 / trt-fp8 recipes: FP16 scales). Q/DQ graphs quantized before that (FP32 between
+        the pairs) build on 10.x weakly typed with the FP16 flag, as they were gated."""
+        return (self.strongly_typed or graph.precision in ("fp32", "fp16", "w4a16")
+                or graph.activations == "float16")
 
     def graph(self, name: str) -> GraphEnginePlan:
         return next(g for g in self.graphs if g.graph == name)
@@ -211,8 +215,10 @@ def make_plan(artifacts: Path, device: DevicePreset, precision: str = "auto", ma
     for name in (mf.ENCODER, mf.PROJECTOR, mf.DECODER):
         entry = manifest.graphs[name]
         check_profiles_against_graph(entry, profiles[name], name)
+        tools = (manifest.quantization or {}).get("graphs", {}).get(name, {})
+        activations = "float16" if str(tools.get("activations", "")).startswith("float16") else "float32"
         graphs.append(GraphEnginePlan(name, entry.file, entry.sha256, f"{name}.engine", precisions[name],
-                                      profiles[name], source_sha256=entry.sha256))
+                                      profiles[name], source_sha256=entry.sha256, activations=activations))
     # Memory: weights (FP32 files halve in FP16; quantized files already hold their weights), the KV
     # cache at its largest in the dtype the runtime feeds it (FP32: the graphs keep FP32 I/O; past +
     # present buffers), the decoder's largest activations (a full-length prompt: its hidden, MLP and

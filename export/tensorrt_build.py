@@ -84,15 +84,27 @@ def _sort_topologically(graph) -> None:
     graph.node.extend(copies)
 
 
+# Q/DQ with FP16 scales (so FP16 on both sides of the pair) first appears in QuantizeLinear-19
+FP16_QDQ_OPSET = 19
+
+
 def convert_to_fp16(source: Path, target: Path, external_threshold: int = 512 * 2**20) -> None:
-    """FP16 copy of a graph for a strongly typed build (TensorRT 11: a graph builds in the precision
-    it carries), inputs and outputs kept FP32, :data:`FP32_OPS` and the rotary math in FP32. A
-    block-wise INT4 graph (w4a16) gets FP16 scales, so its activations are FP16 too. Weights over
-    ``external_threshold`` are written as external data beside it."""
+    """FP16 copy of a graph for a strongly typed build (a graph builds in the precision it carries),
+    inputs and outputs kept FP32, :data:`FP32_OPS` and the rotary math in FP32. Quantized graphs get
+    FP16 scales, so the activations between their Q/DQ pairs are FP16 too (TensorRT infers a
+    DequantizeLinear's output type from its scale's): a Q/DQ graph below opset 19 is first converted
+    to opset 19, whose QuantizeLinear takes FP16 input and scales. Weights over ``external_threshold``
+    are written as external data beside it."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(source))  # with its external data, if any
+    has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if has_qdq and opset < FP16_QDQ_OPSET:
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, FP16_QDQ_OPSET)
     converted = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
                                          op_block_list=list(DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS),
                                          node_block_list=rotary_nodes(model.graph))

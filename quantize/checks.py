@@ -47,6 +47,9 @@ def tensorrt_qdq_problems(path: Path, target: str, expect_qdq: bool = True) -> l
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     for node in qdq:
         problems += _scale_problems(node, inits)
+        scale = inits.get(node.input[1])
+        if scale is not None and scale.data_type == onnx.TensorProto.FLOAT16 and opset < 19:
+            problems.append(f"{node.name}: an FP16 scale needs opset 19 or later (QuantizeLinear-19), the graph has {opset}")
         dtype = _quantized_type(node, inits)
         if dtype is not None:
             if dtype not in allowed:

@@ -50,6 +50,9 @@ class Recipe:
     quantize_conv: bool = False  # the vision stem's convolutions (dynamic INT8 only: ConvInteger)
     embedding_dtype: str = "float32"  # the token embedding table the runtime gathers from
     int4_block_size: int | None = None  # weights per scale along the input dimension (INT4 recipes)
+    # FP16 activations between the Q/DQ pairs (FP16 scales, opset 19; norms, softmax and rotary angles
+    # kept FP32): what a strongly typed TensorRT build runs, and so what the gate scores
+    fp16_activations: bool = False
 
 
 # MatMulNBits accepts power-of-two blocks of at least 16 weights; 32 is also ORT GenAI's default
@@ -81,9 +84,10 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            description="4-bit weight-only decoder MatMuls (MatMulNBits), FP16 embedding table",
            quantize_lm_head=True, embedding_dtype="float16", int4_block_size=DEFAULT_INT4_BLOCK_SIZE),
     Recipe("trt-int8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "int8-qdq", "tensorrt", True, 1.0, True,
-           "explicit symmetric INT8 QDQ for TensorRT"),
+           "explicit symmetric INT8 QDQ for TensorRT, FP16 between the Q/DQ pairs", fp16_activations=True),
     Recipe("trt-fp8", (mf.ENCODER, mf.PROJECTOR, mf.DECODER), "fp8-e4m3-qdq", "tensorrt-sm89+", True, 1.0, True,
-           "FLOAT8 E4M3 QDQ for TensorRT on compute capability >= 8.9 (ORT CPU emulates it)"),
+           "FLOAT8 E4M3 QDQ for TensorRT on compute capability >= 8.9, FP16 between the Q/DQ pairs (ORT CPU "
+           "emulates it)", fp16_activations=True),
     Recipe("w4a16", (mf.DECODER,), "int4-weight-qdq", "tensorrt-orin", False, 2.0, True,
            "4-bit block-wise weights as DequantizeLinear, float activations (FP16 engine on Orin)",
            int4_block_size=DEFAULT_INT4_BLOCK_SIZE),
@@ -157,6 +161,13 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
         produced = Path(tmp) / "q.onnx"
         if not produced.is_file():
             raise QuantizeError(f"{recipe.name}: the quantizer wrote no graph for {graph}")
+        if recipe.fp16_activations:
+            from eov_edge.export.tensorrt_build import FP16_QDQ_OPSET, convert_to_fp16
+
+            convert_to_fp16(produced, Path(tmp) / "q16.onnx")
+            produced = Path(tmp) / "q16.onnx"
+            info = {**info, "activations": f"float16 between the Q/DQ pairs (FP16 scales, opset {FP16_QDQ_OPSET}); "
+                                           "norms, softmax and rotary angles in float32"}
         shutil.move(str(produced), target)
     return {**info, **_library_versions(), "quantized_nodes": plan.quantized, "float_nodes": plan.excluded}
 

@@ -35,11 +35,12 @@ from tests.gpu import require, skip_unless
 pytestmark = pytest.mark.slow
 
 
-def quantized_copy(source, tmp_path, recipe, graphs=("encoder", "projector", "decoder")):
-    """The FP32 artifacts relabelled as a quantization (the policy reads only the manifest)."""
-    out = shutil.copytree(source, tmp_path / recipe)
+def quantized_copy(source, tmp_path, recipe, graphs=("encoder", "projector", "decoder"), tools=None, name=None):
+    """The FP32 artifacts relabelled as a quantization (the policy reads only the manifest); ``tools``:
+    what the recipe recorded per graph."""
+    out = shutil.copytree(source, tmp_path / (name or recipe))
     data = json.loads((out / mf.MANIFEST_FILE).read_text())
-    data["quantization"] = {"recipe": recipe, "graphs": {g: {} for g in graphs}}
+    data["quantization"] = {"recipe": recipe, "graphs": {g: dict(tools or {}) for g in graphs}}
     (out / mf.MANIFEST_FILE).write_text(json.dumps(data))
     return out
 
@@ -161,6 +162,12 @@ def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
         if graph.graph == mf.DECODER:
             assert parsed[mf.ATTENTION_MASK][1] == parsed[mf.past_names(1)[0]][2] + parsed[mf.INPUTS_EMBEDS][1]
         assert flags == ["--skipInference", "--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
+    # today's trt-int8 graphs carry FP16 between their Q/DQ pairs: strongly typed on the Orin's 10.3 too
+    fp16_between = quantized_copy(nano_artifacts, tmp_path, "trt-int8", name="int8-fp16", tools={
+        "activations": "float16 between the Q/DQ pairs (FP16 scales, opset 19)"})
+    plan = make_plan(fp16_between, get_device("agx-orin"))
+    for argv in trtexec_commands(plan):
+        assert [a for a in argv[1:] if "=" not in a] == ["--skipInference", "--stronglyTyped"]
 
 
 def test_the_trtexec_script_checks_the_major_and_writes_engines_json(nano_artifacts, tmp_path):

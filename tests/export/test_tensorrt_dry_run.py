@@ -68,15 +68,19 @@ def test_the_builder_calls_only_real_names_with_the_plans_typing_and_profiles(na
         build_engines(plan, nano_artifacts, tmp_path, converted_dir=tmp_path)
 
 
-def test_int8_on_tensorrt_10_is_weakly_typed_with_its_flags(nano_artifacts, tmp_path, monkeypatch):
-    """Q/DQ graphs on 10.3: a weakly typed network, FP16 and INT8 builder flags (FP16 between the Q/DQ
-    pairs); on 11 the same plan is strongly typed with no flag."""
-    for names, version, network, expected in ((TENSORRT_10, "10.3.0", (0,), ["FP16", "INT8"]),
-                                              (TENSORRT_11, "11.4.0", (1,), [])):
+def test_int8_graphs_build_in_the_precision_they_carry(nano_artifacts, tmp_path, monkeypatch):
+    """trt-int8 graphs carrying FP16 between their Q/DQ pairs (FP16 scales) build strongly typed with
+    no flag on 10.3 and 11; INT8 graphs quantized before that (FP32 between the pairs) build on 10.3
+    weakly typed with FP16 and INT8 flags, as they were gated, and strongly typed on 11."""
+    for names, version, activations, network, expected in (
+            (TENSORRT_10, "10.3.0", "float16", (2,), []), (TENSORRT_11, "11.4.0", "float16", (1,), []),
+            (TENSORRT_10, "10.3.0", "float32", (0,), ["FP16", "INT8"]), (TENSORRT_11, "11.4.0", "float32", (1,), [])):
         plan = make_plan(nano_artifacts, get_device("agx-orin"), "fp16")
         plan.tensorrt = version
         for graph in plan.graphs:
-            graph.precision = "int8"  # as a trt-int8 artifacts folder plans; the graphs are not read here
+            # as a trt-int8 artifacts folder plans (the manifest says what is between the pairs); the
+            # graphs are not read here
+            graph.precision, graph.activations = "int8", activations
         calls, _ = install(monkeypatch, names, version, _build_answers(), _cuda_answers((8, 7), {}))
         build_engines(plan, nano_artifacts, tmp_path)
         assert [args for path, args, _ in calls if path.endswith("create_network")] == [network] * 3

@@ -96,6 +96,17 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
         assert 0 < error < (0.3 if r.int4_block_size else 0.25), (recipe, graph, error)
         if r.for_tensorrt:
             assert tensorrt_qdq_problems(target, r.target) == []
+        if r.fp16_activations:  # FP16 between the Q/DQ pairs: FP16 scales at opset 19, FP32 graph I/O
+            import onnx
+
+            model = onnx.load(str(target))
+            inits = {i.name: i for i in model.graph.initializer}
+            scales = [inits[n.input[1]].data_type for n in model.graph.node
+                      if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+            assert scales and set(scales) == {onnx.TensorProto.FLOAT16}, (recipe, graph)
+            assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
+            assert {v.type.tensor_type.elem_type for v in model.graph.output} <= {onnx.TensorProto.FLOAT}
+            assert "float16 between the Q/DQ pairs" in info["activations"]
 
 
 def test_dynamic_int8_keeps_the_stem_convolutions_float(nano_artifacts, tmp_path):
@@ -220,7 +231,7 @@ def test_gate_refuses_a_broken_quantization_and_writes_nothing(nano_artifacts, t
         info = real(recipe, graph, source, target, plan, calibration)
         model = onnx.load(str(target))
         for init in model.graph.initializer:
-            if init.name.endswith("_scale") and init.data_type == onnx.TensorProto.FLOAT:
+            if init.name.endswith("_scale") and init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
                 init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 3, init.name))
         onnx.save(model, str(target))
         return info
@@ -330,3 +341,19 @@ def test_cli_quantize_errors(nano_artifacts, tmp_path):
     result = CliRunner().invoke(main, ["quantize", "--artifacts", str(nano_artifacts), "--recipe", "ort-cpu-int8",
                                        "--int4-block-size", "64", "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "no INT4 blocks" in result.output and not (tmp_path / "x").exists()
+
+
+def test_an_fp16_scale_below_opset_19_is_refused(nano_artifacts, calibration, tmp_path):
+    """QuantizeLinear-13 takes FP32 scales only: FP16 scales need the opset-19 operator."""
+    import onnx
+
+    r = RECIPES["trt-int8"]
+    source = nano_artifacts / mf.GRAPH_FILES[mf.PROJECTOR]
+    target = tmp_path / "projector.onnx"
+    quantize_graph(r, mf.PROJECTOR, source, target, plan_graph(source, 3098), calibration)
+    model = onnx.load(str(target))
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = 18
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    assert any("FP16 scale needs opset 19" in p for p in tensorrt_qdq_problems(tmp_path / "old.onnx", r.target))
