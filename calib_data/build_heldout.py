@@ -35,8 +35,11 @@ from eov_edge.core.tasks import TASKS  # noqa: E402
 OUT = HERE / "heldout"
 PER_TASK = 32
 SEED = 3000  # neither eov-eval's (1000) nor the data-folder gate's (2000)
-IMAGE_SIZE, PATCH_SIZE = 224, 16  # the shipped nano's canvas; crops are written at their own size
+IMAGE_SIZE, PATCH_SIZE = 224, 16
+STORED_DN_STEP = 8  # uint16 Sentinel-2 DN are written to multiples of this  # the shipped nano's canvas; crops are written at their own size
+EUROSAT_WATER = "rico_hdl/EuroSAT_MS/SeaLake/SeaLake_3000.tif"  # a water scene no split of the factory reads
 LICENCES = {
+    "eurosat": ("MIT", "EuroSAT, Helber et al., IEEE JSTARS 2019; contains Copernicus Sentinel data"),
     "hit_uav": ("CC BY 4.0", "HIT-UAV, Suo et al., Scientific Data 2023"),
     "bigearthnet": ("CDLA-Permissive-1.0", "BigEarthNet, Sumbul et al., IGARSS 2019; contains modified "
                     "Copernicus Sentinel data 2017"),
@@ -45,6 +48,8 @@ LICENCES = {
 
 
 def dataset_of(source: str) -> str:
+    if "EuroSAT" in source:
+        return "eurosat"
     if "hit_uav" in source:
         return "hit_uav"
     if source.startswith("bigearthnet"):
@@ -85,6 +90,10 @@ def write_view(view, folder: Path, stem: str, written: dict[str, str]) -> dict:
         # Sentinel-1 dB to 1/64 dB (a binary fraction: the low mantissa bits become zeros, which
         # deflate packs; 0.008 dB at most, far below the sensor's radiometric accuracy)
         pixels = np.round(pixels * 64) / 64
+    if dtype == np.uint16:
+        # Sentinel-2 DN (reflectance x 10^4) to multiples of STORED_DN_STEP: 0.0004 reflectance at most,
+        # under the products' own noise and 1% of a band's canvas spread; deflate packs the cleared bits
+        pixels = np.rint(pixels / STORED_DN_STEP) * STORED_DN_STEP
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
         pixels = np.clip(np.rint(pixels), info.min, info.max)
@@ -145,11 +154,20 @@ def main() -> None:
     data = data_dir()
     if not (data / "README.md").is_file():
         raise SystemExit(f"{data}: shared data folder not found; set EOV_DATA_DIR")
+    from eov_edge.training.data.examples import land_cover_map
+    from eov_edge.training.data.sources import Scene, _read_all
+
     factory = ExampleFactory(data, "val", IMAGE_SIZE, PATCH_SIZE, keep_source_pixels=True)
     factory.hrsid = []  # GPL-3.0: not shipped
     keep = [i for i, s in enumerate(factory.s2) if s.source.startswith("bigearthnet")]  # Major-TOM: CC BY-SA
-    factory.s2 = [factory.s2[i] for i in keep]
-    factory.s2_classes = [factory.s2_classes[i] for i in keep]
+    # The val split's three BigEarthNet patches are all dense vegetation: land-cover examples also come
+    # from the validation columns of the SSL4EO location (as its cross-modal examples do; sparse
+    # vegetation) and from a EuroSAT sea scene (water) that no split reads.
+    extra = [s2 for _, s2 in factory.pairs]
+    extra.append(Scene(_read_all([str(data / EUROSAT_WATER)]), "sentinel2_l1c", str(data / EUROSAT_WATER),
+                       meta={"dataset": "eurosat"}))
+    factory.s2 = [factory.s2[i] for i in keep] + extra
+    factory.s2_classes = [factory.s2_classes[i] for i in keep] + [land_cover_map(s) for s in extra]
     calib = {Path(p).name for c in load_calib_samples() for files in c.views for p in files}
 
     staging = Path(tempfile.mkdtemp(prefix=".heldout.", dir=HERE))
@@ -174,6 +192,8 @@ def main() -> None:
                             **reference(example, crop), "source": source, "licence": licence})
             kept += 1
     (staging / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if (final / "README.md").is_file():  # the pack's README (sources, licences, method) is kept
+        shutil.copyfile(final / "README.md", staging / "README.md")
     if final.exists():
         shutil.rmtree(final)
     staging.rename(final)
