@@ -8,7 +8,8 @@ Views are paths relative to the file (a raster, a list of band files, or an obje
 ``files`` and ``band_set``, ``bands``, ``nodata``, ``modality``); boxes are ``[x1, y1, x2, y2]`` in
 pixels of the first view, or in its CRS with ``"coords": "crs"``. :func:`load_heldout` checks
 every record (files present and readable, task known, reference complete, boxes inside the image)
-and refuses the file with each bad line's number before any model runs.
+(and every view read once at a few pixels: band count and band set, nodata, corrupt data), and
+refuses the file with each bad line's number before any model runs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ REFERENCE_FIELDS = {
     "cross_modal": {"answer"},
 }
 VIEW_FIELDS = {"file", "files", "band_set", "bands", "nodata", "modality"}
+CHECK_SIZE = 8  # every view is read once at this size while the file is checked
 BOX_TOLERANCE_PX = 0.5  # a box may reach half a pixel past the image edge (rounding of exported boxes)
 
 
@@ -141,6 +143,7 @@ def _example(record: Any, base: Path, size: int, number: int) -> Example:
                 raise _RecordError(f"view {index}: file {f} not found (paths are relative to the JSONL file)")
         try:
             grids.append(raster_grid([str(f) for f in view.files]))
+            view.read(CHECK_SIZE)  # band count and set, nodata, a corrupt block: refused now, not mid-gate
         except EOVError as err:
             raise _RecordError(f"view {index}: {err}") from None
     coords = record.get("coords", "pixel")

@@ -87,22 +87,25 @@ def test_every_bad_line_is_refused_with_its_number_before_anything_runs(folder):
         {"task": "classification", "image": "missing.tif", "answer": "water"},
         {"task": "segmentation", "image": "s2.tif"},
         "{not json",
-        {"task": "detection", "image": "frames/a.png", "objects": [{"label": "car", "box": [150, 50, 260, 90]}]},
+        {"task": "detection", "image": "frames/a.png", "band_set": "thermal8",
+         "objects": [{"label": "car", "box": [150, 50, 260, 90]}]},
         {"task": "caption", "image": "s2.tif", "answer": "  "},
-        {"task": "change", "views": ["frames/a.png"], "changed": True},
+        {"task": "change", "views": ["frames/a.png"], "band_set": "thermal8", "changed": True},
         {"task": "classification", "image": "s2.tif", "anwser": "water"},
-        {"task": "grounding", "image": "frames/a.png", "coords": "crs", "box": [1, 2, 3, 4]},
-        {"task": "temporal", "views": ["frames/a.png", "frames/b.png"], "direction": "up"},
+        {"task": "grounding", "image": "frames/a.png", "band_set": "thermal8", "coords": "crs", "box": [1, 2, 3, 4]},
+        {"task": "temporal", "views": ["frames/a.png", "frames/b.png"], "band_set": "thermal8", "direction": "up"},
+        {"task": "vqa", "image": "frames/a.png", "answer": 2},
     ])
     with pytest.raises(HeldOutError) as err:
         load_heldout(file, SIZE)
     text = str(err.value)
-    assert "9 bad record(s), nothing was run" in text
+    assert "10 bad record(s), nothing was run" in text
     for expected in ("line 2: view 0: file", "missing.tif not found", "line 3: unknown task 'segmentation'",
                      "line 4: not JSON", "line 5: \"objects\"[0]: box [150, 50, 260, 90]", "outside the first view's 200x100",
                      "line 6: a caption record needs a non-empty \"answer\"", "line 7: a change record needs at least 2 views",
                      "line 8: unknown field(s) ['anwser']", "line 9: \"coords\": \"crs\" but the first view",
-                     "line 10: \"direction\" is one of north"):
+                     "line 10: \"direction\" is one of north",
+                     "line 11: view 0: ", "could be any of: sar_amplitude8, thermal8"):
         assert expected in text, expected
     assert "line 1:" not in text
 
@@ -161,3 +164,12 @@ def test_the_shipped_pack_covers_every_task_from_permissive_sources_only():
         example = next(e for e in pack.examples if e.task == task)
         views = example.read_views(SIZE)
         assert len(views) >= TASKS[task].min_views and all(np.isfinite(v.canvas).all() for v in views)
+
+
+def test_a_view_that_does_not_read_as_its_band_set_is_refused_at_load(folder):
+    """Every view is read once (a few pixels) while the file is checked: a 4-band stack declared as a
+    12-band product is refused with its line, not half-way through a gate."""
+    file = write_jsonl(folder / "bands.jsonl", [
+        {"task": "classification", "views": [{"file": "s2.tif", "band_set": "sentinel2_l2a"}], "answer": "water"}])
+    with pytest.raises(HeldOutError, match=r"line 1: view 0: .*has 4 band\(s\) but band set 'sentinel2_l2a' needs 12"):
+        load_heldout(file, SIZE)

@@ -19,7 +19,10 @@ def user_set(tmp_path):
     folder = tmp_path / "my_heldout"
     (folder / "img").mkdir(parents=True)
     frames = sorted((pack / "views" / "detection").glob("*.png"))[:2]
-    patches = sorted((pack / "views" / "classification").glob("*.tif"))[:2]
+    records = [json.loads(line) for line in heldout_pack().read_text().splitlines()]
+    patches = [pack / r["views"][0]["file"] for r in records  # 12-band Sentinel-2 L2A views
+               if r["task"] == "classification" and r["views"][0]["band_set"] == "sentinel2_l2a"
+               and "bands" not in r["views"][0]][:2]
     for i, f in enumerate(frames + patches):
         shutil.copy(f, folder / "img" / f"site{i}{f.suffix}")
     records = [
