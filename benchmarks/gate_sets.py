@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("--recipe", default="ort-cpu-int8")
     parser.add_argument("--per-task", type=int, default=256, help="examples per task of the full data's val split")
     parser.add_argument("--decoder", default="portable", choices=["portable", "ort-cpu"])
+    parser.add_argument("--activations", choices=["fp16", "fp32"], default=None,
+                        help="trt-int8 / trt-fp8: what the Q/DQ graphs carry between their pairs [default: the recipe's]")
     parser.add_argument("--sets", choices=["both", "pack"], default="both",
                         help="pack: the shipped pack only (the full data's gate takes long for emulated Q/DQ recipes)")
     parser.add_argument("--report", type=Path, required=True)
@@ -36,7 +38,7 @@ def main() -> None:
     from eov_edge.core.paths import NANO_CHECKPOINT, data_dir, heldout_pack, write_json_atomic
     from eov_edge.core.provenance import git_commit
     from eov_edge.export.onnx_export import export_onnx
-    from eov_edge.quantize.build import quantize_artifacts
+    from eov_edge.quantize.build import QuantizeError, quantize_artifacts
     from eov_edge.training.evaluate import data_folder_set
 
     sets = {"shipped pack": heldout_pack()}
@@ -52,8 +54,18 @@ def main() -> None:
         results = {}
         for name, gate_data in sets.items():
             started = time.time()
-            report = quantize_artifacts(fp32, args.recipe, Path(tmp) / f"q{len(results)}", gate_data=gate_data,
-                                        progress=lambda m: print("  " + m, flush=True))
+            try:
+                report = quantize_artifacts(fp32, args.recipe, Path(tmp) / f"q{len(results)}", gate_data=gate_data,
+                                            progress=lambda m: print("  " + m, flush=True),
+                                            activations=args.activations)
+            except QuantizeError as refused:  # a refusal is a result too: its rows and rounds
+                rejected = json.loads(next(Path(tmp).glob(f"q{len(results)}.rejected.json")).read_text())
+                results[name] = {"accepted": False, "refusal": str(refused).splitlines()[0],
+                                 "rounds": len(rejected["rounds"]), "rows": rejected["rows"],
+                                 "worst_drop": max(r["drop"] for r in rejected["rows"]),
+                                 "examples": None, "seconds": round(time.time() - started, 1)}
+                print(f"{name}: refused", flush=True)
+                continue
             gate = report["gate"]
             results[name] = {"examples": gate["examples"], "per_task_counts": gate["per_task_counts"],
                              "accepted": gate["accepted"], "worst_drop": max(r["drop"] for r in gate["rows"]),
@@ -70,12 +82,15 @@ def main() -> None:
             cells.append("- | - | -" if row is None else f"{row['fp32']:.1f} | {row['quantized']:.1f} | {row['drop']:+.2f}")
         lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
     lines.append("| every metric | worst drop | " + " | ".join(
-        f"{results[n]['examples']} examples | | {results[n]['worst_drop']:+.2f}" for n in names) + " |")
+        (f"{results[n]['examples']} examples | | {results[n]['worst_drop']:+.2f}" if results[n]["accepted"] else
+         f"refused after {results[n]['rounds']} rounds | | {results[n]['worst_drop']:+.2f}") for n in names) + " |")
     out = {"what": f"the {args.recipe} gate on the shipped nano, per held-out set (points)", "recipe": args.recipe,
+           "activations": args.activations or "the recipe's",
            "decoder": args.decoder, "git_commit": git_commit(), "sets": results, "markdown": "\n".join(lines)}
     write_json_atomic(args.report, out)
     args.report.with_suffix(".md").write_text(f"# {out['what']}\n\n`python benchmarks/gate_sets.py --recipe "
-                                              f"{args.recipe} --sets {args.sets}` at `{out['git_commit']}`\n\n"
+                                              f"{args.recipe} --sets {args.sets}" + (f" --activations {args.activations}" if args.activations else "")
+                                              + f"` at `{out['git_commit']}`\n\n"
                                               + out["markdown"] + "\n")
     print(out["markdown"])
     print(json.dumps({n: {k: v for k, v in r.items() if k != "rows"} for n, r in results.items()}, indent=1))

@@ -56,9 +56,9 @@ class GraphEnginePlan:
     precision: str  # fp16 | int8 | fp8 | w4a16
     profiles: list[Profile]
     source_sha256: str = ""  # the artifacts' graph (onnx_file may be an FP16 conversion of it)
-    # float16: a Q/DQ graph carrying FP16 between its pairs (the trt-int8 / trt-fp8 recipes); float32:
-    # Q/DQ graphs quantized before they did
-    activations: str = "float32"
+    # what a Q/DQ graph carries between its pairs, as its recipe recorded and the gate scored:
+    # float16 or float32; "" for Q/DQ graphs quantized before the recipes recorded it
+    activations: str = ""
 
     @property
     def quantized(self) -> bool:
@@ -89,11 +89,11 @@ class EnginePlan:
     def graph_strongly_typed(self, graph: "GraphEnginePlan") -> bool:
         """Whether ``graph`` builds strongly typed: everything on 11; on 10.x (10.3 on JetPack 6) the
         FP32, FP16 and w4a16 graphs too, so the FP32 islands of the FP16 conversion (norms, softmax,
-        rotary angles) hold on the Orin as on 11; and Q/DQ graphs that carry FP16 between their pairs
-        (the trt-int8 / trt-fp8 recipes: FP16 scales). Q/DQ graphs quantized before that (FP32 between
-        the pairs) build on 10.x weakly typed with the FP16 flag, as they were gated."""
+        rotary angles) hold on the Orin as on 11; and Q/DQ graphs whose recipe recorded what they
+        carry between their pairs (FP16 scales: FP16; FP32), which is what the gate scored. Q/DQ
+        graphs quantized before the recipes recorded it build on 10.x weakly typed with the FP16 flag."""
         return (self.strongly_typed or graph.precision in ("fp32", "fp16", "w4a16")
-                or graph.activations == "float16")
+                or graph.activations in ("float16", "float32"))
 
     def graph(self, name: str) -> GraphEnginePlan:
         return next(g for g in self.graphs if g.graph == name)
@@ -216,7 +216,7 @@ def make_plan(artifacts: Path, device: DevicePreset, precision: str = "auto", ma
         entry = manifest.graphs[name]
         check_profiles_against_graph(entry, profiles[name], name)
         tools = (manifest.quantization or {}).get("graphs", {}).get(name, {})
-        activations = "float16" if str(tools.get("activations", "")).startswith("float16") else "float32"
+        activations = str(tools.get("activations", "")).split(" ")[0]  # float16 | float32 | ""
         graphs.append(GraphEnginePlan(name, entry.file, entry.sha256, f"{name}.engine", precisions[name],
                                       profiles[name], source_sha256=entry.sha256, activations=activations))
     # Memory: weights (FP32 files halve in FP16; quantized files already hold their weights), the KV

@@ -37,6 +37,7 @@ from eov_edge.quantize.recipes import (
     Recipe,
     quantize_graph,
     recipe_plans,
+    with_activations,
     with_int4_block_size,
 )
 
@@ -120,19 +121,21 @@ def quantize_artifacts(artifacts: Path, recipe_name: str, out: Path, calib_dir: 
                        max_drop: float | None = None, per_task: int | None = None,
                        gate_data: ExampleSet | Path | None = None,
                        overwrite: bool = False, quantize_lm_head: bool | None = None, progress=print,
-                       int4_block_size: int | None = None, fallback: bool = True) -> dict:
+                       int4_block_size: int | None = None, fallback: bool = True,
+                       activations: str | None = None) -> dict:
     """Quantize, gate and publish; returns the report (also written to ``out/quant_report.json``).
 
     ``max_drop``: the budget in points per task metric (None: the recipe's default). ``fallback``:
     when a task breaks the budget, put the most sensitive nodes back in float, round by round, until
     it holds (False: refuse at the first broken round). ``int4_block_size`` overrides an INT4
-    recipe's block (refused for the others). ``gate_data``: held-out examples (an example set, or a
+    recipe's block (refused for the others); ``activations`` ("fp16", "fp32") what the TensorRT Q/DQ
+    recipes carry between their pairs. ``gate_data``: held-out examples (an example set, or a
     JSONL file or folder; None: the shipped pack), at most ``per_task`` of each task (None: all)."""
     from eov_edge.evaluation.scoring import score_predictions
 
     if recipe_name not in RECIPES:
         raise QuantizeError(f"unknown recipe {recipe_name!r}; choose one of {', '.join(RECIPES)}")
-    recipe = with_int4_block_size(RECIPES[recipe_name], int4_block_size)
+    recipe = with_activations(with_int4_block_size(RECIPES[recipe_name], int4_block_size), activations)
     artifacts, out = Path(artifacts), Path(out)
     if out.resolve() == artifacts.resolve():
         raise QuantizeError("--out must differ from --artifacts (the FP32 artifacts are the gate's reference)")
@@ -274,6 +277,9 @@ def _refuse(out: Path, recipe: Recipe, rows, rounds, budget: float, fallback: bo
                                     "every_node_in_float": all_float}, indent=1))
     hint = ("raise --max-drop or try another recipe" if fallback
             else "drop --no-fallback to let the most sensitive layers fall back to float")
+    if recipe.fp16_activations and all_float:
+        hint += ("; or --activations fp32: the FP16 activations between the Q/DQ pairs move answers the "
+                 "fallback cannot put back")
     broken = gate.broken_tasks(rows)
     changed = rounds[-1]["changed_answers"]
     # A metric on few examples moves in steps of one answer, which can exceed the budget: say so

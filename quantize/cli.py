@@ -34,10 +34,13 @@ from eov_edge.quantize.recipes import INT4_BLOCK_SIZES, RECIPES
 @click.option("--int4-block-size", type=click.Choice([str(s) for s in INT4_BLOCK_SIZES]), default=None,
               help="weights per scale for ort-cpu-int4 and w4a16 [default: 32]; larger is faster on CPU, the gate "
                    "decides if it holds")
+@click.option("--activations", type=click.Choice(["fp16", "fp32"]), default=None,
+              help="trt-int8 / trt-fp8: FP16 (default, TensorRT's fast path) or FP32 between the Q/DQ pairs; the "
+                   "engine runs what the gate scored")
 @click.option("--overwrite", is_flag=True)
 def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None, gate_data: Path | None,
                      max_drop: float | None, fallback: bool, per_task: int | None, quantize_lm_head: bool,
-                     int4_block_size: str | None, overwrite: bool) -> None:
+                     int4_block_size: str | None, activations: str | None, overwrite: bool) -> None:
     """Quantize FP32 artifacts with a recipe; accepted only if every task metric holds (quant_report.json)."""
     from eov_edge.quantize.build import quantize_artifacts
 
@@ -45,7 +48,7 @@ def quantize_command(artifacts: Path, recipe: str, out: Path, calib: Path | None
         report = quantize_artifacts(artifacts, recipe, out, calib, max_drop, per_task, gate_data, overwrite=overwrite,
                                     quantize_lm_head=quantize_lm_head, progress=lambda m: click.echo(m, err=True),
                                     int4_block_size=int(int4_block_size) if int4_block_size else None,
-                                    fallback=fallback)
+                                    fallback=fallback, activations=activations)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     size = report["size"]

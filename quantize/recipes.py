@@ -72,6 +72,20 @@ def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
     return replace(recipe, int4_block_size=block_size)
 
 
+def with_activations(recipe: Recipe, activations: str | None) -> Recipe:
+    """``recipe`` with FP16 (``"fp16"``) or FP32 (``"fp32"``) activations between its Q/DQ pairs
+    (None: the recipe's own). FP32 keeps what FP16 rounding flips out of the engine (the fallback
+    puts quantized nodes back in float, not the FP16 activations around them), at TensorRT's FP32 speed."""
+    if activations is None:
+        return recipe
+    if activations not in ("fp16", "fp32"):
+        raise QuantizeError(f"--activations is fp16 or fp32, not {activations!r}")
+    if not recipe.for_tensorrt or recipe.int4_block_size:
+        raise QuantizeError(f"{recipe.name} has no Q/DQ activations to choose; --activations applies to "
+                            f"{', '.join(n for n, r in RECIPES.items() if r.fp16_activations)} only")
+    return replace(recipe, fp16_activations=activations == "fp16")
+
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (
     # The vision stem's convolutions stay float: ONNX Runtime's CPU ConvInteger ran 2.5x (small's
     # 16-px patch embedding) to 4.4x (nano's convolutional stem) slower than its float Conv here,
@@ -168,6 +182,8 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
             produced = Path(tmp) / "q16.onnx"
             info = {**info, "activations": f"float16 between the Q/DQ pairs (FP16 scales, opset {FP16_QDQ_OPSET}); "
                                            "norms, softmax and rotary angles in float32"}
+        elif recipe.for_tensorrt and not recipe.int4_block_size:
+            info = {**info, "activations": "float32 between the Q/DQ pairs"}
         shutil.move(str(produced), target)
     return {**info, **_library_versions(), "quantized_nodes": plan.quantized, "float_nodes": plan.excluded}
 

@@ -69,12 +69,13 @@ def test_the_builder_calls_only_real_names_with_the_plans_typing_and_profiles(na
 
 
 def test_int8_graphs_build_in_the_precision_they_carry(nano_artifacts, tmp_path, monkeypatch):
-    """trt-int8 graphs carrying FP16 between their Q/DQ pairs (FP16 scales) build strongly typed with
-    no flag on 10.3 and 11; INT8 graphs quantized before that (FP32 between the pairs) build on 10.3
-    weakly typed with FP16 and INT8 flags, as they were gated, and strongly typed on 11."""
+    """trt-int8 graphs that record what they carry between their Q/DQ pairs (FP16 scales, or FP32 with
+    --activations fp32) build strongly typed with no flag on 10.3 and 11; INT8 graphs quantized before
+    the recipes recorded it build on 10.3 weakly typed with FP16 and INT8 flags, strongly typed on 11."""
     for names, version, activations, network, expected in (
             (TENSORRT_10, "10.3.0", "float16", (2,), []), (TENSORRT_11, "11.4.0", "float16", (1,), []),
-            (TENSORRT_10, "10.3.0", "float32", (0,), ["FP16", "INT8"]), (TENSORRT_11, "11.4.0", "float32", (1,), [])):
+            (TENSORRT_10, "10.3.0", "float32", (2,), []),
+            (TENSORRT_10, "10.3.0", "", (0,), ["FP16", "INT8"]), (TENSORRT_11, "11.4.0", "", (1,), [])):
         plan = make_plan(nano_artifacts, get_device("agx-orin"), "fp16")
         plan.tensorrt = version
         for graph in plan.graphs:

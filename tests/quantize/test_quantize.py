@@ -357,3 +357,24 @@ def test_an_fp16_scale_below_opset_19_is_refused(nano_artifacts, calibration, tm
             opset.version = 18
     onnx.save(model, str(tmp_path / "old.onnx"))
     assert any("FP16 scale needs opset 19" in p for p in tensorrt_qdq_problems(tmp_path / "old.onnx", r.target))
+
+
+def test_fp32_activations_keep_the_qdq_graph_in_fp32_and_say_so(nano_artifacts, calibration, tmp_path):
+    """--activations fp32: FP32 scales (as quantized, opset 18), recorded so the engine builds strongly
+    typed in FP32 between the pairs, what the gate scored; refused for recipes without Q/DQ activations."""
+    import onnx
+
+    from eov_edge.quantize.recipes import with_activations
+
+    r = with_activations(RECIPES["trt-int8"], "fp32")
+    source = nano_artifacts / mf.GRAPH_FILES[mf.PROJECTOR]
+    target = tmp_path / "projector.onnx"
+    info = quantize_graph(r, mf.PROJECTOR, source, target, plan_graph(source, 3098), calibration)
+    model = onnx.load(str(target))
+    inits = {i.name: i for i in model.graph.initializer}
+    assert {inits[n.input[1]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"} == {
+        onnx.TensorProto.FLOAT}
+    assert info["activations"].startswith("float32") and tensorrt_qdq_problems(target, r.target) == []
+    for recipe in ("ort-cpu-int8", "w4a16"):
+        with pytest.raises(QuantizeError, match="--activations applies to trt-int8, trt-fp8 only"):
+            with_activations(RECIPES[recipe], "fp32")
