@@ -5,8 +5,9 @@
 The examples are the training data factory's own val-split examples (docs/data.md: the same tasks,
 questions and programmatic labels the gate draws on the full data), drawn with a fixed seed, from
 permissively licensed sources only (HIT-UAV CC BY 4.0, BigEarthNet CDLA-Permissive-1.0, SSL4EO-S12
-CC BY 4.0; HRSID, GPL-3.0, and Major-TOM, CC BY-SA 4.0, are left out), without any example read from
-a calibration sample's file. Each view is written as the crop it was cut from, in the sensor's
+CC BY 4.0; for land cover beyond one class, a EuroSAT scene (MIT) and the BigEarthNet v2 patch
+(CDLA-Permissive-2.0), which no split reads; HRSID, GPL-3.0, and Major-TOM, CC BY-SA 4.0, are left
+out), without any example read from a calibration sample's file or patch. Each view is written as the crop it was cut from, in the sensor's
 stored units (8-bit PNG for thermal frames, GeoTIFF for Sentinel-1/-2), and each record holds its
 reference answer in that file's pixels: the format a user writes by hand (docs/evaluation.md).
 """
@@ -28,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from eov_edge.core.bands import SLOT_INDEX, get_band_set  # noqa: E402
-from eov_edge.core.calib import load_calib_samples  # noqa: E402
 from eov_edge.core.paths import data_dir  # noqa: E402
 from eov_edge.core.tasks import TASKS  # noqa: E402
 
@@ -37,12 +37,16 @@ PER_TASK = 32
 SEED = 3000  # neither eov-eval's (1000) nor the data-folder gate's (2000)
 IMAGE_SIZE, PATCH_SIZE = 224, 16
 STORED_DN_STEP = 8  # uint16 Sentinel-2 DN are written to multiples of this  # the shipped nano's canvas; crops are written at their own size
-EUROSAT_WATER = "rico_hdl/EuroSAT_MS/SeaLake/SeaLake_3000.tif"  # a water scene no split of the factory reads
+# Sentinel-2 scenes no split of the training data reads: a water scene and BigEarthNet v2's patch
+EUROSAT_WATER = "rico_hdl/EuroSAT_MS/SeaLake/SeaLake_3000.tif"
+BIGEARTHNET_V2 = "rico_hdl/BigEarthNet/BigEarthNet-S2"
 LICENCES = {
     "eurosat": ("MIT", "EuroSAT, Helber et al., IEEE JSTARS 2019; contains Copernicus Sentinel data"),
     "hit_uav": ("CC BY 4.0", "HIT-UAV, Suo et al., Scientific Data 2023"),
     "bigearthnet": ("CDLA-Permissive-1.0", "BigEarthNet, Sumbul et al., IGARSS 2019; contains modified "
                     "Copernicus Sentinel data 2017"),
+    "bigearthnet_v2": ("CDLA-Permissive-2.0", "reBEN (BigEarthNet v2), Clasen et al., 2024; contains modified "
+                       "Copernicus Sentinel data 2017"),
     "ssl4eo": ("CC BY 4.0", "SSL4EO-S12, Wang et al., 2022; contains modified Copernicus Sentinel data 2020"),
 }
 
@@ -50,6 +54,8 @@ LICENCES = {
 def dataset_of(source: str) -> str:
     if "EuroSAT" in source:
         return "eurosat"
+    if "BigEarthNet-S2" in source:
+        return "bigearthnet_v2"
     if "hit_uav" in source:
         return "hit_uav"
     if source.startswith("bigearthnet"):
@@ -154,21 +160,33 @@ def main() -> None:
     data = data_dir()
     if not (data / "README.md").is_file():
         raise SystemExit(f"{data}: shared data folder not found; set EOV_DATA_DIR")
+    from eov_edge.core.bands import band_name_from_filename, find_band_set
+    from eov_edge.core.raster import band_files_in
     from eov_edge.training.data.examples import land_cover_map
     from eov_edge.training.data.sources import Scene, _read_all
 
     factory = ExampleFactory(data, "val", IMAGE_SIZE, PATCH_SIZE, keep_source_pixels=True)
     factory.hrsid = []  # GPL-3.0: not shipped
-    keep = [i for i, s in enumerate(factory.s2) if s.source.startswith("bigearthnet")]  # Major-TOM: CC BY-SA
-    # The val split's three BigEarthNet patches are all dense vegetation: land-cover examples also come
-    # from the validation columns of the SSL4EO location (as its cross-modal examples do; sparse
-    # vegetation) and from a EuroSAT sea scene (water) that no split reads.
-    extra = [s2 for _, s2 in factory.pairs]
-    extra.append(Scene(_read_all([str(data / EUROSAT_WATER)]), "sentinel2_l1c", str(data / EUROSAT_WATER),
-                       meta={"dataset": "eurosat"}))
+    calib_manifest = json.loads((HERE / "manifest.json").read_text())
+    calib_sources = [Path(f["source"]) for sample in calib_manifest["samples"] for f in sample["files"]]
+    calib = {p.name for p in calib_sources}
+    calib_patches = {p.parent.name for p in calib_sources}  # a band-file view's folder: one patch
+    # Major-TOM (CC BY-SA) and the calibration samples' BigEarthNet patch stay out
+    keep = [i for i, s in enumerate(factory.s2) if s.source.startswith("bigearthnet")
+            and s.source.removeprefix("bigearthnet_") not in calib_patches]
+    # The val split's BigEarthNet patches are all dense vegetation: land cover also comes from
+    # Sentinel-2 scenes no split of the training data reads (a EuroSAT sea scene: water; BigEarthNet
+    # v2's patch). The SSL4EO location is not used for land cover: its whole scenes train that task.
+    extra = [Scene(_read_all([str(data / EUROSAT_WATER)]), "sentinel2_l1c", str(data / EUROSAT_WATER),
+                   meta={"dataset": "eurosat"})]
+    for patch in sorted((data / BIGEARTHNET_V2).glob("*/*")):
+        files = band_files_in(patch)
+        order = find_band_set(tuple(band_name_from_filename(Path(f).name) for f in files)).band_names
+        by_band = {band_name_from_filename(Path(f).name): f for f in files}
+        extra.append(Scene(_read_all([by_band[b] for b in order]), "sentinel2_l2a", str(patch),
+                           meta={"dataset": "bigearthnet_v2"}))
     factory.s2 = [factory.s2[i] for i in keep] + extra
     factory.s2_classes = [factory.s2_classes[i] for i in keep] + [land_cover_map(s) for s in extra]
-    calib = {Path(p).name for c in load_calib_samples() for files in c.views for p in files}
 
     staging = Path(tempfile.mkdtemp(prefix=".heldout.", dir=HERE))
     global OUT
