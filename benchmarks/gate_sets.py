@@ -17,10 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-HEADLINE = {"classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
-            "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
-            "cross_modal": "accuracy"}
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,6 +33,7 @@ def main() -> None:
     from eov_edge.core import manifest as mf
     from eov_edge.core.paths import NANO_CHECKPOINT, data_dir, heldout_pack, write_json_atomic
     from eov_edge.core.provenance import git_commit
+    from eov_edge.core.tasks import HEADLINE_METRICS
     from eov_edge.export.onnx_export import export_onnx
     from eov_edge.quantize.build import QuantizeError, quantize_artifacts
     from eov_edge.training.evaluate import data_folder_set
@@ -75,7 +72,7 @@ def main() -> None:
     names = list(results)
     lines = ["| task | metric | " + " | ".join(f"{n}: FP32 | quantized | drop" for n in names) + " |",
              "|---|---|" + "---|---|---|" * len(names)]
-    for task, metric in HEADLINE.items():
+    for task, metric in HEADLINE_METRICS.items():
         cells = []
         for name in names:
             row = next((r for r in results[name]["rows"] if r["task"] == task and r["metric"] == metric), None)

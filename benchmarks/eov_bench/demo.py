@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eov_edge.bench.cli import run_bench
     from eov_edge.core.calib import load_calib_samples
     from eov_edge.core.paths import NANO_CHECKPOINT
-    from eov_edge.core.tasks import answer_token_budget
+    from eov_edge.core.tasks import HEADLINE_METRICS, answer_token_budget
     from eov_edge.export.onnx_export import export_onnx
     from eov_edge.export.validate import verify
     from eov_edge.quantize.build import quantize_artifacts
@@ -101,11 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n=== report")
     print("\naccuracy, ort-cpu-int8 against FP32 on held-out data (points):")
     print("| task | metric | FP32 | INT8 |\n|---|---|---|---|")
-    main_metric = {"classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
-                   "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
-                   "cross_modal": "accuracy"}
     for row in quant["gate"]["rows"]:
-        if main_metric.get(row["task"]) == row["metric"]:
+        if HEADLINE_METRICS.get(row["task"]) == row["metric"]:
             print(f"| {row['task']} | {row['metric']} | {row['fp32']:.1f} | {row['quantized']:.1f} |")
     print("\nspeed, nano, batch 1:")
     print("| backend | end to end ms | x PyTorch | peak RSS MiB | size MiB |\n|---|---|---|---|---|")

@@ -61,6 +61,14 @@ TASKS: dict[str, TaskSpec] = {
     )
 }  # fmt: skip
 
+# The metric that decides, per task, whether a model beats its image-blind baseline (eov-eval) and
+# what the reports show first.
+HEADLINE_METRICS: dict[str, str] = {
+    "classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
+    "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
+    "cross_modal": "accuracy",
+}
+
 # Names users type for a task kind (eov-run --task, held-out files).
 TASK_ALIASES = {"detect": "detection", "classify": "classification", "ground": "grounding",
                 "count": "vqa", "describe": "caption", "track": "temporal"}

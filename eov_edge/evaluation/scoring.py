@@ -14,16 +14,10 @@ import statistics
 from collections import Counter
 
 from eov_edge.core import metrics, slis
+from eov_edge.core.tasks import HEADLINE_METRICS
 from eov_edge.evaluation.examples import Example
 
 BOOTSTRAP_RESAMPLES = 200
-
-# The metric that decides, per task, whether the model beats its image-blind baseline.
-HEADLINE_METRICS = {
-    "classification": "accuracy", "multilabel": "f1", "caption": "cider_d", "vqa": "accuracy",
-    "grounding": "mean_iou", "detection": "f1", "change": "accuracy", "temporal": "direction_accuracy",
-    "cross_modal": "accuracy",
-}
 
 
 def well_formed(text: str) -> bool:

@@ -146,7 +146,7 @@ Greedy answers, {decoding} (`eov_edge/core/slis_grammar.py`, as the runtime deco
 def verdict(report: dict) -> str:
     """Which tasks beat their baseline on the headline metric beyond the luck of the draw (the 95%
     bootstrap interval of the margin above 0), and which do not (said plainly)."""
-    from eov_edge.evaluation.scoring import HEADLINE_METRICS
+    from eov_edge.core.tasks import HEADLINE_METRICS
 
     above, below = [], []
     for task, metric in HEADLINE_METRICS.items():
