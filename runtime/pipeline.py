@@ -437,9 +437,8 @@ class Pipeline:
         text = self.tokenizer.decode(token_ids)
         parsed = slis.parse(text)
         detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
-        problems = list(parsed.problems)
-        if not ended and problems and problems[-1].endswith("never closed; dropped it"):
-            problems.pop()  # the budget ended it inside a shape: a cut answer, not a malformed one
+        # the budget ended it inside a shape: a cut answer, not a malformed one
+        problems = list(parsed.problems) if ended else slis.problems_before_cut(parsed.problems)
         return Answer(text, token_ids, token_probs, detections, problems, resolve_task(task) if task else None,
                       [v.inputs() for v in sample.views], cut_at_budget=not ended)
 

@@ -144,6 +144,15 @@ class ParseResult:
         return not self.problems
 
 
+NEVER_CLOSED = "never closed; dropped it"  # the problem of a shape still open when the text ends
+
+
+def problems_before_cut(problems: list[str]) -> list[str]:
+    """``problems`` without a last shape left open: where only the token budget can leave one open
+    (grammar-constrained decoding), that is a cut answer, not a malformed one."""
+    return problems[:-1] if problems and problems[-1].endswith(NEVER_CLOSED) else list(problems)
+
+
 def parse(text: str) -> ParseResult:
     """Read every well-formed shape in ``text``; report (never raise on) malformed ones.
 
@@ -229,7 +238,7 @@ def parse(text: str) -> ParseResult:
 
     tail = text[position:]
     if open_kind is not None:
-        result.problems.append(f"<{open_kind}> never closed; dropped it")
+        result.problems.append(f"<{open_kind}> {NEVER_CLOSED}")
     else:
         pending_label.append(tail)
     free_text.append(flush_label() or "")

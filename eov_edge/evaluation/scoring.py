@@ -24,10 +24,7 @@ def well_formed(text: str) -> bool:
     """Every shape of ``text`` parses, a last one left open excepted: only the token budget leaves a
     shape open (decoding is grammar-constrained), and where the budget falls is not the model's
     grammar (the runtime reports such answers as cut, not malformed)."""
-    problems = slis.parse(text).problems
-    if problems and problems[-1].endswith("never closed; dropped it"):
-        problems = problems[:-1]
-    return not problems
+    return not slis.problems_before_cut(slis.parse(text).problems)
 
 
 def _first_box(text: str, size: int) -> metrics.Box | None:
