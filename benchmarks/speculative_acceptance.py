@@ -68,7 +68,7 @@ def main() -> None:
 
     per_task: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(float)))
     for example in examples:
-        sample = Sample(views=example.views or example.read_views(manifest.image_size), instruction=example.instruction)
+        sample = Sample(views=example.read_views(manifest.image_size), instruction=example.instruction)
         batch = plain.batch([sample], config.max_new_tokens)
         reference, plain_s = timed(plain, batch)
         for recipe, pipe in drafts.items():

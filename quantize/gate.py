@@ -87,7 +87,7 @@ def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: in
             chunk = examples[start:start + batch_size]
             generation = GenerationConfig(max_new_tokens=max_new_tokens or answer_token_budget(e.task for e in chunk))
             try:
-                samples = [Sample(views=e.views or e.read_views(size), instruction=e.instruction) for e in chunk]
+                samples = [Sample(views=e.read_views(size), instruction=e.instruction) for e in chunk]
             except EOVError as err:
                 raise QuantizeError(f"gate data: {err}") from None
             texts += [a.text for a in pipeline.answer_samples(samples, generation)]

@@ -3,7 +3,7 @@
 An :class:`Example` is one question about one or more views with its reference answer, in the
 form the scorer takes (``answer`` text and ``target`` ground truth in canvas pixels). Producers:
 the user's JSONL held-out files (:mod:`eov_edge.evaluation.heldout`), the pack shipped with the
-project (:func:`shipped_pack`), and the training data factory over the project's data folder.
+project (``core.paths.heldout_pack``), and the training data factory over the project's data folder.
 Views are read when asked for (:meth:`Example.read_views`), so a set of thousands of examples
 costs its answers' memory, not its images'.
 """
