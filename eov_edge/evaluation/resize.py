@@ -7,6 +7,7 @@ pooling), ``bilinear`` (``align_corners=False``, no antialiasing) and ``nearest`
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -14,6 +15,7 @@ import numpy as np
 Mode = Literal["area", "bilinear", "nearest"]
 
 
+@lru_cache(maxsize=256)  # the factory resizes every crop: a few distinct (source, target) sizes
 def _area_matrix(source: int, target: int) -> np.ndarray:
     """(target, source) averaging weights of adaptive average pooling: output i averages source
     pixels floor(i * source / target) .. ceil((i + 1) * source / target) - 1."""
@@ -25,6 +27,7 @@ def _area_matrix(source: int, target: int) -> np.ndarray:
     return weights
 
 
+@lru_cache(maxsize=256)
 def _bilinear_matrix(source: int, target: int) -> np.ndarray:
     """(target, source) interpolation weights, half-pixel centres, edges clamped (torch's bilinear
     with align_corners=False)."""
