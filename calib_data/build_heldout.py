@@ -77,8 +77,9 @@ def stored(view) -> np.ndarray:
     return pixels
 
 
-def write_view(view, folder: Path, stem: str, written: dict[str, str]) -> dict:
-    """One view's crop as a file under ``folder``; identical crops are written once."""
+def write_view(view, root: Path, folder: Path, stem: str, written: dict[str, str]) -> dict:
+    """One view's crop as a file under ``folder`` (inside the pack being written at ``root``);
+    identical crops are written once."""
     import rasterio
 
     bs = get_band_set(view.band_set)
@@ -122,7 +123,7 @@ def write_view(view, folder: Path, stem: str, written: dict[str, str]) -> dict:
             target = folder / f"{stem}{path.suffix}"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-            written[digest] = target.relative_to(OUT).as_posix()
+            written[digest] = target.relative_to(root).as_posix()
     entry["file"] = written[digest]
     return entry
 
@@ -189,8 +190,7 @@ def main() -> None:
     factory.s2_classes = [factory.s2_classes[i] for i in keep] + [land_cover_map(s) for s in extra]
 
     staging = Path(tempfile.mkdtemp(prefix=".heldout.", dir=HERE))
-    global OUT
-    final, OUT = OUT, staging
+    final = OUT
     rng = random.Random(SEED)
     records, written, skipped = [], {}, Counter()
     for task in TASKS:
@@ -202,7 +202,7 @@ def main() -> None:
                 continue
             crop = example.views[0].extra["source_pixels"].shape[-1]
             stem = f"{task}_{kept:02d}"
-            views = [write_view(v, staging / "views" / task, f"{stem}_v{i}", written)
+            views = [write_view(v, staging, staging / "views" / task, f"{stem}_v{i}", written)
                      for i, v in enumerate(example.views)]
             licence, attribution = LICENCES[dataset_of(example.source)]
             source = example.source.split("shared/data/")[-1]
