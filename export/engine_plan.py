@@ -216,7 +216,7 @@ def make_plan(artifacts: Path, device: DevicePreset, precision: str = "auto", ma
         entry = manifest.graphs[name]
         check_profiles_against_graph(entry, profiles[name], name)
         tools = (manifest.quantization or {}).get("graphs", {}).get(name, {})
-        activations = str(tools.get("activations", "")).split(" ")[0]  # float16 | float32 | ""
+        activations = tools.get("activation_dtype", "")  # float16 | float32 | "" (not recorded)
         graphs.append(GraphEnginePlan(name, entry.file, entry.sha256, f"{name}.engine", precisions[name],
                                       profiles[name], source_sha256=entry.sha256, activations=activations))
     # Memory: weights (FP32 files halve in FP16; quantized files already hold their weights), the KV

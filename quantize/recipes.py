@@ -180,10 +180,11 @@ def quantize_graph(recipe: Recipe, graph: str, source: Path, target: Path, plan:
 
             convert_to_fp16(produced, Path(tmp) / "q16.onnx")
             produced = Path(tmp) / "q16.onnx"
-            info = {**info, "activations": f"float16 between the Q/DQ pairs (FP16 scales, opset {FP16_QDQ_OPSET}); "
-                                           "norms, softmax and rotary angles in float32"}
+            info = {**info, "activation_dtype": "float16",
+                    "activations": f"float16 between the Q/DQ pairs (FP16 scales, opset {FP16_QDQ_OPSET}); "
+                                   "norms, softmax and rotary angles in float32"}
         elif recipe.for_tensorrt and not recipe.int4_block_size:
-            info = {**info, "activations": "float32 between the Q/DQ pairs"}
+            info = {**info, "activation_dtype": "float32", "activations": "float32 between the Q/DQ pairs"}
         shutil.move(str(produced), target)
     return {**info, **_library_versions(), "quantized_nodes": plan.quantized, "float_nodes": plan.excluded}
 

@@ -164,7 +164,7 @@ def test_trtexec_commands_match_the_plan(nano_artifacts, tmp_path):
         assert flags == ["--skipInference", "--fp16", "--int8"] and args["memPoolSize"] == f"workspace:{plan.workspace_mb}M"
     # today's trt-int8 graphs carry FP16 between their Q/DQ pairs: strongly typed on the Orin's 10.3 too
     fp16_between = quantized_copy(nano_artifacts, tmp_path, "trt-int8", name="int8-fp16", tools={
-        "activations": "float16 between the Q/DQ pairs (FP16 scales, opset 19)"})
+        "activation_dtype": "float16"})
     plan = make_plan(fp16_between, get_device("agx-orin"))
     for argv in trtexec_commands(plan):
         assert [a for a in argv[1:] if "=" not in a] == ["--skipInference", "--stronglyTyped"]

@@ -106,7 +106,7 @@ def test_every_recipe_writes_a_runnable_close_graph(recipe, nano_artifacts, cali
             assert scales and set(scales) == {onnx.TensorProto.FLOAT16}, (recipe, graph)
             assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19
             assert {v.type.tensor_type.elem_type for v in model.graph.output} <= {onnx.TensorProto.FLOAT}
-            assert "float16 between the Q/DQ pairs" in info["activations"]
+            assert info["activation_dtype"] == "float16" and "float16 between the Q/DQ pairs" in info["activations"]
 
 
 def test_dynamic_int8_keeps_the_stem_convolutions_float(nano_artifacts, tmp_path):
@@ -374,7 +374,7 @@ def test_fp32_activations_keep_the_qdq_graph_in_fp32_and_say_so(nano_artifacts, 
     inits = {i.name: i for i in model.graph.initializer}
     assert {inits[n.input[1]].data_type for n in model.graph.node if n.op_type == "QuantizeLinear"} == {
         onnx.TensorProto.FLOAT}
-    assert info["activations"].startswith("float32") and tensorrt_qdq_problems(target, r.target) == []
+    assert info["activation_dtype"] == "float32" and tensorrt_qdq_problems(target, r.target) == []
     for recipe in ("ort-cpu-int8", "w4a16"):
         with pytest.raises(QuantizeError, match="--activations applies to trt-int8, trt-fp8 only"):
             with_activations(RECIPES[recipe], "fp32")
