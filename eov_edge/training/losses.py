@@ -263,8 +263,25 @@ def aux_loss(logits: torch.Tensor, targets: torch.Tensor, has_target: torch.Tens
     return sum(losses) if losses else logits.sum() * 0.0
 
 
+@dataclass(frozen=True)
+class LossTotals:
+    """What the language loss of a part of a global batch divides by, so that the parts' losses
+    (micro-batches of gradient accumulation, data-parallel ranks) sum to the whole batch's.
+
+    group_tokens (G,): the global batch's supervised tokens per group; group_rows (G,): its rows with
+    a supervised token per group; rows: all such rows. Groups as ``row_groups``: one group for token
+    normalization, tasks, or (per-example normalization) this part's own rows, which no other part
+    holds (group_tokens then the row's own count, group_rows 1).
+    """
+
+    group_tokens: torch.Tensor
+    group_rows: torch.Tensor
+    rows: float
+
+
 def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, num_loc: int,
-                  smoothing: float, sigma_bins: float, row_groups: torch.Tensor | None = None) -> torch.Tensor:
+                  smoothing: float, sigma_bins: float, row_groups: torch.Tensor | None = None,
+                  totals: LossTotals | None = None) -> torch.Tensor:
     """Next-token cross-entropy, Gaussian-smoothed over location bins where the label is one.
 
     logits (B, S, V), labels (B, S) with -100 on unsupervised positions. Without ``row_groups``:
@@ -273,6 +290,7 @@ def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, nu
     share of the rows, so a group's weight is its number of examples, not of answer tokens. Groups
     = tasks: a task mixture weight means what it says, where per token a 2-token VQA answer
     carried ~1/35 of a 70-token detection list (docs/data.md); groups = rows: per-example mean.
+    With ``totals``: this part's share of the global batch's loss (:class:`LossTotals`).
     """
     targets = labels[:, 1:]  # (B, S-1)
     valid = targets != -100
@@ -288,6 +306,14 @@ def language_loss(logits: torch.Tensor, labels: torch.Tensor, loc_first: int, nu
         soft_nll = -(soft * log_p[is_loc][:, loc_first : loc_first + num_loc]).sum(-1)  # (M_loc,)
         per_token = per_token.clone()
         per_token[is_loc] = (1 - smoothing) * per_token[is_loc] + smoothing * soft_nll
+    if totals is not None:
+        groups = torch.zeros_like(targets[:, 0]) if row_groups is None else row_groups.to(targets.device)
+        groups = groups[valid.nonzero()[:, 0]]  # (M,)
+        group_tokens, group_rows = (t.to(per_token.device) for t in (totals.group_tokens, totals.group_rows))
+        token_sum = per_token.new_zeros(group_tokens.shape[0]).index_add_(0, groups, per_token)  # (G,)
+        present = group_tokens > 0
+        weight = group_rows[present] / totals.rows / group_tokens[present]  # (G',)
+        return (weight * token_sum[present]).sum()
     if row_groups is None:
         return per_token.mean()
     groups = row_groups[valid.nonzero()[:, 0]]  # (M,) each supervised token's group, row-major like per_token
@@ -414,9 +440,46 @@ def reads_attention(stage) -> bool:
     return any(term.reads_attention for term in active_losses(stage))
 
 
+def loss_totals(batches: list[dict[str, torch.Tensor]], normalization: str, all_reduce=None) -> list[LossTotals]:
+    """The :class:`LossTotals` of each of ``batches`` (this process's micro-batches), counted over
+    every part of the global batch: ``all_reduce`` sums a tensor over the data-parallel ranks."""
+    tasks = max(int(b["task_index"].max()) for b in batches) + 1 if normalization == "task" else 1
+    counts = torch.zeros(2 * tasks + 1, dtype=torch.float64)  # tokens per group, rows per group, rows
+    for batch in batches:
+        valid = batch["labels"][:, 1:] != -100  # (B, S-1)
+        rows = valid.any(1)  # (B,)
+        groups = batch["task_index"] if normalization == "task" else torch.zeros_like(rows, dtype=torch.long)
+        counts[:tasks] += torch.bincount(groups, weights=valid.sum(1).double(), minlength=tasks)[:tasks]
+        counts[tasks:-1] += torch.bincount(groups[rows], minlength=tasks)[:tasks].double()
+        counts[-1] += rows.sum()
+    if all_reduce is not None:
+        from eov_edge.core.tasks import TASKS
+
+        if normalization == "task":  # every rank must send a vector of one length
+            padded = torch.zeros(2 * len(TASKS) + 1, dtype=torch.float64)
+            padded[:tasks], padded[len(TASKS):len(TASKS) + tasks], padded[-1] = counts[:tasks], counts[tasks:-1], counts[-1]
+            counts, tasks = all_reduce(padded), len(TASKS)
+        else:
+            counts = all_reduce(counts)
+    tokens, group_rows, rows = counts[:tasks].float(), counts[tasks:-1].float(), float(counts[-1])
+    if normalization != "example":
+        return [LossTotals(tokens, group_rows, rows) for _ in batches]
+    out = []
+    for batch in batches:  # each row its own group: its own tokens, one row
+        valid = batch["labels"][:, 1:] != -100
+        out.append(LossTotals(valid.sum(1).float(), valid.any(1).float(), rows))
+    return out
+
+
 def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], stage,
-                  ids: PointerIds) -> tuple[torch.Tensor, dict]:
-    """The weighted loss of one batch and its parts (floats, for the log)."""
+                  ids: PointerIds, totals: LossTotals | None = None,
+                  term_scale: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """The weighted loss of one batch and its parts (floats, for the log).
+
+    totals: the batch is a part of a larger one (micro-batch, rank): the language loss is this part's
+        share of the whole's (:class:`LossTotals`); ``term_scale`` multiplies the heads' terms (1 /
+        micro-batches: their mean over the parts, exact where the parts hold equal numbers of targets).
+    """
     terms = active_losses(stage)
     features = model.vision_encoder(batch["pixel_values"], batch["modality_ids"])  # (V, N, T*D)
     image_embeds = model.projector(features)  # (V, N', Dlm)
@@ -425,7 +488,7 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
                 output_hidden_states=any(term.reads_hidden for term in terms),
                 output_attentions=any(term.reads_attention for term in terms))  # logits (B, S, V)
     lm = language_loss(out.logits, batch["labels"], ids.loc_first, slis.NUM_LOC_BINS, stage.loc_smoothing,
-                       stage.loc_sigma_bins, loss_groups(batch, stage.loss_normalization))
+                       stage.loc_sigma_bins, loss_groups(batch, stage.loss_normalization), totals)
     loss, parts = lm, {"lm": lm.item()}
     context = LossContext(model, heads, batch, stage, ids, features, image_embeds, out)
     for term in terms:
@@ -434,5 +497,5 @@ def training_step(model, heads: TrainingHeads, batch: dict[str, torch.Tensor], s
         for name, value in values.items():
             total = value if total is None else total + value
             parts[name] = value.item()
-        loss = loss + getattr(stage, term.weight) * total
+        loss = loss + term_scale * getattr(stage, term.weight) * total
     return loss, parts

@@ -399,3 +399,45 @@ def test_cross_modal_rows_get_the_match_and_alignment_terms(shared_data):
     loss.backward()
     assert heads.match.weight.grad is not None and heads.pointer.weight.grad is None
     assert model.language_model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("normalization", ["token", "task", "example"])
+def test_parts_of_a_batch_sum_to_the_whole_batchs_language_loss(normalization):
+    """Micro-batches and data-parallel ranks each take their share: the shares add up to the loss of
+    the whole batch, whatever the parts' token counts (rows of 1 to 9 answer tokens here)."""
+    from eov_edge.training.losses import loss_groups, loss_totals
+
+    torch.manual_seed(0)
+    rows, length, vocab = 6, 12, 40
+    logits = torch.randn(rows, length, vocab)
+    labels = torch.full((rows, length), -100)
+    for row in range(rows):
+        answer = 1 + (row * 5) % 9
+        labels[row, length - answer:] = torch.randint(0, vocab, (answer,))
+    task_index = torch.tensor([0, 3, 3, 1, 0, 3])
+    whole = {"labels": labels, "task_index": task_index}
+    want = language_loss(logits, labels, 20, 10, 0.5, 2.0, loss_groups(whole, normalization))
+    parts = [[0, 4], [1, 2, 5], [3]]
+    batches = [{"labels": labels[p], "task_index": task_index[p]} for p in parts]
+    totals = loss_totals(batches, normalization)
+    got = sum(language_loss(logits[p], labels[p], 20, 10, 0.5, 2.0, loss_groups(b, normalization), t)
+              for p, b, t in zip(parts, batches, totals))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # split over two "ranks" whose counts are summed by all_reduce
+    first, second = batches[:2], batches[2:]
+    both = [loss_totals(first, normalization), loss_totals(second, normalization)]
+    summed = [loss_totals(group, normalization, all_reduce=lambda t, o=other: t + _counts(o, normalization))
+              for group, other in ((first, second), (second, first))]
+    got = sum(language_loss(logits[p], labels[p], 20, 10, 0.5, 2.0, loss_groups(b, normalization), t)
+              for p, b, t in zip(parts, batches, summed[0] + summed[1]))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    assert both[0][0].rows < summed[0][0].rows
+
+
+def _counts(batches, normalization):
+    """The count vector loss_totals sends to all_reduce for ``batches`` (another rank's share)."""
+    sent = []
+    from eov_edge.training.losses import loss_totals
+
+    loss_totals(batches, normalization, all_reduce=lambda t: sent.append(t) or t)
+    return sent[0]
