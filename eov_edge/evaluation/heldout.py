@@ -120,6 +120,33 @@ class _RecordError(Exception):
     """What is wrong with one record (the loader adds the line number)."""
 
 
+def example_from_record(record: Any, file: Path, image_size: int, number: int) -> Example:
+    """One record (line ``number`` of ``file``) as an example, checked as :func:`load_heldout`
+    checks every line; :class:`HeldOutError` names the file and line. For readers that stream a
+    large file a record at a time (training)."""
+    try:
+        return _example(record, file.parent, image_size, number)
+    except _RecordError as err:
+        raise HeldOutError(f"{file}: line {number}: {err}") from None
+
+
+def declared_modalities(record: dict) -> frozenset[str] | None:
+    """The modalities a record's views declare (``modality``, or their band set's), without reading
+    a file; None when a view declares neither (known only once read)."""
+    from eov_edge.core.bands import BAND_SETS
+
+    items = record.get("views", [record.get("image")])
+    found = set()
+    for item in items if isinstance(items, list) else []:
+        options = item if isinstance(item, dict) else {}
+        band_set = options.get("band_set", record.get("band_set"))
+        modality = options.get("modality") or (BAND_SETS[band_set].modality if band_set in BAND_SETS else None)
+        if modality is None:
+            return None
+        found.add(modality)
+    return frozenset(found) or None
+
+
 def _example(record: Any, base: Path, size: int, number: int) -> Example:
     if not isinstance(record, dict):
         raise _RecordError("a record is a JSON object {...}")

@@ -22,7 +22,7 @@ import numpy as np
 from eov_edge.core import slis
 from eov_edge.core.bands import MODALITY_INDEX, get_band_set, to_canvas
 from eov_edge.core.raster import View
-from eov_edge.core.tasks import DIRECTIONS
+from eov_edge.core.tasks import DIRECTIONS, TASKS
 from eov_edge.evaluation.examples import Example
 from eov_edge.evaluation.resize import resize
 from eov_edge.training.data.sources import (
@@ -173,8 +173,13 @@ class ExampleFactory:
         return rng.choice(self.hit_uav), (1.0, 1.5), 1.25
 
     # -- tasks -------------------------------------------------------------------------------------
-    def sample(self, task: str, rng: random.Random) -> Example:
+    def sample(self, task: str, rng: random.Random, modalities: tuple[str, ...] | None = None) -> Example:
+        """An example of ``task``; the factory picks each task's sensors itself (``modalities`` is for
+        sources that hold any, as the user's JSONL files)."""
         return getattr(self, f"_{task}")(rng)
+
+    def tasks_for(self, modalities: tuple[str, ...] | None) -> set[str]:
+        return set(TASKS)
 
     def _object_view(self, rng: random.Random, around: float = 0.7):
         scene, scale, val_scale = self.object_scene(rng)
