@@ -34,7 +34,8 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -54,12 +55,13 @@ from eov_edge.training.data.examples import (
     Example,
     ExampleFactory,
 )
+from eov_edge.training.distributed import TrainingModule, Workers, check_batch_split, shard_with_fsdp
 from eov_edge.training.losses import (
     LOSS_NORMALIZATIONS,
     PointerIds,
     TrainingHeads,
+    loss_totals,
     reads_attention,
-    training_step,
 )
 
 PARAMETER_GROUPS = ("stem", "trunk", "projector", "decoder", "aux")
@@ -104,6 +106,10 @@ class StageConfig:
     # last layer's state whether the two views show the same place
     cross_modal_match_weight: float = 0.0
     match_attention_layers: tuple[int, ...] = (0, 1)
+    # With a JSONL training file: only examples whose views are of these modalities (None: any); a
+    # record that declares none counts as any (eov_edge.training.data.jsonl). The data folder's
+    # factory picks each task's sensors itself.
+    modalities: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
@@ -127,6 +133,36 @@ class TrainConfig:
     threads: int = 2
     hit_uav_limit: int | None = None  # for quick tests
     vision_stem: str | None = None  # EarthOneVisionConfig.vision_stem; None: the preset's
+    # pretrained components (eov_edge.training.pretrained): save_pretrained folders
+    init_vision: str | None = None
+    init_decoder: str | None = None
+    # the user's data in the held-out JSONL format (docs/evaluation.md); None: the data folder
+    train_data: str | None = None
+    val_data: str | None = None
+    # scale-out (eov_edge.training.distributed): processes come from torchrun's environment
+    fsdp: bool = False
+    grad_accum: int = 1  # micro-batches per step: a stage's batch is split, the gradient summed
+    bf16: bool = False  # bfloat16 autocast (FSDP: bfloat16 parameters, float32 gradient reduction)
+    activation_checkpointing: bool = False  # recompute each vision and decoder layer in backward
+    device: str | None = None  # "cpu" or "cuda"; None: cuda where there is one
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """A config from its JSON form (what a run writes to ``OUT/last/train_config.json``)."""
+        import dataclasses
+
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"git_commit"})
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+        stage_fields = {f.name for f in dataclasses.fields(StageConfig)}
+        stages = []
+        for stage in data.get("stages", []):
+            bad = sorted(set(stage) - stage_fields)
+            if bad:
+                raise ConfigError(f"stage {stage.get('name')!r}: unknown option(s) {bad}")
+            stages.append(StageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in stage.items()}))
+        return cls(**{**{k: v for k, v in data.items() if k in known}, "stages": stages})
 
     @classmethod
     def pcma(cls, preset: str = "nano", scale: float = 1.0, **kwargs) -> "TrainConfig":
@@ -166,6 +202,11 @@ class TrainConfig:
             StageConfig("vqa_readout", steps(600), dict(joint_tasks, vqa=10.0, temporal=4.0), lr=5e-4,
                         warmup_steps=0, trainable=("decoder",), **dict(LANGUAGE_LOSS_ONLY, answer_attention_weight=1.0)),
         ]
+        if kwargs.get("init_decoder"):
+            # As the paper: a pretrained LLM stays frozen while the vision side aligns to it.
+            stages[0] = replace(stages[0], trainable=("stem", "trunk", "projector", "aux"))
+        stages[1] = replace(stages[1], modalities=("optical", "infrared"))  # aerial views: the viewpoint gap
+        stages[2] = replace(stages[2], modalities=("sar", "multispectral", "optical"))  # imaging physics
         return cls(preset=preset, stages=stages, **kwargs)
 
 
@@ -211,7 +252,8 @@ def smooth_bins(num_bins: int, dim: int) -> torch.Tensor:
     return torch.nn.functional.pad(table, (0, dim - table.shape[1])).float()
 
 
-def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: TextTokenizer) -> None:
+def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: TextTokenizer,
+                      pretrained_vision: bool = False, pretrained_decoder: bool = False) -> None:
     """Structured starting points for the two maps a from-scratch model is slowest to find.
 
     Grounding needs "which patch holds the object" (vision positions) turned into "which location
@@ -220,14 +262,17 @@ def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: 
     the ViT's learned position embeddings start as MAE's 2D sine-cosine table and the 1000
     location tokens as a sine-cosine code of their bin index, so neighbouring bins start close and
     the map from a patch's position to a coordinate is near-linear from step 0. Both stay trainable;
-    the checkpoint format and the exported graphs do not change.
+    the checkpoint format and the exported graphs do not change. A pretrained vision tower keeps its
+    own positions; on a pretrained decoder the location code is added to the new rows' mean
+    embedding (eov_edge.training.pretrained).
     """
     embeddings = model.vision_encoder.embeddings
     with torch.no_grad():
-        table = embeddings.position_embedding.weight  # (N, Dv)
-        grid = int(round(math.sqrt(table.shape[0])))
-        code = sincos_2d(grid, table.shape[1])  # rms ~0.7
-        table.copy_(code * (0.5 / code.pow(2).mean().sqrt()))
+        if not pretrained_vision:
+            table = embeddings.position_embedding.weight  # (N, Dv)
+            grid = int(round(math.sqrt(table.shape[0])))
+            code = sincos_2d(grid, table.shape[1])  # rms ~0.7
+            table.copy_(code * (0.5 / code.pow(2).mean().sqrt()))
         tokens = model.get_input_embeddings().weight  # (V, Dlm), tied with the output head
         ids = torch.tensor([tokenizer.token_to_id(t) for t in slis.LOC_TOKENS])
         half = tokens.shape[1] // 2
@@ -236,7 +281,8 @@ def init_for_training(model: EarthOneVisionForConditionalGeneration, tokenizer: 
         # the first half and its y code in the second (below), so emitting "x1" or "y1" is copying
         # one half of the attended image token's position.
         loc = torch.nn.functional.pad(torch.cat([code, code], dim=1), (0, tokens.shape[1] - 2 * half))
-        tokens[ids] = loc * (tokens.std() / loc.std())
+        base = tokens[ids].mean(0) if pretrained_decoder else 0.0
+        tokens[ids] = base + loc * (tokens.std() / loc.std())
         positions = model.projector.position_embedding  # (N', Dlm) or None
         if positions is not None:
             side = int(round(math.sqrt(positions.shape[0])))
@@ -276,7 +322,8 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
     batch["aux_targets"] = torch.stack(targets)
     batch["aux_mask"] = torch.tensor(has)
     # the object class a counting or presence question asks about (answer_attention_loss), else -1
-    batch["asked_class"] = torch.tensor([OBJECT_CLASSES.index(e.target["class"]) if e.task == "vqa" else -1
+    batch["asked_class"] = torch.tensor([OBJECT_CLASSES.index(e.target["class"])
+                                         if e.task == "vqa" and e.target.get("class") in OBJECT_CLASSES else -1
                                          for e in examples])
     batch["task_index"] = torch.tensor([TASK_KINDS.index(e.task) for e in examples])  # (B,) loss_groups
     batch["co_registered_sar_views"] = co_registered_views(examples)  # (P,) cross_modal_alignment_loss
@@ -288,7 +335,7 @@ def collate(examples: list[Example], processor: EarthOneVisionProcessor, grid: i
 
 
 @torch.no_grad()
-def validation_losses(model, processor, examples: list[Example]) -> dict[str, float]:
+def validation_losses(model, processor, examples: list[Example], device: torch.device | None = None) -> dict[str, float]:
     """Teacher-forced language loss per task on fixed held-out examples."""
     was_training = model.training
     model.eval()
@@ -297,20 +344,14 @@ def validation_losses(model, processor, examples: list[Example]) -> dict[str, fl
         chosen = [e for e in examples if e.task == task]
         batch = processor([Sample(views=e.views, instruction=e.instruction, answer=e.answer) for e in chosen],
                           with_labels=True, padding_side="right")
-        out[task] = round(model(**batch).loss.item(), 4)
+        batch = {k: v.to(device or "cpu") for k, v in batch.items()}
+        # the parts called one by one, as in training_step (under FSDP each gathers its own weights)
+        image_embeds = model.projector(model.vision_encoder(batch["pixel_values"], batch["modality_ids"]))
+        inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
+        loss = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        out[task] = round(loss.item(), 4)
     model.train(was_training)
     return out
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """``optimizer.load_state_dict(saved)``, also for a state saved mid-stage before
-    ``TrainingHeads.match`` existed: that head's parameters are the last of the stage's trainable list
-    (the "aux" group comes last, the match head last in it) and start without moments."""
-    saved_params = saved["param_groups"][0]["params"]
-    now = len(optimizer.param_groups[0]["params"])
-    if len(saved["param_groups"]) == 1 and len(saved_params) < now:
-        saved = {**saved, "param_groups": [{**saved["param_groups"][0], "params": list(range(now))}]}
-    optimizer.load_state_dict(saved)
 
 
 def _lr_factor(step: int, stage: StageConfig) -> float:
@@ -320,113 +361,298 @@ def _lr_factor(step: int, stage: StageConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _save_state(out: Path, model, processor, aux_head, optimizer, stage_index: int, step: int, config: TrainConfig,
-                log: list[dict], commit: str | None) -> None:
+def step_examples(source, stage: StageConfig, tasks: list[str], seed: int, step: int,
+                  indices: list[int]) -> list[Example]:
+    """Examples ``indices`` of a step's global batch. Each is drawn from its own seed (seed, stage,
+    step, index), so a process draws its share without the others' and a resumed run replays the
+    same batches, whatever the number of processes."""
+    weights = [stage.task_weights[t] for t in tasks]
+    out = []
+    for index in indices:
+        rng = random.Random(f"{seed}-{stage.name}-{step}-{index}")
+        task = rng.choices(tasks, weights)[0]
+        out.append(source.sample(task, rng, stage.modalities))
+    return out
+
+
+def build_model(config: TrainConfig) -> tuple[EarthOneVisionForConditionalGeneration, EarthOneVisionProcessor]:
+    """The model a run starts from (seeded: every process builds the same one)."""
+    torch.manual_seed(config.seed)
+    if config.init_vision or config.init_decoder:
+        from eov_edge.training.pretrained import from_components
+
+        if config.vision_stem == "conv" and config.init_vision:
+            raise ConfigError("--vision-stem conv cannot start from a pretrained vision tower (its patch embedding "
+                              "is one convolution); leave --vision-stem out")
+        model, processor = from_components(config.preset, config.init_vision, config.init_decoder, config.seed)
+    else:
+        model_config = EarthOneVisionConfig.from_preset(
+            config.preset, **({"vision_stem": config.vision_stem} if config.vision_stem else {}))
+        model = EarthOneVisionForConditionalGeneration(model_config)
+        processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
+    init_for_training(model, processor.tokenizer, pretrained_vision=bool(config.init_vision),
+                      pretrained_decoder=bool(config.init_decoder))
+    return model, processor
+
+
+# TrainConfig fields a resumed run must share with the run it resumes
+SAME_ON_RESUME = ("preset", "vision_stem", "init_vision", "init_decoder", "seed")
+
+
+def _check_resumable(out: Path, config: TrainConfig) -> None:
+    saved_file = out / "last" / "train_config.json"
+    if (out / "last" / "trainer.pt").is_file():
+        raise ConfigError(f"{out} holds a run saved by an earlier eov-train (last/trainer.pt), which resumes "
+                          "with that version only; start this one with another --out")
+    saved = json.loads(saved_file.read_text())
+    for key in SAME_ON_RESUME:
+        if saved.get(key) != getattr(config, key):
+            if key == "vision_stem":
+                stem = saved.get(key) or EarthOneVisionConfig.from_preset(saved["preset"]).vision_stem
+                now = config.vision_stem or EarthOneVisionConfig.from_preset(config.preset).vision_stem
+                if stem == now:
+                    continue
+                raise ConfigError(f"{out} holds a run with vision_stem={stem!r}, not {now!r}; resume it with the "
+                                  "same options or use another --out")
+            raise ConfigError(f"{out} holds a run with {key}={saved.get(key)!r}, not {getattr(config, key)!r}; "
+                              "resume it with the same options or use another --out")
+
+
+def _training_state(module: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    state = {"model": get_model_state_dict(module)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(module, optimizer)
+    return state
+
+
+def _save_state(out: Path, module: nn.Module, optimizer, stage_index: int, step: int, config: TrainConfig,
+                log: list[dict], commit: str | None, workers: Workers) -> None:
+    """``OUT/last``: the model, heads and optimizer state (torch.distributed.checkpoint: each process
+    writes its shards; any number of processes reads them back) and the run's position."""
+    import torch.distributed.checkpoint as dcp
+
     tmp = out / "last.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, processor, tmp / "model")
-    torch.save({"aux": aux_head.state_dict(), "optimizer": optimizer.state_dict(),
-                "stage_index": stage_index, "step": step}, tmp / "trainer.pt")
-    (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=commit), indent=1))
-    (tmp / "log.json").write_text(json.dumps(log))
-    shutil.rmtree(out / "last", ignore_errors=True)
-    os.replace(tmp, out / "last")
+    if workers.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    workers.barrier()
+    with warnings.catch_warnings():  # one process: DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(_training_state(module, optimizer), checkpoint_id=str(tmp / "state"), no_dist=not workers.distributed)
+    if workers.is_main:
+        (tmp / "position.json").write_text(json.dumps({"stage_index": stage_index, "step": step,
+                                                       "world_size": workers.world_size}))
+        (tmp / "train_config.json").write_text(json.dumps(dict(asdict(config), git_commit=commit), indent=1))
+        (tmp / "log.json").write_text(json.dumps(log))
+        shutil.rmtree(out / "last", ignore_errors=True)
+        os.replace(tmp, out / "last")
+    workers.barrier()
 
 
-def train(config: TrainConfig, out: Path, data_root: Path, progress: bool = True) -> Path:
-    """Run (or resume) every stage; returns the final checkpoint folder ``OUT/final``."""
+def _load_state(out: Path, module: nn.Module, optimizer, workers: Workers) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _training_state(module, optimizer)
+    # Partial: AdamW keeps no moments for a parameter that has had no gradient yet (a head whose loss
+    # is off); such a parameter starts without them after the resumption too.
+    with warnings.catch_warnings():  # one process: DCP warns that it assumes one process
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(out / "last" / "state"),
+                 planner=DefaultLoadPlanner(allow_partial_load=True), no_dist=not workers.distributed)
+    set_model_state_dict(module, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(module, optimizer, state["optimizer"])
+
+
+def _save_model(path: Path, module: TrainingModule, processor, config: TrainConfig, workers: Workers) -> None:
+    """The model alone as a checkpoint folder (safetensors), written by the main process; under FSDP
+    its shards are gathered first (every process takes part)."""
+    model = module.model
+    if config.fsdp and workers.distributed:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if workers.is_main:
+            whole = EarthOneVisionForConditionalGeneration(model.config)
+            whole.load_state_dict(full)
+            save_checkpoint(whole.eval(), processor, path)
+    elif workers.is_main:
+        was_training = model.training
+        save_checkpoint(model.eval(), processor, path)
+        model.train(was_training)
+    workers.barrier()
+
+
+def training_sources(config: TrainConfig, data_root: Path | None, image_size: int, patch_size: int):
+    """(train, val) example sources: the user's JSONL files, or the data folder's factory."""
+    if config.train_data:
+        from eov_edge.training.data.jsonl import JsonlExamples
+
+        train_source = JsonlExamples(config.train_data, image_size)
+        val_source = JsonlExamples(config.val_data, image_size) if config.val_data else None
+        return train_source, val_source
+    if data_root is None or not Path(data_root).is_dir():
+        raise ConfigError(f"no training data: give a JSONL file (--train-data) or the data folder (--data); "
+                          f"{data_root} not found")
+    return (ExampleFactory(data_root, "train", image_size, patch_size, hit_uav_limit=config.hit_uav_limit),
+            ExampleFactory(data_root, "val", image_size, patch_size, hit_uav_limit=config.hit_uav_limit))
+
+
+def stage_tasks(stage: StageConfig, source) -> list[str]:
+    """The stage's tasks the source has examples of (all of them for the data folder)."""
+    available = source.tasks_for(stage.modalities)
+    return [t for t in stage.task_weights if t in available]
+
+
+def train(config: TrainConfig, out: Path, data_root: Path | None = None, progress: bool = True,
+          workers: Workers | None = None) -> Path:
+    """Run (or resume) every stage; returns the final checkpoint folder ``OUT/final``.
+
+    Under torchrun every process calls this; they share each step's global batch (distributed.py).
+    """
+    from contextlib import nullcontext
+
     from tqdm import tqdm
 
-    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or Workers.from_environment(config.device)
+    out = Path(out)
+    if workers.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    workers.barrier()
     commit = git_commit()  # the code this process runs, even if the tree moves on while it trains
     torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    model_config = EarthOneVisionConfig.from_preset(
-        config.preset, **({"vision_stem": config.vision_stem} if config.vision_stem else {}))
-    model = EarthOneVisionForConditionalGeneration(model_config)
-    processor = EarthOneVisionProcessor(TextTokenizer.from_file(), model_config)
-    aux_head = TrainingHeads(model_config.multi_level_dim, model_config.text_config.hidden_size,
-                             model_config.image_tokens_per_view)
-    init_for_training(model, processor.tokenizer)
+    if config.grad_accum < 1:
+        raise ConfigError(f"--grad-accum must be at least 1, got {config.grad_accum}")
+    for stage in config.stages:
+        check_batch_split(stage.batch_size, workers, config.grad_accum)
+    if config.fsdp and not workers.distributed:
+        raise ConfigError("--fsdp shards over several processes; start the run with torchrun --nproc-per-node N")
+    resume = out / "last"
+    resuming = (resume / "position.json").is_file() or (resume / "trainer.pt").is_file()
+    if resuming:
+        _check_resumable(out, config)
+    model, processor = build_model(config)
+    model_config = model.config
+    heads = TrainingHeads(model_config.multi_level_dim, model_config.text_config.hidden_size,
+                          model_config.image_tokens_per_view)
     loc_ids = [processor.tokenizer.token_to_id(t) for t in slis.LOC_TOKENS]
     if loc_ids != list(range(loc_ids[0], loc_ids[0] + len(loc_ids))):
         raise ValueError("the tokenizer's location tokens must have consecutive ids (language_loss slices them)")
     pointer_ids = PointerIds.from_tokenizer(processor.tokenizer, model_config.image_token_id)
-    start_stage, start_step, log, state = 0, 0, [], None
-    resume = out / "last"
-    if (resume / "trainer.pt").is_file():
-        state = torch.load(resume / "trainer.pt", weights_only=False)
-        model = EarthOneVisionForConditionalGeneration.from_pretrained(resume / "model")
-        if model.config.vision_stem != model_config.vision_stem:
-            raise ConfigError(f"{out} holds a run with vision_stem={model.config.vision_stem!r}, not "
-                             f"{model_config.vision_stem!r}; resume it with the same options or use another --out")
-        missing, unexpected = aux_head.load_state_dict(state["aux"], strict=False)
-        if unexpected or any(not key.startswith("match.") for key in missing):
-            raise ConfigError(f"{resume / 'trainer.pt'} holds training heads of another shape "
-                              f"(missing {missing}, unexpected {unexpected}); use another --out")
-        start_stage, start_step = state["stage_index"], state["step"]
+    start_stage, start_step, log = 0, 0, []
+    if resuming:
+        position = json.loads((resume / "position.json").read_text())
+        start_stage, start_step = position["stage_index"], position["step"]
         log = json.loads((resume / "log.json").read_text())
         where = (f"stage {config.stages[start_stage].name}, step {start_step}"
                  if start_stage < len(config.stages) else "the end: every stage is done")
-        print(f"resuming {out} at {where}")
+        if workers.is_main:
+            print(f"resuming {out} at {where} (saved by {position.get('world_size', 1)} process(es), "
+                  f"resumed by {workers.world_size})")
     if any(reads_attention(stage) for stage in config.stages):
         # attention_loss and answer_attention_loss read the decoder's softmax weights, which only
         # eager attention returns (not saved with the checkpoint: loading gives sdpa again).
         model.language_model.set_attn_implementation("eager")
+    if config.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if workers.distributed and workers.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the conv stem's statistics over the global batch
+    module = TrainingModule(model, heads).to(workers.device)
+    if config.fsdp:
+        shard_with_fsdp(module, workers, config.bf16)
     grid = model_config.grid_size
-    factory = ExampleFactory(data_root, "train", model_config.image_size, model_config.vision_config.patch_size,
-                             hit_uav_limit=config.hit_uav_limit)
-    val_factory = ExampleFactory(data_root, "val", model_config.image_size, model_config.vision_config.patch_size,
-                                 hit_uav_limit=config.hit_uav_limit)
+    train_source, val_source = training_sources(config, data_root, model_config.image_size,
+                                                model_config.vision_config.patch_size)
     val_rng = random.Random(f"{config.seed}-validation")
-    val_examples = [val_factory.sample(task, val_rng) for task in
-                    dict.fromkeys(t for st in config.stages for t in st.task_weights)
-                    for _ in range(config.validation_per_task)]
+    val_examples = []
+    if val_source is not None:
+        val_tasks = [t for t in dict.fromkeys(t for st in config.stages for t in st.task_weights)
+                     if t in val_source.tasks_for(None)]
+        val_examples = [val_source.sample(task, val_rng) for task in val_tasks for _ in range(config.validation_per_task)]
+    if resuming and start_stage > 0 and (start_stage >= len(config.stages) or start_step == 0):
+        _load_state(out, module, None, workers)  # a stage boundary: the weights; the next stage starts its own optimizer
     # wall time counts across resumptions: the model card reports the whole run's
     started = time.time() - max((e.get("elapsed_s", 0.0) for e in log), default=0.0)
+    autocast = (torch.autocast(workers.device.type, dtype=torch.bfloat16) if config.bf16 and not config.fsdp
+                else nullcontext())
     for stage_index in range(start_stage, len(config.stages)):
         stage = config.stages[stage_index]
-        groups = parameter_groups(model, aux_head)
+        tasks = stage_tasks(stage, train_source)
+        if not tasks:
+            if workers.is_main:
+                print(f"stage {stage.name}: the training data has none of its tasks {sorted(stage.task_weights)}"
+                      f"{' in ' + '/'.join(stage.modalities) + ' views' if stage.modalities else ''}; skipped")
+            continue
+        groups = parameter_groups(model, heads)
         for name, params in groups.items():
             for p in params:
                 p.requires_grad_(name in stage.trainable)
         trainable = [p for name in stage.trainable for p in groups[name]]
+        wrapped = module
+        if workers.distributed and not config.fsdp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Rewrapped per stage: DDP reduces the gradients of the parameters that train when it is built.
+            # find_unused_parameters: a head whose loss is off in a stage gets no gradient.
+            wrapped = DistributedDataParallel(module, find_unused_parameters=True)
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
         first = start_step if stage_index == start_stage else 0
-        if first and state is not None:
-            load_optimizer_state(optimizer, state["optimizer"])
-        tasks = list(stage.task_weights)
-        weights = [stage.task_weights[t] for t in tasks]
+        if resuming and stage_index == start_stage and first:
+            _load_state(out, module, optimizer, workers)
         model.train()
         if "stem" not in stage.trainable:
             freeze_batch_norm(model.vision_encoder)
-        bar = tqdm(range(first, stage.steps), desc=stage.name, disable=not progress, mininterval=5)
+        share = list(range(workers.rank, stage.batch_size, workers.world_size))  # this process's examples
+        micro = [share[m::config.grad_accum] for m in range(config.grad_accum)]
+        bar = tqdm(range(first, stage.steps), desc=stage.name, disable=not (progress and workers.is_main),
+                   mininterval=5)
         for step in bar:
-            # Each step's data depends only on (seed, stage, step): resuming replays the same batches.
-            rng = random.Random(f"{config.seed}-{stage.name}-{step}")
-            examples = [factory.sample(rng.choices(tasks, weights)[0], rng) for _ in range(stage.batch_size)]
-            batch = collate(examples, processor, grid)
+            batches = [collate(step_examples(train_source, stage, tasks, config.seed, step, indices), processor, grid)
+                       for indices in micro]
+            batches = [{k: v.to(workers.device) for k, v in b.items()} for b in batches]
+            totals = loss_totals(batches, stage.loss_normalization,
+                                 workers.all_reduce if workers.distributed else None)
             for group in optimizer.param_groups:
                 group["lr"] = stage.lr * _lr_factor(step, stage)
-            loss, parts = training_step(model, aux_head, batch, stage, pointer_ids)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            sums: dict[str, float] = {}
+            for m, batch in enumerate(batches):
+                sync = (wrapped.no_sync() if wrapped is not module and m < len(batches) - 1 else nullcontext())
+                with sync:
+                    with autocast:
+                        loss, parts = wrapped(batch, stage, pointer_ids, totals[m], 1.0 / config.grad_accum)
+                    # DDP and FSDP average the processes' gradients; the parts are shares of a sum
+                    (loss * workers.world_size).backward()
+                # lm: a share of the global loss; the heads' parts and terms: a part of a mean over processes
+                for name, value in dict(parts, heads_total=loss.item() - parts["lm"]).items():
+                    sums[name] = sums.get(name, 0.0) + (value if name in ("lm", "heads_total") else value / config.grad_accum)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             if step % config.log_every == 0 or step == stage.steps - 1:
-                log.append({"stage": stage.name, "step": step, "loss": loss.item(), **parts,
+                names = sorted(sums)
+                reduced = workers.all_reduce(torch.tensor([sums[n] for n in names], dtype=torch.float64))
+                parts = {n: float(v) if n == "lm" else float(v) / workers.world_size for n, v in zip(names, reduced)}
+                loss_value = parts["lm"] + parts.pop("heads_total")
+                log.append({"stage": stage.name, "step": step, "loss": loss_value, **parts,
                             "elapsed_s": round(time.time() - started, 1)})
                 bar.set_postfix({name: f"{value:.3f}" for name, value in parts.items()})
-            if (step + 1) % config.validate_every == 0:
-                log.append({"stage": stage.name, "step": step, "val_loss": validation_losses(model, processor, val_examples)})
+            if (step + 1) % config.validate_every == 0 and val_examples:
+                log.append({"stage": stage.name, "step": step,
+                            "val_loss": validation_losses(model, processor, val_examples, workers.device)})
             if (step + 1) % config.save_every == 0:
-                _save_state(out, model, processor, aux_head, optimizer, stage_index, step + 1, config, log, commit)
-        log.append({"stage": stage.name, "step": stage.steps, "val_loss": validation_losses(model, processor, val_examples),
-                    "elapsed_s": round(time.time() - started, 1)})
-        model.eval()
-        save_checkpoint(model, processor, out / f"stage-{stage.name}")
-        _save_state(out, model, processor, aux_head, optimizer, stage_index + 1, 0, config, log, commit)
+                _save_state(out, module, optimizer, stage_index, step + 1, config, log, commit, workers)
+        log.append({"stage": stage.name, "step": stage.steps, "elapsed_s": round(time.time() - started, 1),
+                    **({"val_loss": validation_losses(model, processor, val_examples, workers.device)}
+                       if val_examples else {})})
+        _save_model(out / f"stage-{stage.name}", module, processor, config, workers)
+        _save_state(out, module, None, stage_index + 1, 0, config, log, commit, workers)
     final = out / "final"
-    save_checkpoint(model, processor, final)
-    (final / "train_log.json").write_text(json.dumps(log))
+    _save_model(final, module, processor, config, workers)
+    if workers.is_main:
+        (final / "train_log.json").write_text(json.dumps(log))
+    workers.barrier()
     return final
