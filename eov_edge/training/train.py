@@ -537,6 +537,12 @@ def train(config: TrainConfig, out: Path, data_root: Path | None = None, progres
         _check_resumable(out, config)
     model, processor = build_model(config)
     model_config = model.config
+    depth = model_config.text_config.num_hidden_layers
+    for stage in config.stages:
+        for field_name in ("attention_layers", "match_attention_layers"):
+            if any(not 0 <= layer < depth for layer in getattr(stage, field_name)):
+                raise ConfigError(f"stage {stage.name}: {field_name} {getattr(stage, field_name)} but the decoder has "
+                                  f"{depth} layers; choose layers below {depth} in a --config file")
     heads = TrainingHeads(model_config.multi_level_dim, model_config.text_config.hidden_size,
                           model_config.image_tokens_per_view)
     loc_ids = [processor.tokenizer.token_to_id(t) for t in slis.LOC_TOKENS]

@@ -53,7 +53,7 @@ def save_qwen2(directory: Path, tie: bool = False, rows: int = 512) -> Path:
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
     assert tokenizer.get_vocab_size() < rows
     torch.manual_seed(12)
-    config = Qwen2Config(vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Qwen2Config(vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          tie_word_embeddings=tie, eos_token_id=tokenizer.token_to_id("<|endoftext|>"))
     model = Qwen2ForCausalLM(config)

@@ -139,3 +139,41 @@ def test_exported_onnx_of_a_model_from_components_gives_pytorchs_tokens(tmp_path
         got, _ = pipeline.generate_ids({k: v.numpy() for k, v in batch.items()}, GenerationConfig(max_new_tokens=12))
     for row in range(len(samples)):
         assert processor.decode(got[row].tolist()).token_ids == processor.decode(want[row].tolist()).token_ids
+
+
+@pytest.mark.slow
+def test_the_chain_runs_from_the_users_files(tmp_path, components):
+    """eov-train from saved components on a JSONL file (every PCMA stage, a step each), then
+    eov-export onnx and eov-eval on its artifacts: nothing but the user's folders and files."""
+    import json
+
+    from click.testing import CliRunner
+
+    from eov_edge.cli import eval_main, export_main
+    from eov_edge.core.paths import heldout_pack
+    from eov_edge.training.cli import train_main
+
+    vision, decoder = components
+    run = tmp_path / "run"
+
+    def invoke(command, *args):
+        result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    invoke(train_main, "--preset", "small", "--init-vision", vision, "--init-decoder", decoder, "--train-data",
+           heldout_pack(), "--val-data", heldout_pack(), "--scale", 0.001, "--batch-size", 4, "--out", run)
+    log = json.loads((run / "final" / "train_log.json").read_text())
+    trained = list(dict.fromkeys(e["stage"] for e in log if "lm" in e))
+    assert trained == ["alignment", "viewpoint", "imaging_physics", "joint", "sensor_matching", "answers",
+                       "vqa_readout"]
+    saved = json.loads((run / "last" / "train_config.json").read_text())
+    assert saved["init_decoder"] == str(decoder) and saved["stages"][0]["trainable"] == [
+        "stem", "trunk", "projector", "aux"]  # the pretrained decoder stays frozen while vision aligns
+    invoke(export_main, "onnx", "--checkpoint", run / "final", "--out", tmp_path / "artifacts")
+    invoke(eval_main, "--artifacts", tmp_path / "artifacts", "--data", heldout_pack(), "--per-task", 2,
+           "--out", tmp_path / "eval.json")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert list(report["tasks"]) == ["classification", "multilabel", "caption", "vqa", "grounding", "detection",
+                                     "change", "temporal", "cross_modal"]
+    assert all(task["n"] == 2 and len(task["examples"]) == 2 for task in report["tasks"].values())
