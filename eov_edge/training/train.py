@@ -564,7 +564,7 @@ def train(config: TrainConfig, out: Path, data_root: Path | None = None, progres
         # eager attention returns (not saved with the checkpoint: loading gives sdpa again).
         model.language_model.set_attn_implementation("eager")
     if config.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if workers.distributed and workers.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the conv stem's statistics over the global batch
     module = TrainingModule(model, heads).to(workers.device)
@@ -604,7 +604,7 @@ def train(config: TrainConfig, out: Path, data_root: Path | None = None, progres
 
             # Rewrapped per stage: DDP reduces the gradients of the parameters that train when it is built.
             # find_unused_parameters: a head whose loss is off in a stage gets no gradient.
-            wrapped = DistributedDataParallel(module, find_unused_parameters=True)
+            wrapped = DistributedDataParallel(module, find_unused_parameters=True, gradient_as_bucket_view=True)
         optimizer = torch.optim.AdamW(trainable, lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.98))
         first = start_step if stage_index == start_stage else 0
         if resuming and stage_index == start_stage and first:
