@@ -1,5 +1,8 @@
-"""Random-weight pretrained components, built from transformers configs and saved locally as a user's
-downloads would be (no hub access): a SigLIP vision tower and a Qwen2 causal LM with its tokenizer."""
+"""Random-weight stand-ins for pretrained components, built from transformers configs and saved as a
+user's downloads would be (``save_pretrained`` folders, safetensors; no hub access): a SigLIP vision
+tower and a Qwen2 causal LM with a byte-level BPE tokenizer shaped like Qwen2's (its vocabulary, then
+added special tokens past it, the embedding padded beyond the tokenizer). Tests and
+``benchmarks/train_from_components.py`` start training from them."""
 
 from __future__ import annotations
 
@@ -19,12 +22,12 @@ def perturb_norms_and_biases(model: torch.nn.Module, seed: int) -> None:
 
 
 def save_siglip(directory: Path, image_size: int = 64, patch_size: int = 16, depth: int = 4,
-                whole_siglip: bool = False) -> Path:
+                whole_siglip: bool = False, width: int = 64, heads: int = 4, mlp: int = 128) -> Path:
     from transformers import SiglipConfig, SiglipModel, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(11)
-    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=depth,
-                                num_attention_heads=4, image_size=image_size, patch_size=patch_size)
+    vision = SiglipVisionConfig(hidden_size=width, intermediate_size=mlp, num_hidden_layers=depth,
+                                num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
     if whole_siglip:
         model = SiglipModel(SiglipConfig(vision_config=vision.to_dict(),
                                          text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -36,8 +39,10 @@ def save_siglip(directory: Path, image_size: int = 64, patch_size: int = 16, dep
     return directory
 
 
-def save_qwen2(directory: Path, tie: bool = False, rows: int = 512) -> Path:
-    """A Qwen2 LM whose embedding has more rows (``rows``) than its tokenizer has tokens, as Qwen2's."""
+def save_qwen2(directory: Path, tie: bool = False, rows: int = 512, tokens: int = 480, width: int = 64,
+               depth: int = 4, heads: int = 4, kv_heads: int = 2, mlp: int = 128) -> Path:
+    """A Qwen2 LM whose embedding has more rows (``rows``) than its tokenizer has tokens (``tokens``
+    learned, 3 added), as Qwen2's."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -47,14 +52,15 @@ def save_qwen2(directory: Path, tie: bool = False, rows: int = 512) -> Path:
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=480, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    trainer = trainers.BpeTrainer(vocab_size=tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tokenizer.train_from_iterator(list(instruction_corpus(300)), trainer)
+    tokenizer.train_from_iterator(list(instruction_corpus(300 if tokens < 1000 else 3000)), trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True) for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")])
-    assert tokenizer.get_vocab_size() < rows
+    if tokenizer.get_vocab_size() >= rows:
+        raise ValueError(f"rows ({rows}) must exceed the tokenizer's {tokenizer.get_vocab_size()} tokens")
     torch.manual_seed(12)
-    config = Qwen2Config(vocab_size=rows, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    config = Qwen2Config(vocab_size=rows, hidden_size=width, intermediate_size=mlp, num_hidden_layers=depth,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
                          tie_word_embeddings=tie, eos_token_id=tokenizer.token_to_id("<|endoftext|>"))
     model = Qwen2ForCausalLM(config)
     perturb_norms_and_biases(model, 2)
