@@ -1,7 +1,7 @@
 """Property: any raster the reader is handed gives a finite canvas with a validity mask, or the
 project's own error; nothing else escapes (no library traceback, no warning, no NaN on the canvas).
 
-Generated rasters (strategies, also listed in the README's input section): dtype uint8, uint16,
+Generated rasters (strategies, also listed in docs/inputs.md): dtype uint8, uint16,
 int16 (their whole range), float32 (up to 1e37, negatives) or complex64; 1 to 5 bands; 1 to 48 pixels a side (tiny, thin); band descriptions
 absent, known band names or junk; nodata absent or 0; NaN pixels in float data; with or without a
 CRS; a colour table (paletted); an alpha band.
