@@ -16,6 +16,7 @@ from eov_edge.core.paths import heldout_pack
 from eov_edge.model.processor import load_checkpoint
 from eov_edge.training import train as train_module
 from eov_edge.training.train import LANGUAGE_LOSS_ONLY, StageConfig, TrainConfig, train
+from tests.gpu import skip_unless
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +154,30 @@ def test_resuming_with_other_components_is_refused(tmp_path, monkeypatch):
 def test_a_batch_that_does_not_split_evenly_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="multiple of 3"):
         train(tiny_run(grad_accum=3), tmp_path / "run", progress=False)
+
+
+def test_activation_checkpointing_recomputes_the_same_step(tmp_path, one_process):
+    final = train(tiny_run(activation_checkpointing=True), tmp_path / "run", progress=False)
+    assert curve(final) == pytest.approx(curve(one_process), rel=1e-6)
+
+
+def test_bf16_autocast_trains(tmp_path, one_process):
+    final = train(tiny_run(bf16=True), tmp_path / "run", progress=False)
+    got, want = curve(final), curve(one_process)
+    assert got[-1] < got[0] - 0.5  # it learns
+    assert got == pytest.approx(want, rel=0.05)  # bfloat16 rounding, not another computation
+
+
+def test_fsdp_in_one_process_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="torchrun --nproc-per-node"):
+        train(tiny_run(fsdp=True), tmp_path / "run", progress=False)
+
+
+@skip_unless("gpu")
+def test_fsdp_bf16_on_cuda_follows_fp32_one_process(tmp_path, one_process):
+    """The GPU path (NCCL, bf16 mixed precision, SyncBatchNorm) on every GPU of the machine."""
+    processes = torch.cuda.device_count()
+    config = replace(tiny_run(device="cuda"), stages=[replace(tiny_run().stages[0], batch_size=4 * processes)])
+    final = torchrun(config, tmp_path / "run", processes, "--fsdp", "--bf16", "--activation-checkpointing")
+    got = curve(final)
+    assert got[-1] < got[0] - 0.5

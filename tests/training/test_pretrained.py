@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from eov_edge.bench.components import save_qwen2, save_siglip
 from eov_edge.core.bands import get_band_set, to_canvas
 from eov_edge.core.errors import CheckpointError, ConfigError
 from eov_edge.core.prompt import SPECIAL_TOKENS
 from eov_edge.training.pretrained import decoder_tokenizer, from_components
-from eov_edge.bench.components import save_qwen2, save_siglip
 
 K = len(SPECIAL_TOKENS)
 
