@@ -43,10 +43,32 @@ def open_raster(path: str):
         ) from None
     try:
         check_kind(ds, path)
-    except BandMismatchError:
+        check_complete(ds, path)
+    except (BandMismatchError, RasterReadError):
         ds.close()
         raise
     return ds
+
+
+# A PNG ends with its IEND chunk; a JPEG with its end-of-image marker (some writers pad after it).
+PNG_END = b"IEND\xaeB`\x82"
+JPEG_END = b"\xff\xd9"
+
+
+def check_complete(ds, path: str) -> None:
+    """Refuse a PNG or JPEG cut short: GDAL decodes what is there and fills the rest with zeros,
+    without an error, so a truncated download would be answered as a dark image."""
+    if ds.driver not in ("PNG", "JPEG") or not os.path.isfile(path):
+        return
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - 64))
+        tail = handle.read()
+    complete = tail.endswith(PNG_END) if ds.driver == "PNG" else JPEG_END in tail
+    if not complete:
+        raise RasterReadError(
+            f"{path}: the {ds.driver} file is truncated (it has no end marker: {os.path.getsize(path)} bytes, "
+            "cut short in a download or copy); fetch or export it again"
+        )
 
 
 def check_kind(ds, path: str) -> None:

@@ -135,6 +135,20 @@ def test_truncated_geotiff_is_a_clear_error(tmp_path, calib_samples):
         read_view(broken)
 
 
+@pytest.mark.parametrize("name, band_set", [("infrared/hit_uav_0_100_30_0_03306/0_100_30_0_03306.jpg", "thermal8"),
+                                             ("heldout/views/grounding/grounding_06_v0.png", "thermal8")])
+def test_a_truncated_png_or_jpeg_is_refused_not_read_as_a_dark_image(tmp_path, name, band_set):
+    """GDAL decodes what a cut PNG or JPEG holds and fills the rest with zeros, without an error."""
+    from eov_edge.core.paths import calib_dir
+
+    whole = calib_dir() / name
+    read_view(str(whole), band_set=band_set, size=32)  # the whole file reads
+    cut = tmp_path / f"cut{whole.suffix}"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(RasterReadError, match="truncated .*fetch or export it again"):
+        read_view(str(cut), band_set=band_set, size=32)
+
+
 def test_non_raster_and_missing_files(tmp_path):
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
