@@ -329,8 +329,10 @@ class Pipeline:
         return self.answer_samples([self.sample([v], task, prompt) for v in views], generation, task)
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
-                       task: str | None = None) -> list[Answer]:
-        return self._answer_in_pieces(samples, [task] * len(samples), generation or GenerationConfig())
+                       task: str | None = None, tasks: Sequence[str | None] | None = None) -> list[Answer]:
+        """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own)."""
+        return self._answer_in_pieces(samples, list(tasks) if tasks is not None else [task] * len(samples),
+                                      generation or GenerationConfig())
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
                          generation: GenerationConfig | None = None, share_prefix: bool = True) -> list[Answer]:

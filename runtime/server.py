@@ -1,0 +1,232 @@
+"""``eov-serve``: the runtime as an OpenAI-compatible HTTP service (FastAPI + uvicorn).
+
+    eov-serve --artifacts artifacts/nano --port 8000 [--allow-root /data/scenes] [--api-key KEY]
+
+Routes: ``POST /v1/chat/completions`` (images as ``image_url`` parts: PNG/JPEG/TIFF data URIs, or
+paths under ``--allow-root``; ``stream``, ``max_tokens``, ``temperature``, ``seed``; our extra fields
+``task``, ``band_set``, ``bands``, ``nodata``; the answer's shapes and GeoJSON in the response's
+``eov`` field), ``GET /v1/models``, ``GET /health``, ``GET /metrics`` (Prometheus text). With an
+API key (``--api-key`` or ``$EOV_SERVE_API_KEY``) every route but ``/health`` needs
+``Authorization: Bearer KEY``. Errors are OpenAI-shaped: ``{"error": {"message": ..., "type": ...}}``.
+The answering is :class:`eov_edge.runtime.service.Scheduler`'s; this module only translates.
+"""
+
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+import click
+
+from eov_edge.core.errors import EOVError
+from eov_edge.runtime.service import (
+    Overloaded,
+    Scheduler,
+    ServiceConfig,
+    ShuttingDown,
+    env_api_key,
+    parse_chat_request,
+)
+
+RETRY_AFTER_S = 1
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status, headers=headers)
+
+
+def _answer_extra(answer, views, geojson_crs: str = "wgs84") -> dict:
+    from eov_edge.runtime.geo import feature_collection
+
+    extra = {"task": answer.task, "detections": [d.to_dict() for d in answer.detections], "problems": answer.problems,
+             "cut_at_token_budget": answer.cut_at_budget, "inputs": answer.inputs, "geojson": None}
+    crs = views[0].crs if views and all(v.crs == views[0].crs for v in views) else None
+    if crs is not None:  # georeferenced input: its shapes on the map (an empty collection where none)
+        extra["geojson"] = feature_collection(answer.detections, crs, {"task": answer.task}, output_crs=geojson_crs)
+    return extra
+
+
+def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | None = None,
+               max_body_bytes: int = 64 << 20):
+    """The FastAPI application over ``pipeline`` (its scheduler starts now, drains at shutdown)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    scheduler = Scheduler(pipeline, config)
+    started = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        # SIGTERM: uvicorn stops accepting and waits for open requests; the queue is drained here
+        await run_in_threadpool(scheduler.drain)
+
+    app = FastAPI(title="eov-serve", lifespan=lifespan)
+    app.state.scheduler = scheduler
+
+    @app.middleware("http")
+    async def authorize(request: Request, call_next):
+        if api_key and request.url.path != "/health":
+            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+                return _error(401, "missing or wrong API key: send Authorization: Bearer <key>",
+                              "authentication_error")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body_bytes:
+            return _error(413, f"the request body is {int(length) >> 20} MiB; the service takes up to "
+                               f"{max_body_bytes >> 20} MiB (--max-body-mb)")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "queue_depth": scheduler.queue_depth}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": started,
+                                            "owned_by": "eov-edge"}]}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(scheduler.metrics.prometheus(scheduler.queue_depth, scheduler.running),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        raw = await request.body()
+        if len(raw) > max_body_bytes:
+            return _error(413, f"the request body is over {max_body_bytes >> 20} MiB (--max-body-mb)")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            return _error(400, f"the body is not JSON ({err})")
+        if isinstance(body, dict) and body.get("model") not in (None, model_name):
+            return _error(404, f"model {body.get('model')!r} is not served here; this service serves {model_name!r}",
+                          "not_found_error")
+        try:
+            chat_request = await run_in_threadpool(parse_chat_request, body, pipeline, config)
+        except EOVError as err:
+            return _error(400, str(err))
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if chat_request.stream:
+            return StreamingResponse(_stream(request, chat_request, completion_id, created),
+                                     media_type="text/event-stream")
+        try:
+            future = scheduler.submit(chat_request)
+        except (Overloaded, ShuttingDown) as err:
+            return _error(503, str(err), "overloaded_error", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            answer = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            chat_request.cancelled.set()
+            raise
+        except EOVError as err:
+            return _error(400, str(err))
+        return JSONResponse({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                         "finish_reason": "length" if answer.cut_at_budget else "stop"}],
+            "usage": _usage(pipeline, chat_request, answer),
+            "eov": _answer_extra(answer, chat_request.views),
+        })
+
+    async def _stream(request: Request, chat_request, completion_id: str, created: int):
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        chat_request.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+
+        def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+            body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if extra is not None:
+                body["eov"] = extra
+            return f"data: {json.dumps(body)}\n\n"
+
+        try:
+            future = scheduler.submit(chat_request)
+        except (Overloaded, ShuttingDown) as err:
+            yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'overloaded_error'}})}\n\n"
+            return
+        done = asyncio.wrap_future(future)
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            while True:
+                getter = asyncio.ensure_future(pieces.get())
+                finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in finished:
+                    yield chunk({"content": getter.result()})
+                    continue
+                getter.cancel()
+                while not pieces.empty():
+                    yield chunk({"content": pieces.get_nowait()})
+                break
+            try:
+                answer = done.result()
+            except EOVError as err:
+                yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'invalid_request_error'}})}\n\n"
+                return
+            yield chunk({}, "length" if answer.cut_at_budget else "stop", _answer_extra(answer, chat_request.views))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not future.done():
+                chat_request.cancelled.set()  # the client went away: its slot is freed at the next step
+
+    return app
+
+
+def _usage(pipeline, chat_request, answer) -> dict:
+    prompt = int(pipeline.batch([pipeline.sample(chat_request.views, chat_request.task, chat_request.prompt)],
+                                1)["attention_mask"].sum())
+    return {"prompt_tokens": prompt, "completion_tokens": len(answer.token_ids),
+            "total_tokens": prompt + len(answer.token_ids)}
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--artifacts", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="eov-export artifacts folder")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to listen on every interface")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--model-name", default=None, help="the model id clients send [default: the artifacts folder's name]")
+@click.option("--max-batch", type=int, default=8, show_default=True, help="requests answered together")
+@click.option("--queue-depth", type=int, default=64, show_default=True,
+              help="requests waiting beyond the running batch; more are refused with 503 and Retry-After")
+@click.option("--batch-wait-ms", type=float, default=5.0, show_default=True,
+              help="after a request arrives, how long to wait for others to batch with it")
+@click.option("--allow-root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="rasters on this machine may be named by path under this folder (default: data URIs only)")
+@click.option("--api-key", default=None, help="require Authorization: Bearer KEY [default: $EOV_SERVE_API_KEY]")
+@click.option("--max-body-mb", type=float, default=64.0, show_default=True)
+@click.option("--max-image-pixels", type=int, default=8192 * 8192, show_default=True)
+@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--engines", type=click.Path(path_type=Path), default=None, help="TensorRT engine folder")
+@click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
+@click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
+@click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
+def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, allow_root, api_key, max_body_mb,
+         max_image_pixels, backend, engines, providers, threads, no_verify) -> None:
+    """Serve an exported Earth-OneVision model over an OpenAI-compatible HTTP API."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise click.ClickException("eov-serve needs FastAPI and uvicorn: pip install 'eov-edge[serve]'") from None
+    from eov_edge.runtime.pipeline import Pipeline
+
+    try:
+        pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
+                                           threads=threads, verify_hashes=not no_verify, engines=engines)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    config = ServiceConfig(max_batch=max_batch, queue_depth=queue_depth, batch_wait_ms=batch_wait_ms,
+                           allow_root=allow_root, max_image_pixels=max_image_pixels)
+    app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_key or env_api_key(),
+                     int(max_body_mb * (1 << 20)))
+    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=300)

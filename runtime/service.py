@@ -1,0 +1,414 @@
+"""The runtime as a long-running service: requests in, batched answers out (no web framework here).
+
+:mod:`eov_edge.runtime.server` puts an OpenAI-compatible HTTP face on it. This module holds what
+any face needs: turning a chat request into views and a question (:func:`parse_chat_request`), and
+the :class:`Scheduler`, one thread that owns the :class:`Pipeline` and answers queued requests.
+
+Batching: the scheduler takes the first waiting request, waits ``batch_wait_ms`` for more, and
+answers up to ``max_batch`` of them together. Requests about views it has seen (same content
+hash) or that several requests share are answered through :meth:`Pipeline.answer_questions`: the
+views' embeddings and the image block's keys and values come from the byte-bounded prefix cache,
+across clients. Artifacts whose answers depend on what shares a call (dynamic INT8:
+``Manifest.batch_invariant`` false) answer each request alone, so an answer never depends on who
+else asked. Streamed requests are decoded one at a time, token by token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import queue
+import re
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from eov_edge.core.errors import EOVError
+from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
+from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.prefix_cache import content_key
+
+DATA_URI = re.compile(r"^data:(?P<mime>image/(?:png|jpeg|jpg|tiff|tif));base64,(?P<data>.*)$", re.S)
+SUFFIXES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/tiff": ".tif", "image/tif": ".tif"}
+
+
+class RequestError(EOVError, ValueError):
+    """A request the service cannot answer as sent (HTTP 400); the message says what to change."""
+
+
+class Overloaded(EOVError, RuntimeError):
+    """The request queue is full (HTTP 503 with Retry-After)."""
+
+
+class ShuttingDown(EOVError, RuntimeError):
+    """The service is draining its running requests and takes no new ones (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_batch: int = 8  # requests answered together
+    queue_depth: int = 64  # requests waiting beyond the running batch; more get Overloaded
+    batch_wait_ms: float = 5.0  # after the first request, how long to wait for more to batch with it
+    allow_root: Path | None = None  # image paths are read only under this folder
+    max_image_bytes: int = 32 << 20  # one image's decoded bytes
+    max_image_pixels: int = 8192 * 8192  # one image's pixels (height x width of its largest band)
+
+
+@dataclass
+class ChatRequest:
+    """One answerable question: views read onto the canvas, a task and/or a prompt, how to decode."""
+
+    views: list
+    task: str | None
+    prompt: str | None
+    generation: GenerationConfig
+    stream: bool = False
+    views_key: str = ""  # content hash of the views (prefix cache)
+    on_text: Callable[[str], None] | None = None  # streamed text pieces, from the scheduler's thread
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    received: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+def _image_file(url: str, config: ServiceConfig, tmp: Path) -> Path:
+    """The file an ``image_url`` names: a data URI written to ``tmp``, or a path under ``allow_root``."""
+    match = DATA_URI.match(url)
+    if match:
+        try:
+            data = base64.b64decode(match["data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("an image_url data URI is not valid base64") from None
+        if len(data) > config.max_image_bytes:
+            raise RequestError(f"an image is {len(data) >> 20} MiB; the service takes up to "
+                               f"{config.max_image_bytes >> 20} MiB per image (tile large scenes)")
+        path = tmp / f"image{len(list(tmp.iterdir()))}{SUFFIXES[match['mime']]}"
+        path.write_bytes(data)
+        return path
+    if url.startswith("data:"):
+        raise RequestError("image_url data URIs must be PNG, JPEG or TIFF, base64 (data:image/png;base64,...)")
+    if url.startswith(("http://", "https://")):
+        raise RequestError("the service fetches no URLs: send the image as a data URI, or a path under its --allow-root")
+    if config.allow_root is None:
+        raise RequestError("image paths are off: start eov-serve with --allow-root DIR to read rasters from disk, "
+                           "or send the image as a data URI")
+    root = config.allow_root.resolve()
+    raw = url.removeprefix("file://")
+    candidate = Path(raw) if Path(raw).is_absolute() else root / raw
+    if ".." in Path(raw).parts:
+        raise RequestError(f"image path {raw!r}: '..' is not allowed; give a path under the allowed root")
+    resolved = candidate.resolve()  # symlinks followed: one pointing out of the root is refused
+    if resolved != root and root not in resolved.parents:
+        raise RequestError(f"image path {raw!r} is outside the allowed root {root}")
+    if not resolved.exists():
+        raise RequestError(f"image path {raw!r}: no such file under {root}")
+    return resolved
+
+
+def _message_parts(body: dict) -> tuple[str, list[str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' is a non-empty list of chat messages")
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    if not users:
+        raise RequestError("no user message: ask a question in a message with role 'user'")
+    content = users[-1].get("content")  # the model answers one turn: the last question
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise RequestError("a message's 'content' is a string or a list of text and image_url parts")
+    texts, urls = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(str(part.get("text", "")))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise RequestError("an image_url part is {'type': 'image_url', 'image_url': {'url': ...}}")
+            urls.append(url)
+        else:
+            raise RequestError(f"unknown content part type {kind!r}; use 'text' and 'image_url'")
+    return " ".join(t.strip() for t in texts if t.strip()), urls
+
+
+def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatRequest:
+    """An OpenAI chat-completions body as a :class:`ChatRequest` (views read now). The task comes from
+    the extra field ``task``, or from a question that is only a task's name (``detect``); any other
+    text is the question itself."""
+    if not isinstance(body, dict):
+        raise RequestError("the body is a JSON object")
+    if body.get("n", 1) != 1:
+        raise RequestError("n > 1 is not supported: one answer per request")
+    text, urls = _message_parts(body)
+    if not urls:
+        raise RequestError("no image: add an image_url part (a PNG/JPEG/TIFF data URI, or a path under --allow-root)")
+    task = body.get("task")
+    if task is not None:
+        task = resolve_task(str(task))
+    elif text.strip().lower() in TASKS or text.strip().lower() in TASK_ALIASES:
+        task, text = resolve_task(text.strip().lower()), ""
+    prompt = text or None
+    if task is None and prompt is None:
+        raise RequestError("no question: add a text part, or the 'task' field (" + ", ".join(TASKS) + ")")
+    temperature = body.get("temperature")
+    temperature = 0.0 if temperature is None else float(temperature)
+    if temperature < 0:
+        raise RequestError("temperature must be >= 0 (0: greedy, as eov-run)")
+    budget = answer_token_budget([task] if task else [])
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) or budget
+    if not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RequestError("max_tokens must be a positive integer")
+    seed = body.get("seed") or 0
+    generation = GenerationConfig(max_new_tokens=int(max_tokens), do_sample=temperature > 0,
+                                  temperature=temperature or 1.0, top_k=int(body.get("top_k") or 0), seed=int(seed))
+    band_set, bands, nodata = body.get("band_set"), body.get("bands"), body.get("nodata")
+    from dataclasses import replace
+
+    with tempfile.TemporaryDirectory(prefix="eov-serve-") as tmp:
+        views = []
+        for index, url in enumerate(urls):
+            path = _image_file(url, config, Path(tmp))
+            _check_pixels(path, config)
+            view = pipeline.read(str(path), band_set=band_set, nodata=nodata, bands=bands)
+            if url.startswith("data:"):  # named by its place in the request, not the deleted temporary file
+                view = replace(view, sources=(f"image_url[{index}]",))
+            views.append(view)
+    request = ChatRequest(views, task, prompt, generation, stream=bool(body.get("stream")))
+    sample = pipeline.sample(views, task, prompt)
+    batch = pipeline.batch([sample], 1)  # checks the prompt against the context (PromptError)
+    room = pipeline.spec.max_context - batch["input_ids"].shape[1]
+    if generation.max_new_tokens > room:
+        raise RequestError(f"max_tokens {generation.max_new_tokens} does not fit: the prompt takes "
+                           f"{batch['input_ids'].shape[1]} of the model's {pipeline.spec.max_context} positions; "
+                           f"ask for at most {room}")
+    request.views_key = content_key(batch["pixel_values"], batch["modality_ids"])
+    return request
+
+
+def _check_pixels(path: Path, config: ServiceConfig) -> None:
+    from eov_edge.core.raster import raster_grid
+
+    grid = raster_grid([str(path)])
+    if grid.height * grid.width > config.max_image_pixels:
+        raise RequestError(f"an image of {grid.width}x{grid.height} pixels is over the service's limit of "
+                           f"{config.max_image_pixels} pixels; tile the scene (eov-run --tile) or downsample it")
+
+
+# -- scheduling ------------------------------------------------------------------------------------
+@dataclass
+class Metrics:
+    """Counters for /metrics (Prometheus text)."""
+
+    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "cancelled": 0})
+    batches: int = 0
+    batch_requests: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    tokens: int = 0
+    generate_seconds: float = 0.0
+    first_token_seconds: float = 0.0
+    first_tokens: int = 0
+    prefix_hits: int = 0
+    prefix_lookups: int = 0
+
+    def prometheus(self, queue_depth: int, running: int) -> str:
+        lines = [
+            "# TYPE eov_queue_depth gauge", f"eov_queue_depth {queue_depth}",
+            "# TYPE eov_running_requests gauge", f"eov_running_requests {running}",
+            "# TYPE eov_requests_total counter",
+            *[f'eov_requests_total{{outcome="{k}"}} {v}' for k, v in self.requests.items()],
+            "# TYPE eov_batch_size histogram",
+        ]
+        seen = 0
+        for edge in (1, 2, 4, 8, 16, 32, 64):
+            seen = sum(n for size, n in self.batch_sizes.items() if size <= edge)
+            lines.append(f'eov_batch_size_bucket{{le="{edge}"}} {seen}')
+        lines += [f'eov_batch_size_bucket{{le="+Inf"}} {self.batches}', f"eov_batch_size_sum {self.batch_requests}",
+                  f"eov_batch_size_count {self.batches}",
+                  "# TYPE eov_generated_tokens_total counter", f"eov_generated_tokens_total {self.tokens}",
+                  "# TYPE eov_tokens_per_second gauge",
+                  f"eov_tokens_per_second {self.tokens / self.generate_seconds if self.generate_seconds else 0.0:.3f}",
+                  "# TYPE eov_time_to_first_token_seconds summary",
+                  f"eov_time_to_first_token_seconds_sum {self.first_token_seconds:.6f}",
+                  f"eov_time_to_first_token_seconds_count {self.first_tokens}",
+                  "# TYPE eov_prefix_cache_hits_total counter", f"eov_prefix_cache_hits_total {self.prefix_hits}",
+                  "# TYPE eov_prefix_cache_lookups_total counter", f"eov_prefix_cache_lookups_total {self.prefix_lookups}"]
+        return "\n".join(lines) + "\n"
+
+
+class Scheduler:
+    """One thread that owns the pipeline and answers queued :class:`ChatRequest` s in batches."""
+
+    def __init__(self, pipeline, config: ServiceConfig) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.metrics = Metrics()
+        self._queue: queue.Queue[ChatRequest | None] = queue.Queue(maxsize=config.queue_depth)
+        self._accepting = True
+        self.running = 0
+        self._thread = threading.Thread(target=self._loop, name="eov-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, request: ChatRequest) -> Future:
+        if not self._accepting:
+            raise ShuttingDown("the service is shutting down; send the request to another replica or retry later")
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise Overloaded(f"{self.config.queue_depth} requests are waiting; retry shortly") from None
+        return request.future
+
+    def drain(self, timeout: float = 300.0) -> None:
+        """Take no new requests, finish those queued and running, then stop the thread."""
+        self._accepting = False
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    # the scheduler thread ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
+            stop = False
+            while len(batch) < self.config.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self.running = len(batch)
+            try:
+                self._answer(batch)
+            finally:
+                self.running = 0
+            if stop:
+                while not self._queue.empty():  # requests queued before the drain began
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        self._answer([item])
+                return
+
+    def _answer(self, batch: list[ChatRequest]) -> None:
+        live = [r for r in batch if not r.cancelled.is_set()]
+        for r in batch:
+            if r.cancelled.is_set():
+                self.metrics.requests["cancelled"] += 1
+                r.future.cancel()
+        self.metrics.batches += 1
+        self.metrics.batch_requests += len(live)
+        self.metrics.batch_sizes[len(live)] = self.metrics.batch_sizes.get(len(live), 0) + 1
+        streamed = [r for r in live if r.stream]
+        plain = [r for r in live if not r.stream]
+        for request in streamed:
+            self._run(lambda r=request: self._stream_one(r), [request])
+        batch_invariant = self.pipeline.manifest.batch_invariant
+        # requests decoded together need one token rule (greedy or the same sampling settings)
+        groups: dict[tuple, list[ChatRequest]] = {}
+        for r in plain:
+            g = r.generation
+            # one budget too: a row's answer and its cut_at_budget are then those it gets alone
+            rule = (g.do_sample, g.temperature, g.top_k, g.seed, g.max_new_tokens) if batch_invariant else (id(r),)
+            groups.setdefault(rule, []).append(r)
+        for requests in groups.values():
+            self._answer_group(requests)
+
+    def _answer_group(self, requests: list[ChatRequest]) -> None:
+        by_views: dict[str, list[ChatRequest]] = {}
+        for r in requests:
+            by_views.setdefault(r.views_key, []).append(r)
+        singles = []
+        for key, same in by_views.items():
+            self.metrics.prefix_lookups += len(same)
+            cached = self.pipeline.prefix_cache.get(key) is not None
+            self.metrics.prefix_hits += len(same) if cached else len(same) - 1
+            if cached or len(same) > 1:
+                self._run(lambda s=same: self._questions(s), same)
+            else:
+                singles += same
+        if len(singles) == 1:  # alone: through the prefix cache, so later questions find the views encoded
+            self._run(lambda: self._questions(singles), singles)
+        elif singles:  # new images, one each: encoded and decoded as one batch
+            self._run(lambda: self.pipeline.answer_samples(
+                [self.pipeline.sample(r.views, r.task, r.prompt) for r in singles], singles[0].generation,
+                tasks=[r.task for r in singles]), singles)
+
+    def _questions(self, requests: list[ChatRequest]):
+        """Questions about one set of views: encoded views and image block from the prefix cache."""
+        return self.pipeline.answer_questions(requests[0].views, [(r.task, r.prompt) for r in requests],
+                                              requests[0].generation)
+
+    def _run(self, work: Callable[[], Any], requests: list[ChatRequest]) -> None:
+        started = time.perf_counter()
+        try:
+            answers = work()
+        except Exception as err:  # every request of the call gets the error, the service goes on
+            for r in requests:
+                self.metrics.requests["error"] += 1
+                r.future.set_exception(err)
+            return
+        elapsed = time.perf_counter() - started
+        self.metrics.generate_seconds += elapsed
+        for r, answer in zip(requests, answers):
+            if answer is None:
+                continue
+            self.metrics.tokens += len(answer.token_ids)
+            if not r.stream:
+                self.metrics.first_token_seconds += time.perf_counter() - r.received
+                self.metrics.first_tokens += 1
+            self.metrics.requests["ok"] += 1
+            r.future.set_result(answer)
+
+    def _stream_one(self, request: ChatRequest):
+        """One request decoded token by token; its text pieces go to ``request.on_text``."""
+        pipeline = self.pipeline
+        generation = request.generation
+        batch = pipeline.batch([pipeline.sample(request.views, request.task, request.prompt)], generation.max_new_tokens)
+        embeds = pipeline.inputs_embeds(batch)
+        eos = pipeline.manifest.special_tokens["eos"]
+        ids: list[int] = []
+        probs: list[float] = []
+        shown = ""
+        for step in pipeline.decoder.steps(embeds, batch["attention_mask"], generation):
+            if not ids:
+                self.metrics.first_token_seconds += time.perf_counter() - request.received
+                self.metrics.first_tokens += 1
+            token = int(step.token_ids[0])
+            ids.append(token)
+            probs.append(float(step.probs[0]) if getattr(step, "probs", None) is not None else 1.0)
+            if token == eos or request.cancelled.is_set():
+                break
+            text = pipeline.tokenizer.decode([t for t in ids if t != eos])
+            if text.startswith(shown) and len(text) > len(shown):
+                request.on_text(text[len(shown):])
+                shown = text
+        if request.cancelled.is_set():
+            self.metrics.requests["cancelled"] += 1
+            return [None]
+        sample = pipeline.sample(request.views, request.task, request.prompt)
+        answer = pipeline._answer(sample, np.array(ids), np.array(probs, dtype=np.float32), request.task)
+        final = answer.text
+        if final.startswith(shown) and len(final) > len(shown):
+            request.on_text(final[len(shown):])
+        return [answer]
+
+
+def env_api_key() -> str | None:
+    return os.environ.get("EOV_SERVE_API_KEY") or None
