@@ -12,14 +12,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai  # the [dev] extra installs the client, and eov-serve's [serve] extra
 import pytest
+from click.testing import CliRunner
 
-openai = pytest.importorskip("openai", reason="the [dev] extra installs the openai client")
-pytest.importorskip("fastapi", reason="eov-serve needs the [serve] extra")
-
-from click.testing import CliRunner  # noqa: E402
-
-from eov_edge.core.paths import PROJECT_ROOT  # noqa: E402
+from eov_edge.core.paths import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 KEY = "test-key"
