@@ -130,8 +130,8 @@ def main() -> None:
         if "val_loss" in entry:
             stages.setdefault(entry["stage"], {})["val_loss"] = entry["val_loss"]
     report = json.loads((args.out / "eval.json").read_text())
-    scores = {task: {"metric": r["headline"], "model": r.get(r["headline"]),
-                     "baseline": r.get(f"baseline_{r['headline']}"), "n": r["n"]}
+    scores = {task: {"metric": r["headline"], "model": round(r.get(r["headline"]), 3),
+                     "baseline": round(r.get(f"baseline_{r['headline']}"), 3), "n": r["n"]}
               for task, r in report["tasks"].items()}
     train_lines = sum(1 for _ in open(train_data))
     result = {"git_commit": git_commit(), "commands": {k: " ".join(v) for k, v in commands.items()},
