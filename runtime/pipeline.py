@@ -329,10 +329,31 @@ class Pipeline:
         return self.answer_samples([self.sample([v], task, prompt) for v in views], generation, task)
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
-                       task: str | None = None, tasks: Sequence[str | None] | None = None) -> list[Answer]:
-        """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own)."""
-        return self._answer_in_pieces(samples, list(tasks) if tasks is not None else [task] * len(samples),
-                                      generation or GenerationConfig())
+                       task: str | None = None, tasks: Sequence[str | None] | None = None,
+                       cache_views: bool = False) -> list[Answer]:
+        """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own).
+        ``cache_views``: each sample's encoded views are taken from :attr:`prefix_cache` where there
+        (by content), the others encoded in one call and kept there for later requests."""
+        tasks = list(tasks) if tasks is not None else [task] * len(samples)
+        generation = generation or GenerationConfig()
+        if not cache_views:
+            return self._answer_in_pieces(samples, tasks, generation)
+        arrays = [self.batch([s], 1) for s in samples]
+        keys = [content_key(a["pixel_values"], a["modality_ids"]) for a in arrays]
+        embeds = {k: self.prefix_cache.get(k) for k in dict.fromkeys(keys)}
+        missing = [k for k, e in embeds.items() if e is None]
+        if missing:
+            first = {k: keys.index(k) for k in missing}
+            pixels = np.concatenate([arrays[first[k]]["pixel_values"] for k in missing])
+            modalities = np.concatenate([arrays[first[k]]["modality_ids"] for k in missing])
+            encoded = self.image_embeds(pixels, modalities)  # (sum V, N', D), one encoder call
+            start = 0
+            for k in missing:
+                views = arrays[first[k]]["pixel_values"].shape[0]
+                embeds[k] = encoded[start:start + views]
+                start += views
+                self.prefix_cache.put(k, embeds[k], embeds[k].nbytes)
+        return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=[embeds[k] for k in keys])
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
                          generation: GenerationConfig | None = None, share_prefix: bool = True) -> list[Answer]:
@@ -363,7 +384,8 @@ class Pipeline:
         return self._answer_in_pieces(samples, tasks, generation, embeds, views_key if share_prefix else None)
 
     def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[str | None], generation: GenerationConfig,
-                          views_embeds: np.ndarray | None = None, views_key: str | None = None) -> list[Answer]:
+                          views_embeds: np.ndarray | None = None, views_key: str | None = None,
+                          per_sample_embeds: Sequence[np.ndarray] | None = None) -> list[Answer]:
         """Answer ``samples`` in batches the engines' profiles take (``max_batch``; one batch when
         unbounded). ``views_embeds`` (V, N', D): the encoded views every sample shares, else each
         batch encodes its own; with ``views_key`` (their content hash) the shared prefix is
@@ -372,7 +394,10 @@ class Pipeline:
         answers = []
         for start in range(0, len(samples), size):
             piece = samples[start:start + size]
-            shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
+            if per_sample_embeds is not None:  # each sample's own encoded views, in order
+                shared = np.concatenate(per_sample_embeds[start:start + size])
+            else:
+                shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
             batch = self.batch(piece, generation.max_new_tokens)
             prefix_ids = self._shared_prefix(batch) if views_key is not None else None
             prefix, prefix_kv, prefix_key = 0, None, None

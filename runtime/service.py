@@ -334,21 +334,19 @@ class Scheduler:
         by_views: dict[str, list[ChatRequest]] = {}
         for r in requests:
             by_views.setdefault(r.views_key, []).append(r)
-        singles = []
         for key, same in by_views.items():
             self.metrics.prefix_lookups += len(same)
             cached = self.pipeline.prefix_cache.get(key) is not None
             self.metrics.prefix_hits += len(same) if cached else len(same) - 1
-            if cached or len(same) > 1:
-                self._run(lambda s=same: self._questions(s), same)
-            else:
-                singles += same
-        if len(singles) == 1:  # alone: through the prefix cache, so later questions find the views encoded
-            self._run(lambda: self._questions(singles), singles)
-        elif singles:  # new images, one each: encoded and decoded as one batch
+        if len(by_views) == 1:
+            # one image: encoded once (or taken from the cache), its image block prefilled once and
+            # copied under each question (or its keys and values taken from the cache)
+            self._run(lambda: self._questions(requests), requests)
+        else:
+            # several images: one batch; each image encoded once, or taken from the prefix cache
             self._run(lambda: self.pipeline.answer_samples(
-                [self.pipeline.sample(r.views, r.task, r.prompt) for r in singles], singles[0].generation,
-                tasks=[r.task for r in singles]), singles)
+                [self.pipeline.sample(r.views, r.task, r.prompt) for r in requests], requests[0].generation,
+                tasks=[r.task for r in requests], cache_views=True), requests)
 
     def _questions(self, requests: list[ChatRequest]):
         """Questions about one set of views: encoded views and image block from the prefix cache."""

@@ -86,3 +86,18 @@ def test_the_cache_never_passes_its_byte_bound(nano_artifacts, calib_samples):
     off = Pipeline.from_artifacts(nano_artifacts, threads=1, verify_hashes=False, prefix_cache_mb=0)
     off.answer_questions(views, [("caption", None), (None, FREE_PROMPT)], GENERATION)
     assert len(off.prefix_cache) == 0  # a zero bound keeps nothing and still shares within the call
+
+
+def test_a_batch_of_images_from_the_cache_answers_as_encoded_now(nano_fused_artifacts, calib_samples):
+    """answer_samples(cache_views=True), as eov-serve batches requests about several images: each
+    image encoded once and kept, later batches take it from the cache; the answers stay the batch's."""
+    pipe = Pipeline.from_artifacts(nano_fused_artifacts, threads=1, verify_hashes=False)
+    samples = [pipe.sample(s.read(size=pipe.spec.image_size), "caption") for s in list(calib_samples.values())[:4]]
+    samples.append(samples[0])  # the same image twice in one batch
+    want = [a.token_ids for a in pipe.answer_samples(samples, GENERATION, "caption")]
+    encoder = pipe.runners[mf.ENCODER]
+    before = len(encoder.timings)
+    assert [a.token_ids for a in pipe.answer_samples(samples, GENERATION, "caption", cache_views=True)] == want
+    assert len(encoder.timings) == before + 1  # the four images in one encoder call
+    assert [a.token_ids for a in pipe.answer_samples(samples[::-1], GENERATION, "caption", cache_views=True)] == want[::-1]
+    assert len(encoder.timings) == before + 1  # all from the cache now
