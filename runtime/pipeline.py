@@ -330,14 +330,16 @@ class Pipeline:
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
                        task: str | None = None, tasks: Sequence[str | None] | None = None,
-                       cache_views: bool = False) -> list[Answer]:
+                       cache_views: bool = False, budgets: Sequence[int] | None = None) -> list[Answer]:
         """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own).
         ``cache_views``: each sample's encoded views are taken from :attr:`prefix_cache` where there
-        (by content), the others encoded in one call and kept there for later requests."""
+        (by content), the others encoded in one call and kept there for later requests. ``budgets``:
+        each sample's own new-token limit (the batch decodes to the largest; each answer is cut at its
+        own, as if asked alone)."""
         tasks = list(tasks) if tasks is not None else [task] * len(samples)
-        generation = generation or GenerationConfig()
+        generation = _widest(generation or GenerationConfig(), budgets)
         if not cache_views:
-            return self._answer_in_pieces(samples, tasks, generation)
+            return self._answer_in_pieces(samples, tasks, generation, budgets=budgets)
         arrays = [self.batch([s], 1) for s in samples]
         keys = [content_key(a["pixel_values"], a["modality_ids"]) for a in arrays]
         embeds = {k: self.prefix_cache.get(k) for k in dict.fromkeys(keys)}
@@ -353,10 +355,12 @@ class Pipeline:
                 embeds[k] = encoded[start:start + views]
                 start += views
                 self.prefix_cache.put(k, embeds[k], embeds[k].nbytes)
-        return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=[embeds[k] for k in keys])
+        return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=[embeds[k] for k in keys],
+                                      budgets=budgets)
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
-                         generation: GenerationConfig | None = None, share_prefix: bool = True) -> list[Answer]:
+                         generation: GenerationConfig | None = None, share_prefix: bool = True,
+                         budgets: Sequence[int] | None = None) -> list[Answer]:
         """Several questions about the same views, as one job: the views encoded once, the prompt's
         image block (``<|user|>``, view tags, image embeddings: the prefix every question shares)
         prefilled once and copied under each question's own tokens, and the questions decoded
@@ -368,7 +372,7 @@ class Pipeline:
         decode each question alone, after the one encoding."""
         if not questions:
             raise PromptError("give at least one question")
-        generation = generation or GenerationConfig()
+        generation = _widest(generation or GenerationConfig(), budgets)
         samples = [self.sample(views, task, prompt) for task, prompt in questions]
         first = self.batch(samples[:1], generation.max_new_tokens)
         views_key = content_key(first["pixel_values"], first["modality_ids"])
@@ -380,12 +384,16 @@ class Pipeline:
         if not self.manifest.batch_invariant:
             # dynamic INT8: a batch or a shared prefix would change each row's activation scales, and
             # so its answer; each question is decoded alone, on the views encoded once
-            return [a for s, t in zip(samples, tasks) for a in self._answer_in_pieces([s], [t], generation, embeds)]
-        return self._answer_in_pieces(samples, tasks, generation, embeds, views_key if share_prefix else None)
+            each = budgets or [generation.max_new_tokens] * len(samples)
+            return [a for s, t, b in zip(samples, tasks, each)
+                    for a in self._answer_in_pieces([s], [t], _widest(generation, [b]), embeds)]
+        return self._answer_in_pieces(samples, tasks, generation, embeds, views_key if share_prefix else None,
+                                      budgets=budgets)
 
     def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[str | None], generation: GenerationConfig,
                           views_embeds: np.ndarray | None = None, views_key: str | None = None,
-                          per_sample_embeds: Sequence[np.ndarray] | None = None) -> list[Answer]:
+                          per_sample_embeds: Sequence[np.ndarray] | None = None,
+                          budgets: Sequence[int] | None = None) -> list[Answer]:
         """Answer ``samples`` in batches the engines' profiles take (``max_batch``; one batch when
         unbounded). ``views_embeds`` (V, N', D): the encoded views every sample shares, else each
         batch encodes its own; with ``views_key`` (their content hash) the shared prefix is
@@ -408,8 +416,10 @@ class Pipeline:
             if prefix and prefix_kv is None and self._generating_decoder().last_prefix_kv is not None:
                 computed = self._generating_decoder().last_prefix_kv
                 self.prefix_cache.put(prefix_key, computed, computed.nbytes)
-            answers += [self._answer(sample, row_ids, row_probs, task)
-                        for sample, task, row_ids, row_probs in zip(piece, tasks[start:start + size], ids, probs)]
+            limits = budgets[start:start + size] if budgets is not None else [ids.shape[1]] * len(piece)
+            answers += [self._answer(sample, row_ids[:limit], row_probs[:limit], task)
+                        for sample, task, row_ids, row_probs, limit
+                        in zip(piece, tasks[start:start + size], ids, probs, limits)]
         return answers
 
     def _generating_decoder(self) -> Decoder:
@@ -486,6 +496,15 @@ class Pipeline:
         if isinstance(self.decoder, SpeculativeDecoder):
             stats["speculative"] = {"draft_tokens": self.decoder.draft_tokens, **self.decoder.last_stats.to_dict()}
         return stats
+
+
+def _widest(generation: GenerationConfig, budgets: Sequence[int] | None) -> GenerationConfig:
+    """``generation`` with room for the largest of ``budgets`` (a batch decodes to its longest row)."""
+    if not budgets:
+        return generation
+    from dataclasses import replace
+
+    return replace(generation, max_new_tokens=max(budgets))
 
 
 def runs_on_cpu(providers: list[str] | None) -> bool:

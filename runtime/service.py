@@ -324,8 +324,7 @@ class Scheduler:
         groups: dict[tuple, list[ChatRequest]] = {}
         for r in plain:
             g = r.generation
-            # one budget too: a row's answer and its cut_at_budget are then those it gets alone
-            rule = (g.do_sample, g.temperature, g.top_k, g.seed, g.max_new_tokens) if batch_invariant else (id(r),)
+            rule = (g.do_sample, g.temperature, g.top_k, g.seed) if batch_invariant else (id(r),)
             groups.setdefault(rule, []).append(r)
         for requests in groups.values():
             self._answer_group(requests)
@@ -346,12 +345,12 @@ class Scheduler:
             # several images: one batch; each image encoded once, or taken from the prefix cache
             self._run(lambda: self.pipeline.answer_samples(
                 [self.pipeline.sample(r.views, r.task, r.prompt) for r in requests], requests[0].generation,
-                tasks=[r.task for r in requests], cache_views=True), requests)
+                tasks=[r.task for r in requests], cache_views=True, budgets=_budgets(requests)), requests)
 
     def _questions(self, requests: list[ChatRequest]):
         """Questions about one set of views: encoded views and image block from the prefix cache."""
         return self.pipeline.answer_questions(requests[0].views, [(r.task, r.prompt) for r in requests],
-                                              requests[0].generation)
+                                              requests[0].generation, budgets=_budgets(requests))
 
     def _run(self, work: Callable[[], Any], requests: list[ChatRequest]) -> None:
         started = time.perf_counter()
@@ -406,6 +405,11 @@ class Scheduler:
         if final.startswith(shown) and len(final) > len(shown):
             request.on_text(final[len(shown):])
         return [answer]
+
+
+def _budgets(requests: list[ChatRequest]) -> list[int]:
+    """Each request's own new-token limit: a batch decodes to the largest, each answer is cut at its own."""
+    return [r.generation.max_new_tokens for r in requests]
 
 
 def env_api_key() -> str | None:

@@ -101,3 +101,20 @@ def test_a_batch_of_images_from_the_cache_answers_as_encoded_now(nano_fused_arti
     assert len(encoder.timings) == before + 1  # the four images in one encoder call
     assert [a.token_ids for a in pipe.answer_samples(samples[::-1], GENERATION, "caption", cache_views=True)] == want[::-1]
     assert len(encoder.timings) == before + 1  # all from the cache now
+
+
+def test_rows_with_their_own_budgets_answer_as_asked_alone(nano_fused_artifacts, calib_samples):
+    """One batch decodes to its largest budget; each row is cut at its own, as eov-serve batches
+    a 96-token detection with 32-token questions."""
+    pipe = Pipeline.from_artifacts(nano_fused_artifacts, threads=1, verify_hashes=False)
+    sample = next(iter(calib_samples.values()))
+    views = sample.read(size=pipe.spec.image_size)
+    questions = [("detection", None), ("caption", None), (None, FREE_PROMPT)]
+    budgets = [24, 4, 12]
+    alone = [pipe.answer_questions(views, [q], GenerationConfig(max_new_tokens=b))[0] for q, b in zip(questions, budgets)]
+    together = pipe.answer_questions(views, questions, GenerationConfig(), budgets=budgets)
+    assert [a.token_ids for a in together] == [a.token_ids for a in alone]
+    assert [a.cut_at_budget for a in together] == [a.cut_at_budget for a in alone]
+    samples = [pipe.sample(views, t, p) for t, p in questions]
+    batched = pipe.answer_samples(samples, GenerationConfig(), tasks=[t for t, _ in questions], budgets=budgets)
+    assert [a.token_ids for a in batched] == [a.token_ids for a in alone]
