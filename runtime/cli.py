@@ -24,19 +24,9 @@ from pathlib import Path
 import click
 
 from eov_edge.core.errors import EOVError
+from eov_edge.core.raster import view_sources
 from eov_edge.core.tasks import TASKS, answer_token_budget
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
-
-
-def _view_paths(image: str):
-    """A file, a folder of band files, or comma-joined band files -> what read_view takes."""
-    from eov_edge.core.raster import band_files_in
-
-    if "," in image:
-        return [p for p in image.split(",") if p]
-    if Path(image).is_dir():
-        return band_files_in(image)
-    return image
 
 
 def _print_answer(label: str, answer) -> None:
@@ -219,7 +209,7 @@ def _folder_exit(summary: dict, out) -> None:
 
 def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json, bands=None) -> dict:
     """Several tasks (and ``--prompt``) about one sample: the views encoded once, answered together."""
-    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
+    views = [pipeline.read(view_sources(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
     questions = [(t, None) for t in tasks] + ([(None, prompt)] if prompt else [])
     answers = pipeline.answer_questions(views, questions, generation)
     label = " + ".join(images)
@@ -232,9 +222,9 @@ def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation
 
 def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,
                 stream, geojson_crs: str = "wgs84", bands=None) -> dict:
-    from eov_edge.runtime.geo import feature_collection, write_json_atomic
+    from eov_edge.runtime.geo import answers_geojson, write_json_atomic
 
-    views = [pipeline.read(_view_paths(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
+    views = [pipeline.read(view_sources(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
     together = multiview or (task is not None and TASKS[task].min_views > 1)
     if stream:
         if len(images) > 1 and not together:
@@ -250,10 +240,8 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
         answers = pipeline.answer_each(views, task, prompt, generation)
         labels = list(images)
     if geojson:
-        detections = [d for a in answers for d in a.detections]
-        crs = views[0].crs if all(v.crs == views[0].crs for v in views) else None
-        write_json_atomic(geojson, feature_collection(detections, crs, {"task": task, "images": list(images)},
-                                                      output_crs=geojson_crs))
+        write_json_atomic(geojson, answers_geojson(answers, views, {"task": task, "images": list(images)},
+                                                   geojson_crs))
     if not as_json:
         for label, answer in zip(labels, answers):
             _print_answer(label, answer)
@@ -270,7 +258,7 @@ def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_
         raise click.UsageError("--geojson takes one scene at a time")
     results = []
     for image in images:
-        paths = _view_paths(image)
+        paths = view_sources(image)
         grid = raster_grid(paths)
         total = len(plan_tiles(grid.height, grid.width, tile, overlap))
         show = progress and not as_json and sys.stderr.isatty()

@@ -207,3 +207,15 @@ def feature_collection(detections: Sequence[Detection], crs_wkt: str | None, pro
         collection["crs"] = crs_member(crs_wkt)
     return collection
 
+
+def shared_crs(views) -> str | None:
+    """The CRS every one of ``views`` is in; None where one has none or they differ."""
+    return views[0].crs if views and all(v.crs == views[0].crs for v in views) else None
+
+
+def answers_geojson(answers, views, properties: dict | None = None, output_crs: str = "wgs84") -> dict:
+    """One FeatureCollection of the detections of ``answers`` about ``views`` (eov-run's --geojson and
+    eov-serve's answers alike): on the map where the views share a CRS, else in pixels."""
+    return feature_collection([d for a in answers for d in a.detections], shared_crs(views), properties,
+                              output_crs=output_crs)
+

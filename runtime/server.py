@@ -41,13 +41,12 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
 
 
 def _answer_extra(answer, views, geojson_crs: str = "wgs84") -> dict:
-    from eov_edge.runtime.geo import feature_collection
+    from eov_edge.runtime.geo import answers_geojson, shared_crs
 
     extra = {"task": answer.task, "detections": [d.to_dict() for d in answer.detections], "problems": answer.problems,
              "cut_at_token_budget": answer.cut_at_budget, "inputs": answer.inputs, "geojson": None}
-    crs = views[0].crs if views and all(v.crs == views[0].crs for v in views) else None
-    if crs is not None:  # georeferenced input: its shapes on the map (an empty collection where none)
-        extra["geojson"] = feature_collection(answer.detections, crs, {"task": answer.task}, output_crs=geojson_crs)
+    if shared_crs(views) is not None:  # georeferenced input: its shapes on the map (an empty collection where none)
+        extra["geojson"] = answers_geojson([answer], views, {"task": answer.task}, geojson_crs)
     return extra
 
 

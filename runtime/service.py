@@ -78,8 +78,10 @@ class ChatRequest:
 
 
 # -- parsing ---------------------------------------------------------------------------------------
-def _image_file(url: str, config: ServiceConfig, tmp: Path) -> Path:
-    """The file an ``image_url`` names: a data URI written to ``tmp``, or a path under ``allow_root``."""
+def _image_sources(url: str, config: ServiceConfig, tmp: Path) -> str | list[str]:
+    """What an ``image_url`` names, as read_view takes it: a data URI written to ``tmp``, or paths
+    under ``allow_root`` as eov-run takes an IMAGE (a raster, a folder of band files, band files
+    joined with commas), every file checked to lie under the root."""
     match = DATA_URI.match(url)
     if match:
         try:
@@ -91,7 +93,7 @@ def _image_file(url: str, config: ServiceConfig, tmp: Path) -> Path:
                                f"{config.max_image_bytes >> 20} MiB per image (tile large scenes)")
         path = tmp / f"image{len(list(tmp.iterdir()))}{SUFFIXES[match['mime']]}"
         path.write_bytes(data)
-        return path
+        return str(path)
     if url.startswith("data:"):
         raise RequestError("image_url data URIs must be PNG, JPEG or TIFF, base64 (data:image/png;base64,...)")
     if url.startswith(("http://", "https://")):
@@ -99,17 +101,27 @@ def _image_file(url: str, config: ServiceConfig, tmp: Path) -> Path:
     if config.allow_root is None:
         raise RequestError("image paths are off: start eov-serve with --allow-root DIR to read rasters from disk, "
                            "or send the image as a data URI")
+    from eov_edge.core.raster import view_sources
+
     root = config.allow_root.resolve()
-    raw = url.removeprefix("file://")
-    candidate = Path(raw) if Path(raw).is_absolute() else root / raw
+    pieces = [_under_root(piece.removeprefix("file://"), root) for piece in url.split(",") if piece]
+    sources = view_sources(",".join(pieces)) if len(pieces) > 1 else view_sources(pieces[0])
+    for file in [sources] if isinstance(sources, str) else sources:
+        _under_root(file, root)  # a folder's band files too (a symlink in it may lead out)
+    return sources
+
+
+def _under_root(raw: str, root: Path) -> str:
+    """``raw`` (relative to ``root``, or absolute inside it) resolved, refused unless it lies there."""
     if ".." in Path(raw).parts:
         raise RequestError(f"image path {raw!r}: '..' is not allowed; give a path under the allowed root")
+    candidate = Path(raw) if Path(raw).is_absolute() else root / raw
     resolved = candidate.resolve()  # symlinks followed: one pointing out of the root is refused
     if resolved != root and root not in resolved.parents:
         raise RequestError(f"image path {raw!r} is outside the allowed root {root}")
     if not resolved.exists():
         raise RequestError(f"image path {raw!r}: no such file under {root}")
-    return resolved
+    return str(resolved)
 
 
 def _message_parts(body: dict) -> tuple[str, list[str]]:
@@ -176,9 +188,9 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
     with tempfile.TemporaryDirectory(prefix="eov-serve-") as tmp:
         views = []
         for index, url in enumerate(urls):
-            path = _image_file(url, config, Path(tmp))
-            _check_pixels(path, config)
-            view = pipeline.read(str(path), band_set=band_set, nodata=nodata, bands=bands)
+            sources = _image_sources(url, config, Path(tmp))
+            _check_pixels(sources, config)
+            view = pipeline.read(sources, band_set=band_set, nodata=nodata, bands=bands)
             if url.startswith("data:"):  # named by its place in the request, not the deleted temporary file
                 view = replace(view, sources=(f"image_url[{index}]",))
             views.append(view)
@@ -194,10 +206,10 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
     return request
 
 
-def _check_pixels(path: Path, config: ServiceConfig) -> None:
+def _check_pixels(sources: str | list[str], config: ServiceConfig) -> None:
     from eov_edge.core.raster import raster_grid
 
-    grid = raster_grid([str(path)])
+    grid = raster_grid([sources] if isinstance(sources, str) else list(sources))
     if grid.height * grid.width > config.max_image_pixels:
         raise RequestError(f"an image of {grid.width}x{grid.height} pixels is over the service's limit of "
                            f"{config.max_image_pixels} pixels; tile the scene (eov-run --tile) or downsample it")

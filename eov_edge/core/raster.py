@@ -362,6 +362,16 @@ def _read_band_files(paths: list[str], band_set: str | None, size, nodata, windo
             ds.close()
 
 
+def view_sources(image: str) -> str | list[str]:
+    """What one IMAGE argument names, as :func:`read_view` takes it: a raster file, a folder of
+    one-file-per-band rasters, or band files joined with commas (eov-run and eov-serve alike)."""
+    if "," in image:
+        return [p for p in image.split(",") if p]
+    if Path(image).is_dir():
+        return band_files_in(image)
+    return image
+
+
 def band_files_in(directory: PathLike) -> list[str]:
     """The single-band rasters of a one-file-per-band folder (BigEarthNet, SSL4EO), sorted."""
     directory = Path(directory)

@@ -235,3 +235,13 @@ def test_sigterm_finishes_running_requests_and_refuses_new_ones(nano_artifacts):
     assert "Traceback" not in process.stdout.read()
     with pytest.raises(openai.APIConnectionError):
         ask(client, url, "detect", band_set="thermal8")
+
+
+def test_a_folder_of_band_files_under_the_root_reads_as_eov_run_reads_it(client, nano_artifacts):
+    folder = CALIB / "multispectral" / "bigearthnet_s2_36_85"  # one GeoTIFF per Sentinel-2 band
+    answer = ask(client, str(folder.relative_to(CALIB)), task="classification")
+    want = eov_run(nano_artifacts, folder, "--task", "classification")["results"][0]
+    assert answer.choices[0].message.content == want["text"]
+    assert len(answer.model_extra["eov"]["inputs"][0]["sources"]) == len(want["inputs"][0]["sources"]) > 3
+    bands = ",".join(str(p.relative_to(CALIB)) for p in sorted(folder.glob("*_B0[234].tif")))
+    assert ask(client, bands, task="classification").choices[0].message.content  # comma-joined band files
