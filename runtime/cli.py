@@ -26,7 +26,7 @@ import click
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import view_sources
 from eov_edge.core.tasks import TASKS, answer_token_budget
-from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
+from eov_edge.runtime.options import RuntimeOptions, runtime_flags
 
 
 def _print_answer(label: str, answer) -> None:
@@ -62,27 +62,11 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--top-k", type=int, default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--engines", type=click.Path(path_type=Path), default=None,
-              help="TensorRT engine folder (eov-export engine) for --backend tensorrt")
-@click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
-@click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
-@click.option("--draft", type=click.Path(path_type=Path), default=None,
-              help="quantized artifacts of the same checkpoint (eov-export quantize) whose decoder drafts tokens "
-                   "for the FP32 decoder to check: the same answers, fewer FP32 steps (one image, greedy)")
-@click.option("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, show_default=True,
-              help="most tokens the draft proposes per FP32 decoder call")
-@click.option("--prefill-session/--no-prefill-session", default=None,
-              help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (memory for "
-                   "a second copy of the 4-bit decoder weights) / in the decode session. Default: as the manifest "
-                   "says; where the gate accepted both, the faster one measured at start-up")
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
 @click.option("--geojson-crs", type=click.Choice(["wgs84", "native"]), default="wgs84", show_default=True,
               help="wgs84: RFC 7946 longitude/latitude; native: the raster's CRS with a crs member (GIS work)")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable JSON on stdout")
 @click.option("--stream", is_flag=True, help="print tokens as they are generated (one image)")
-@click.option("--warmup", is_flag=True, help="run each graph once before timing")
-@click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
 @click.option("--progress/--no-progress", default=True, help="progress bar for scenes")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="answer IMAGES as scenes (files, folders, globs, .txt lists of paths) into this folder: one "
@@ -92,12 +76,15 @@ def _print_answer(label: str, answer) -> None:
                    "joins a running cluster (write --ray=ADDRESS, or put --ray after the scenes)")
 @click.option("--workers", type=int, default=None,
               help="Ray workers (default: the cluster's CPU cores, or its GPUs for --providers cuda / tensorrt)")
+@runtime_flags
 def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
-         do_sample, temperature, top_k, seed, backend, engines, providers, threads, draft, draft_tokens, prefill_session,
-         geojson, geojson_crs, as_json, stream, warmup, no_verify, progress, out, ray_address, workers) -> None:
+         do_sample, temperature, top_k, seed, geojson, geojson_crs, as_json, stream, progress, out, ray_address, workers,
+         **flags) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
+    # eov-run owns its process, so all sessions may share one spinning thread pool (faster)
+    runtime = RuntimeOptions.from_flags(flags, thread_pool="shared")
     from eov_edge.runtime.generation import GenerationConfig
-    from eov_edge.runtime.pipeline import Pipeline, resolve_task
+    from eov_edge.runtime.pipeline import resolve_task
 
     try:
         if task is None and prompt is None:
@@ -116,22 +103,18 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
         generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                       top_k=top_k, seed=seed)
         started = time.perf_counter()
-        # eov-run owns its process, so all sessions may share one spinning thread pool (faster).
-        options = dict(backend=backend, providers=providers.split(","), threads=threads, thread_pool="shared",
-                       verify_hashes=not no_verify, warmup=warmup, engines=engines, draft=draft,
-                       draft_tokens=draft_tokens, prefill_session=prefill_session)
         if out:
             from eov_edge.runtime.scene_runs import SceneRunConfig
 
             config = SceneRunConfig(tuple(tasks) if len(tasks) > 1 else task_name or "detection", prompt, tile,
                                     overlap, batch_size, band_set, nodata, generation, geojson_crs, bands=bands)
-            report = _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress)
+            report = _run_folder(artifacts, images, config, out, runtime, ray_address, workers, as_json, progress)
             report["stats"] = {"wall_s": round(time.perf_counter() - started, 3)}
             if as_json:
                 click.echo(json.dumps(report, indent=1))
             _folder_exit(report["summary"], out)
             return
-        pipeline = Pipeline.from_artifacts(artifacts, **options)
+        pipeline = runtime.open(artifacts)
         if pipeline.max_batch is not None and batch_size > pipeline.max_batch:
             click.echo(f"--batch-size {batch_size} capped to {pipeline.max_batch}: the engines were built with "
                        f"--max-batch {pipeline.max_batch}", err=True)
@@ -156,10 +139,11 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
                    f"{s['graphs']['decoder']['calls']} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
 
 
-def _run_folder(artifacts, images, config, out, options, ray_address, workers, as_json, progress) -> dict:
+def _run_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_address, workers, as_json,
+                progress) -> dict:
     """Scenes into ``out``: resumable, in this process or on Ray workers."""
     from eov_edge.core.manifest import sha256_file
-    from eov_edge.runtime.pipeline import Pipeline, runs_on_cpu
+    from eov_edge.runtime.pipeline import runs_on_cpu
     from eov_edge.runtime.scene_list import expand_scenes
     from eov_edge.runtime.scene_runs import InProcessTiles, run_scenes
 
@@ -170,13 +154,13 @@ def _run_folder(artifacts, images, config, out, options, ray_address, workers, a
     if ray_address:
         from eov_edge.runtime.cluster import RayTiles
 
-        gpu = options["backend"] == "tensorrt" or not runs_on_cpu(options["providers"])
-        executor = RayTiles(artifacts, {**options, "threads": options["threads"] or 1},
+        gpu = runtime.backend == "tensorrt" or not runs_on_cpu(list(runtime.providers))
+        executor = RayTiles(artifacts, {**runtime.pipeline_kwargs(), "threads": runtime.threads or 1},
                             config, address=None if ray_address == "local" else ray_address, workers=workers,
                             gpus_per_worker=1 if gpu else 0)
         where = f"{len(executor.actors)} Ray worker(s)"
     else:
-        executor = InProcessTiles(Pipeline.from_artifacts(artifacts, **options), config)
+        executor = InProcessTiles(runtime.open(artifacts), config)
         where = "this process"
     show = progress and not as_json and sys.stderr.isatty()
     tiles_seen = [0]

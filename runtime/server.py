@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from eov_edge.core.errors import EOVError
+from eov_edge.runtime.options import RuntimeOptions, runtime_flags
 from eov_edge.runtime.service import (
     Overloaded,
     Scheduler,
@@ -204,23 +205,19 @@ def _usage(pipeline, chat_request, answer) -> dict:
 @click.option("--api-key", default=None, help="require Authorization: Bearer KEY [default: $EOV_SERVE_API_KEY]")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--max-image-pixels", type=int, default=8192 * 8192, show_default=True)
-@click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--engines", type=click.Path(path_type=Path), default=None, help="TensorRT engine folder")
-@click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu")
-@click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)")
-@click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)")
+@runtime_flags
 def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, allow_root, api_key, max_body_mb,
-         max_image_pixels, backend, engines, providers, threads, no_verify) -> None:
+         max_image_pixels, **flags) -> None:
     """Serve an exported Earth-OneVision model over an OpenAI-compatible HTTP API."""
     try:
         import uvicorn
     except ImportError:
         raise click.ClickException("eov-serve needs FastAPI and uvicorn: pip install 'eov-edge[serve]'") from None
-    from eov_edge.runtime.pipeline import Pipeline
-
+    if flags.get("draft"):
+        raise click.UsageError("--draft speeds up eov-run's single-image greedy answers; the service batches "
+                               "requests: serve the FP32 or quantized artifacts themselves")
     try:
-        pipeline = Pipeline.from_artifacts(artifacts, backend=backend, providers=providers.split(","),
-                                           threads=threads, verify_hashes=not no_verify, engines=engines)
+        pipeline = RuntimeOptions.from_flags(flags).open(artifacts)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     config = ServiceConfig(max_batch=max_batch, queue_depth=queue_depth, batch_wait_ms=batch_wait_ms,

@@ -1,0 +1,74 @@
+"""How a face opens the runtime: one typed set of options, and the command-line flags that fill it.
+
+eov-run and eov-serve take the same flags (``@runtime_flags``) and open their pipeline through
+:meth:`RuntimeOptions.open`, so a backend, an engine folder or a draft works the same in both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import click
+
+from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The keyword arguments of :meth:`Pipeline.from_artifacts`, typed."""
+
+    backend: str = "onnxruntime"
+    providers: tuple[str, ...] = ("cpu",)
+    threads: int | None = None
+    thread_pool: str = "session"  # "shared": one spinning pool for the process (eov-run owns its process)
+    verify_hashes: bool = True
+    warmup: bool = False
+    engines: Path | None = None
+    draft: Path | None = None
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
+    prefill_session: bool | None = None
+
+    def pipeline_kwargs(self) -> dict:
+        """As :meth:`Pipeline.from_artifacts` (and a Ray worker's pipeline) takes them."""
+        return dict(asdict(self), providers=list(self.providers))
+
+    def open(self, artifacts: str | os.PathLike):
+        from eov_edge.runtime.pipeline import Pipeline
+
+        return Pipeline.from_artifacts(artifacts, **self.pipeline_kwargs())
+
+    @classmethod
+    def from_flags(cls, flags: dict, **overrides) -> "RuntimeOptions":
+        """From the values of :func:`runtime_flags` (removed from ``flags``)."""
+        return cls(backend=flags.pop("backend"), providers=tuple(flags.pop("providers").split(",")),
+                   threads=flags.pop("threads"), verify_hashes=not flags.pop("no_verify"), warmup=flags.pop("warmup"),
+                   engines=flags.pop("engines"), draft=flags.pop("draft"), draft_tokens=flags.pop("draft_tokens"),
+                   prefill_session=flags.pop("prefill_session"), **overrides)
+
+
+def runtime_flags(command):
+    """The flags that choose and open the runtime, shared by eov-run and eov-serve."""
+    flags = [
+        click.option("--backend", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime",
+                     show_default=True),
+        click.option("--engines", type=click.Path(path_type=Path), default=None,
+                     help="TensorRT engine folder (eov-export engine) for --backend tensorrt"),
+        click.option("--providers", default="cpu", show_default=True, help="ONNX Runtime providers, e.g. cuda,cpu"),
+        click.option("--threads", type=int, default=None, help="intra-op threads (default: ONNX Runtime's)"),
+        click.option("--draft", type=click.Path(path_type=Path), default=None,
+                     help="quantized artifacts of the same checkpoint (eov-export quantize) whose decoder drafts "
+                          "tokens for the FP32 decoder to check: the same answers, fewer FP32 steps (one image, greedy)"),
+        click.option("--draft-tokens", type=int, default=DEFAULT_DRAFT_TOKENS, show_default=True,
+                     help="most tokens the draft proposes per FP32 decoder call"),
+        click.option("--prefill-session/--no-prefill-session", default=None,
+                     help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (memory "
+                          "for a second copy of the 4-bit decoder weights) / in the decode session. Default: as the "
+                          "manifest says; where the gate accepted both, the faster one measured at start-up"),
+        click.option("--warmup", is_flag=True, help="run each graph once before answering"),
+        click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)"),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
