@@ -57,6 +57,42 @@ def rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
+def soak(request, pid: int, minutes: float) -> dict:
+    """4 clients sending the sequential row's requests in turn for ``minutes``; RSS every 15 s."""
+    import threading
+
+    stop = time.perf_counter() + 60 * minutes
+    answers, latencies, samples = [], [], [(0.0, rss_mb(pid))]
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def client() -> None:
+        while time.perf_counter() < stop:
+            with lock:
+                i = next(counter)
+            text, seconds, _ = request(i % 32)
+            with lock:
+                answers.append((i % 32, text))
+                latencies.append(seconds)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        time.sleep(15)
+        samples.append((round(time.perf_counter() - started), rss_mb(pid)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"clients": 4, "requests": len(answers), "wall_s": round(wall, 1),
+            "requests_per_s": round(len(answers) / wall, 3), "tokens_per_s": None,
+            "latency_p50_s": round(statistics.median(latencies), 3),
+            "latency_p99_s": round(latencies[int(0.99 * (len(latencies) - 1))], 3),
+            "server_rss_mb": samples[-1][1], "rss_first_minute_max_mb": max(r for t, r in samples if t <= 60),
+            "rss_max_mb": max(r for _, r in samples), "rss_samples": samples,
+            "answers": [a for _, a in answers], "soak_answers": answers}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, required=True)
@@ -64,6 +100,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per row")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--soak-minutes", type=float, default=0.0,
+                        help="then 4 clients send requests for this long; the server's RSS sampled every 15 s")
     args = parser.parse_args()
     import openai
 
@@ -115,6 +153,8 @@ def main() -> None:
         rows["same_image_4"] = row([(0, 0, q) for q in range(4)] * (args.requests // 4), 4)
         # the same four questions, each about another image: the same decoding work without the shared image
         rows["different_images_4"] = row([(0, q, q) for q in range(4)] * (args.requests // 4), 4)
+        if args.soak_minutes:
+            rows["soak"] = soak(request, server.pid, args.soak_minutes)
         reference = rows["sequential"]["answers"]
         for name in ("clients_4", "clients_16"):
             rows[name]["answers_equal_sequential"] = rows[name]["answers"] == reference
@@ -122,6 +162,8 @@ def main() -> None:
         for r in rows.values():
             r["throughput_vs_sequential"] = round(r["requests_per_s"] / base, 2)
             r["distinct_answers"] = len(set(r.pop("answers")))
+            if "soak_answers" in r:
+                r["answers_equal_sequential"] = all(reference[i] == a for i, a in r.pop("soak_answers"))
         import urllib.request
 
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
