@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Generator, Sequence
 
 import numpy as np
 
@@ -442,22 +442,32 @@ class Pipeline:
         return prefix
 
     def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
-               generation: GenerationConfig | None = None) -> Iterator[str]:
-        """Yield the answer's text piece by piece as tokens are generated (one sample)."""
+               generation: GenerationConfig | None = None,
+               sample: Sample | None = None) -> Generator[str, None, Answer]:
+        """Yield the answer's text piece by piece as tokens are generated (one sample); the
+        generator's return value is the whole :class:`Answer` (``StopIteration.value``). Closing
+        the generator stops decoding at the next step. ``sample``: already built from the views."""
         generation = generation or GenerationConfig()
-        batch = self.batch([self.sample(views, task, prompt)], generation.max_new_tokens)
+        sample = sample or self.sample(views, task, prompt)
+        batch = self.batch([sample], generation.max_new_tokens)
         embeds = self.inputs_embeds(batch)
+        eos = self.manifest.special_tokens["eos"]
         ids: list[int] = []
+        probs: list[float] = []
         shown = ""
         for step in self.decoder.steps(embeds, batch["attention_mask"], generation):
-            token = int(step.token_ids[0])
-            if token == self.manifest.special_tokens["eos"]:
+            ids.append(int(step.token_ids[0]))
+            probs.append(float(step.probs[0]))
+            if ids[-1] == eos:
                 break
-            ids.append(token)
             text = self.tokenizer.decode(ids)
             if text.startswith(shown) and len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
+        answer = self._answer(sample, np.array(ids), np.array(probs, np.float32), task)
+        if answer.text.startswith(shown) and len(answer.text) > len(shown):
+            yield answer.text[len(shown):]
+        return answer
 
     def _answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
         special = self.manifest.special_tokens

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from eov_edge.core.errors import EOVError
 from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
 from eov_edge.runtime.generation import GenerationConfig
@@ -387,36 +385,22 @@ class Scheduler:
 
     def _stream_one(self, request: ChatRequest):
         """One request decoded token by token; its text pieces go to ``request.on_text``."""
-        pipeline = self.pipeline
-        generation = request.generation
-        batch = pipeline.batch([pipeline.sample(request.views, request.task, request.prompt)], generation.max_new_tokens)
-        embeds = pipeline.inputs_embeds(batch)
-        eos = pipeline.manifest.special_tokens["eos"]
-        ids: list[int] = []
-        probs: list[float] = []
-        shown = ""
-        for step in pipeline.decoder.steps(embeds, batch["attention_mask"], generation):
-            if not ids:
-                self.metrics.first_token_seconds += time.perf_counter() - request.received
-                self.metrics.first_tokens += 1
-            token = int(step.token_ids[0])
-            ids.append(token)
-            probs.append(float(step.probs[0]) if getattr(step, "probs", None) is not None else 1.0)
-            if token == eos or request.cancelled.is_set():
-                break
-            text = pipeline.tokenizer.decode([t for t in ids if t != eos])
-            if text.startswith(shown) and len(text) > len(shown):
-                request.on_text(text[len(shown):])
-                shown = text
-        if request.cancelled.is_set():
-            self.metrics.requests["cancelled"] += 1
-            return [None]
-        sample = pipeline.sample(request.views, request.task, request.prompt)
-        answer = pipeline._answer(sample, np.array(ids), np.array(probs, dtype=np.float32), request.task)
-        final = answer.text
-        if final.startswith(shown) and len(final) > len(shown):
-            request.on_text(final[len(shown):])
-        return [answer]
+        pieces = self.pipeline.stream(request.views, request.task, request.prompt, request.generation)
+        first = True
+        try:
+            while True:
+                piece = next(pieces)
+                if first:
+                    self.metrics.first_token_seconds += time.perf_counter() - request.received
+                    self.metrics.first_tokens += 1
+                    first = False
+                if request.cancelled.is_set():  # the client went away: stop at this step
+                    pieces.close()
+                    self.metrics.requests["cancelled"] += 1
+                    return [None]
+                request.on_text(piece)
+        except StopIteration as finished:
+            return [finished.value]
 
 
 def _budgets(requests: list[ChatRequest]) -> list[int]:
