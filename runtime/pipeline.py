@@ -330,30 +330,37 @@ class Pipeline:
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
                        task: str | None = None, tasks: Sequence[str | None] | None = None,
-                       cache_views: bool = False, budgets: Sequence[int] | None = None) -> list[Answer]:
+                       cache_views: bool = False, budgets: Sequence[int] | None = None,
+                       view_keys: Sequence[str] | None = None) -> list[Answer]:
         """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own).
         ``cache_views``: each sample's encoded views are taken from :attr:`prefix_cache` where there
-        (by content), the others encoded in one call and kept there for later requests. ``budgets``:
-        each sample's own new-token limit (the batch decodes to the largest; each answer is cut at its
-        own, as if asked alone)."""
+        (by content), the others encoded in one call and kept there for later requests; ``view_keys``
+        (implies it): those content hashes, already computed by the caller. ``budgets``: each sample's
+        own new-token limit (the batch decodes to the largest; each answer is cut at its own, as if
+        asked alone)."""
         tasks = list(tasks) if tasks is not None else [task] * len(samples)
         generation = _widest(generation or GenerationConfig(), budgets)
-        if not cache_views:
+        if not cache_views and view_keys is None:
             return self._answer_in_pieces(samples, tasks, generation, budgets=budgets)
-        arrays = [self.batch([s], 1) for s in samples]
-        keys = [content_key(a["pixel_values"], a["modality_ids"]) for a in arrays]
+        arrays: dict[int, dict[str, np.ndarray]] = {}  # model inputs of samples whose views are hashed or encoded here
+
+        def inputs(i: int) -> dict[str, np.ndarray]:
+            if i not in arrays:
+                arrays[i] = self.batch([samples[i]], 1)
+            return arrays[i]
+
+        keys = list(view_keys) if view_keys is not None else [
+            content_key(inputs(i)["pixel_values"], inputs(i)["modality_ids"]) for i in range(len(samples))]
         embeds = {k: self.prefix_cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, e in embeds.items() if e is None]
         if missing:
-            first = {k: keys.index(k) for k in missing}
-            pixels = np.concatenate([arrays[first[k]]["pixel_values"] for k in missing])
-            modalities = np.concatenate([arrays[first[k]]["modality_ids"] for k in missing])
-            encoded = self.image_embeds(pixels, modalities)  # (sum V, N', D), one encoder call
+            first = [inputs(keys.index(k)) for k in missing]
+            encoded = self.image_embeds(np.concatenate([a["pixel_values"] for a in first]),
+                                        np.concatenate([a["modality_ids"] for a in first]))  # (sum V, N', D), one call
             start = 0
-            for k in missing:
-                views = arrays[first[k]]["pixel_values"].shape[0]
-                embeds[k] = encoded[start:start + views]
-                start += views
+            for k, a in zip(missing, first):
+                embeds[k] = encoded[start:start + a["pixel_values"].shape[0]]
+                start += a["pixel_values"].shape[0]
                 self.prefix_cache.put(k, embeds[k], embeds[k].nbytes)
         return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=[embeds[k] for k in keys],
                                       budgets=budgets)

@@ -134,7 +134,8 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
             "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                          "finish_reason": "length" if answer.cut_at_budget else "stop"}],
-            "usage": _usage(pipeline, chat_request, answer),
+            "usage": {"prompt_tokens": chat_request.prompt_tokens, "completion_tokens": len(answer.token_ids),
+                      "total_tokens": chat_request.prompt_tokens + len(answer.token_ids)},
             "eov": _answer_extra(answer, chat_request.views),
         })
 
@@ -180,13 +181,6 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
                 chat_request.cancelled.set()  # the client went away: its slot is freed at the next step
 
     return app
-
-
-def _usage(pipeline, chat_request, answer) -> dict:
-    prompt = int(pipeline.batch([pipeline.sample(chat_request.views, chat_request.task, chat_request.prompt)],
-                                1)["attention_mask"].sum())
-    return {"prompt_tokens": prompt, "completion_tokens": len(answer.token_ids),
-            "total_tokens": prompt + len(answer.token_ids)}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -68,7 +68,9 @@ class ChatRequest:
     prompt: str | None
     generation: GenerationConfig
     stream: bool = False
+    sample: Any = None  # the Sample built from views, task and prompt (once, when parsed)
     views_key: str = ""  # content hash of the views (prefix cache)
+    prompt_tokens: int = 0
     on_text: Callable[[str], None] | None = None  # streamed text pieces, from the scheduler's thread
     cancelled: threading.Event = field(default_factory=threading.Event)
     received: float = field(default_factory=time.perf_counter)
@@ -192,7 +194,6 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
             if url.startswith("data:"):  # named by its place in the request, not the deleted temporary file
                 view = replace(view, sources=(f"image_url[{index}]",))
             views.append(view)
-    request = ChatRequest(views, task, prompt, generation, stream=bool(body.get("stream")))
     sample = pipeline.sample(views, task, prompt)
     batch = pipeline.batch([sample], 1)  # checks the prompt against the context (PromptError)
     room = pipeline.spec.max_context - batch["input_ids"].shape[1]
@@ -200,8 +201,9 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
         raise RequestError(f"max_tokens {generation.max_new_tokens} does not fit: the prompt takes "
                            f"{batch['input_ids'].shape[1]} of the model's {pipeline.spec.max_context} positions; "
                            f"ask for at most {room}")
-    request.views_key = content_key(batch["pixel_values"], batch["modality_ids"])
-    return request
+    return ChatRequest(views, task, prompt, generation, stream=bool(body.get("stream")), sample=sample,
+                       views_key=content_key(batch["pixel_values"], batch["modality_ids"]),
+                       prompt_tokens=int(batch["attention_mask"].sum()))
 
 
 def _check_pixels(sources: str | list[str], config: ServiceConfig) -> None:
@@ -237,7 +239,6 @@ class Metrics:
             *[f'eov_requests_total{{outcome="{k}"}} {v}' for k, v in self.requests.items()],
             "# TYPE eov_batch_size histogram",
         ]
-        seen = 0
         for edge in (1, 2, 4, 8, 16, 32, 64):
             seen = sum(n for size, n in self.batch_sizes.items() if size <= edge)
             lines.append(f'eov_batch_size_bucket{{le="{edge}"}} {seen}')
@@ -354,8 +355,8 @@ class Scheduler:
         else:
             # several images: one batch; each image encoded once, or taken from the prefix cache
             self._run(lambda: self.pipeline.answer_samples(
-                [self.pipeline.sample(r.views, r.task, r.prompt) for r in requests], requests[0].generation,
-                tasks=[r.task for r in requests], cache_views=True, budgets=_budgets(requests)), requests)
+                [r.sample for r in requests], requests[0].generation, tasks=[r.task for r in requests],
+                view_keys=[r.views_key for r in requests], budgets=_budgets(requests)), requests)
 
     def _questions(self, requests: list[ChatRequest]):
         """Questions about one set of views: encoded views and image block from the prefix cache."""
@@ -385,7 +386,8 @@ class Scheduler:
 
     def _stream_one(self, request: ChatRequest):
         """One request decoded token by token; its text pieces go to ``request.on_text``."""
-        pieces = self.pipeline.stream(request.views, request.task, request.prompt, request.generation)
+        pieces = self.pipeline.stream(request.views, request.task, request.prompt, request.generation,
+                                      sample=request.sample)
         first = True
         try:
             while True:
