@@ -345,9 +345,9 @@ def validation_losses(model, processor, examples: list[Example], device: torch.d
         batch = processor([Sample(views=e.views, instruction=e.instruction, answer=e.answer) for e in chosen],
                           with_labels=True, padding_side="right")
         batch = {k: v.to(device or "cpu") for k, v in batch.items()}
-        # the parts called one by one, as in training_step (under FSDP each gathers its own weights)
-        image_embeds = model.projector(model.vision_encoder(batch["pixel_values"], batch["modality_ids"]))
-        inputs_embeds = model.merge_image_embeds(batch["input_ids"], image_embeds)
+        # embedded outside forward, as in training_step: under FSDP, forward would re-shard the token
+        # embeddings its nested merge_image_embeds call gathered before the decoder reads them
+        inputs_embeds = model.embed_inputs(batch["input_ids"], batch["pixel_values"], batch["modality_ids"])
         loss = model(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
         out[task] = round(loss.item(), 4)
     model.train(was_training)
