@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from eov_edge.core import slis
+from eov_edge.core.tasks import TASKS
 from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.training.data.examples import AUX_CHANNELS, OBJECT_CLASSES
 
@@ -443,24 +444,18 @@ def reads_attention(stage) -> bool:
 def loss_totals(batches: list[dict[str, torch.Tensor]], normalization: str, all_reduce=None) -> list[LossTotals]:
     """The :class:`LossTotals` of each of ``batches`` (this process's micro-batches), counted over
     every part of the global batch: ``all_reduce`` sums a tensor over the data-parallel ranks."""
-    tasks = max(int(b["task_index"].max()) for b in batches) + 1 if normalization == "task" else 1
+    # one group per task kind (the same vector length on every rank), or one group for all
+    tasks = len(TASKS) if normalization == "task" else 1
     counts = torch.zeros(2 * tasks + 1, dtype=torch.float64)  # tokens per group, rows per group, rows
     for batch in batches:
         valid = batch["labels"][:, 1:] != -100  # (B, S-1)
         rows = valid.any(1)  # (B,)
         groups = batch["task_index"] if normalization == "task" else torch.zeros_like(rows, dtype=torch.long)
-        counts[:tasks] += torch.bincount(groups, weights=valid.sum(1).double(), minlength=tasks)[:tasks]
-        counts[tasks:-1] += torch.bincount(groups[rows], minlength=tasks)[:tasks].double()
+        counts[:tasks] += torch.bincount(groups, weights=valid.sum(1).double(), minlength=tasks)
+        counts[tasks:-1] += torch.bincount(groups[rows], minlength=tasks).double()
         counts[-1] += rows.sum()
     if all_reduce is not None:
-        from eov_edge.core.tasks import TASKS
-
-        if normalization == "task":  # every rank must send a vector of one length
-            padded = torch.zeros(2 * len(TASKS) + 1, dtype=torch.float64)
-            padded[:tasks], padded[len(TASKS):len(TASKS) + tasks], padded[-1] = counts[:tasks], counts[tasks:-1], counts[-1]
-            counts, tasks = all_reduce(padded), len(TASKS)
-        else:
-            counts = all_reduce(counts)
+        counts = all_reduce(counts)
     tokens, group_rows, rows = counts[:tasks].float(), counts[tasks:-1].float(), float(counts[-1])
     if normalization != "example":
         return [LossTotals(tokens, group_rows, rows) for _ in batches]
