@@ -17,8 +17,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade "pip>=24"
 	# The pinned CPU wheel first: an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	# PYTHONWARNINGS: setuptools warns on every editable install with package_dir (nothing is wrong)
-	PYTHONWARNINGS=ignore $(PIP) install -q -e ".[export,dev,cluster]"
+	# PYTHONWARNINGS: setuptools warns on every editable install with package_dir (nothing is wrong).
+	# CMAKE_ARGS: llama-cpp-python (dev, the llama.cpp peer) compiles llama.cpp here, without its
+	# multimodal library, which nothing uses; pip keeps the built wheel in its cache for the next venv.
+	CMAKE_ARGS="$${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		PYTHONWARNINGS=ignore $(PIP) install -q -e ".[export,dev,cluster]"
 	touch $@
 
 test: setup
