@@ -18,7 +18,10 @@ baseline without ONNX Runtime sessions beside it. Writes ``bench.json``,
 weights (seed 0).
 
 With ``onnxruntime-genai`` installed (``--peer``, the default then), a second table puts our decode
-loop beside ONNX Runtime GenAI's on the same decoder weights (:mod:`eov_edge.bench.peer`).
+loop beside ONNX Runtime GenAI's on the same decoder weights (:mod:`eov_edge.bench.peer`); with
+``llama-cpp-python`` and ``gguf`` installed (``--llamacpp``, the default then), a third beside
+llama.cpp's at F32, Q8_0, Q4_0 and Q4_K_M, with 1 thread and with every core
+(:mod:`eov_edge.bench.llamacpp`).
 
 Every row is measured in a fresh process (:mod:`eov_edge.bench.worker`).
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 import click
 
 from eov_edge.bench.artifacts import prepare_row_artifacts
+from eov_edge.bench.llamacpp import llamacpp_available, run_llamacpp_bench
 from eov_edge.bench.measure import (
     bench_samples,
     compute_peak_gflops,
@@ -56,7 +60,8 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
               recipes: tuple[str, ...] = RECIPES, progress=print, artifacts: Path | None = None,
               recipe_artifacts: dict[str, Path] | None = None, peer: bool = False,
               peer_prompt_tokens: int = 200, int4_block_size: int = DEFAULT_INT4_BLOCK_SIZE,
-              rounds: int = 3, draft: str | None = DEFAULT_DRAFT, questions: int | None = None) -> dict:
+              rounds: int = 3, draft: str | None = DEFAULT_DRAFT, questions: int | None = None,
+              llamacpp: bool = False) -> dict:
     """``artifacts`` / ``recipe_artifacts``: existing FP32 / quantized artifacts of the same model to
     time instead of exporting and quantizing here (the demo passes its gated INT8 artifacts).
     ``int4_block_size``: the ``ort-cpu-int4`` row's blocks (and ORT GenAI's int4, to match).
@@ -134,6 +139,16 @@ def run_bench(preset: str, batch: int, out: Path, repeats: int = 5, max_new: int
             model.language_model, ours, out, decoder_mb, bandwidth, batch, prompt_tokens=peer_prompt_tokens,
             max_new=max_new, repeats=repeats, rounds=max(PEER_MIN_ROUNDS, rounds), progress=progress,
             int4_block_size=int4_block_size)
+    if llamacpp and batch == 1:
+        ours = {row.peer_precision: folder for row, folder in made.folders.items()
+                if row.peer_precision in ("fp32", "int8", "int4")}
+        decoder_mb = {row.peer_precision: rows[row]["decoder_mb"] for row in made.folders
+                      if row.peer_precision in ("fp32", "int8", "int4")}
+        report["llamacpp"] = run_llamacpp_bench(
+            model, processor, ours, out, decoder_mb, bandwidth, prompt_tokens=peer_prompt_tokens, max_new=max_new,
+            repeats=repeats, rounds=max(PEER_MIN_ROUNDS, rounds), progress=progress)
+    elif llamacpp:
+        progress("no llama.cpp head to head: it runs at batch 1 (the comparison is one answer's decode)")
     write_json_atomic(out / "bench.json", report)
     write_atomic(out / "bench.md", markdown(report))
     chart(report, out / "bench.png")
@@ -231,6 +246,8 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
 @click.option("--recipes", default=",".join(RECIPES), show_default=True, help="comma-separated, or empty")
 @click.option("--peer/--no-peer", default=None,
               help="decoder head to head with ONNX Runtime GenAI [default: on when onnxruntime-genai is installed]")
+@click.option("--llamacpp/--no-llamacpp", default=None,
+              help="decoder head to head with llama.cpp, batch 1 [default: on when llama-cpp-python is installed]")
 @click.option("--peer-prompt-tokens", type=int, default=200, show_default=True)
 @click.option("--int4-block-size", type=click.Choice([str(size) for size in INT4_BLOCK_SIZES]),
               default=str(DEFAULT_INT4_BLOCK_SIZE), show_default=True,
@@ -248,7 +265,7 @@ def parse_recipe_artifacts(values: tuple[str, ...], recipes: tuple[str, ...]) ->
               help=f"at batch 1, also time the FP32 runtime decoding speculatively with this recipe's row as its "
                    f"draft (empty: no such row) [default: {DEFAULT_DRAFT} when that recipe is timed]")
 def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_tokens: int, recipes: str,
-         peer: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
+         peer: bool | None, llamacpp: bool | None, peer_prompt_tokens: int, int4_block_size: str, artifacts: Path | None,
          recipe_artifacts: tuple[str, ...], draft: str | None, questions: int | None) -> None:
     """Benchmark PyTorch eager, the FP32 runtime and the CPU quantization recipes in one run."""
     chosen = tuple(r for r in recipes.split(",") if r)
@@ -267,11 +284,18 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         peer = missing is None
         if missing:
             click.echo(f"no decoder head to head: {missing}", err=True)
+    missing = llamacpp_available()
+    if llamacpp and missing:
+        raise click.UsageError(missing)
+    if llamacpp is None:
+        llamacpp = missing is None
+        if missing:
+            click.echo(f"no llama.cpp head to head: {missing}", err=True)
     try:
         report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen,
                            progress=lambda m: click.echo(m, err=True), peer=peer, peer_prompt_tokens=peer_prompt_tokens,
                            int4_block_size=int(int4_block_size), rounds=rounds, artifacts=artifacts,
-                           recipe_artifacts=given, draft=draft or None, questions=questions)
+                           recipe_artifacts=given, draft=draft or None, questions=questions, llamacpp=llamacpp)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     if questions:

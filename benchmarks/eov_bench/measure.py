@@ -203,13 +203,19 @@ def time_row(kind: str, where: str, batch: int, max_new: int, repeats: int, draf
     return bench_runtime(Path(where), batch, max_new, repeats, draft=draft)
 
 
-def time_decoder(kind: str, where: str, ids: list[list[int]], max_new: int, repeats: int) -> dict:
+def time_decoder(kind: str, where: str, ids: list[list[int]] | None, max_new: int, repeats: int,
+                 embeds: str | None = None, threads: int | None = None) -> dict:
     """The decoder head to head's timing of one row: ORT GenAI (``kind`` "ort-genai") or our decode
     loop on the same prompt token ids, exactly ``max_new`` greedy tokens, first token and decode
-    timed from the request (the generator's or our KV buffers are made inside the timing)."""
+    timed from the request (the generator's or our KV buffers are made inside the timing).
+    ``embeds``: instead of ids, a .npy of prompt embeddings (1, S, D) (our loop only: a VLM prompt,
+    as the llama.cpp head to head feeds both sides). ``threads``: intra-op threads (default: all)."""
     import numpy as np
 
-    prompt_ids = np.array(ids, np.int64)  # (B, S)
+    from eov_edge.runtime.pipeline import peak_rss_mb
+
+    prompt_embeds = None if embeds is None else np.load(embeds).astype(np.float32)  # (1, S, D)
+    prompt_ids = np.array(ids, np.int64) if ids is not None else np.zeros(prompt_embeds.shape[:2], np.int64)  # (B, S)
     batch, prompt = prompt_ids.shape
     if kind == "ort-genai":
         import onnxruntime_genai as og
@@ -235,7 +241,7 @@ def time_decoder(kind: str, where: str, ids: list[list[int]], max_new: int, repe
         from eov_edge.runtime.generation import GenerationConfig
         from eov_edge.runtime.pipeline import Pipeline
 
-        pipe = Pipeline.from_artifacts(where, thread_pool="shared")
+        pipe = Pipeline.from_artifacts(where, thread_pool="shared", threads=threads)
         # as ORT GenAI: no grammar, no per-token probabilities (GenAI computes none); the scored
         # loop, the runtime's default, is timed beside it
         plain = GenerationConfig(max_new_tokens=max_new, min_new_tokens=max_new, slis_grammar=False,
@@ -246,7 +252,10 @@ def time_decoder(kind: str, where: str, ids: list[list[int]], max_new: int, repe
 
         def generate(config=plain):
             start = time.perf_counter()
-            embeds = pipe.embed_table[prompt_ids].astype(np.float32)  # (B, S, D): GenAI gathers them in its graph
+            if prompt_embeds is None:  # (B, S, D): GenAI gathers them in its graph
+                embeds = pipe.embed_table[prompt_ids].astype(np.float32)
+            else:
+                embeds = prompt_embeds
             steps = pipe.decoder.steps(embeds, mask, config)
             chosen = [next(steps).token_ids]
             first = time.perf_counter()
@@ -264,7 +273,7 @@ def time_decoder(kind: str, where: str, ids: list[list[int]], max_new: int, repe
             "decode_ms_per_token": [1000 * r[1] / steps for r in runs],
             "decode_ms_per_token_scored": [1000 * r[1] / steps for r in scored_runs],
             "tokens": runs[-1][2], "tokens_scored": scored_runs[-1][2] if scored_runs else None,
-            "prompt_session": prompt_session}
+            "prompt_session": prompt_session, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def time_questions(kind: str, where: str, questions: list[str], max_new: int, repeats: int, mode: str) -> dict:

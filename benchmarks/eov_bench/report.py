@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from eov_edge.bench.llamacpp import llamacpp_markdown
 from eov_edge.bench.peer import peer_markdown
 from eov_edge.bench.rows import FP32_ROWS, Row, prompt_sessions_line, session_name
 
@@ -74,6 +75,8 @@ def markdown(report: dict) -> str:
     lines += ["", report["note"], ""]
     if report.get("decoder_head_to_head"):
         lines.append(peer_markdown(report["decoder_head_to_head"]))
+    if report.get("llamacpp"):
+        lines.append(llamacpp_markdown(report["llamacpp"]))
     return "\n".join(lines)
 
 

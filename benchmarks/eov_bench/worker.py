@@ -20,7 +20,7 @@ class WorkerError(EOVError, RuntimeError):
 
 
 def run_worker(measurement: str, /, **arguments) -> dict:
-    """Run one measurement (row, peak, decoder, questions, questions_decoder) in a fresh process.
+    """Run one measurement (row, peak, decoder, llamacpp, questions, questions_decoder) in a fresh process.
 
     ``measurement`` is positional-only: the arguments of a row or decoder measurement carry their
     own ``kind`` (the runtime kind being timed).
@@ -43,8 +43,16 @@ def measure(measurement: str, arguments: dict) -> dict:
         return {"peak_rss_mb": m.peak_rss_row(arguments["kind"], arguments["where"], arguments["batch"],
                                               arguments["max_new"], draft=draft)}
     if measurement == "decoder":
-        return m.time_decoder(arguments["kind"], arguments["where"], arguments["ids"], arguments["max_new"],
-                              arguments["repeats"])
+        return m.time_decoder(arguments["kind"], arguments["where"], arguments.get("ids"), arguments["max_new"],
+                              arguments["repeats"], embeds=arguments.get("embeds"), threads=arguments.get("threads"))
+    if measurement == "llamacpp":
+        import numpy as np
+
+        from eov_edge.bench.llamacpp_decoder import time_llamacpp
+
+        return time_llamacpp(arguments["where"], np.load(arguments["embeds"])[0], arguments["max_new"],
+                             arguments["repeats"], arguments["threads"], arguments["eos_token_id"],
+                             arguments["exact_f32"])
     if measurement == "questions":
         return m.time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
                               arguments["repeats"], arguments["mode"])
