@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from eov_edge.export.cli import engine_command, onnx_command, verify_command
+from eov_edge.export.cli import engine_command, gguf_command, onnx_command, verify_command
 from eov_edge.quantize.cli import quantize_command
 
 
@@ -15,7 +15,7 @@ def export_main() -> None:
     """Export Earth-OneVision checkpoints to ONNX, quantize them, and plan or build TensorRT engines."""
 
 
-for _command in (onnx_command, quantize_command, engine_command, verify_command):
+for _command in (onnx_command, quantize_command, engine_command, gguf_command, verify_command):
     export_main.add_command(_command)
 
 

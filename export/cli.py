@@ -41,6 +41,29 @@ def onnx_command(checkpoint: Path | None, preset: str | None, out: Path, opset: 
     click.echo(manifest_summary(manifest))
 
 
+@click.command("gguf")
+@click.option("--artifacts", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="artifacts folder (eov-export onnx) to add the GGUF to")
+@click.option("--type", "gguf_type", type=click.Choice(["f32", "q8_0", "q4_0", "q4_k_m"]), default="f32",
+              show_default=True, help="f32: the weights as they are; the others by llama.cpp's own quantizer")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="the checkpoint the artifacts were exported from (default: the shipped nano checkpoint)")
+@click.option("--preset", type=click.Choice(["nano", "small", "eov-2b"]), default=None,
+              help="the preset (random weights, seed 0) the artifacts were exported from")
+def gguf_command(artifacts: Path, gguf_type: str, checkpoint: Path | None, preset: str | None) -> None:
+    """Write the decoder as decoder-TYPE.gguf for llama.cpp (eov-run --decoder-backend llamacpp)."""
+    from eov_edge.core.paths import NANO_CHECKPOINT
+    from eov_edge.export.gguf_export import add_gguf_to_artifacts
+
+    if checkpoint is None and preset is None:
+        checkpoint = NANO_CHECKPOINT
+    try:
+        entry = add_gguf_to_artifacts(artifacts, gguf_type, checkpoint=checkpoint, preset=preset)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {artifacts / entry['file']} ({entry['bytes_per_token'] / 2**20:.1f} MiB read per decode step)")
+
+
 @click.command("engine")
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True,
               help="FP32 artifacts, or trt-int8 / trt-fp8 / w4a16 quantized ones")

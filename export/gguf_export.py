@@ -140,18 +140,6 @@ def _gguf_tensors(state: dict[str, np.ndarray], layers: int, tied: bool):
         yield "output.weight", state["lm_head.weight"]
 
 
-_QUIET_LOG = None
-
-
-def quiet_llama_logs(llama_cpp) -> None:
-    """Send llama.cpp's log lines (every load and quantization prints dozens) nowhere; the callback
-    is kept alive for the process's later calls."""
-    global _QUIET_LOG
-    if _QUIET_LOG is None:
-        _QUIET_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    llama_cpp.llama_log_set(_QUIET_LOG, None)
-
-
 def gguf_bytes_per_token(path: Path) -> int:
     """Bytes of weights a decode step reads from ``path``: every tensor but the token embedding
     (one row of it is gathered), unless it doubles as the LM head (tied: no ``output.weight``)."""
@@ -173,6 +161,8 @@ def quantize_gguf(source: Path, target: Path, gguf_type: str, threads: int | Non
         import llama_cpp
     except ImportError as err:
         raise GGUFExportError(f"quantizing GGUF needs llama-cpp-python ({err}); pip install 'eov-edge[bench]'") from err
+    from eov_edge.runtime.llamacpp_decoder import quiet_llama_logs
+
     quiet_llama_logs(llama_cpp)
     target = Path(target)
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
@@ -187,3 +177,63 @@ def quantize_gguf(source: Path, target: Path, gguf_type: str, threads: int | Non
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def gguf_file_name(gguf_type: str) -> str:
+    return f"decoder-{gguf_type}.gguf"
+
+
+def add_gguf_to_artifacts(directory: Path, gguf_type: str, checkpoint: Path | None = None, preset: str | None = None,
+                          seed: int = 0, model_and_processor=None) -> dict:
+    """Write the artifacts' decoder as ``decoder-<type>.gguf`` into ``directory`` and list it in the
+    manifest (file, sha256, bytes read per decode step, llama.cpp version); the weights come from
+    ``checkpoint`` / ``preset`` and must be the ones the artifacts were exported from (their
+    ``weights_sha256``). Returns the manifest entry."""
+    from eov_edge.core import manifest as mf
+    from eov_edge.core.paths import write_json_atomic
+    from eov_edge.core.provenance import git_commit
+    from eov_edge.model.processor import load_model
+    from eov_edge.model.weights import weights_sha256
+
+    if gguf_type not in GGUF_FILE_TYPES:
+        raise GGUFExportError(f"unknown GGUF type {gguf_type!r}; one of {', '.join(GGUF_FILE_TYPES)}")
+    directory = Path(directory)
+    manifest = mf.load_manifest(directory)
+    model, processor = model_and_processor or load_model(checkpoint, preset, seed=seed)
+    expected = manifest.produced_by.get("weights_sha256")
+    actual = weights_sha256(model)
+    if expected != actual:
+        raise GGUFExportError(f"{directory} was exported from other weights ({manifest.produced_by.get('source')}); "
+                              "give the checkpoint (or preset) it was exported from")
+    target = directory / gguf_file_name(gguf_type)
+    tokenizer = directory / manifest.tokenizer["file"]
+    special = manifest.special_tokens
+    f32 = target if gguf_type == "f32" else directory / f".{gguf_file_name('f32')}.{os.getpid()}.source"
+    try:
+        write_gguf(model.language_model, tokenizer, f32, eos_token_id=special["eos"], pad_token_id=special["pad"],
+                   context_length=manifest.max_context)
+        if gguf_type != "f32":
+            quantize_gguf(f32, target, gguf_type)
+    finally:
+        if f32 != target:
+            f32.unlink(missing_ok=True)
+    entry = {"file": target.name, "sha256": mf.sha256_file(target), "type": gguf_type,
+             "bytes_per_token": gguf_bytes_per_token(target), "weights_sha256": actual,
+             "written_by": {"gguf": _version("gguf"), "llama_cpp_python": _version("llama_cpp"),
+                            "git_commit": git_commit()}}
+    data = json.loads((directory / mf.MANIFEST_FILE).read_text())
+    data.setdefault("gguf", {})[gguf_type] = entry
+    write_json_atomic(directory / mf.MANIFEST_FILE, data)
+    return entry
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except (ImportError, AttributeError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version({"llama_cpp": "llama-cpp-python"}.get(module, module))
+        except PackageNotFoundError:
+            return None

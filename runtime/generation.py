@@ -92,6 +92,10 @@ class Decoder:
         self.present_names = mf.present_names(manifest.num_layers)
         self.last_cache_bytes = 0
         self.last_prefix_kv: PrefixKV | None = None  # the shared prefix's keys and values, last generation
+        # decode steps of single answers on llama.cpp (Pipeline.from_artifacts(decoder_backend="llamacpp")),
+        # the prompt through ONNX Runtime ("onnxruntime", its keys and values handed over) or llama.cpp
+        self.llama = None
+        self.llama_prefill = "onnxruntime"
 
     def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
               shared_prefix: int = 0, prefix_kv: PrefixKV | None = None) -> Iterator[Step]:
@@ -109,6 +113,9 @@ class Decoder:
                 f"{m.max_context}; shorten the prompt or lower max_new_tokens"
             )
         self.last_prefix_kv = None
+        if self.llama is not None and batch == 1 and not shared_prefix:
+            yield from self._steps_llamacpp(inputs_embeds, attention_mask, config)
+            return
         if m.decoder_kind == mf.ORT_CPU_DECODER:
             yield from self._steps_shared_cache(inputs_embeds, attention_mask, config, shared_prefix, prefix_kv)
             return
@@ -210,6 +217,42 @@ class Decoder:
         yield from self._tokens(logits[:, -1], _token_writer(token_view), decode_step, stream.prepare_one, config,
                                 token_view)
 
+    def _steps_llamacpp(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray,
+                        config: GenerationConfig) -> Iterator[Step]:
+        """One answer (batch 1) whose decode steps run on llama.cpp (:mod:`eov_edge.runtime.llamacpp_decoder`):
+        the prompt through ONNX Runtime's CPU decoder, its keys and values handed to llama.cpp's
+        cache and the first token chosen from its logits, or the prompt through llama.cpp."""
+        length = int(attention_mask.astype(np.int64).sum())
+        if length < 1:
+            raise PromptError("the prompt has no tokens (its attention mask is all zero)")
+        embeds = inputs_embeds[0, inputs_embeds.shape[1] - length:]  # (P, D): left padding dropped
+        llama = self.llama
+        if self.llama_prefill == "onnxruntime":
+            stream = FusedKVStream(self, 1, length)  # the prompt's positions only: decode steps run on llama.cpp
+            logits = np.empty((1, 1, len(self.embed_table)), np.float32)  # (1, 1, V)
+            next_tokens = np.zeros((1, 1), np.int64)  # the graph's argmax
+            stream.prefill(embeds[None], np.array([length]), logits, next_tokens)
+            # past order: key, value per layer; (1, KV, P, hd) -> (KV, P, hd)
+            llama.load_prompt([c[0] for c in stream.cache[0::2]], [c[0] for c in stream.cache[1::2]])
+            first = logits[:, -1]  # (1, V)
+            llama.argmax = int(next_tokens[0, 0])
+        else:
+            first = llama.prefill(embeds)  # (1, V), llama.cpp's buffer
+        self.last_cache_bytes = 0  # llama.cpp's context holds the cache, allocated once
+        overridden: list[int] = []  # the token rule's choice where it is not llama.cpp's argmax
+        outputs: dict[str, np.ndarray] = {}
+
+        def write(chosen: list[int]) -> None:
+            overridden.append(chosen[0])
+
+        def decode_step() -> dict[str, np.ndarray]:
+            token = overridden.pop() if overridden else llama.argmax
+            outputs[mf.LOGITS] = llama.step(token)[:, None]  # (1, 1, V), llama.cpp's buffer
+            return outputs
+
+        yield from self._tokens(first, write, decode_step, lambda: None, config, _LlamaArgmax(llama),
+                                logits_rebound=True)
+
     def _embedding_writer(self, step_embeds: np.ndarray):
         """A call that writes the chosen tokens' embedding rows into ``step_embeds`` (B, 1, D)."""
         table = self.embed_table
@@ -221,13 +264,14 @@ class Decoder:
         return write
 
     def _tokens(self, logits: np.ndarray, write_tokens, decode_step, advance, config: GenerationConfig,
-                graph_tokens: memoryview | None = None) -> Iterator[Step]:
+                graph_tokens=None, logits_rebound: bool = False) -> Iterator[Step]:
         """The token loop both decoders share: choose from ``logits`` (B, V), yield, give the chosen
         tokens (a list) to ``write_tokens`` for the next call, run ``decode_step`` (which returns
         the outputs with the new logits), ``advance`` the position inputs in place.
         ``graph_tokens``: (B,) the graph's argmax of ``logits``, already bound as the next call's
         input (``next_tokens`` = ``input_ids``): chosen tokens are written only where they differ,
-        and ``logits`` is the bound output buffer, rewritten by every call."""
+        and ``logits`` is the bound output buffer, rewritten by every call (``logits_rebound``: each
+        call's outputs say where it is, as llama.cpp's buffer)."""
         # Each step's host work runs right after the graph has streamed every weight through the
         # caches, so every numpy call pays cold caches (~10-40 us each measured in this loop, against
         # 1-10 us warm): the greedy rule keeps per-row state in Python lists, and with graph_tokens
@@ -242,7 +286,7 @@ class Decoder:
             if rule.chosen != argmax:  # always without graph_tokens; sampling: where the draw differs
                 write_tokens(rule.chosen)
             outputs = decode_step()
-            if graph_tokens is None:
+            if graph_tokens is None or logits_rebound:
                 logits = outputs[mf.LOGITS][:, -1]
             advance()
 
@@ -251,6 +295,17 @@ class Decoder:
         """Token ids (B, T) and their probabilities (B, T), T <= max_new_tokens; rows that ended
         early are padded like ``generate()`` pads them."""
         return stack_steps(self.steps(inputs_embeds, attention_mask, config, shared_prefix, prefix_kv))
+
+
+class _LlamaArgmax:
+    """The (B,) = (1,) argmax the token rule reads, as the fused ORT graph's ``next_tokens``: taken
+    by llama.cpp's greedy sampler after each step (:class:`LlamaCppDecodeSession`)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def tolist(self) -> list[int]:
+        return [self.session.argmax]
 
 
 def _token_writer(view: memoryview):

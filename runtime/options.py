@@ -29,6 +29,9 @@ class RuntimeOptions:
     draft: Path | None = None
     draft_tokens: int = DEFAULT_DRAFT_TOKENS
     prefill_session: bool | None = None
+    decoder_backend: str = "onnxruntime"  # "llamacpp": single answers decode on llama.cpp (eov-export gguf)
+    gguf: str | None = None
+    prefill: str = "onnxruntime"
 
     def pipeline_kwargs(self) -> dict:
         """As :meth:`Pipeline.from_artifacts` (and a Ray worker's pipeline) takes them."""
@@ -45,7 +48,8 @@ class RuntimeOptions:
         return cls(backend=flags.pop("backend"), providers=tuple(flags.pop("providers").split(",")),
                    threads=flags.pop("threads"), verify_hashes=not flags.pop("no_verify"), warmup=flags.pop("warmup"),
                    engines=flags.pop("engines"), draft=flags.pop("draft"), draft_tokens=flags.pop("draft_tokens"),
-                   prefill_session=flags.pop("prefill_session"), **overrides)
+                   prefill_session=flags.pop("prefill_session"), decoder_backend=flags.pop("decoder_backend"),
+                   gguf=flags.pop("gguf"), prefill=flags.pop("prefill"), **overrides)
 
 
 def runtime_flags(command):
@@ -66,6 +70,17 @@ def runtime_flags(command):
                      help="INT4 CPU artifacts: run prompts in a second decoder session with the fp32 kernel (memory "
                           "for a second copy of the 4-bit decoder weights) / in the decode session. Default: as the "
                           "manifest says; where the gate accepted both, the faster one measured at start-up"),
+        click.option("--decoder-backend", type=click.Choice(["onnxruntime", "llamacpp"]), default="onnxruntime",
+                     show_default=True,
+                     help="llamacpp (CPU hosts, needs llama-cpp-python): single answers decode on llama.cpp from the "
+                          "artifacts' GGUF (eov-export gguf), faster per token on CPU; batches stay on ONNX Runtime"),
+        click.option("--gguf", type=click.Choice(["f32", "q8_0", "q4_0", "q4_k_m"]), default=None,
+                     help="which of the artifacts' GGUF decoders (default: the only one, or f32)"),
+        click.option("--prefill", type=click.Choice(["onnxruntime", "llamacpp"]), default="onnxruntime",
+                     show_default=True,
+                     help="with --decoder-backend llamacpp: the prompt through ONNX Runtime, its keys and values handed "
+                          "to llama.cpp (faster first token; both engines' weights in memory), or through llama.cpp "
+                          "(one copy of the weights)"),
         click.option("--warmup", is_flag=True, help="run each graph once before answering"),
         click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)"),
     ]

@@ -113,6 +113,7 @@ class Pipeline:
         # most samples one decoder call takes (TensorRT: the engines' profiles), None: any; larger
         # batches run in pieces of this size
         self.max_batch: int | None = None
+        self.llama = None  # the llama.cpp decode session (use_llamacpp)
         # most tokens per row the decoder takes on top of a cache (TensorRT: the decode profile's), None:
         # any; a shared prefix is used only where every question's own tokens fit
         self.max_suffix: int | None = None
@@ -125,7 +126,8 @@ class Pipeline:
                        thread_pool: str = "session", verify_hashes: bool = True, warmup: bool = False,
                        engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
                        draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool | None = None,
-                       prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB) -> "Pipeline":
+                       prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, decoder_backend: str = "onnxruntime",
+                       gguf: str | None = None, prefill: str = "onnxruntime") -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
@@ -144,6 +146,11 @@ class Pipeline:
         the CPU (two measurements on the same kind of machine came out either way round).
         ``prefix_cache_mb``: bound of the cache of encoded views and shared prompt prefixes that
         :meth:`answer_questions` keeps for later questions about the same views (0: none).
+        ``decoder_backend="llamacpp"`` (CPU hosts): single answers decode on llama.cpp from the
+        artifacts' GGUF of type ``gguf`` (``eov-export gguf``; default: the only one, or f32), the prompt
+        through ONNX Runtime and handed over (``prefill="onnxruntime"``: the faster first token, both
+        engines' weights in memory) or through llama.cpp (``prefill="llamacpp"``: one copy);
+        batches and shared-prefix questions stay on ONNX Runtime (:mod:`eov_edge.runtime.llamacpp_decoder`).
         """
         directory = Path(directory)
         if draft is not None and backend != "onnxruntime":
@@ -151,6 +158,11 @@ class Pipeline:
                               "use --backend onnxruntime")
         manifest = mf.load_manifest(directory, verify_hashes=verify_hashes)
         mf.check_compatible(manifest, directory)
+        if decoder_backend == "llamacpp":
+            # ONNX Runtime's shared pool spins between runs, on the cores llama.cpp's decode threads
+            # need (2 threads, small: decode steps 1.2-1.9x slower after an ONNX Runtime prompt);
+            # pools of its own that sleep cost little on the encoder's and prompts' large ops
+            thread_pool = "session"
         if backend == "onnxruntime":
             options = {"providers": providers, "threads": threads, "thread_pool": thread_pool}
         else:  # tensorrt: engines built by eov-export engine for these artifacts
@@ -170,9 +182,16 @@ class Pipeline:
 
             pipeline.max_batch = engine_max_batch(engines)
             pipeline.max_suffix = engine_max_suffix(engines)
-        if PREFILL in runners and prefill_session is None and \
+        llama_prompts = decoder_backend == "llamacpp" and prefill == "llamacpp"  # no ONNX Runtime prompt to time
+        if PREFILL in runners and prefill_session is None and not llama_prompts and \
                 manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
             pipeline.choose_prompt_session()
+        if decoder_backend == "llamacpp":
+            if backend != "onnxruntime" or draft is not None:
+                raise PromptError("--decoder-backend llamacpp runs with --backend onnxruntime and no --draft")
+            pipeline.use_llamacpp(gguf, prefill, threads)
+        elif decoder_backend != "onnxruntime":
+            raise PromptError(f"unknown decoder backend {decoder_backend!r}; onnxruntime or llamacpp")
         if draft is not None:
             pipeline.use_draft(draft, draft_tokens, verify_hashes=verify_hashes, **options)
         if warmup:
@@ -212,6 +231,34 @@ class Pipeline:
         self.prompt_session = {"chosen": chosen, "prompt_tokens": length, "ms": ms}
         return self.prompt_session
 
+    def use_llamacpp(self, gguf: str | None = None, prefill: str = "onnxruntime", threads: int | None = None) -> None:
+        """Decode single answers on llama.cpp from this folder's GGUF of type ``gguf`` (see
+        :meth:`from_artifacts`)."""
+        from eov_edge.runtime.llamacpp_decoder import PREFILLS, LlamaCppDecodeSession, LlamaCppError
+
+        m = self.manifest
+        if not m.gguf:
+            raise LlamaCppError(f"{self.directory} holds no GGUF decoder; write one with eov-export gguf --artifacts "
+                                f"{self.directory}")
+        if gguf is None:
+            gguf = "f32" if "f32" in m.gguf or len(m.gguf) > 1 else next(iter(m.gguf))
+        if gguf not in m.gguf:
+            raise LlamaCppError(f"{self.directory} holds GGUF decoders of type {', '.join(sorted(m.gguf))}, not {gguf}; "
+                                f"write it with eov-export gguf --type {gguf}")
+        if prefill not in PREFILLS:
+            raise LlamaCppError(f"prefill {prefill!r}: one of {', '.join(PREFILLS)}")
+        if prefill == "onnxruntime" and m.decoder_kind != mf.ORT_CPU_DECODER:
+            raise LlamaCppError("handing the prompt from ONNX Runtime to llama.cpp needs the CPU decoder (eov-export "
+                                "onnx --decoder ort-cpu); or run with --prefill llamacpp")
+        text = m.model_config["text_config"]
+        session = LlamaCppDecodeSession(self.directory / m.gguf[gguf]["file"], m.max_context,
+                                        threads or os.cpu_count() or 1, gguf == "f32", m.num_layers,
+                                        m.num_kv_heads, m.head_dim, int(text["hidden_size"]))
+        if prefill == "onnxruntime":
+            session.check_state_format()  # at start-up, not in the first answer
+        self.decoder.llama, self.decoder.llama_prefill = session, prefill
+        self.llama = session
+
     def use_draft(self, directory: str | os.PathLike, draft_tokens: int = DEFAULT_DRAFT_TOKENS,
                   verify_hashes: bool = True, **runner_options) -> None:
         """Decode speculatively with the decoder of the artifacts in ``directory`` as the draft
@@ -237,6 +284,8 @@ class Pipeline:
     def close(self) -> None:
         for runner in self.runners.values():
             runner.deactivate()
+        if self.llama is not None:
+            self.llama.close()
 
     def __enter__(self) -> "Pipeline":
         return self

@@ -67,7 +67,8 @@ USED_WITHOUT_IMPORT = {
     "pytest-timeout": "pytest plugin",
     "pytest-xdist": "pytest plugin (-n)",
 }
-MODULE_OF = {"onnxruntime-genai": "onnxruntime_genai", "cuda-python": "cuda", "tensorrt-cu12": "tensorrt",
+MODULE_OF = {"onnxruntime-genai": "onnxruntime_genai", "llama-cpp-python": "llama_cpp", "cuda-python": "cuda",
+             "tensorrt-cu12": "tensorrt",
              "tensorrt-cu13": "tensorrt"}
 SOURCE_DIRS = ("eov_edge", "export", "quantize", "runtime", "benchmarks", "calib_data", "tests")
 

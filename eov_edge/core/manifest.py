@@ -101,6 +101,8 @@ class Manifest:
     validation: dict = field(default_factory=dict)
     quantization: dict = field(default_factory=dict)  # recipe, tools, calibration, gate (quantized artifacts)
     decoder_kind: str = PORTABLE_DECODER
+    # the decoder as GGUF for llama.cpp (eov-export gguf): type (f32, q8_0, ...) -> {"file", "sha256", ...}
+    gguf: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -163,6 +165,7 @@ def load_manifest(directory: str | os.PathLike, verify_hashes: bool = True) -> M
     files += [(g.external_data, g.external_data_sha256) for g in manifest.graphs.values() if g.external_data]
     files += [(manifest.embedding["file"], manifest.embedding["sha256"]),
               (manifest.tokenizer["file"], manifest.tokenizer["sha256"])]
+    files += [(entry["file"], entry["sha256"]) for entry in manifest.gguf.values()]
     for name, expected in files:
         file = directory / name
         if not file.is_file():

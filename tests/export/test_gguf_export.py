@@ -22,7 +22,7 @@ def _qwen2(tmp_path, tie: bool):
 
 def _llama_logits(llama_cpp, path, ids: list[int]) -> np.ndarray:
     """llama.cpp's F32 logits (S, V) for ``ids``, F32 KV cache, flash attention off."""
-    from eov_edge.export.gguf_export import quiet_llama_logs
+    from eov_edge.runtime.llamacpp_decoder import quiet_llama_logs
 
     lc = llama_cpp
     quiet_llama_logs(lc)
@@ -115,3 +115,29 @@ def test_llama_cpp_quantizes_our_gguf(tmp_path, llama_cpp):
     with pytest.raises(GGUFExportError, match="unknown GGUF quantization"):
         quantize_gguf(f32, tmp_path / "x.gguf", "q3_k")
     assert sorted(p.name for p in tmp_path.glob("*.gguf*")) == ["d-q8_0.gguf", "d.gguf"]
+
+
+def test_eov_export_gguf_adds_the_decoder_to_the_artifacts_it_was_exported_from(nano_fused_artifacts, tmp_path,
+                                                                                llama_cpp):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from eov_edge.cli import export_main
+    from eov_edge.core import manifest as mf
+
+    folder = tmp_path / "nano"
+    shutil.copytree(nano_fused_artifacts, folder)
+    refused = CliRunner().invoke(export_main, ["gguf", "--artifacts", str(folder), "--preset", "small"])
+    assert refused.exit_code != 0 and "exported from other weights" in refused.output
+    assert not list(folder.glob("*.gguf*"))
+    done = CliRunner().invoke(export_main, ["gguf", "--artifacts", str(folder), "--type", "q4_0"])
+    assert done.exit_code == 0, done.output
+    manifest = mf.load_manifest(folder)  # the GGUF is listed with its sha256, and checked
+    entry = manifest.gguf["q4_0"]
+    assert entry["file"] == "decoder-q4_0.gguf" and entry["written_by"]["llama_cpp_python"]
+    assert entry["weights_sha256"] == manifest.produced_by["weights_sha256"]
+    assert sorted(p.name for p in folder.glob("*gguf*")) == ["decoder-q4_0.gguf"]  # no F32 source left
+    (folder / "decoder-q4_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(mf.ManifestError, match="sha256"):
+        mf.load_manifest(folder)
