@@ -49,6 +49,29 @@ def render(report: dict, source: str) -> str:
         lines += ["", f"Our decode loop against ONNX Runtime GenAI {m.get('onnxruntime_genai', '')} on the same "
                   f"weights ({peer['prompt_tokens']}-token prompt, time ratio ours / GenAI, below 1 is faster): "
                   + "; ".join(versus) + "."]
+    if llama := report.get("llamacpp"):
+        lines += ["", llamacpp_table(llama)]
+    return "\n".join(lines)
+
+
+def llamacpp_table(section: dict) -> str:
+    """Our rows against llama.cpp's at the matched precision: paired time ratios ours / llama.cpp
+    (below 1 is faster) with every core and with one, and peak RSS."""
+    threads = sorted(section["threads"], key=int, reverse=True)
+    head = " | ".join(f"decode / first token, {t} thread{'s' if t != '1' else ''}" for t in threads)
+    lines = [f"Against llama.cpp (llama-cpp-python {section['llama_cpp_python']}, same weights as GGUF, a "
+             f"{section['prompt_tokens']}-position image prompt as embeddings, batch 1; time ratio ours / llama.cpp "
+             "paired within rounds, below 1 is faster; `llamacpp-decode`: `--decoder-backend llamacpp`, "
+             "`llamacpp`: with `--prefill llamacpp`):", "",
+             f"| ours | vs | {head} | peak RSS |", "|---|---|" + "---|" * len(threads) + "---|"]
+    first = section["threads"][threads[0]]
+    for name, row in first.items():
+        if "decode_vs_llamacpp" not in row:
+            continue
+        cells = [f"{section['threads'][t][name]['decode_vs_llamacpp']:.2f} / "
+                 f"{section['threads'][t][name]['ttft_vs_llamacpp']:.2f}" for t in threads]
+        lines.append(f"| {name.removeprefix('ours ')} | {row['paired_with'].removeprefix('llama.cpp ')} | "
+                     + " | ".join(cells) + f" | {row['rss_vs_llamacpp']:.2f}x |")
     return "\n".join(lines)
 
 

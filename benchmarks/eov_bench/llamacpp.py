@@ -34,23 +34,17 @@ def llamacpp_available() -> str | None:
     return None
 
 
-def build_llamacpp_models(language_model, tokenizer_json: Path, out: Path, eos_token_id: int,
-                          pad_token_id: int, context_length: int) -> dict[str, Path]:
-    """GGUF files of ``language_model`` under ``out``: type -> path (kept between runs of one folder)."""
-    from eov_edge.export.gguf_export import quantize_gguf, write_gguf
+def artifacts_gguf(model, processor, folder: Path, gguf_type: str) -> Path:
+    """``folder``'s GGUF decoder of ``gguf_type`` (``eov-export gguf``), written unless it is there
+    for these weights: the file our llamacpp rows decode with is the one llama.cpp's rows load."""
+    from eov_edge.core import manifest as mf
+    from eov_edge.export.gguf_export import add_gguf_to_artifacts
+    from eov_edge.model.weights import weights_sha256
 
-    out = Path(out)
-    f32 = out / "decoder-f32.gguf"
-    if not f32.is_file():
-        write_gguf(language_model, tokenizer_json, f32, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                   context_length=context_length)
-    models = {"f32": f32}
-    for gguf_type in LLAMACPP_TYPES[1:]:
-        path = out / f"decoder-{gguf_type}.gguf"
-        if not path.is_file():
-            quantize_gguf(f32, path, gguf_type)
-        models[gguf_type] = path
-    return models
+    entry = mf.load_manifest(folder, verify_hashes=False).gguf.get(gguf_type)
+    if not entry or entry.get("weights_sha256") != weights_sha256(model) or not (Path(folder) / entry["file"]).is_file():
+        entry = add_gguf_to_artifacts(folder, gguf_type, model_and_processor=(model, processor))
+    return Path(folder) / entry["file"]
 
 
 def vlm_prompt_embeds(model, processor, prompt_tokens: int, seed: int = 0) -> np.ndarray:
@@ -87,100 +81,123 @@ def reference_tokens(language_model, embeds: np.ndarray, max_new: int) -> list[i
     return out[0, -max_new:].tolist()
 
 
-def llamacpp_round_order(pairs: list[tuple[str, str]], alone: list[str], round_index: int) -> list[str]:
-    """One round: each of our rows right beside the llama.cpp row it is compared with, which runs
-    first alternating from round to round; unpaired rows after."""
+# our rows per precision: the decode loop on ONNX Runtime; on llama.cpp with the prompt through ONNX
+# Runtime (handed over); on llama.cpp alone (the runtime's --decoder-backend llamacpp --prefill ...)
+OUR_MODES = {"onnxruntime": None, "llamacpp-decode": "onnxruntime", "llamacpp": "llamacpp"}
+
+
+def llamacpp_round_order(groups: list[list[str]], round_index: int) -> list[str]:
+    """One round: each group (llama.cpp's row and ours of its precision) run one after the other,
+    the order reversed every other round (a drift within a group cancels over rounds)."""
     order = []
-    for ours, theirs in pairs:
-        order += [ours, theirs] if round_index % 2 == 0 else [theirs, ours]
-    return order + alone
+    for group in groups:
+        order += group if round_index % 2 == 0 else group[::-1]
+    return order
 
 
 def run_llamacpp_bench(model, processor, ours: dict[str, Path], out: Path, floors_mb: dict[str, float],
                        bandwidth_gbs: float, prompt_tokens: int = 200, max_new: int = 32, repeats: int = 5,
                        rounds: int = 4, thread_counts: tuple[int, ...] | None = None, progress=print) -> dict:
     """``ours``: precision (fp32, int8, int4) -> our artifacts; ``floors_mb``: precision -> decoder weight
-    MiB read per token (ours). Each row in its own process, rounds interleaved, ratios paired."""
+    MiB read per token (ours, on ONNX Runtime). Each row in its own process, rounds interleaved,
+    ratios to llama.cpp paired within a round."""
     import statistics
 
+    import llama_cpp
+
     from eov_edge.bench.worker import run_worker
-    from eov_edge.core.tokenizer import TOKENIZER_FILE
+    from eov_edge.core import manifest as mf
     from eov_edge.export.gguf_export import gguf_bytes_per_token
 
     out = Path(out)
-    language_model = model.language_model
-    tokenizer = processor.tokenizer
-    eos, pad = int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
-    any_artifacts = next(iter(ours.values()))
-    progress("writing the decoder to GGUF and quantizing it with llama.cpp's quantizer")
-    gguf_models = build_llamacpp_models(language_model, Path(any_artifacts) / TOKENIZER_FILE,
-                                        out / "artifacts" / "llamacpp", eos, pad,
-                                        context_length=int(language_model.config.max_position_embeddings))
+    eos = int(processor.tokenizer.eos_token_id)
+    first_folder = Path(next(iter(ours.values())))
+    context = mf.load_manifest(first_folder, verify_hashes=False).max_context
+    progress("writing the decoder to GGUF (eov-export gguf) and quantizing it with llama.cpp's quantizer")
+    paired_type = dict(LLAMACPP_PAIRS)
+    gguf_files = {}
+    for gguf_type in LLAMACPP_TYPES:  # each beside our artifacts of its precision (or the first folder)
+        precision = next((p for p, t in paired_type.items() if t == gguf_type and p in ours), None)
+        folder = Path(ours[precision]) if precision else Path(ours.get("int4", first_folder))
+        gguf_files[gguf_type] = artifacts_gguf(model, processor, folder, gguf_type)
     embeds = vlm_prompt_embeds(model, processor, prompt_tokens)
-    embeds_path = out / "artifacts" / "llamacpp" / f"prompt-{prompt_tokens}.npy"
+    embeds_path = out / "artifacts" / f"llamacpp-prompt-{prompt_tokens}.npy"
+    embeds_path.parent.mkdir(parents=True, exist_ok=True)
     np.save(embeds_path, embeds)
-    reference = reference_tokens(language_model, embeds, max_new)
+    reference = reference_tokens(model.language_model, embeds, max_new)
     cores = os.cpu_count() or 2
     thread_counts = tuple(thread_counts or sorted({cores, 1}, reverse=True))
-    gguf_bytes = {t: gguf_bytes_per_token(p) / 2**20 for t, p in gguf_models.items()}
+    gguf_mb = {t: gguf_bytes_per_token(p) / 2**20 for t, p in gguf_files.items()}
 
-    def arguments(name: str, threads: int) -> tuple[str, dict]:
-        side, label = name.split(" ", 1)
-        common = {"embeds": str(embeds_path), "max_new": max_new, "repeats": repeats, "threads": threads}
-        if side == "ours":
-            return "decoder", {"kind": "runtime", "where": str(ours[label]), **common}
-        return "llamacpp", {"where": str(gguf_models[label]), "eos_token_id": eos, "exact_f32": label == "f32",
-                            **common}
-
-    pairs = [(f"ours {p}", f"llama.cpp {t}") for p, t in LLAMACPP_PAIRS.items() if p in ours]
-    alone = [f"llama.cpp {t}" for t in LLAMACPP_TYPES if f"llama.cpp {t}" not in {b for _, b in pairs}]
-    names = [n for pair in pairs for n in pair] + alone
-    measured = {(threads, name): [] for threads in thread_counts for name in names}
+    rows_where: dict[str, tuple[str, dict]] = {}
+    groups: list[list[str]] = []
+    common = {"embeds": str(embeds_path), "max_new": max_new, "repeats": repeats}
+    for gguf_type in LLAMACPP_TYPES:
+        theirs = f"llama.cpp {gguf_type}"
+        rows_where[theirs] = ("llamacpp", {"where": str(gguf_files[gguf_type]), "eos_token_id": eos,
+                                           "exact_f32": gguf_type == "f32", "context": context, **common})
+        group = [theirs]
+        for precision, paired in LLAMACPP_PAIRS.items():
+            if paired != gguf_type or precision not in ours:
+                continue
+            for mode, prefill in OUR_MODES.items():
+                name = f"ours {precision} {mode}"
+                backend = {"gguf": gguf_type, "prefill": prefill} if prefill else {}
+                rows_where[name] = ("decoder", {"kind": "runtime", "where": str(ours[precision]), **backend, **common})
+                group.append(name)
+        groups.append(group)
+    measured = {(threads, name): [] for threads in thread_counts for name in rows_where}
     for round_index in range(rounds):
         for threads in thread_counts:
-            for name in llamacpp_round_order(pairs, alone, round_index):
+            for name in llamacpp_round_order(groups, round_index):
                 progress(f"llama.cpp head to head, round {round_index + 1}/{rounds}, {threads} thread(s): {name}")
-                kind, args = arguments(name, threads)
-                measured[(threads, name)].append(run_worker(kind, **args))
+                kind, args = rows_where[name]
+                measured[(threads, name)].append(run_worker(kind, threads=threads, **args))
     sections = {}
     for threads in thread_counts:
         rows = {}
-        for name in names:
+        for name, (kind, args) in rows_where.items():
             runs = measured[(threads, name)]
-            label = name.split(" ", 1)[1]
+            ours_row = name.startswith("ours")
+            precision = name.split()[1]
             decode_rounds = [statistics.median(r["decode_ms_per_token"]) for r in runs]
             ttft_rounds = [statistics.median(r["ttft_ms"]) for r in runs]
-            weight_mb = floors_mb.get(label) if name.startswith("ours") else gguf_bytes[label]
-            floor = (weight_mb or 0.0) * 2**20 / (bandwidth_gbs * 1e9) * 1000
+            weight_mb = gguf_mb[args["gguf"]] if args.get("gguf") else \
+                (floors_mb.get(precision, 0.0) if ours_row else gguf_mb[precision])
+            floor = weight_mb * 2**20 / (bandwidth_gbs * 1e9) * 1000
             decode = statistics.median(decode_rounds)
+            tokens = [r["tokens"][0] if ours_row else r["tokens"] for r in runs]
             rows[name] = {
                 "ttft_ms": round(statistics.median(ttft_rounds), 2),
                 "decode_ms_per_token": round(decode, 3),
                 "decode_ms_per_token_rounds": [round(v, 3) for v in decode_rounds],
                 "ttft_ms_rounds": [round(v, 2) for v in ttft_rounds],
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
-                "weights_mb_per_token": round(weight_mb or 0.0, 2),
+                "weights_mb_per_token": round(weight_mb, 2),
                 "bandwidth_floor_ms": round(floor, 3),
                 "decode_vs_floor": round(decode / floor, 2) if floor else None,
-                "tokens_identical_to_pytorch": (all(r["tokens"][0] == reference if name.startswith("ours")
-                                                    else r["tokens"] == reference for r in runs)
-                                                if label in ("fp32", "f32") else None),
+                "tokens_identical_to_pytorch": (all(t == reference for t in tokens)
+                                                if precision in ("fp32", "f32") else None),
             }
-        for ours_name, theirs in pairs:
-            a, b = rows[ours_name], rows[theirs]
-            a["decode_vs_llamacpp"] = round(statistics.median(
-                x / y for x, y in zip(a["decode_ms_per_token_rounds"], b["decode_ms_per_token_rounds"])), 3)
-            a["ttft_vs_llamacpp"] = round(statistics.median(
-                x / y for x, y in zip(a["ttft_ms_rounds"], b["ttft_ms_rounds"])), 3)
-            a["rss_vs_llamacpp"] = round(a["peak_rss_mb"] / b["peak_rss_mb"], 3)
-            a["paired_with"] = theirs
+        for group in groups:
+            theirs = rows[group[0]]
+            for name in group[1:]:
+                row = rows[name]
+                row["paired_with"] = group[0]
+                row["decode_vs_llamacpp"] = round(statistics.median(
+                    a / b for a, b in zip(row["decode_ms_per_token_rounds"], theirs["decode_ms_per_token_rounds"])), 3)
+                row["ttft_vs_llamacpp"] = round(statistics.median(
+                    a / b for a, b in zip(row["ttft_ms_rounds"], theirs["ttft_ms_rounds"])), 3)
+                row["rss_vs_llamacpp"] = round(row["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
         sections[str(threads)] = rows
-    import llama_cpp
-
     return {"prompt_tokens": prompt_tokens, "prompt": "a calibration image's prompt (image block from the projector, "
             "question) then random text ids, fed to both as embeddings", "batch": 1, "max_new_tokens": max_new,
-            "repeats": repeats, "rounds": rounds, "llama_cpp_python": llama_cpp.__version__,
-            "gguf_mb_per_token": {t: round(v, 2) for t, v in gguf_bytes.items()}, "threads": sections}
+            "context": context, "repeats": repeats, "rounds": rounds, "llama_cpp_python": llama_cpp.__version__,
+            "gguf_mb_per_token": {t: round(v, 2) for t, v in gguf_mb.items()},
+            "modes": {"onnxruntime": "our decode loop on ONNX Runtime",
+                      "llamacpp-decode": "--decoder-backend llamacpp: prompt on ONNX Runtime, handed to llama.cpp",
+                      "llamacpp": "--decoder-backend llamacpp --prefill llamacpp: llama.cpp alone under our loop"},
+            "threads": sections}
 
 
 def llamacpp_markdown(section: dict) -> str:
@@ -189,7 +206,11 @@ def llamacpp_markdown(section: dict) -> str:
              "", f"llama-cpp-python {section['llama_cpp_python']} (llama.cpp built here), driven through its C API. "
              f"Each row in its own process, {section['rounds']} interleaved rounds of {section['repeats']} runs: "
              "median over rounds of each round's median; the ratios to llama.cpp are paired within a round "
-             "(< 1: ours faster). Floor: weight bytes per token / the weight-streaming bandwidth measured in this run.",
+             "(< 1: ours faster). Floor: weight bytes per token / the weight-streaming bandwidth measured in this run. "
+             "Our rows: `onnxruntime`, our decode loop on ONNX Runtime; `llamacpp-decode`, `--decoder-backend llamacpp`: "
+             "the prompt on ONNX Runtime, its keys and values handed to llama.cpp, decode steps on llama.cpp (both "
+             "engines' weights in memory); `llamacpp`, with `--prefill llamacpp`: llama.cpp alone under our loop "
+             "(grammar and token rule in Python). Each llamacpp row decodes the GGUF its llama.cpp row loads.",
              ""]
     for threads, rows in section["threads"].items():
         lines += [f"### {threads} thread(s)", "",

@@ -17,10 +17,10 @@ class LlamaCppDecoder:
     (every answer exactly ``max_new`` tokens, as the runtime's ``min_new_tokens``)."""
 
     def __init__(self, gguf_path: Path, prompt_length: int, max_new: int, threads: int, eos_token_id: int,
-                 exact_f32: bool):
+                 exact_f32: bool, context: int | None = None):
         import llama_cpp as lc
 
-        from eov_edge.export.gguf_export import quiet_llama_logs
+        from eov_edge.runtime.llamacpp_decoder import quiet_llama_logs
 
         self.lc = lc
         quiet_llama_logs(lc)
@@ -30,7 +30,7 @@ class LlamaCppDecoder:
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {gguf_path}")
         context_params = lc.llama_context_default_params()
-        context_params.n_ctx = prompt_length + max_new + 16
+        context_params.n_ctx = context or prompt_length + max_new + 16  # ours: the model's context
         context_params.n_batch = context_params.n_ubatch = max(512, prompt_length)
         context_params.n_seq_max = 1
         context_params.n_threads = context_params.n_threads_batch = threads
@@ -66,7 +66,7 @@ class LlamaCppDecoder:
         if embeds.shape != (self.prompt_length, self.hidden):
             raise ValueError(f"prompt embeddings {embeds.shape}, expected {(self.prompt_length, self.hidden)}")
         start = time.perf_counter()
-        lc.llama_memory_clear(lc.llama_get_memory(self.context), True)
+        lc.llama_memory_clear(lc.llama_get_memory(self.context), False)
         lc.llama_sampler_reset(self.sampler)
         ctypes.memmove(self.batch.embd, np.ascontiguousarray(embeds, np.float32).ctypes.data, embeds.nbytes)
         if lc.llama_decode(self.context, self.batch) != 0:
@@ -90,11 +90,11 @@ class LlamaCppDecoder:
 
 
 def time_llamacpp(where: str, embeds: np.ndarray, max_new: int, repeats: int, threads: int, eos_token_id: int,
-                  exact_f32: bool) -> dict:
+                  exact_f32: bool, context: int | None = None) -> dict:
     """One row of the llama.cpp head to head in this process: ``repeats`` generations after a warm-up."""
     from eov_edge.runtime.pipeline import peak_rss_mb
 
-    decoder = LlamaCppDecoder(Path(where), embeds.shape[0], max_new, threads, eos_token_id, exact_f32)
+    decoder = LlamaCppDecoder(Path(where), embeds.shape[0], max_new, threads, eos_token_id, exact_f32, context)
     decoder.generate(embeds)  # warm-up
     runs = [decoder.generate(embeds) for _ in range(repeats)]
     steps = max(max_new - 1, 1)

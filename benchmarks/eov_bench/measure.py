@@ -204,12 +204,15 @@ def time_row(kind: str, where: str, batch: int, max_new: int, repeats: int, draf
 
 
 def time_decoder(kind: str, where: str, ids: list[list[int]] | None, max_new: int, repeats: int,
-                 embeds: str | None = None, threads: int | None = None) -> dict:
+                 embeds: str | None = None, threads: int | None = None, gguf: str | None = None,
+                 prefill: str = "onnxruntime") -> dict:
     """The decoder head to head's timing of one row: ORT GenAI (``kind`` "ort-genai") or our decode
     loop on the same prompt token ids, exactly ``max_new`` greedy tokens, first token and decode
     timed from the request (the generator's or our KV buffers are made inside the timing).
     ``embeds``: instead of ids, a .npy of prompt embeddings (1, S, D) (our loop only: a VLM prompt,
-    as the llama.cpp head to head feeds both sides). ``threads``: intra-op threads (default: all)."""
+    as the llama.cpp head to head feeds both sides). ``threads``: intra-op threads (default: all).
+    ``gguf``: decode on llama.cpp from the artifacts' GGUF of this type, the prompt through ``prefill``
+    (the runtime's ``--decoder-backend llamacpp``)."""
     import numpy as np
 
     from eov_edge.runtime.pipeline import peak_rss_mb
@@ -241,7 +244,8 @@ def time_decoder(kind: str, where: str, ids: list[list[int]] | None, max_new: in
         from eov_edge.runtime.generation import GenerationConfig
         from eov_edge.runtime.pipeline import Pipeline
 
-        pipe = Pipeline.from_artifacts(where, thread_pool="shared", threads=threads)
+        backend = {"decoder_backend": "llamacpp", "gguf": gguf, "prefill": prefill} if gguf else {}
+        pipe = Pipeline.from_artifacts(where, thread_pool="shared", threads=threads, **backend)
         # as ORT GenAI: no grammar, no per-token probabilities (GenAI computes none); the scored
         # loop, the runtime's default, is timed beside it
         plain = GenerationConfig(max_new_tokens=max_new, min_new_tokens=max_new, slis_grammar=False,

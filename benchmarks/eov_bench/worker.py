@@ -44,7 +44,8 @@ def measure(measurement: str, arguments: dict) -> dict:
                                               arguments["max_new"], draft=draft)}
     if measurement == "decoder":
         return m.time_decoder(arguments["kind"], arguments["where"], arguments.get("ids"), arguments["max_new"],
-                              arguments["repeats"], embeds=arguments.get("embeds"), threads=arguments.get("threads"))
+                              arguments["repeats"], embeds=arguments.get("embeds"), threads=arguments.get("threads"),
+                              gguf=arguments.get("gguf"), prefill=arguments.get("prefill", "onnxruntime"))
     if measurement == "llamacpp":
         import numpy as np
 
@@ -52,7 +53,7 @@ def measure(measurement: str, arguments: dict) -> dict:
 
         return time_llamacpp(arguments["where"], np.load(arguments["embeds"])[0], arguments["max_new"],
                              arguments["repeats"], arguments["threads"], arguments["eos_token_id"],
-                             arguments["exact_f32"])
+                             arguments["exact_f32"], arguments.get("context"))
     if measurement == "questions":
         return m.time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
                               arguments["repeats"], arguments["mode"])
