@@ -58,11 +58,10 @@ def llamacpp_table(section: dict) -> str:
     """Our rows against llama.cpp's at the matched precision: paired time ratios ours / llama.cpp
     (below 1 is faster) with every core and with one, and peak RSS."""
     threads = sorted(section["threads"], key=int, reverse=True)
-    head = " | ".join(f"decode / first token, {t} thread{'s' if t != '1' else ''}" for t in threads)
-    lines = [f"Against llama.cpp (llama-cpp-python {section['llama_cpp_python']}, same weights as GGUF, a "
-             f"{section['prompt_tokens']}-position image prompt as embeddings, batch 1; time ratio ours / llama.cpp "
-             "paired within rounds, below 1 is faster; `llamacpp-decode`: `--decoder-backend llamacpp`, "
-             "`llamacpp`: with `--prefill llamacpp`):", "",
+    head = " | ".join(f"{t} thread{'s' if t != '1' else ''}: decode / first token" for t in threads)
+    lines = [f"Against llama.cpp {section['llama_cpp_python']} on the same weights (GGUF, "
+             f"{section['prompt_tokens']}-position image prompt, batch 1; time ratio ours / llama.cpp, paired; "
+             "`llamacpp-decode`: `--decoder-backend llamacpp`; `llamacpp`: and `--prefill llamacpp`):", "",
              f"| ours | vs | {head} | peak RSS |", "|---|---|" + "---|" * len(threads) + "---|"]
     first = section["threads"][threads[0]]
     for name, row in first.items():
