@@ -277,20 +277,8 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         draft = DEFAULT_DRAFT if DEFAULT_DRAFT in chosen else ""
     elif draft and draft not in chosen:
         raise click.UsageError(f"--draft {draft}: not among the timed recipes ({', '.join(chosen) or 'none'})")
-    missing = genai_available()
-    if peer and missing:
-        raise click.UsageError(missing)
-    if peer is None:
-        peer = missing is None
-        if missing:
-            click.echo(f"no decoder head to head: {missing}", err=True)
-    missing = llamacpp_available()
-    if llamacpp and missing:
-        raise click.UsageError(missing)
-    if llamacpp is None:
-        llamacpp = missing is None
-        if missing:
-            click.echo(f"no llama.cpp head to head: {missing}", err=True)
+    peer = _peer_switch(peer, genai_available(), "decoder head to head")
+    llamacpp = _peer_switch(llamacpp, llamacpp_available(), "llama.cpp head to head")
     try:
         report = run_bench(preset, batch, out, repeats, max_new_tokens, chosen,
                            progress=lambda m: click.echo(m, err=True), peer=peer, peer_prompt_tokens=peer_prompt_tokens,
@@ -304,6 +292,18 @@ def main(preset: str, batch: int, out: Path, repeats: int, rounds: int, max_new_
         click.echo(questions_markdown(report["questions"]))
         return
     click.echo(markdown(report))
+
+
+def _peer_switch(asked: bool | None, missing: str | None, what: str) -> bool:
+    """A peer section's flag: on where asked (refused if its package is missing), by default on
+    where the package is installed (saying why not otherwise)."""
+    if asked and missing:
+        raise click.UsageError(missing)
+    if asked is None:
+        if missing:
+            click.echo(f"no {what}: {missing}", err=True)
+        return missing is None
+    return asked
 
 
 if __name__ == "__main__":
