@@ -95,7 +95,7 @@ class Decoder:
         # decode steps of single answers on llama.cpp (Pipeline.from_artifacts(decoder_backend="llamacpp")),
         # the prompt through ONNX Runtime ("onnxruntime", its keys and values handed over) or llama.cpp
         self.llama = None
-        self.llama_prefill = "onnxruntime"
+        self.llama_prefill = "onnxruntime"  # or "llamacpp" (Pipeline.use_llamacpp decides)
 
     def steps(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, config: GenerationConfig,
               shared_prefix: int = 0, prefix_kv: PrefixKV | None = None) -> Iterator[Step]:

@@ -31,7 +31,7 @@ class RuntimeOptions:
     prefill_session: bool | None = None
     decoder_backend: str = "onnxruntime"  # "llamacpp": single answers decode on llama.cpp (eov-export gguf)
     gguf: str | None = None
-    prefill: str = "onnxruntime"
+    prefill: str | None = None  # with decoder_backend "llamacpp"; None: the handoff where it can be
 
     def pipeline_kwargs(self) -> dict:
         """As :meth:`Pipeline.from_artifacts` (and a Ray worker's pipeline) takes them."""
@@ -76,11 +76,11 @@ def runtime_flags(command):
                           "artifacts' GGUF (eov-export gguf), faster per token on CPU; batches stay on ONNX Runtime"),
         click.option("--gguf", type=click.Choice(["f32", "q8_0", "q4_0", "q4_k_m"]), default=None,
                      help="which of the artifacts' GGUF decoders (default: the only one, or f32)"),
-        click.option("--prefill", type=click.Choice(["onnxruntime", "llamacpp"]), default="onnxruntime",
-                     show_default=True,
+        click.option("--prefill", type=click.Choice(["onnxruntime", "llamacpp"]), default=None,
                      help="with --decoder-backend llamacpp: the prompt through ONNX Runtime, its keys and values handed "
                           "to llama.cpp (faster first token; both engines' weights in memory), or through llama.cpp "
-                          "(one copy of the weights)"),
+                          "(one copy of the weights). Default: onnxruntime where the artifacts have the fused CPU "
+                          "decoder (eov-export onnx --decoder ort-cpu), else llamacpp"),
         click.option("--warmup", is_flag=True, help="run each graph once before answering"),
         click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)"),
     ]

@@ -127,7 +127,7 @@ class Pipeline:
                        engines: str | os.PathLike | None = None, draft: str | os.PathLike | None = None,
                        draft_tokens: int = DEFAULT_DRAFT_TOKENS, prefill_session: bool | None = None,
                        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB, decoder_backend: str = "onnxruntime",
-                       gguf: str | None = None, prefill: str = "onnxruntime") -> "Pipeline":
+                       gguf: str | None = None, prefill: str | None = None) -> "Pipeline":
         """Open an ``eov-export`` artifacts folder; checks files, hashes, format and band table.
 
         ``thread_pool="shared"`` is faster on few cores but binds every ONNX Runtime session of the
@@ -149,7 +149,8 @@ class Pipeline:
         ``decoder_backend="llamacpp"`` (CPU hosts): single answers decode on llama.cpp from the
         artifacts' GGUF of type ``gguf`` (``eov-export gguf``; default: the only one, or f32), the prompt
         through ONNX Runtime and handed over (``prefill="onnxruntime"``: the faster first token, both
-        engines' weights in memory) or through llama.cpp (``prefill="llamacpp"``: one copy);
+        engines' weights in memory) or through llama.cpp (``prefill="llamacpp"``: one copy); default:
+        the first where the artifacts carry the fused CPU decoder (whose KV buffers are handed over);
         batches and shared-prefix questions stay on ONNX Runtime (:mod:`eov_edge.runtime.llamacpp_decoder`).
         """
         directory = Path(directory)
@@ -231,7 +232,7 @@ class Pipeline:
         self.prompt_session = {"chosen": chosen, "prompt_tokens": length, "ms": ms}
         return self.prompt_session
 
-    def use_llamacpp(self, gguf: str | None = None, prefill: str = "onnxruntime", threads: int | None = None) -> None:
+    def use_llamacpp(self, gguf: str | None = None, prefill: str | None = None, threads: int | None = None) -> None:
         """Decode single answers on llama.cpp from this folder's GGUF of type ``gguf`` (see
         :meth:`from_artifacts`)."""
         from eov_edge.runtime.llamacpp_decoder import PREFILLS, LlamaCppDecodeSession, LlamaCppError
@@ -245,6 +246,8 @@ class Pipeline:
         if gguf not in m.gguf:
             raise LlamaCppError(f"{self.directory} holds GGUF decoders of type {', '.join(sorted(m.gguf))}, not {gguf}; "
                                 f"write it with eov-export gguf --type {gguf}")
+        if prefill is None:  # the handoff where the fused CPU decoder's KV buffers are there to hand over
+            prefill = "onnxruntime" if m.decoder_kind == mf.ORT_CPU_DECODER else "llamacpp"
         if prefill not in PREFILLS:
             raise LlamaCppError(f"prefill {prefill!r}: one of {', '.join(PREFILLS)}")
         if prefill == "onnxruntime" and m.decoder_kind != mf.ORT_CPU_DECODER:

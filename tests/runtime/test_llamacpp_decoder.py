@@ -134,5 +134,8 @@ def test_missing_or_foreign_gguf_is_refused_with_what_to_do(gguf_artifacts, nano
     shutil.copy(gguf_artifacts / "decoder-q8_0.gguf", portable)
     (portable / mf.MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(LlamaCppError, match="--prefill llamacpp"):
-        Pipeline.from_artifacts(portable, decoder_backend="llamacpp")
-    Pipeline.from_artifacts(portable, decoder_backend="llamacpp", prefill="llamacpp").close()
+        Pipeline.from_artifacts(portable, decoder_backend="llamacpp", prefill="onnxruntime")
+    with Pipeline.from_artifacts(portable, decoder_backend="llamacpp") as pipe:  # default: llama.cpp's prompt
+        assert pipe.decoder.llama_prefill == "llamacpp"
+    with Pipeline.from_artifacts(gguf_artifacts, decoder_backend="llamacpp") as pipe:  # fused: the handoff
+        assert pipe.decoder.llama_prefill == "onnxruntime"
