@@ -135,8 +135,10 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
         click.echo(json.dumps(report, indent=1))
     else:
         s = report["stats"]
+        # calls of the decoder graph (prompts, steps) and decode steps on llama.cpp (--decoder-backend llamacpp)
+        steps = sum(g["calls"] for name, g in s["graphs"].items() if name.startswith("decoder"))
         click.echo(f"[{s['wall_s']:.2f} s, encoder {s['graphs']['encoder']['calls']} call(s), decoder "
-                   f"{s['graphs']['decoder']['calls']} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
+                   f"{steps} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
 
 
 def _run_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_address, workers, as_json,

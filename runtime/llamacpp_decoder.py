@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,7 @@ class LlamaCppDecodeSession:
         self.argmax = 0
         self._logits: tuple[int, np.ndarray] | None = None  # (address, (1, V) view) of llama.cpp's buffer
         self._format: tuple[bytes, bool, int, int] | None = None
+        self.timings: list[float] = []  # seconds per llama_decode call (prompts and steps), as Runner.timings
 
     # -- the prompt ---------------------------------------------------------------------------
     def check_state_format(self) -> tuple[bytes, bool, int, int]:
@@ -255,8 +257,10 @@ class LlamaCppDecodeSession:
         """Feed one token after the sequence; its logits (1, V), a view of llama.cpp's buffer that the
         next call overwrites; :attr:`argmax` is theirs."""
         self._token[0] = token
+        start = time.perf_counter()
         if self.lc.llama_decode(self.context, self.lc.llama_batch_get_one(self._token, 1)) != 0:
             raise LlamaCppError("llama.cpp failed on a decode step (its context is full?)")
+        self.timings.append(time.perf_counter() - start)
         return self._after_decode()
 
     def _after_decode(self) -> np.ndarray:

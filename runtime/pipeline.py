@@ -42,6 +42,7 @@ DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts'
 # a second ONNX Runtime session on decoder.onnx for prompts, where the manifest asks for one
 # (mf.PREFILL_SESSION_CONFIG: INT4 CPU artifacts, whose fp32 kernel is faster on prompts)
 PREFILL = "decoder prefill"
+LLAMACPP_DECODER = "decoder (llama.cpp)"  # its decode steps in stats(), beside the graphs' runners
 PREFILL_MIN_ONNXRUNTIME = (1, 32)  # mlas.qnbit.force_fp32; older versions ignore the key
 
 
@@ -555,6 +556,10 @@ class Pipeline:
             t = runner.timings
             graphs[name] = {"calls": len(t), "total_s": round(sum(t), 4),
                             "mean_ms": round(1000 * sum(t) / len(t), 3) if t else None}
+        if self.llama is not None:  # decode steps on llama.cpp (use_llamacpp)
+            t = self.llama.timings
+            graphs[LLAMACPP_DECODER] = {"calls": len(t), "total_s": round(sum(t), 4),
+                                        "mean_ms": round(1000 * sum(t) / len(t), 3) if t else None}
         stats = {"stages_s": {k: round(v, 4) for k, v in self.timings.items()}, "graphs": graphs,
                  "kv_cache_mb": round(self.decoder.last_cache_bytes / (1 << 20), 3),
                  "peak_rss_mb": round(peak_rss_mb(), 1)}
