@@ -154,8 +154,7 @@ class LlamaCppDecodeSession:
     PyTorch's); otherwise llama.cpp's defaults (F16 cache, flash attention where it chooses).
     """
 
-    def __init__(self, path: Path, capacity: int, threads: int, exact_f32: bool, num_layers: int, kv_heads: int,
-                 head_dim: int, hidden: int) -> None:
+    def __init__(self, path: Path, capacity: int, threads: int, exact_f32: bool) -> None:
         lc = import_llama_cpp()
         self.lc = lc
         quiet_llama_logs(lc)
@@ -166,11 +165,10 @@ class LlamaCppDecodeSession:
         self.model = lc.llama_model_load_from_file(str(self.path).encode(), lc.llama_model_default_params())
         if not self.model:
             raise LlamaCppError(f"llama.cpp could not load {self.path}; write it again with eov-export gguf")
-        shape = (lc.llama_model_n_layer(self.model), lc.llama_model_n_embd(self.model))
-        if shape != (num_layers, hidden):
-            lc.llama_model_free(self.model)
-            raise LlamaCppError(f"{self.path} holds a decoder of {shape[0]} layers x {shape[1]} wide, the artifacts "
-                                f"{num_layers} x {hidden}: it belongs to another model; write it with eov-export gguf")
+        # the decoder's shape as llama.cpp read it (the caller checks it against its artifacts)
+        self.num_layers, self.hidden = lc.llama_model_n_layer(self.model), lc.llama_model_n_embd(self.model)
+        self.kv_heads = lc.llama_model_n_head_kv(self.model)
+        self.head_dim = self.hidden // lc.llama_model_n_head(self.model)
         params = lc.llama_context_default_params()
         params.n_ctx = max(capacity, 16)
         params.n_batch = params.n_ubatch = min(max(capacity, 16), 512)
@@ -185,7 +183,6 @@ class LlamaCppDecodeSession:
             lc.llama_model_free(self.model)
             raise LlamaCppError(f"llama.cpp could not make a context of {capacity} positions for {self.path}")
         self.capacity = capacity
-        self.num_layers, self.kv_heads, self.head_dim, self.hidden = num_layers, kv_heads, head_dim, hidden
         self.vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.memory = lc.llama_get_memory(self.context)
         self._token = (lc.llama_token * 1)()
@@ -196,6 +193,11 @@ class LlamaCppDecodeSession:
         self._logits: tuple[int, np.ndarray] | None = None  # (address, (1, V) view) of llama.cpp's buffer
         self._format: tuple[bytes, bool, int, int] | None = None
         self.timings: list[float] = []  # seconds per llama_decode call (prompts and steps), as Runner.timings
+        # the prompt batch, kept between answers (made again only for a longer prompt): positions and
+        # the sequence id written once, the logits flag moved to each prompt's last position
+        self._batch = None
+        self._batch_size = 0
+        self._batch_last: int | None = None
 
     # -- the prompt ---------------------------------------------------------------------------
     def check_state_format(self) -> tuple[bytes, bool, int, int]:
@@ -233,24 +235,44 @@ class LlamaCppDecodeSession:
             raise LlamaCppError("llama.cpp refused the prompt's keys and values; run with --prefill llamacpp")
 
     def prefill(self, embeds: np.ndarray) -> np.ndarray:
-        """Feed ``embeds`` (S, D) f32 from an empty sequence; the last position's logits (V,)."""
-        lc = self.lc
+        """Feed ``embeds`` (S, D) f32 from an empty sequence; the last position's logits (1, V)
+        (:meth:`step`'s view); :attr:`argmax` is theirs."""
+        self.feed_prompt(embeds)
+        return self._after_decode()
+
+    def feed_prompt(self, embeds: np.ndarray) -> None:
+        """Clear the sequence and decode ``embeds`` (S, D) f32 as its positions 0..S-1 (logits of the
+        last position only)."""
         length = embeds.shape[0]
         if length >= self.capacity:
             raise LlamaCppError(f"a prompt of {length} positions fills llama.cpp's context of {self.capacity}")
+        if embeds.shape[1] != self.hidden:
+            raise LlamaCppError(f"prompt embeddings of width {embeds.shape[1]} for a decoder {self.hidden} wide")
         self.clear()
-        batch = lc.llama_batch_init(length, self.hidden, 1)
-        try:
-            batch.n_tokens = length
-            ctypes.memmove(batch.embd, np.ascontiguousarray(embeds, np.float32).ctypes.data, length * self.hidden * 4)
+        batch = self._prompt_batch(length)
+        ctypes.memmove(batch.embd, np.ascontiguousarray(embeds, np.float32).ctypes.data, length * self.hidden * 4)
+        start = time.perf_counter()
+        if self.lc.llama_decode(self.context, batch) != 0:
+            raise LlamaCppError("llama.cpp failed on the prompt")
+        self.timings.append(time.perf_counter() - start)
+
+    def _prompt_batch(self, length: int):
+        lc = self.lc
+        if length > self._batch_size:
+            if self._batch is not None:
+                lc.llama_batch_free(self._batch)
+            self._batch = lc.llama_batch_init(length, self.hidden, 1)
             for i in range(length):
-                batch.pos[i], batch.n_seq_id[i], batch.logits[i] = i, 1, int(i == length - 1)
-                batch.seq_id[i][0] = 0
-            if lc.llama_decode(self.context, batch) != 0:
-                raise LlamaCppError("llama.cpp failed on the prompt")
-        finally:
-            lc.llama_batch_free(batch)
-        return self._after_decode()
+                self._batch.pos[i], self._batch.n_seq_id[i], self._batch.logits[i] = i, 1, 0
+                self._batch.seq_id[i][0] = 0
+            self._batch_size, self._batch_last = length, None
+        batch = self._batch
+        if self._batch_last is not None:
+            batch.logits[self._batch_last] = 0
+        batch.n_tokens = length
+        batch.logits[length - 1] = 1
+        self._batch_last = length - 1
+        return batch
 
     # -- decode steps ---------------------------------------------------------------------------
     def step(self, token: int) -> np.ndarray:
@@ -285,6 +307,9 @@ class LlamaCppDecodeSession:
 
     def close(self) -> None:
         if getattr(self, "context", None):
+            if self._batch is not None:
+                self.lc.llama_batch_free(self._batch)
+                self._batch = None
             self.lc.llama_sampler_free(self._greedy)
             self.lc.llama_free(self.context)
             self.lc.llama_model_free(self.model)

@@ -254,10 +254,15 @@ class Pipeline:
         if prefill == "onnxruntime" and m.decoder_kind != mf.ORT_CPU_DECODER:
             raise LlamaCppError("handing the prompt from ONNX Runtime to llama.cpp needs the CPU decoder (eov-export "
                                 "onnx --decoder ort-cpu); or run with --prefill llamacpp")
-        text = m.model_config["text_config"]
-        session = LlamaCppDecodeSession(self.directory / m.gguf[gguf]["file"], m.max_context,
-                                        threads or os.cpu_count() or 1, gguf == "f32", m.num_layers,
-                                        m.num_kv_heads, m.head_dim, int(text["hidden_size"]))
+        path = self.directory / m.gguf[gguf]["file"]
+        session = LlamaCppDecodeSession(path, m.max_context, threads or os.cpu_count() or 1, gguf == "f32")
+        shape = (session.num_layers, session.hidden, session.kv_heads, session.head_dim)
+        expected = (m.num_layers, int(m.model_config["text_config"]["hidden_size"]), m.num_kv_heads, m.head_dim)
+        if shape != expected:
+            session.close()
+            raise LlamaCppError(f"{path} holds a decoder of {shape[0]} layers x {shape[1]} wide, the artifacts "
+                                f"{expected[0]} x {expected[1]}: it belongs to another model; write it with "
+                                "eov-export gguf")
         if prefill == "onnxruntime":
             session.check_state_format()  # at start-up, not in the first answer
         self.decoder.llama, self.decoder.llama_prefill = session, prefill

@@ -1,15 +1,15 @@
 """llama.cpp as a peer of our decoder: the same weights written to GGUF, timed in the same run.
 
-llama.cpp is what a user would run instead of us on a CPU. :func:`build_llamacpp_models` writes our
-decoder to GGUF (:mod:`eov_edge.export.gguf_export`) at F32 and has llama.cpp's own quantizer make
-Q8_0, Q4_0 and Q4_K_M. :mod:`eov_edge.bench.llamacpp_decoder` drives it through llama-cpp-python's
-C API, the leanest loop Python can run (what ``llama-cli`` does per token: one ``llama_decode`` of
-one token, the greedy sampler in C), with the prompt fed as embeddings (``llama_batch.embd``): image embeddings
-from our projector, then text, as our runtime feeds its decoder. The F32 model runs with an F32 KV
-cache and flash attention off, so its tokens can be compared with PyTorch's; the quantized models
-run with llama.cpp's defaults (F16 KV cache, flash attention as it chooses), its fastest settings.
-
-Nothing here is a runtime backend: the runtime never imports llama.cpp.
+llama.cpp is what a user would run instead of us on a CPU. :func:`artifacts_gguf` writes our decoder
+into our artifacts as GGUF (``eov-export gguf``: F32, and Q8_0, Q4_0, Q4_K_M by llama.cpp's own
+quantizer). :mod:`eov_edge.bench.llamacpp_decoder` drives llama.cpp through llama-cpp-python's C
+API, the leanest loop Python can run (what ``llama-cli`` does per token: one ``llama_decode`` of one
+token, the greedy sampler in C), with the prompt fed as embeddings (``llama_batch.embd``): image
+embeddings from our projector, then text, as our runtime feeds its decoder. Our rows run the
+runtime's decode loop on ONNX Runtime and with ``--decoder-backend llamacpp`` on the same GGUF files.
+The F32 model runs with an F32 KV cache and flash attention off, so its tokens can be compared with
+PyTorch's; the quantized models with llama.cpp's defaults (F16 KV cache, flash attention as it
+chooses), its fastest settings.
 """
 
 from __future__ import annotations
@@ -114,10 +114,9 @@ def run_llamacpp_bench(model, processor, ours: dict[str, Path], out: Path, floor
     first_folder = Path(next(iter(ours.values())))
     context = mf.load_manifest(first_folder, verify_hashes=False).max_context
     progress("writing the decoder to GGUF (eov-export gguf) and quantizing it with llama.cpp's quantizer")
-    paired_type = dict(LLAMACPP_PAIRS)
     gguf_files = {}
     for gguf_type in LLAMACPP_TYPES:  # each beside our artifacts of its precision (or the first folder)
-        precision = next((p for p, t in paired_type.items() if t == gguf_type and p in ours), None)
+        precision = next((p for p, t in LLAMACPP_PAIRS.items() if t == gguf_type and p in ours), None)
         folder = Path(ours[precision]) if precision else Path(ours.get("int4", first_folder))
         gguf_files[gguf_type] = artifacts_gguf(model, processor, folder, gguf_type)
     embeds = vlm_prompt_embeds(model, processor, prompt_tokens)

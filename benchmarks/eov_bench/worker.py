@@ -53,7 +53,7 @@ def measure(measurement: str, arguments: dict) -> dict:
 
         return time_llamacpp(arguments["where"], np.load(arguments["embeds"])[0], arguments["max_new"],
                              arguments["repeats"], arguments["threads"], arguments["eos_token_id"],
-                             arguments["exact_f32"], arguments.get("context"))
+                             arguments["exact_f32"], arguments["context"])
     if measurement == "questions":
         return m.time_questions(arguments["kind"], arguments["where"], arguments["questions"], arguments["max_new"],
                               arguments["repeats"], arguments["mode"])
