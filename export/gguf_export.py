@@ -31,8 +31,8 @@ class GGUFExportError(EOVError, RuntimeError):
     """The decoder could not be written to GGUF, or llama.cpp could not quantize it."""
 
 
-def _tokenizer_vocab(tokenizer_json: Path, rows: int) -> tuple[list[str], list[int], list[str], set[int]]:
-    """(tokens by id, their GGUF token types, merges as "a b", the special ids) of a byte-level BPE
+def _tokenizer_vocab(tokenizer_json: Path, rows: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens by id, their GGUF token types, merges as "a b") of a byte-level BPE
     ``tokenizer.json``, padded with ``[PAD{id}]`` to the embedding's ``rows``."""
     import gguf
 
@@ -57,7 +57,7 @@ def _tokenizer_vocab(tokenizer_json: Path, rows: int) -> tuple[list[str], list[i
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return tokens, [int(t) for t in types], merges, special
+    return tokens, [int(t) for t in types], merges
 
 
 def write_gguf(language_model, tokenizer_json: Path, target: Path, *, eos_token_id: int, pad_token_id: int,
@@ -74,7 +74,7 @@ def write_gguf(language_model, tokenizer_json: Path, target: Path, *, eos_token_
         raise GGUFExportError(f"rope scaling {config.rope_scaling} is not written to GGUF; export without it")
     state = {k: v.detach().to(torch.float32).numpy() for k, v in language_model.state_dict().items()}
     embedding = state["model.embed_tokens.weight"]  # (V, D)
-    tokens, types, merges, _ = _tokenizer_vocab(tokenizer_json, embedding.shape[0])
+    tokens, types, merges = _tokenizer_vocab(tokenizer_json, embedding.shape[0])
     heads = int(config.num_attention_heads)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
     if head_dim * heads != config.hidden_size:
@@ -219,7 +219,7 @@ def add_gguf_to_artifacts(directory: Path, gguf_type: str, checkpoint: Path | No
             f32.unlink(missing_ok=True)
     entry = {"file": target.name, "sha256": mf.sha256_file(target), "type": gguf_type,
              "bytes_per_token": gguf_bytes_per_token(target), "weights_sha256": actual,
-             "written_by": {"gguf": _version("gguf"), "llama_cpp_python": _version("llama_cpp"),
+             "written_by": {"gguf": _version("gguf"), "llama_cpp_python": _version("llama-cpp-python"),
                             "git_commit": git_commit()}}
     data = json.loads((directory / mf.MANIFEST_FILE).read_text())
     data.setdefault("gguf", {})[gguf_type] = entry
@@ -227,13 +227,11 @@ def add_gguf_to_artifacts(directory: Path, gguf_type: str, checkpoint: Path | No
     return entry
 
 
-def _version(module: str) -> str | None:
-    try:
-        return __import__(module).__version__
-    except (ImportError, AttributeError):
-        from importlib.metadata import PackageNotFoundError, version
+def _version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (None: not installed, e.g. llama-cpp-python for F32 only)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-        try:
-            return version({"llama_cpp": "llama-cpp-python"}.get(module, module))
-        except PackageNotFoundError:
-            return None
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
