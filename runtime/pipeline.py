@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generator, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 
@@ -409,10 +409,17 @@ class Pipeline:
 
         keys = list(view_keys) if view_keys is not None else [
             content_key(inputs(i)["pixel_values"], inputs(i)["modality_ids"]) for i in range(len(samples))]
+        return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=self.encode_views(keys, inputs),
+                                      budgets=budgets)
+
+    def encode_views(self, keys: Sequence[str], inputs: Callable[[int], dict[str, np.ndarray]]) -> list[np.ndarray]:
+        """Each sample's encoded views (V, N', D), by their content hashes ``keys``: from
+        :attr:`prefix_cache` where there, the others encoded in one call (``inputs(i)``: sample i's
+        model inputs, asked for only where its views are encoded) and kept in the cache."""
         embeds = {k: self.prefix_cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, e in embeds.items() if e is None]
         if missing:
-            first = [inputs(keys.index(k)) for k in missing]
+            first = [inputs(list(keys).index(k)) for k in missing]
             encoded = self.image_embeds(np.concatenate([a["pixel_values"] for a in first]),
                                         np.concatenate([a["modality_ids"] for a in first]))  # (sum V, N', D), one call
             start = 0
@@ -420,8 +427,7 @@ class Pipeline:
                 embeds[k] = encoded[start:start + a["pixel_values"].shape[0]]
                 start += a["pixel_values"].shape[0]
                 self.prefix_cache.put(k, embeds[k], embeds[k].nbytes)
-        return self._answer_in_pieces(samples, tasks, generation, per_sample_embeds=[embeds[k] for k in keys],
-                                      budgets=budgets)
+        return [embeds[k] for k in keys]
 
     def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
                          generation: GenerationConfig | None = None, share_prefix: bool = True,
