@@ -54,6 +54,10 @@ class PrefixCache:
         self.hits += 1
         return entry[0]
 
+    def holds(self, key: str) -> bool:
+        """Whether ``key`` has an entry (counted neither as a hit nor a miss, its place kept)."""
+        return key in self._entries
+
     def put(self, key: str, value: Any, nbytes: int) -> bool:
         """Keep ``value``; False (and nothing evicted) when it alone is over the bound."""
         if nbytes > self.max_bytes:

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from eov_edge.core.errors import EOVError
+from eov_edge.runtime.continuous import unsupported_reason
 from eov_edge.runtime.options import RuntimeOptions, runtime_flags
 from eov_edge.runtime.service import (
     Overloaded,
@@ -193,15 +194,19 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
 @click.option("--queue-depth", type=int, default=64, show_default=True,
               help="requests waiting beyond the running batch; more are refused with 503 and Retry-After")
 @click.option("--batch-wait-ms", type=float, default=5.0, show_default=True,
-              help="after a request arrives, how long to wait for others to batch with it")
+              help="after a request arrives at an idle service, how long to wait for others to batch with it")
+@click.option("--batching", type=click.Choice(["continuous", "window"]), default="continuous", show_default=True,
+              help="continuous: requests join the running batch at the next decode step and leave when they "
+                   "end (the fused CPU decoder, eov-export onnx --decoder ort-cpu; other artifacts batch by "
+                   "window); window: requests arriving within --batch-wait-ms are answered together")
 @click.option("--allow-root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="rasters on this machine may be named by path under this folder (default: data URIs only)")
 @click.option("--api-key", default=None, help="require Authorization: Bearer KEY [default: $EOV_SERVE_API_KEY]")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--max-image-pixels", type=int, default=8192 * 8192, show_default=True)
 @runtime_flags
-def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, allow_root, api_key, max_body_mb,
-         max_image_pixels, **flags) -> None:
+def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, batching, allow_root, api_key,
+         max_body_mb, max_image_pixels, **flags) -> None:
     """Serve an exported Earth-OneVision model over an OpenAI-compatible HTTP API."""
     try:
         import uvicorn
@@ -215,8 +220,11 @@ def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_m
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     config = ServiceConfig(max_batch=max_batch, queue_depth=queue_depth, batch_wait_ms=batch_wait_ms,
-                           allow_root=allow_root, max_image_pixels=max_image_pixels)
+                           allow_root=allow_root, max_image_pixels=max_image_pixels, batching=batching)
     app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_key or env_api_key(),
                      int(max_body_mb * (1 << 20)))
-    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1", err=True)
+    scheduler = app.state.scheduler
+    how = (f"continuous batching, {scheduler.continuous.slots} rows" if scheduler.continuous is not None
+           else "window batching (" + (unsupported_reason(pipeline) if batching == "continuous" else "--batching window") + ")")
+    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1 ({how})", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=300)

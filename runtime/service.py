@@ -4,13 +4,19 @@
 any face needs: turning a chat request into views and a question (:func:`parse_chat_request`), and
 the :class:`Scheduler`, one thread that owns the :class:`Pipeline` and answers queued requests.
 
-Batching: the scheduler takes the first waiting request, waits ``batch_wait_ms`` for more, and
-answers up to ``max_batch`` of them together. Requests about views it has seen (same content
+Batching: over the fused CPU decoder (``eov-export onnx --decoder ort-cpu``) the batch is continuous
+(:mod:`eov_edge.runtime.continuous`): between two decode steps the scheduler prefills the requests
+that arrived into free rows, up to ``max_batch`` decoding at once, and an answer leaves its row as
+soon as it ends; streamed and plain requests, greedy and sampled ones, share the steps. Otherwise
+(the portable decoder, TensorRT engines, a speculative or llama.cpp decoder, or
+``batching="window"``) it takes the first waiting request, waits ``batch_wait_ms`` for more, and
+answers up to ``max_batch`` of them together, to the longest answer. Requests about views it has seen (same content
 hash) or that several requests share are answered through :meth:`Pipeline.answer_questions`: the
 views' embeddings and the image block's keys and values come from the byte-bounded prefix cache,
 across clients. Artifacts whose answers depend on what shares a call (dynamic INT8:
 ``Manifest.batch_invariant`` false) answer each request alone, so an answer never depends on who
-else asked. Streamed requests are decoded one at a time, token by token.
+else asked (in continuous batching: one row). In window batching, streamed requests are decoded
+one at a time, token by token.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any, Callable
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
+from eov_edge.runtime.continuous import Admission, ContinuousBatch, unsupported_reason
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.prefix_cache import content_key
 
@@ -57,6 +64,13 @@ class ServiceConfig:
     allow_root: Path | None = None  # image paths are read only under this folder
     max_image_bytes: int = 32 << 20  # one image's decoded bytes
     max_image_pixels: int = 8192 * 8192  # one image's pixels (height x width of its largest band)
+    # "continuous": requests join the running decode batch at the next step, where the decoder
+    # allows it (else "window"); "window": batches formed from arrivals within batch_wait_ms
+    batching: str = "continuous"
+
+    def __post_init__(self) -> None:
+        if self.batching not in ("continuous", "window"):
+            raise ValueError(f"batching is 'continuous' or 'window', got {self.batching!r}")
 
 
 @dataclass
@@ -265,7 +279,13 @@ class Scheduler:
         self._queue: queue.Queue[ChatRequest | None] = queue.Queue(maxsize=config.queue_depth)
         self._accepting = True
         self.running = 0
-        self._thread = threading.Thread(target=self._loop, name="eov-scheduler", daemon=True)
+        self.continuous: ContinuousBatch | None = None
+        if config.batching == "continuous" and unsupported_reason(pipeline) is None:
+            # artifacts whose answers depend on what shares a call (dynamic INT8) decode one at a time
+            slots = config.max_batch if pipeline.manifest.batch_invariant else 1
+            self.continuous = ContinuousBatch(pipeline, slots)
+        loop = self._loop_continuous if self.continuous is not None else self._loop
+        self._thread = threading.Thread(target=loop, name="eov-scheduler", daemon=True)
         self._thread.start()
 
     @property
@@ -316,6 +336,103 @@ class Scheduler:
                     if item is not None:
                         self._answer([item])
                 return
+
+    def _loop_continuous(self) -> None:
+        batch = self.continuous
+        stopping = False
+        while True:
+            arrived: list[ChatRequest] = []
+            if not batch.running:
+                if stopping:
+                    return
+                first = self._queue.get()  # idle: wait for work
+                if first is None:
+                    stopping = True
+                    continue
+                arrived.append(first)
+                # requests arriving together are encoded together
+                deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
+                while len(arrived) < batch.free:
+                    try:
+                        item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stopping = True
+                        break
+                    arrived.append(item)
+            while not stopping and len(arrived) < batch.free:  # between steps: whatever is waiting
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                arrived.append(item)
+            self._admit(arrived)
+            for row in batch.rows:  # clients that went away free their rows before the step
+                if row is not None and row.admission.owner.cancelled.is_set():
+                    batch.release_owner(row.admission.owner)
+                    self._cancelled(row.admission.owner)
+            self.running = batch.running
+            if batch.running:
+                started = time.perf_counter()
+                events = batch.step()
+                self.metrics.generate_seconds += time.perf_counter() - started
+                self.metrics.batches += 1
+                self.metrics.batch_requests += len(events)
+                self.metrics.batch_sizes[len(events)] = self.metrics.batch_sizes.get(len(events), 0) + 1
+                self._deliver(events)
+            self.running = batch.running
+
+    def _admit(self, arrived: list[ChatRequest]) -> None:
+        live = []
+        for r in arrived:
+            if r.cancelled.is_set():
+                self._cancelled(r)
+            else:
+                live.append(r)
+        if not live:
+            return
+        cache = self.pipeline.prefix_cache
+        seen = set()
+        for r in live:
+            self.metrics.prefix_lookups += 1
+            self.metrics.prefix_hits += r.views_key in seen or cache.holds(r.views_key)
+            seen.add(r.views_key)
+        started = time.perf_counter()
+        events = self.continuous.admit([Admission(r.sample, r.task, r.generation, r.views_key, owner=r)
+                                        for r in live])
+        self.metrics.generate_seconds += time.perf_counter() - started
+        self._deliver(events)
+
+    def _deliver(self, events) -> None:
+        """Each event to its request: the first token's time, streamed text, the answer, or the error."""
+        for event in events:
+            request: ChatRequest = event.owner
+            if event.error is not None:
+                self.metrics.requests["error"] += 1
+                request.future.set_exception(event.error)
+                continue
+            row = event.row
+            if len(row.ids) == 1:
+                self.metrics.first_token_seconds += time.perf_counter() - request.received
+                self.metrics.first_tokens += 1
+            if request.stream:
+                text = event.answer.text if event.answer is not None else self.pipeline.tokenizer.decode(
+                    [t for t in row.ids if t != self.continuous._eos])
+                if text.startswith(row.shown) and len(text) > len(row.shown):
+                    request.on_text(text[len(row.shown):])
+                    row.shown = text
+            if event.answer is not None:
+                self.metrics.tokens += len(event.answer.token_ids)
+                self.metrics.requests["ok"] += 1
+                request.future.set_result(event.answer)
+
+    def _cancelled(self, request: ChatRequest) -> None:
+        self.metrics.requests["cancelled"] += 1
+        request.future.cancel()
 
     def _answer(self, batch: list[ChatRequest]) -> None:
         live = [r for r in batch if not r.cancelled.is_set()]
