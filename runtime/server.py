@@ -17,6 +17,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Sequence
 
 import click
 
@@ -24,11 +25,13 @@ from eov_edge.core.errors import EOVError
 from eov_edge.runtime.continuous import unsupported_reason
 from eov_edge.runtime.options import RuntimeOptions, runtime_flags
 from eov_edge.runtime.service import (
+    KeyLimits,
     Overloaded,
+    RateLimited,
     Scheduler,
     ServiceConfig,
     ShuttingDown,
-    env_api_key,
+    env_api_keys,
     parse_chat_request,
 )
 
@@ -52,17 +55,31 @@ def _answer_extra(answer, views, geojson_crs: str = "wgs84") -> dict:
     return extra
 
 
-def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | None = None,
-               max_body_bytes: int = 64 << 20):
-    """The FastAPI application over ``pipeline`` (its scheduler starts now, drains at shutdown)."""
+def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Sequence[str] = (),
+               max_body_bytes: int = 64 << 20, per_key_limit: int = 0):
+    """The FastAPI application over ``pipeline`` (its scheduler starts now, drains at shutdown).
+    ``api_keys``: every route but /health needs one of them; ``per_key_limit``: requests one key may
+    have in the service at once (0: no limit), beyond it 429."""
+    import hmac
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
+    if per_key_limit and not api_keys:
+        raise ValueError("a per-key limit needs API keys (--api-key) to count requests by")
     scheduler = Scheduler(pipeline, config)
+    limits = KeyLimits(per_key_limit)
+    keys = [key.encode() for key in api_keys]
     started = int(time.time())
+
+    def key_of(header: str) -> str | None:
+        """The API key a request's Authorization header carries, if it is one of ``api_keys``
+        (compared in constant time)."""
+        given = header.removeprefix("Bearer ").encode() if header.startswith("Bearer ") else b""
+        matches = [key for key in keys if hmac.compare_digest(key, given)]
+        return matches[0].decode() if matches else None
 
     @asynccontextmanager
     async def lifespan(app):
@@ -75,8 +92,10 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
-        if api_key and request.url.path != "/health":
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
+        request.state.api_key = None
+        if keys and request.url.path != "/health":
+            request.state.api_key = key_of(request.headers.get("authorization", ""))
+            if request.state.api_key is None:
                 return _error(401, "missing or wrong API key: send Authorization: Bearer <key>",
                               "authentication_error")
         length = request.headers.get("content-length")
@@ -117,13 +136,30 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
             return _error(400, str(err))
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        pieces: asyncio.Queue = asyncio.Queue()
         if chat_request.stream:
-            return StreamingResponse(_stream(request, chat_request, completion_id, created),
-                                     media_type="text/event-stream")
+            loop = asyncio.get_running_loop()
+            chat_request.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
+        key = request.state.api_key
         try:
-            future = scheduler.submit(chat_request)
+            if per_key_limit:
+                limits.acquire(key)
+            try:
+                future = scheduler.submit(chat_request)
+            except EOVError:
+                if per_key_limit:
+                    limits.release(key)
+                raise
+        except RateLimited as err:
+            scheduler.metrics.requests["rate_limited"] += 1
+            return _error(429, str(err), "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
         except (Overloaded, ShuttingDown) as err:
             return _error(503, str(err), "overloaded_error", {"Retry-After": str(RETRY_AFTER_S)})
+        if per_key_limit:
+            future.add_done_callback(lambda _: limits.release(key))
+        if chat_request.stream:
+            return StreamingResponse(_stream(chat_request, future, pieces, completion_id, created),
+                                     media_type="text/event-stream")
         try:
             answer = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -140,11 +176,7 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
             "eov": _answer_extra(answer, chat_request.views),
         })
 
-    async def _stream(request: Request, chat_request, completion_id: str, created: int):
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-        chat_request.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-
+    async def _stream(chat_request, future, pieces: asyncio.Queue, completion_id: str, created: int):
         def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
             body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model_name,
                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -152,11 +184,6 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
                 body["eov"] = extra
             return f"data: {json.dumps(body)}\n\n"
 
-        try:
-            future = scheduler.submit(chat_request)
-        except (Overloaded, ShuttingDown) as err:
-            yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'overloaded_error'}})}\n\n"
-            return
         done = asyncio.wrap_future(future)
         try:
             yield chunk({"role": "assistant", "content": ""})
@@ -201,12 +228,17 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_key: str | 
                    "window); window: requests arriving within --batch-wait-ms are answered together")
 @click.option("--allow-root", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="rasters on this machine may be named by path under this folder (default: data URIs only)")
-@click.option("--api-key", default=None, help="require Authorization: Bearer KEY [default: $EOV_SERVE_API_KEY]")
+@click.option("--api-key", "api_keys", multiple=True,
+              help="require Authorization: Bearer KEY; repeat for one key per client "
+                   "[default: $EOV_SERVE_API_KEY, keys separated by commas]")
+@click.option("--per-key-limit", type=int, default=0, show_default=True,
+              help="requests one API key may have queued or running at once; more get 429 with Retry-After "
+                   "(0: no limit)")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--max-image-pixels", type=int, default=8192 * 8192, show_default=True)
 @runtime_flags
-def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, batching, allow_root, api_key,
-         max_body_mb, max_image_pixels, **flags) -> None:
+def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, batching, allow_root, api_keys,
+         per_key_limit, max_body_mb, max_image_pixels, **flags) -> None:
     """Serve an exported Earth-OneVision model over an OpenAI-compatible HTTP API."""
     try:
         import uvicorn
@@ -215,14 +247,18 @@ def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_m
     if flags.get("draft"):
         raise click.UsageError("--draft speeds up eov-run's single-image greedy answers; the service batches "
                                "requests: serve the FP32 or quantized artifacts themselves")
+    api_keys = api_keys or env_api_keys()
+    if per_key_limit and not api_keys:
+        raise click.UsageError("--per-key-limit counts requests by API key: give the keys (--api-key, "
+                               "or $EOV_SERVE_API_KEY)")
     try:
         pipeline = RuntimeOptions.from_flags(flags).open(artifacts)
     except EOVError as err:
         raise click.ClickException(str(err)) from None
     config = ServiceConfig(max_batch=max_batch, queue_depth=queue_depth, batch_wait_ms=batch_wait_ms,
                            allow_root=allow_root, max_image_pixels=max_image_pixels, batching=batching)
-    app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_key or env_api_key(),
-                     int(max_body_mb * (1 << 20)))
+    app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_keys,
+                     int(max_body_mb * (1 << 20)), per_key_limit)
     scheduler = app.state.scheduler
     how = (f"continuous batching, {scheduler.continuous.slots} rows" if scheduler.continuous is not None
            else "window batching (" + (unsupported_reason(pipeline) if batching == "continuous" else "--batching window") + ")")

@@ -52,6 +52,10 @@ class Overloaded(EOVError, RuntimeError):
     """The request queue is full (HTTP 503 with Retry-After)."""
 
 
+class RateLimited(EOVError, RuntimeError):
+    """An API key already has its share of requests in the service (HTTP 429 with Retry-After)."""
+
+
 class ShuttingDown(EOVError, RuntimeError):
     """The service is draining its running requests and takes no new ones (HTTP 503)."""
 
@@ -234,7 +238,8 @@ def _check_pixels(sources: str | list[str], config: ServiceConfig) -> None:
 class Metrics:
     """Counters for /metrics (Prometheus text)."""
 
-    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "cancelled": 0})
+    requests: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "cancelled": 0, "overloaded": 0,
+                                                              "rate_limited": 0})
     batches: int = 0
     batch_requests: int = 0
     batch_sizes: dict[int, int] = field(default_factory=dict)
@@ -298,6 +303,7 @@ class Scheduler:
         try:
             self._queue.put_nowait(request)
         except queue.Full:
+            self.metrics.requests["overloaded"] += 1
             raise Overloaded(f"{self.config.queue_depth} requests are waiting; retry shortly") from None
         return request.future
 
@@ -527,5 +533,37 @@ def _budgets(requests: list[ChatRequest]) -> list[int]:
     return [r.generation.max_new_tokens for r in requests]
 
 
-def env_api_key() -> str | None:
-    return os.environ.get("EOV_SERVE_API_KEY") or None
+class KeyLimits:
+    """Requests in the service (queued or running) per API key, at most ``limit`` each (0: no limit):
+    one client cannot fill the queue that every key shares."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 0:
+            raise ValueError(f"the per-key limit must be >= 0, got {limit}")
+        self.limit = limit
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0)
+            if self.limit and held >= self.limit:
+                raise RateLimited(f"this API key has {held} requests in the service, its limit "
+                                  f"(--per-key-limit {self.limit}); retry when one has been answered")
+            self._held[key] = held + 1
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            held = self._held.get(key, 0) - 1
+            if held > 0:
+                self._held[key] = held
+            else:
+                self._held.pop(key, None)
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+
+def env_api_keys() -> tuple[str, ...]:
+    """Keys from ``$EOV_SERVE_API_KEY``: one, or several separated by commas (one per client)."""
+    return tuple(key.strip() for key in os.environ.get("EOV_SERVE_API_KEY", "").split(",") if key.strip())

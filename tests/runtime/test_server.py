@@ -245,3 +245,57 @@ def test_a_folder_of_band_files_under_the_root_reads_as_eov_run_reads_it(client,
     assert len(answer.model_extra["eov"]["inputs"][0]["sources"]) == len(want["inputs"][0]["sources"]) > 3
     bands = ",".join(str(p.relative_to(CALIB)) for p in sorted(folder.glob("*_B0[234].tif")))
     assert ask(client, bands, task="classification").choices[0].message.content  # comma-joined band files
+
+
+def test_continuous_batching_answers_concurrent_plain_and_streamed_requests_as_eov_run(nano_fused_artifacts):
+    process, base = start(nano_fused_artifacts, "--max-batch", "3")
+    try:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        url = data_uri(THERMAL, "image/png")
+        asks = [("detect", False), ("Describe the image.", True), ("How many people are there?", False),
+                ("caption", True), ("Is there a car in the image?", False)]
+
+        def one(item):
+            text, stream = item
+            if not stream:
+                return ask(client, url, text, band_set="thermal8").choices[0].message.content
+            chunks = list(ask(client, url, text, band_set="thermal8", stream=True))
+            return "".join(c.choices[0].delta.content or "" for c in chunks)
+
+        with ThreadPoolExecutor(5) as pool:  # five requests, three rows
+            got = list(pool.map(one, asks))
+        for (text, _), answer in zip(asks, got):
+            flags = ["--task", text] if text in ("detect", "caption") else ["--prompt", text]
+            want = eov_run(nano_fused_artifacts, THERMAL, *flags, "--band-set", "thermal8")["results"][0]
+            assert answer == want["text"], text
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "continuous batching, 3 rows" in process.stdout.read()
+
+
+def test_each_api_key_is_held_to_its_share_with_429(nano_artifacts):
+    process, base = start(nano_artifacts, "--api-key", "ground-a", "--api-key", "ground-b", "--per-key-limit", "1",
+                          "--max-batch", "1", "--batch-wait-ms", "0")
+    try:
+        url = data_uri(THERMAL, "image/png")
+
+        def one(key):
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0, timeout=120)
+            try:
+                return key, ask(client, url, "detect", band_set="thermal8").choices[0].message.content
+            except openai.APIStatusError as err:
+                return key, (err.status_code, err.response.headers.get("retry-after"), err.body["message"])
+
+        with ThreadPoolExecutor(7) as pool:
+            outcomes = list(pool.map(one, ["ground-a"] * 6 + ["ground-b"]))
+        refused = [o for k, o in outcomes if isinstance(o, tuple)]
+        assert refused and all(o[:2] == (429, "1") and "--per-key-limit 1" in o[2] for o in refused)
+        assert any(k == "ground-a" and isinstance(o, str) for k, o in outcomes)  # a's share was served
+        assert isinstance(outcomes[-1][1], str)  # b is not held back by a's requests
+        with pytest.raises(openai.AuthenticationError):
+            one_client = openai.OpenAI(base_url=f"{base}/v1", api_key="ground-c", max_retries=0)
+            one_client.models.list()
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
