@@ -2,7 +2,9 @@
 
     python benchmarks/serve_load.py --artifacts /tmp/small --report benchmarks/results/serve_small.json
 
-Starts ``eov-serve`` on the artifacts (``eov-export onnx --preset small`` gives random-weight ones) and
+Starts ``eov-serve`` on the artifacts (``eov-export onnx --preset small --decoder ort-cpu`` gives
+random-weight ones with the fused CPU decoder, which continuous batching needs) once per batching
+mode (``--batching continuous,window``: the same rows against each, one server after the other) and
 sends a bounded number of chat requests from 1, 4 and 16 client threads (the official ``openai``
 client), each a detection or caption question about one of the calibration images, greedy. Rows:
 
@@ -100,18 +102,47 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=32, help="requests per row")
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batching", default="continuous,window",
+                        help="eov-serve --batching modes to measure, one server each, comma separated")
     parser.add_argument("--soak-minutes", type=float, default=0.0,
-                        help="then 4 clients send requests for this long; the server's RSS sampled every 15 s")
+                        help="then 4 clients send requests for this long; the server's RSS sampled every 15 s "
+                             "(first mode only)")
     args = parser.parse_args()
-    import openai
-
     from eov_edge.core.provenance import git_commit
 
+    modes = {}
+    for index, batching in enumerate(args.batching.split(",")):
+        modes[batching] = measure(args, batching, args.soak_minutes if index == 0 else 0.0)
+    report = {"git_commit": git_commit(), "artifacts": str(args.artifacts), "max_batch": args.max_batch,
+              "threads": args.threads, "cpu_count": os.cpu_count(), "modes": modes}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=1) + "\n")
+    lines = ["| batching | row | clients | requests | req/s | x sequential | tokens/s | p50 s | p99 s | server RSS MiB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for batching, measured in modes.items():
+        for name, r in measured["rows"].items():
+            lines.append(f"| {batching} | {name} | {r['clients']} | {r['requests']} | {r['requests_per_s']} | "
+                         f"{r['throughput_vs_sequential']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
+                         f"{r['latency_p99_s']} | {r['server_rss_mb']} |")
+    args.report.with_suffix(".md").write_text(
+        f"# eov-serve under load\n\ncommit {report['git_commit']}; {args.artifacts}; --max-batch {args.max_batch}, "
+        f"--threads {args.threads}, {os.cpu_count()} CPU cores, loopback\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def measure(args, batching: str, soak_minutes: float) -> dict:
+    """Every row against one eov-serve started with ``--batching batching``."""
+    import tempfile
+
+    import openai
+
     port = free_port()
+    log = tempfile.TemporaryFile("w+")  # the server's stderr (a pipe could fill and block it)
     server = subprocess.Popen([str(Path(sys.executable).parent / "eov-serve"), "--artifacts", str(args.artifacts),
                                "--port", str(port), "--no-verify", "--model-name", "m", "--max-batch",
-                               str(args.max_batch), "--threads", str(args.threads), "--queue-depth", "256"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(args.max_batch), "--threads", str(args.threads), "--queue-depth", "256",
+                               "--batching", batching],
+                              stdout=subprocess.DEVNULL, stderr=log)
     for _ in range(600):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
@@ -153,8 +184,8 @@ def main() -> None:
         rows["same_image_4"] = row([(0, 0, q) for q in range(4)] * (args.requests // 4), 4)
         # the same four questions, each about another image: the same decoding work without the shared image
         rows["different_images_4"] = row([(0, q, q) for q in range(4)] * (args.requests // 4), 4)
-        if args.soak_minutes:
-            rows["soak"] = soak(request, server.pid, args.soak_minutes)
+        if soak_minutes:
+            rows["soak"] = soak(request, server.pid, soak_minutes)
         reference = rows["sequential"]["answers"]
         for name in ("clients_4", "clients_16"):
             rows[name]["answers_equal_sequential"] = rows[name]["answers"] == reference
@@ -172,20 +203,10 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=120)
-    report = {"git_commit": git_commit(), "artifacts": str(args.artifacts), "max_batch": args.max_batch,
-              "threads": args.threads, "cpu_count": os.cpu_count(), "rows": rows, "metrics": metrics}
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(report, indent=1) + "\n")
-    lines = ["| row | clients | requests | req/s | x sequential | tokens/s | p50 s | p99 s | server RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['clients']} | {r['requests']} | {r['requests_per_s']} | "
-                     f"{r['throughput_vs_sequential']} | {r['tokens_per_s']} | {r['latency_p50_s']} | "
-                     f"{r['latency_p99_s']} | {r['server_rss_mb']} |")
-    args.report.with_suffix(".md").write_text(
-        f"# eov-serve under load\n\ncommit {report['git_commit']}; {args.artifacts}; --max-batch {args.max_batch}, "
-        f"--threads {args.threads}, {os.cpu_count()} CPU cores, loopback\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    log.seek(0)
+    started = log.read().splitlines()
+    return {"server": next((line for line in started if line.startswith("serving")), ""), "rows": rows,
+            "metrics": metrics}
 
 
 if __name__ == "__main__":
