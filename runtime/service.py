@@ -384,13 +384,27 @@ class Scheduler:
             self.running = batch.running
             if batch.running:
                 started = time.perf_counter()
-                events = batch.step()
+                try:
+                    events = batch.step()
+                except Exception as err:  # noqa: BLE001 - the running requests fail, the service goes on
+                    self._fail_running(err)
+                    continue
                 self.metrics.generate_seconds += time.perf_counter() - started
                 self.metrics.batches += 1
                 self.metrics.batch_requests += len(events)
                 self.metrics.batch_sizes[len(events)] = self.metrics.batch_sizes.get(len(events), 0) + 1
                 self._deliver(events)
             self.running = batch.running
+
+    def _fail_running(self, err: Exception) -> None:
+        """A decode step failed: every request in the batch gets the error and its row is freed."""
+        batch = self.continuous
+        for r, row in enumerate(batch.rows):
+            if row is not None:
+                batch.release(r)
+                self.metrics.requests["error"] += 1
+                row.admission.owner.future.set_exception(err)
+        self.running = 0
 
     def _admit(self, arrived: list[ChatRequest]) -> None:
         live = []

@@ -169,3 +169,28 @@ def test_the_scheduler_streams_and_answers_requests_sharing_steps(pipeline):
         assert max(metrics.batch_sizes) <= 3 and metrics.batch_requests > metrics.batches  # steps shared
     finally:
         scheduler.drain()
+
+
+
+def test_a_failed_step_fails_its_requests_and_the_service_goes_on(pipeline, monkeypatch):
+    scheduler = Scheduler(pipeline, ServiceConfig(max_batch=2, allow_root=CALIB))
+    try:
+        path, band_set = IMAGES[1]
+        body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(path)}},
+                                                            {"type": "text", "text": "caption"}]}]}
+        broken = ContinuousBatch.step
+
+        def fail(self):
+            raise RuntimeError("decoder failed")
+
+        monkeypatch.setattr(ContinuousBatch, "step", fail)
+        with pytest.raises(RuntimeError, match="decoder failed"):
+            scheduler.submit(parse_chat_request(body, pipeline, scheduler.config)).result(timeout=120)
+        monkeypatch.setattr(ContinuousBatch, "step", broken)
+        request = parse_chat_request(body, pipeline, scheduler.config)
+        answer = scheduler.submit(request).result(timeout=120)  # the scheduler thread lived on
+        assert answer.token_ids == pipeline.answer(request.views, request.task, request.prompt,
+                                                   request.generation)[0].token_ids
+        assert scheduler.metrics.requests["error"] == 1 and scheduler.continuous.running == 0
+    finally:
+        scheduler.drain()
