@@ -320,17 +320,7 @@ class Scheduler:
             if first is None:
                 return
             batch = [first]
-            deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
-            stop = False
-            while len(batch) < self.config.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
+            stop = self._gather(batch, self.config.max_batch, self.config.batch_wait_ms / 1000)
             self.running = len(batch)
             try:
                 self._answer(batch)
@@ -342,6 +332,21 @@ class Scheduler:
                     if item is not None:
                         self._answer([item])
                 return
+
+    def _gather(self, into: list[ChatRequest], limit: int, wait_s: float) -> bool:
+        """Move waiting requests into ``into`` until it holds ``limit`` or ``wait_s`` has passed (0:
+        only those already queued). True when the drain's end marker came (nothing follows it)."""
+        deadline = time.perf_counter() + wait_s
+        while len(into) < limit:
+            remaining = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            into.append(item)
+        return False
 
     def _loop_continuous(self) -> None:
         batch = self.continuous
@@ -357,25 +362,9 @@ class Scheduler:
                     continue
                 arrived.append(first)
                 # requests arriving together are encoded together
-                deadline = time.perf_counter() + self.config.batch_wait_ms / 1000
-                while len(arrived) < batch.free:
-                    try:
-                        item = self._queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stopping = True
-                        break
-                    arrived.append(item)
-            while not stopping and len(arrived) < batch.free:  # between steps: whatever is waiting
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                arrived.append(item)
+                stopping = self._gather(arrived, batch.free, self.config.batch_wait_ms / 1000)
+            if not stopping:  # between steps: whatever is waiting, up to the free rows
+                stopping = self._gather(arrived, batch.free, 0.0)
             self._admit(arrived)
             for row in batch.rows:  # clients that went away free their rows before the step
                 if row is not None and row.admission.owner.cancelled.is_set():
