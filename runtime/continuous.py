@@ -143,7 +143,7 @@ class ContinuousBatch:
         row = self.rows.index(None)
         length = int(batch["attention_mask"].sum())  # the prompt's tokens (a lone row has no padding to drop)
         embeds = pipeline.prompt_embeds(batch["input_ids"], views_embeds)[:, -length:]  # (1, S, D)
-        prefix_ids = pipeline._shared_prefix(batch)
+        prefix_ids = pipeline.image_block_prefix(batch)
         prefix = 0 if prefix_ids is None else len(prefix_ids)
         no_ids = np.zeros((self.slots, 0), np.int64)
         logits, tokens = self.logits[row:row + 1], self.tokens[row:row + 1]
@@ -208,7 +208,7 @@ class ContinuousBatch:
 
     def _finish(self, r: int, row: Row):
         self.release(r)
-        return self.pipeline._answer(row.admission.sample, np.array(row.ids), np.array(row.probs, np.float32),
+        return self.pipeline.make_answer(row.admission.sample, np.array(row.ids), np.array(row.probs, np.float32),
                                      row.admission.task)
 
     def release(self, r: int) -> None:

@@ -478,7 +478,7 @@ class Pipeline:
             else:
                 shared = None if views_embeds is None else np.concatenate([views_embeds] * len(piece))
             batch = self.batch(piece, generation.max_new_tokens)
-            prefix_ids = self._shared_prefix(batch) if views_key is not None else None
+            prefix_ids = self.image_block_prefix(batch) if views_key is not None else None
             prefix, prefix_kv, prefix_key = 0, None, None
             if prefix_ids is not None:
                 prefix, prefix_key = len(prefix_ids), f"{views_key}:{content_key(prefix_ids)}"
@@ -488,7 +488,7 @@ class Pipeline:
                 computed = self._generating_decoder().last_prefix_kv
                 self.prefix_cache.put(prefix_key, computed, computed.nbytes)
             limits = budgets[start:start + size] if budgets is not None else [ids.shape[1]] * len(piece)
-            answers += [self._answer(sample, row_ids[:limit], row_probs[:limit], task)
+            answers += [self.make_answer(sample, row_ids[:limit], row_probs[:limit], task)
                         for sample, task, row_ids, row_probs, limit
                         in zip(piece, tasks[start:start + size], ids, probs, limits)]
         return answers
@@ -496,7 +496,7 @@ class Pipeline:
     def _generating_decoder(self) -> Decoder:
         return self.decoder.target if isinstance(self.decoder, SpeculativeDecoder) else self.decoder
 
-    def _shared_prefix(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
+    def image_block_prefix(self, batch: dict[str, np.ndarray]) -> np.ndarray | None:
         """The token ids every row starts with, up to and including the last image placeholder (the
         image block; the question text after it differs); None when the rows do not share that much."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -535,12 +535,14 @@ class Pipeline:
             if text.startswith(shown) and len(text) > len(shown):
                 yield text[len(shown):]
                 shown = text
-        answer = self._answer(sample, np.array(ids), np.array(probs, np.float32), task)
+        answer = self.make_answer(sample, np.array(ids), np.array(probs, np.float32), task)
         if answer.text.startswith(shown) and len(answer.text) > len(shown):
             yield answer.text[len(shown):]
         return answer
 
-    def _answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
+    def make_answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
+        """The :class:`Answer` to ``sample`` from its generated token ids and probabilities (cut at
+        EOS, padding dropped): text, SLIS shapes as detections, problems, whether the budget cut it."""
         special = self.manifest.special_tokens
         kept = []
         ended = False
