@@ -230,7 +230,7 @@ def unsupported_reason(pipeline) -> str | None:
     from eov_edge.runtime.generation import Decoder
 
     if pipeline.manifest.decoder_kind != mf.ORT_CPU_DECODER:
-        return "the artifacts carry the portable decoder (export with eov-export onnx --decoder ort-cpu)"
+        return "the artifacts carry the portable decoder; export with eov-export onnx --decoder ort-cpu"
     if type(pipeline.decoder) is not Decoder:
         return "a speculative decoder answers one request at a time"
     if pipeline.decoder.llama is not None:

@@ -260,7 +260,9 @@ def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_m
     app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_keys,
                      int(max_body_mb * (1 << 20)), per_key_limit)
     scheduler = app.state.scheduler
-    how = (f"continuous batching, {scheduler.continuous.slots} rows" if scheduler.continuous is not None
-           else "window batching (" + (unsupported_reason(pipeline) if batching == "continuous" else "--batching window") + ")")
-    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1 ({how})", err=True)
+    if scheduler.continuous is not None:
+        how = f"continuous batching, {scheduler.continuous.slots} rows"
+    else:
+        how = "window batching: " + (unsupported_reason(pipeline) if batching == "continuous" else "--batching window")
+    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1; {how}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=300)
