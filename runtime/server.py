@@ -236,9 +236,15 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
                    "(0: no limit)")
 @click.option("--max-body-mb", type=float, default=64.0, show_default=True)
 @click.option("--max-image-pixels", type=int, default=8192 * 8192, show_default=True)
+@click.option("--replicas", type=int, default=0, show_default=True,
+              help="run N replicas on Ray Serve (a multi-GPU or multi-node ground station; needs the [cluster] "
+                   "extra); 0: this process alone")
+@click.option("--gpus-per-replica", type=float, default=0.0, show_default=True,
+              help="GPUs Ray gives each replica (1 for one replica per GPU)")
+@click.option("--ray-address", default=None, help="join this Ray cluster (auto: the running one) [default: start Ray here]")
 @runtime_flags
 def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_ms, batching, allow_root, api_keys,
-         per_key_limit, max_body_mb, max_image_pixels, **flags) -> None:
+         per_key_limit, max_body_mb, max_image_pixels, replicas, gpus_per_replica, ray_address, **flags) -> None:
     """Serve an exported Earth-OneVision model over an OpenAI-compatible HTTP API."""
     try:
         import uvicorn
@@ -251,18 +257,30 @@ def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_m
     if per_key_limit and not api_keys:
         raise click.UsageError("--per-key-limit counts requests by API key: give the keys (--api-key, "
                                "or $EOV_SERVE_API_KEY)")
-    try:
-        pipeline = RuntimeOptions.from_flags(flags).open(artifacts)
-    except EOVError as err:
-        raise click.ClickException(str(err)) from None
     config = ServiceConfig(max_batch=max_batch, queue_depth=queue_depth, batch_wait_ms=batch_wait_ms,
                            allow_root=allow_root, max_image_pixels=max_image_pixels, batching=batching)
-    app = create_app(pipeline, config, model_name or Path(artifacts).resolve().name, api_keys,
-                     int(max_body_mb * (1 << 20)), per_key_limit)
+    options = RuntimeOptions.from_flags(flags)
+    name = model_name or Path(artifacts).resolve().name
+    if replicas:
+        from eov_edge.runtime.replicas import replicas_application, run_replicas
+
+        try:
+            application = replicas_application(create_app, artifacts, options, config, name, replicas, gpus_per_replica,
+                                               api_keys, int(max_body_mb * (1 << 20)), per_key_limit)
+        except EOVError as err:
+            raise click.ClickException(str(err)) from None
+        click.echo(f"serving {name} on http://{host}:{port}/v1 from {replicas} Ray Serve replicas", err=True)
+        run_replicas(application, host, port, ray_address)
+        return
+    try:
+        pipeline = options.open(artifacts)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    app = create_app(pipeline, config, name, api_keys, int(max_body_mb * (1 << 20)), per_key_limit)
     scheduler = app.state.scheduler
     if scheduler.continuous is not None:
         how = f"continuous batching, {scheduler.continuous.slots} rows"
     else:
         how = "window batching: " + (unsupported_reason(pipeline) if batching == "continuous" else "--batching window")
-    click.echo(f"serving {Path(artifacts).resolve().name} on http://{host}:{port}/v1; {how}", err=True)
+    click.echo(f"serving {name} on http://{host}:{port}/v1; {how}", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=300)
