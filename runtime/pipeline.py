@@ -34,7 +34,7 @@ from eov_edge.runtime.generation import Decoder, GenerationConfig
 from eov_edge.runtime.geo import Detection, detections_from_answer
 from eov_edge.runtime.kv_stream import PrefixKV
 from eov_edge.runtime.ort_runner import PROVIDER_ALIASES
-from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, content_key
+from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, content_key, prefix_kv_key
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 
@@ -481,7 +481,7 @@ class Pipeline:
             prefix_ids = self.image_block_prefix(batch) if views_key is not None else None
             prefix, prefix_kv, prefix_key = 0, None, None
             if prefix_ids is not None:
-                prefix, prefix_key = len(prefix_ids), f"{views_key}:{content_key(prefix_ids)}"
+                prefix, prefix_key = len(prefix_ids), prefix_kv_key(views_key, prefix_ids)
                 prefix_kv = self.prefix_cache.get(prefix_key)
             ids, probs = self.generate_ids(batch, generation, shared, prefix, prefix_kv)
             if prefix and prefix_kv is None and self._generating_decoder().last_prefix_kv is not None:

@@ -31,6 +31,11 @@ def content_key(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def prefix_kv_key(views_key: str, prefix_ids: np.ndarray) -> str:
+    """The key of a prompt prefix's keys and values: its views' content hash and its token ids."""
+    return f"{views_key}:{content_key(prefix_ids)}"
+
+
 class PrefixCache:
     """Entries (any value with its size in bytes) under content keys; LRU within ``max_bytes``."""
 
