@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from eov_edge.core import manifest as mf
-from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream, PrefixKV
-from eov_edge.runtime.prefix_cache import content_key
+from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream
+from eov_edge.runtime.prefix_cache import prefix_kv_key
 from eov_edge.runtime.token_choice import GenerationConfig, token_rule
 
 
@@ -144,23 +144,16 @@ class ContinuousBatch:
         length = int(batch["attention_mask"].sum())  # the prompt's tokens (a lone row has no padding to drop)
         embeds = pipeline.prompt_embeds(batch["input_ids"], views_embeds)[:, -length:]  # (1, S, D)
         prefix_ids = pipeline.image_block_prefix(batch)
-        prefix = 0 if prefix_ids is None else len(prefix_ids)
-        no_ids = np.zeros((self.slots, 0), np.int64)
-        logits, tokens = self.logits[row:row + 1], self.tokens[row:row + 1]
-        if prefix:
+        prefix, cached, key = 0, None, None
+        if prefix_ids is not None:
             # the image block: its keys and values from the prefix cache, or fed now and kept there
-            key = f"{admission.views_key}:{content_key(prefix_ids)}"
+            prefix, key = len(prefix_ids), prefix_kv_key(admission.views_key, prefix_ids)
             cached = pipeline.prefix_cache.get(key)
-            if cached is None:
-                self.stream._feed(embeds[:, :prefix], row, row + 1, prefix, no_ids, logits, tokens)
-                cached = PrefixKV([c[row, :, :prefix].copy() for c in self.stream.cache])
-                pipeline.prefix_cache.put(key, cached, cached.nbytes)
-            else:
-                for buffer, part in zip(self.stream.cache, cached.arrays):
-                    buffer[row, :, :prefix] = part  # (KV, P, hd)
-        self.stream._feed(embeds[:, prefix:], row, row + 1, length, no_ids, logits, tokens)
-        self.stream.seqlens[row] = length - 1
-        state = Row(admission, token_rule(1, logits.shape[-1], admission.generation, self._eos, self._pad))
+        computed = self.stream.prefill_row(row, embeds, self.logits[row:row + 1], self.tokens[row:row + 1],
+                                           prefix, cached)
+        if computed is not None:
+            pipeline.prefix_cache.put(key, computed, computed.nbytes)
+        state = Row(admission, token_rule(1, self.logits.shape[-1], admission.generation, self._eos, self._pad))
         self.rows[row] = state
         return self._choose(row, state)
 
@@ -183,16 +176,9 @@ class ContinuousBatch:
 
     def _bind(self, width: int):
         """The decode call over rows 0..width-1: their token ids in (gathered by the graph), their
-        keys and values written at their own lengths, logits and argmax out."""
-        s = self.stream
-        feed = {mf.INPUTS_EMBEDS: np.empty((width, 0, s.table.shape[1]), np.float32),
-                mf.INPUT_IDS: self.tokens[:width], mf.SEQLENS_K: s.seqlens[:width],
-                mf.TOTAL_SEQUENCE_LENGTH: s.total, mf.LOGITS_INDEX: LAST_POSITION, mf.EMBED_TABLE: s.table,
-                **{name: c[:width] for name, c in zip(s.past_names, s.cache)}}
-        outputs = {mf.LOGITS: self.logits[:width], mf.NEXT_TOKENS: self.tokens[:width],
-                   **{name: c[:width] for name, c in zip(s.present_names, s.cache)}}
-        s._bound.append((feed, outputs))  # bound by address: the views live as long as the stream
-        return s.runner.bind(feed, outputs)
+        keys and values written at their own lengths, logits and argmax out (into the token ids)."""
+        tokens = self.tokens[:width]
+        return self.stream.bind(tokens, self.logits[:width], LAST_POSITION, next_tokens=tokens, rows=width)
 
     def _choose(self, r: int, row: Row) -> Event:
         step = row.rule.choose(len(row.ids), self.logits[r], [int(self.tokens[r, 0])])

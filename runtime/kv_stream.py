@@ -162,6 +162,28 @@ class FusedKVStream:
         self.set_lengths(lengths)
         return prefix_kv if shared_prefix else None
 
+    def prefill_row(self, row: int, embeds: np.ndarray, logits: np.ndarray, next_tokens: np.ndarray,
+                    prefix: int = 0, prefix_kv: PrefixKV | None = None) -> PrefixKV | None:
+        """Row ``row`` alone takes the prompt ``embeds`` (1, S, D) from its slot 0, the other rows
+        untouched (a request joining a running batch); writes its last logits (1, 1, V) and argmax
+        (1, 1) and sets its length to S. ``prefix`` P > 0: its first P positions are the keys and
+        values ``prefix_kv`` (computed earlier), or fed first and returned (for a prefix cache); the
+        rest is fed on top."""
+        length = embeds.shape[1]
+        no_ids = np.zeros((self.batch, 0), np.int64)
+        computed = None
+        if prefix and prefix_kv is None:
+            self._feed(embeds[:, :prefix], row, row + 1, prefix, no_ids, logits, next_tokens)
+            computed = PrefixKV([c[row, :, :prefix].copy() for c in self.cache])
+        elif prefix:
+            if prefix_kv.length != prefix:
+                raise ValueError(f"cached prefix of {prefix_kv.length} positions for a prefix of {prefix}")
+            for buffer, part in zip(self.cache, prefix_kv.arrays):
+                buffer[row, :, :prefix] = part  # (KV, P, hd)
+        self._feed(embeds[:, prefix:], row, row + 1, length, no_ids, logits, next_tokens)
+        self.seqlens[row] = length - 1
+        return computed
+
     def _feed(self, embeds: np.ndarray, start: int, end: int, length: int, no_ids: np.ndarray,
               logits: np.ndarray, next_tokens: np.ndarray) -> None:
         """Rows start..end-1 take ``embeds`` (rows, S, D) as their positions length-S..length-1."""
@@ -175,15 +197,18 @@ class FusedKVStream:
         self.prefill_runner.infer(feed, outputs=outputs)
 
     def bind(self, input_ids: np.ndarray, logits: np.ndarray, logits_index: np.ndarray,
-             next_tokens: np.ndarray):
+             next_tokens: np.ndarray, rows: int | None = None):
         """One bound call that feeds ``input_ids`` (B, S) (the graph gathers their embeddings) at the
         rows' lengths and writes ``logits`` (B, K, V) at ``logits_index`` (K,) and their argmax into
         ``next_tokens`` (B, K) (the same buffer as ``input_ids`` makes a step's argmax the next
-        step's input). Every array is bound by address: keep them alive while the call may run."""
-        feed = {mf.INPUTS_EMBEDS: np.empty((self.batch, 0, self.table.shape[1]), np.float32), mf.INPUT_IDS: input_ids,
-                mf.SEQLENS_K: self.seqlens, mf.TOTAL_SEQUENCE_LENGTH: self.total, mf.LOGITS_INDEX: logits_index,
-                mf.EMBED_TABLE: self.table, **dict(zip(self.past_names, self.cache))}
-        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: next_tokens, **dict(zip(self.present_names, self.cache))}
+        step's input). ``rows`` R: the call runs rows 0..R-1 only (arrays of R rows; continuous
+        batching). Every array is bound by address: keep them alive while the call may run."""
+        rows = self.batch if rows is None else rows
+        cache = [c[:rows] for c in self.cache]  # (R, KV, C, hd) views
+        feed = {mf.INPUTS_EMBEDS: np.empty((rows, 0, self.table.shape[1]), np.float32), mf.INPUT_IDS: input_ids,
+                mf.SEQLENS_K: self.seqlens[:rows], mf.TOTAL_SEQUENCE_LENGTH: self.total,
+                mf.LOGITS_INDEX: logits_index, mf.EMBED_TABLE: self.table, **dict(zip(self.past_names, cache))}
+        outputs = {mf.LOGITS: logits, mf.NEXT_TOKENS: next_tokens, **dict(zip(self.present_names, cache))}
         self._bound.append((feed, outputs))  # bound by address: every array lives as long as the stream
         return self.runner.bind(feed, outputs)
 
