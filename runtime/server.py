@@ -140,23 +140,18 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
         if chat_request.stream:
             loop = asyncio.get_running_loop()
             chat_request.on_text = lambda text: loop.call_soon_threadsafe(pieces.put_nowait, text)
-        key = request.state.api_key
+        key = request.state.api_key  # None where the service has no keys (then the limit is 0)
         try:
-            if per_key_limit:
-                limits.acquire(key)
-            try:
-                future = scheduler.submit(chat_request)
-            except EOVError:
-                if per_key_limit:
-                    limits.release(key)
-                raise
+            limits.acquire(key)
         except RateLimited as err:
             scheduler.metrics.requests["rate_limited"] += 1
             return _error(429, str(err), "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            future = scheduler.submit(chat_request)
         except (Overloaded, ShuttingDown) as err:
+            limits.release(key)
             return _error(503, str(err), "overloaded_error", {"Retry-After": str(RETRY_AFTER_S)})
-        if per_key_limit:
-            future.add_done_callback(lambda _: limits.release(key))
+        future.add_done_callback(lambda _: limits.release(key))
         if chat_request.stream:
             return StreamingResponse(_stream(chat_request, future, pieces, completion_id, created),
                                      media_type="text/event-stream")
