@@ -250,6 +250,12 @@ class Metrics:
     prefix_hits: int = 0
     prefix_lookups: int = 0
 
+    def count_batch(self, size: int) -> None:
+        """One batch (window batching) or decode step (continuous batching) of ``size`` requests."""
+        self.batches += 1
+        self.batch_requests += size
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+
     def prometheus(self, queue_depth: int, running: int) -> str:
         lines = [
             "# TYPE eov_queue_depth gauge", f"eov_queue_depth {queue_depth}",
@@ -379,9 +385,7 @@ class Scheduler:
                     self._fail_running(err)
                     continue
                 self.metrics.generate_seconds += time.perf_counter() - started
-                self.metrics.batches += 1
-                self.metrics.batch_requests += len(events)
-                self.metrics.batch_sizes[len(events)] = self.metrics.batch_sizes.get(len(events), 0) + 1
+                self.metrics.count_batch(len(events))
                 self._deliver(events)
             self.running = batch.running
 
@@ -449,9 +453,7 @@ class Scheduler:
             if r.cancelled.is_set():
                 self.metrics.requests["cancelled"] += 1
                 r.future.cancel()
-        self.metrics.batches += 1
-        self.metrics.batch_requests += len(live)
-        self.metrics.batch_sizes[len(live)] = self.metrics.batch_sizes.get(len(live), 0) + 1
+        self.metrics.count_batch(len(live))
         streamed = [r for r in live if r.stream]
         plain = [r for r in live if not r.stream]
         for request in streamed:
@@ -544,10 +546,10 @@ class KeyLimits:
         if limit < 0:
             raise ValueError(f"the per-key limit must be >= 0, got {limit}")
         self.limit = limit
-        self._held: dict[str, int] = {}
+        self._held: dict[str | None, int] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str) -> None:
+    def acquire(self, key: str | None) -> None:
         with self._lock:
             held = self._held.get(key, 0)
             if self.limit and held >= self.limit:
@@ -555,7 +557,7 @@ class KeyLimits:
                                   f"(--per-key-limit {self.limit}); retry when one has been answered")
             self._held[key] = held + 1
 
-    def release(self, key: str) -> None:
+    def release(self, key: str | None) -> None:
         with self._lock:
             held = self._held.get(key, 0) - 1
             if held > 0:
