@@ -45,7 +45,7 @@ def eval_main(checkpoint: Path | None, artifacts: Path | None, data: Path | None
     if (checkpoint is None) == (artifacts is None):
         raise click.UsageError("give --checkpoint (PyTorch) or --artifacts (the runtime), one of them")
     try:
-        tasks = tuple(dict.fromkeys(resolve_task(t) for t in tasks))
+        tasks = tuple(dict.fromkeys(resolve_task(t).name for t in tasks))
     except EOVError as err:
         raise click.UsageError(f"unknown task kind: {err}") from None
     try:

@@ -85,7 +85,7 @@ def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: in
         size = pipeline.spec.image_size
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
-            generation = GenerationConfig(max_new_tokens=max_new_tokens or answer_token_budget(e.task for e in chunk))
+            generation = GenerationConfig(max_new_tokens=max_new_tokens or answer_token_budget(TASKS[e.task] for e in chunk))
             try:
                 samples = [Sample(views=e.read_views(size), instruction=e.instruction) for e in chunk]
             except EOVError as err:

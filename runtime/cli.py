@@ -25,7 +25,7 @@ import click
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import view_sources
-from eov_edge.core.tasks import TASKS, answer_token_budget
+from eov_edge.core.tasks import TASKS, answer_token_budget, resolve_task
 from eov_edge.runtime.options import RuntimeOptions, runtime_flags
 
 
@@ -84,7 +84,6 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
     # eov-run owns its process, so all sessions may share one spinning thread pool (faster)
     runtime = RuntimeOptions.from_flags(flags, thread_pool="shared")
     from eov_edge.runtime.generation import GenerationConfig
-    from eov_edge.runtime.pipeline import resolve_task
 
     try:
         if task is None and prompt is None:
@@ -182,7 +181,7 @@ def _run_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_add
     for failure in summary.failures:
         click.echo(f"failed: {failure}", err=True)
     click.echo(summary.line(), err=as_json)
-    return {"task": config.task, "out": str(out), "summary": summary.to_dict()}
+    return {"task": config.task.name, "out": str(out), "summary": summary.to_dict()}
 
 
 def _folder_exit(summary: dict, out) -> None:
@@ -201,8 +200,9 @@ def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation
     label = " + ".join(images)
     if not as_json:
         for (task, text), answer in zip(questions, answers):
-            _print_answer(f"{label} [{task or text}]", answer)
-    return {"tasks": tasks, "results": [{"images": label, "question": task or text, **a.to_dict()}
+            _print_answer(f"{label} [{task.name if task else text}]", answer)
+    return {"tasks": [t.name for t in tasks],
+            "results": [{"images": label, "question": task.name if task else text, **a.to_dict()}
                                         for (task, text), a in zip(questions, answers)]}
 
 
@@ -211,7 +211,7 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
     from eov_edge.runtime.geo import answers_geojson, write_json_atomic
 
     views = [pipeline.read(view_sources(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
-    together = multiview or (task is not None and TASKS[task].min_views > 1)
+    together = multiview or (task is not None and task.min_views > 1)
     if stream:
         if len(images) > 1 and not together:
             raise click.UsageError("--stream answers one sample: give one image or --multiview")
@@ -226,12 +226,12 @@ def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, gen
         answers = pipeline.answer_each(views, task, prompt, generation)
         labels = list(images)
     if geojson:
-        write_json_atomic(geojson, answers_geojson(answers, views, {"task": task, "images": list(images)},
+        write_json_atomic(geojson, answers_geojson(answers, views, {"task": task and task.name, "images": list(images)},
                                                    geojson_crs))
     if not as_json:
         for label, answer in zip(labels, answers):
             _print_answer(label, answer)
-    return {"task": task, "results": [{"images": label, **a.to_dict()} for label, a in zip(labels, answers)]}
+    return {"task": task and task.name, "results": [{"images": label, **a.to_dict()} for label, a in zip(labels, answers)]}
 
 
 def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
@@ -266,4 +266,4 @@ def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_
                         "detections": [d.to_dict() for d in result.detections], "tile_answers": result.tile_answers})
         if result.interrupted:
             raise click.ClickException(f"interrupted; finished tiles written to {geojson}" if geojson else "interrupted")
-    return {"task": task, "scenes": results}
+    return {"task": resolve_task(task).name, "scenes": results}

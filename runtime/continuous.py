@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from eov_edge.core import manifest as mf
+from eov_edge.core.tasks import TaskSpec
 from eov_edge.runtime.kv_stream import LAST_POSITION, FusedKVStream
 from eov_edge.runtime.prefix_cache import prefix_kv_key
 from eov_edge.runtime.token_choice import GenerationConfig, token_rule
@@ -37,7 +38,7 @@ class Admission:
     caller's object, handed back with every event."""
 
     sample: Any
-    task: str | None
+    task: TaskSpec | None
     generation: GenerationConfig
     views_key: str
     owner: Any = None

@@ -27,7 +27,7 @@ from eov_edge.core import manifest as mf
 from eov_edge.core.errors import PromptError, ViewMismatchError
 from eov_edge.core.inputs import InputSpec, Sample, build_batch
 from eov_edge.core.raster import View, Window, read_view
-from eov_edge.core.tasks import DEFAULT_QUESTIONS, SPATIAL_TASKS, TASK_ALIASES, TASKS, resolve_task  # noqa: F401
+from eov_edge.core.tasks import TaskSpec, resolve_task
 from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.runtime.backends import make_runner
 from eov_edge.runtime.generation import Decoder, GenerationConfig
@@ -44,6 +44,15 @@ DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts'
 PREFILL = "decoder prefill"
 LLAMACPP_DECODER = "decoder (llama.cpp)"  # its decode steps in stats(), beside the graphs' runners
 PREFILL_MIN_ONNXRUNTIME = (1, 32)  # mlas.qnbit.force_fp32; older versions ignore the key
+
+
+TaskLike = TaskSpec | str | None  # a task kind, or a name a user typed (resolved by resolve_task)
+
+
+def _task(task: TaskLike) -> TaskSpec | None:
+    """The :class:`TaskSpec` of ``task``: faces resolve the user's name once and hand the spec
+    down, so here a spec passes through; a Python caller may name the task."""
+    return None if task is None else resolve_task(task)
 
 
 def peak_rss_mb() -> float:
@@ -319,16 +328,15 @@ class Pipeline:
         self.timings["read"] += time.perf_counter() - start
         return view
 
-    def sample(self, views: Sequence[View], task: str | None = None, prompt: str | None = None) -> Sample:
+    def sample(self, views: Sequence[View], task: TaskLike = None, prompt: str | None = None) -> Sample:
         """A Sample asking ``prompt`` (an instruction; the view tags are added) or the task's question."""
+        task = _task(task)
         if prompt is None:
             if task is None:
                 raise PromptError("give a task or a prompt")
-            prompt = DEFAULT_QUESTIONS[resolve_task(task)]
-        if task is not None:
-            spec = TASKS[resolve_task(task)]
-            if len(views) < spec.min_views:
-                raise ViewMismatchError(f"task {spec.name} needs at least {spec.min_views} views, got {len(views)}")
+            prompt = task.default_question
+        if task is not None and len(views) < task.min_views:
+            raise ViewMismatchError(f"task {task.name} needs at least {task.min_views} views, got {len(views)}")
         return Sample(views=list(views), instruction=prompt)
 
     # -- inference ---------------------------------------------------------------------------
@@ -376,18 +384,20 @@ class Pipeline:
         self.timings["generate"] += time.perf_counter() - start
         return ids, probs
 
-    def answer(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+    def answer(self, views: Sequence[View], task: TaskLike = None, prompt: str | None = None,
                generation: GenerationConfig | None = None) -> list[Answer]:
         """Answer one multi-view sample (all ``views`` in one prompt)."""
+        task = _task(task)
         return self.answer_samples([self.sample(views, task, prompt)], generation, task)
 
-    def answer_each(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+    def answer_each(self, views: Sequence[View], task: TaskLike = None, prompt: str | None = None,
                     generation: GenerationConfig | None = None) -> list[Answer]:
         """Answer the same question about each view separately, as one batch."""
+        task = _task(task)
         return self.answer_samples([self.sample([v], task, prompt) for v in views], generation, task)
 
     def answer_samples(self, samples: Sequence[Sample], generation: GenerationConfig | None = None,
-                       task: str | None = None, tasks: Sequence[str | None] | None = None,
+                       task: TaskLike = None, tasks: Sequence[TaskLike] | None = None,
                        cache_views: bool = False, budgets: Sequence[int] | None = None,
                        view_keys: Sequence[str] | None = None) -> list[Answer]:
         """Answer ``samples`` as one batch; ``task`` names what every one asks (``tasks``: each its own).
@@ -396,7 +406,7 @@ class Pipeline:
         (implies it): those content hashes, already computed by the caller. ``budgets``: each sample's
         own new-token limit (the batch decodes to the largest; each answer is cut at its own, as if
         asked alone)."""
-        tasks = list(tasks) if tasks is not None else [task] * len(samples)
+        tasks = [_task(t) for t in tasks] if tasks is not None else [_task(task)] * len(samples)
         generation = _widest(generation or GenerationConfig(), budgets)
         if not cache_views and view_keys is None:
             return self._answer_in_pieces(samples, tasks, generation, budgets=budgets)
@@ -429,7 +439,7 @@ class Pipeline:
                 self.prefix_cache.put(k, embeds[k], embeds[k].nbytes)
         return [embeds[k] for k in keys]
 
-    def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[str | None, str | None]],
+    def answer_questions(self, views: Sequence[View], questions: Sequence[tuple[TaskLike, str | None]],
                          generation: GenerationConfig | None = None, share_prefix: bool = True,
                          budgets: Sequence[int] | None = None) -> list[Answer]:
         """Several questions about the same views, as one job: the views encoded once, the prompt's
@@ -444,6 +454,7 @@ class Pipeline:
         if not questions:
             raise PromptError("give at least one question")
         generation = _widest(generation or GenerationConfig(), budgets)
+        questions = [(_task(task), prompt) for task, prompt in questions]
         samples = [self.sample(views, task, prompt) for task, prompt in questions]
         first = self.batch(samples[:1], generation.max_new_tokens)
         views_key = content_key(first["pixel_values"], first["modality_ids"])
@@ -461,7 +472,7 @@ class Pipeline:
         return self._answer_in_pieces(samples, tasks, generation, embeds, views_key if share_prefix else None,
                                       budgets=budgets)
 
-    def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[str | None], generation: GenerationConfig,
+    def _answer_in_pieces(self, samples: Sequence[Sample], tasks: Sequence[TaskSpec | None], generation: GenerationConfig,
                           views_embeds: np.ndarray | None = None, views_key: str | None = None,
                           per_sample_embeds: Sequence[np.ndarray] | None = None,
                           budgets: Sequence[int] | None = None) -> list[Answer]:
@@ -512,13 +523,14 @@ class Pipeline:
             return None  # a question longer than the engine's decode profile takes: prefilled whole
         return prefix
 
-    def stream(self, views: Sequence[View], task: str | None = None, prompt: str | None = None,
+    def stream(self, views: Sequence[View], task: TaskLike = None, prompt: str | None = None,
                generation: GenerationConfig | None = None,
                sample: Sample | None = None) -> Generator[str, None, Answer]:
         """Yield the answer's text piece by piece as tokens are generated (one sample); the
         generator's return value is the whole :class:`Answer` (``StopIteration.value``). Closing
         the generator stops decoding at the next step. ``sample``: already built from the views."""
         generation = generation or GenerationConfig()
+        task = _task(task)
         sample = sample or self.sample(views, task, prompt)
         batch = self.batch([sample], generation.max_new_tokens)
         embeds = self.inputs_embeds(batch)
@@ -540,7 +552,7 @@ class Pipeline:
             yield answer.text[len(shown):]
         return answer
 
-    def make_answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: str | None) -> Answer:
+    def make_answer(self, sample: Sample, ids: np.ndarray, probs: np.ndarray, task: TaskLike) -> Answer:
         """The :class:`Answer` to ``sample`` from its generated token ids and probabilities (cut at
         EOS, padding dropped): text, SLIS shapes as detections, problems, whether the budget cut it."""
         special = self.manifest.special_tokens
@@ -559,7 +571,7 @@ class Pipeline:
         detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
         # the budget ended it inside a shape: a cut answer, not a malformed one
         problems = list(parsed.problems) if ended else slis.problems_before_cut(parsed.problems)
-        return Answer(text, token_ids, token_probs, detections, problems, resolve_task(task) if task else None,
+        return Answer(text, token_ids, token_probs, detections, problems, task.name if (task := _task(task)) else None,
                       [v.inputs() for v in sample.views], cut_at_budget=not ended)
 
     # -- reporting ---------------------------------------------------------------------------

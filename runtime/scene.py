@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import RasterGrid, View, Window, raster_grid
-from eov_edge.core.tasks import answer_token_budget
+from eov_edge.core.tasks import TaskSpec, answer_token_budget, resolve_task
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.geo import (
     Detection,
@@ -22,13 +22,7 @@ from eov_edge.runtime.geo import (
     non_max_suppression,
     shape_geometry,
 )
-from eov_edge.runtime.pipeline import (
-    SPATIAL_TASKS,
-    Answer,
-    Pipeline,
-    peak_rss_mb,
-    resolve_task,
-)
+from eov_edge.runtime.pipeline import Answer, Pipeline, peak_rss_mb
 
 GDAL_CACHE_MB = 64  # GDAL's default is 5% of RAM: a whole-scene pass would fill it
 
@@ -75,7 +69,7 @@ class SceneResult:
     """What a scene run found, and how it went."""
 
     source: str
-    task: str
+    task: TaskSpec
     grid: RasterGrid
     tiles: int
     detections: list[Detection] = field(default_factory=list)  # after NMS
@@ -89,7 +83,7 @@ class SceneResult:
 
     def geojson(self, output_crs: str = "wgs84") -> dict:
         properties = {
-            "source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
+            "source": self.source, "task": self.task.name, "tiles": self.tiles, "tiles_done": self.tiles_done,
             "tiles_failed": [e.__dict__ for e in self.errors], "partial": self.interrupted,
             "detections_before_nms": self.raw_detections,
         }
@@ -104,18 +98,18 @@ class SceneResult:
             t, w = outcome.tile, outcome.tile.window
             if outcome.error is not None:
                 self.errors.append(outcome.error)
-            elif self.task in SPATIAL_TASKS:
-                for det in outcome.answers[self.task].detections:
+            elif self.task.spatial:
+                for det in outcome.answers[self.task.name].detections:
                     det.extra["tile"] = t.index
                     raw.append(det)
             else:
                 self.tile_answers.append({"tile": t.index, "window": (w.col, w.row, w.width, w.height),
-                                          "text": outcome.answers[self.task].text})
+                                          "text": outcome.answers[self.task.name].text})
         self.raw_detections = len(raw)
         self.detections = non_max_suppression(raw, iou_threshold)
 
     def summary(self) -> dict:
-        return {"source": self.source, "task": self.task, "tiles": self.tiles, "tiles_done": self.tiles_done,
+        return {"source": self.source, "task": self.task.name, "tiles": self.tiles, "tiles_done": self.tiles_done,
                 "tiles_failed": len(self.errors), "detections": len(self.detections),
                 "detections_before_nms": self.raw_detections, "interrupted": self.interrupted,
                 "seconds": round(self.seconds, 3), "peak_rss_mb": round(self.peak_rss_mb, 1)}
@@ -140,7 +134,7 @@ class TileOutcome:
     """One tile's answers (by task), or why it has none (picklable: Ray workers send these back)."""
 
     tile: Tile
-    answers: dict[str, Answer] = field(default_factory=dict)
+    answers: dict[str, Answer] = field(default_factory=dict)  # by task kind name
     error: TileError | None = None
 
 
@@ -148,20 +142,19 @@ def answer_tiles(
     pipeline: Pipeline,
     paths,
     tiles: Sequence[Tile],
-    task: str | Sequence[str],
+    tasks: Sequence[TaskSpec],
     prompt: str | None,
     band_set: str | None,
     nodata: float | None,
     generation: GenerationConfig,
     bands: str | None = None,
 ) -> list[TileOutcome]:
-    """Read ``tiles`` of the raster at ``paths`` and answer ``task`` about them as one batch; several
+    """Read ``tiles`` of the raster at ``paths`` and answer ``tasks`` about them as one batch; several
     tasks are asked together about each tile (its view encoded once, its image block prefilled once:
     :meth:`Pipeline.answer_questions`). A tile that cannot be read (all nodata, a corrupt block) is
     an outcome with its error, never an exception."""
     import rasterio
 
-    tasks = [task] if isinstance(task, str) else list(task)
     outcomes: list[TileOutcome] = []
     views: list[tuple[TileOutcome, View]] = []
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * (1 << 20)):
@@ -178,16 +171,15 @@ def answer_tiles(
         if views:
             answers = pipeline.answer_each([v for _, v in views], tasks[0], prompt, generation)
             for (outcome, _), answer in zip(views, answers):
-                outcome.answers[tasks[0]] = answer
+                outcome.answers[tasks[0].name] = answer
     else:
         for outcome, view in views:
-            outcome.answers = dict(zip(tasks, pipeline.answer_questions([view], [(t, None) for t in tasks],
-                                                                        generation)))
+            answers = pipeline.answer_questions([view], [(t, None) for t in tasks], generation)
+            outcome.answers = {t.name: answer for t, answer in zip(tasks, answers)}
     return outcomes
 
 
-def scene_generation(task: str | Sequence[str], generation: GenerationConfig | None) -> GenerationConfig:
-    tasks = [task] if isinstance(task, str) else task
+def scene_generation(tasks: Sequence[TaskSpec], generation: GenerationConfig | None) -> GenerationConfig:
     return generation or GenerationConfig(max_new_tokens=answer_token_budget(tasks))
 
 
@@ -198,7 +190,7 @@ def scene_source(paths) -> str:
 def run_scene(
     pipeline: Pipeline,
     paths,
-    task: str = "detection",
+    task: TaskSpec | str = "detection",
     prompt: str | None = None,
     tile: int = 512,
     overlap: int = 64,
@@ -211,8 +203,8 @@ def run_scene(
     bands: str | None = None,
 ) -> SceneResult:
     """Run ``task`` over every tile of the raster at ``paths`` (one file, or one file per band)."""
-    task = resolve_task(task)
-    generation = scene_generation(task, generation)
+    task = resolve_task(task)  # a Python caller's name; a face hands the spec down
+    generation = scene_generation([task], generation)
     grid = raster_grid(paths)
     tiles = plan_tiles(grid.height, grid.width, tile, overlap)
     result = SceneResult(scene_source(paths), task, grid, len(tiles))
@@ -220,7 +212,7 @@ def run_scene(
     start = time.perf_counter()
     try:
         for group in _batches(tiles, batch_size):
-            outcomes += answer_tiles(pipeline, paths, group, task, prompt, band_set, nodata, generation, bands)
+            outcomes += answer_tiles(pipeline, paths, group, [task], prompt, band_set, nodata, generation, bands)
             result.tiles_done += len(group)
             if progress:
                 progress(len(group))

@@ -36,8 +36,9 @@ from eov_edge.core.errors import EOVError, RasterReadError
 from eov_edge.core.manifest import sha256_file
 from eov_edge.core.paths import write_json_atomic
 from eov_edge.core.raster import RasterGrid, Window, raster_grid
+from eov_edge.core.tasks import TaskSpec, resolve_task
 from eov_edge.runtime.generation import GenerationConfig
-from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline, resolve_task
+from eov_edge.runtime.pipeline import Pipeline
 from eov_edge.runtime.scene import (
     SceneResult,
     Tile,
@@ -60,7 +61,7 @@ class SceneRunConfig:
     """How every scene of a run is answered. ``tile`` None: each scene is one image. ``task``: one
     task, or several asked together about every tile (``tasks``; ``task`` is then the first)."""
 
-    task: str | tuple[str, ...]
+    task: TaskSpec | str | tuple[TaskSpec | str, ...]
     prompt: str | None = None
     tile: int | None = None
     overlap: int = 64
@@ -71,11 +72,11 @@ class SceneRunConfig:
     geojson_crs: str = "wgs84"
     iou_threshold: float = 0.5
     bands: str | None = None  # band names of multi-band files without descriptions, in file order
-    tasks: tuple[str, ...] = field(default=(), init=False)
+    tasks: tuple[TaskSpec, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
-        names = (self.task,) if isinstance(self.task, str) else tuple(self.task)
-        tasks = tuple(dict.fromkeys(resolve_task(t) for t in names))
+        given = (self.task,) if isinstance(self.task, (str, TaskSpec)) else tuple(self.task)
+        tasks = tuple(dict.fromkeys(resolve_task(t) for t in given))  # a face hands specs; Python callers names
         if not tasks:
             raise ValueError("give a task")
         if len(tasks) > 1 and self.prompt:
@@ -92,6 +93,7 @@ class SceneRunConfig:
         """Everything that changes an answer; not the batch size (batched answers are exact)."""
         settings = asdict(self)
         settings.pop("batch_size")
+        settings["task"], settings["tasks"] = self.task.name, tuple(t.name for t in self.tasks)
         return settings
 
     def plan(self, height: int, width: int) -> list[Tile]:
@@ -343,14 +345,14 @@ def _finish(scene: _Pending, index: RunIndex, config: SceneRunConfig, summary: R
         return
     outputs = []
     for result in results:
-        stem = scene.spec.name if len(results) == 1 else f"{scene.spec.name}.{result.task}"
-        if result.task in SPATIAL_TASKS:
+        stem = scene.spec.name if len(results) == 1 else f"{scene.spec.name}.{result.task.name}"
+        if result.task.spatial:
             outputs.append(f"{stem}.geojson")
             write_json_atomic(index.folder / outputs[-1], result.geojson(config.geojson_crs))
         else:
             outputs.append(f"{stem}.json")
             write_json_atomic(index.folder / outputs[-1], {
-                "source": result.source, "task": result.task, "tiles": result.tiles,
+                "source": result.source, "task": result.task.name, "tiles": result.tiles,
                 "tiles_failed": [e.__dict__ for e in result.errors], "answers": result.tile_answers})
     detections = sum(len(r.detections) for r in results)
     index.record(_entry(scene.spec, "done", output=outputs[0], outputs=outputs, features=detections,

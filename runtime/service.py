@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from eov_edge.core.errors import EOVError
-from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
+from eov_edge.core.tasks import TASK_ALIASES, TASKS, TaskSpec, answer_token_budget, resolve_task
 from eov_edge.runtime.continuous import Admission, ContinuousBatch, unsupported_reason
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.prefix_cache import content_key
@@ -82,7 +82,7 @@ class ChatRequest:
     """One answerable question: views read onto the canvas, a task and/or a prompt, how to decode."""
 
     views: list
-    task: str | None
+    task: TaskSpec | None
     prompt: str | None
     generation: GenerationConfig
     stream: bool = False

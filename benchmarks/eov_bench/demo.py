@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> dict:
     from eov_edge.bench.cli import run_bench
     from eov_edge.core.calib import load_calib_samples
     from eov_edge.core.paths import NANO_CHECKPOINT
-    from eov_edge.core.tasks import HEADLINE_METRICS, answer_token_budget
+    from eov_edge.core.tasks import HEADLINE_METRICS, TASKS
     from eov_edge.export.onnx_export import export_onnx
     from eov_edge.export.validate import verify
     from eov_edge.quantize.build import quantize_artifacts
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.geo import write_json_atomic
-    from eov_edge.runtime.pipeline import SPATIAL_TASKS, Pipeline
+    from eov_edge.runtime.pipeline import Pipeline
     from eov_edge.runtime.scene import run_scene
 
     out = args.out
@@ -76,18 +76,18 @@ def main(argv: list[str] | None = None) -> dict:
     with Pipeline.from_artifacts(int8) as pipe:
         for calib in load_calib_samples():
             views = [pipe.read(list(files), band_set=calib.band_set) for files in calib.views]
-            task = calib.task or "caption"
+            task = TASKS[calib.task or "caption"]
             # each task its answers' budget (a detection 96 tokens): no answer cut inside a shape
-            generation = GenerationConfig(max_new_tokens=answer_token_budget([task]))
+            generation = GenerationConfig(max_new_tokens=task.answer_tokens)
             [answer] = pipe.answer(views, task=task, generation=generation)
-            print(f"  [{calib.modality}] {calib.id} ({task}): {answer.whole_text()!r}")
-            if task in SPATIAL_TASKS:
+            print(f"  [{calib.modality}] {calib.id} ({task.name}): {answer.whole_text()!r}")
+            if task.spatial:
                 print(f"      {len(answer.detections)} shape(s) in source pixels, {len(answer.problems)} malformed"
                       + (", cut at the token budget" if answer.cut_at_budget else ""))
         landsat = next(c for c in load_calib_samples() if c.id == "landsat7_etm_olinda")
         scene = run_scene(pipe, [str(p) for p in landsat.views[0]], "detection", tile=256, overlap=32,
                           band_set=landsat.band_set,
-                          generation=GenerationConfig(max_new_tokens=answer_token_budget(["detection"])))
+                          generation=GenerationConfig(max_new_tokens=TASKS["detection"].answer_tokens))
         write_json_atomic(out / "scene.geojson", scene.geojson())
         print(f"  scene {landsat.views[0][0].name}: {scene.tiles} tiles, {len(scene.detections)} detection(s) "
               f"-> {out / 'scene.geojson'} (WGS 84, RFC 7946)")

@@ -90,7 +90,7 @@ def load_heldout(path: str | Path, image_size: int, per_task: int | None = None,
     raw = file.read_bytes()
     problems: list[str] = []
     examples: list[Example] = []
-    wanted = {resolve_task(t) for t in tasks} if tasks else None
+    wanted = {resolve_task(t).name for t in tasks} if tasks else None
     for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("//"):
             continue
@@ -153,7 +153,7 @@ def _example(record: Any, base: Path, size: int, number: int) -> Example:
     if "task" not in record:
         raise _RecordError("no \"task\" (one of " + ", ".join(TASKS) + ")")
     try:
-        task = resolve_task(str(record["task"]))
+        task = resolve_task(str(record["task"])).name
     except EOVError as err:
         raise _RecordError(str(err)) from None
     unknown = set(record) - COMMON_FIELDS - REFERENCE_FIELDS[task]

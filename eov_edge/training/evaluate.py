@@ -57,7 +57,7 @@ def predict(model, processor, examples: list[Example], batch_size: int = 16, max
         chunk = examples[i : i + batch_size]
         answers = processor.answer(model, [Sample(views=e.views or e.read_views(model.config.image_size),
                                                   instruction=e.instruction) for e in chunk],
-                                   max_new_tokens=max_new_tokens or answer_token_budget(e.task for e in chunk),
+                                   max_new_tokens=max_new_tokens or answer_token_budget(TASKS[e.task] for e in chunk),
                                    slis_grammar=slis_grammar)
         predictions += [a.text for a in answers]
         if drop_views:

@@ -106,7 +106,7 @@ def test_prompt_and_task_errors(pipeline, calib_samples):
         resolve_task("segment")
     with pytest.raises(ViewMismatchError, match="at least 2 views"):
         pipeline.answer(views[:1], task="change")
-    assert resolve_task("detect") == "detection"
+    assert resolve_task("detect").name == "detection"
 
 
 def test_stream_batch_and_single_answers_agree(pipeline, calib_samples):
@@ -180,13 +180,13 @@ def test_warmup_creates_every_session(nano_artifacts):
 def test_an_answer_cut_inside_a_shape_is_cut_not_malformed(nano_artifacts, calib_samples):
     """A detection stopped by the token budget inside its first box: no malformed shape reported,
     the cut said; the same answer with its task's budget ends by itself."""
-    from eov_edge.core.tasks import answer_token_budget
+    from eov_edge.core.tasks import TASKS, answer_token_budget
 
     frame = calib_samples["hit_uav_0_100_30_0_03306"]
     with Pipeline.from_artifacts(nano_artifacts) as pipe:
         views = [pipe.read(list(frame.views[0]), band_set=frame.band_set)]
         full = pipe.answer(views, task="detection",
-                           generation=GenerationConfig(max_new_tokens=answer_token_budget(["detection"])))[0]
+                           generation=GenerationConfig(max_new_tokens=answer_token_budget([TASKS["detection"]])))[0]
         assert not full.cut_at_budget and not full.problems and "<box>" in full.text
         # stop two tokens after the first <box>: inside it
         opened = full.text.index("<box>")

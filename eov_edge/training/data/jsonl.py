@@ -46,7 +46,7 @@ class JsonlExamples:
                     continue
                 try:
                     record = json.loads(line)
-                    task = resolve_task(str(record["task"]))
+                    task = resolve_task(str(record["task"])).name
                 except (json.JSONDecodeError, TypeError, KeyError, EOVError) as err:
                     problems.append(f"line {number}: {_why(err)}")
                     continue
