@@ -25,8 +25,17 @@ import click
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import view_sources
-from eov_edge.core.tasks import TASKS, answer_token_budget, resolve_task
-from eov_edge.runtime.options import RuntimeOptions, runtime_flags
+from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
+from eov_edge.runtime.jobs import ImageJob, answer_images, read_images, results_report, stream_answer, write_geojson
+from eov_edge.runtime.options import (
+    ReadOptions,
+    RuntimeOptions,
+    generation_flags,
+    generation_from_flags,
+    read_flags,
+    runtime_flags,
+)
+from eov_edge.runtime.scene_runs import SceneRunConfig
 
 
 def _print_answer(label: str, answer) -> None:
@@ -45,23 +54,15 @@ def _print_answer(label: str, answer) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True)
 @click.option("--artifacts", type=click.Path(path_type=Path), required=True, help="eov-export artifacts folder")
-@click.option("--task", default=None, help=f"one of {', '.join(TASKS)} (also detect, classify, ground, count); "
+@click.option("--task", default=None, help=f"one of {', '.join(TASKS)} (also {', '.join(TASK_ALIASES)}); "
               "several, comma-separated, are asked together about one sample (views encoded once)")
 @click.option("--prompt", default=None, help="your own question instead of the task's default one")
-@click.option("--band-set", default=None, help="sensor band set of the images, when it cannot be guessed")
-@click.option("--bands", default=None,
-              help="band names of multi-band files without band descriptions, in file order (B04,B03,B02,B08): "
-                   "any subset of one sensor's bands")
-@click.option("--nodata", type=float, default=None, help="extra nodata value")
+@read_flags
 @click.option("--multiview", is_flag=True, help="all images are views of one sample (time series, optical+SAR)")
 @click.option("--tile", type=int, default=None, help="tile each image as a large scene, N x N source pixels")
 @click.option("--overlap", type=int, default=64, show_default=True, help="tile overlap in source pixels")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="tiles or images per batch")
-@click.option("--max-new-tokens", type=int, default=None, help="default: 96 for spatial tasks, 32 otherwise")
-@click.option("--sample", "do_sample", is_flag=True, help="sample instead of greedy decoding")
-@click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--top-k", type=int, default=0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@generation_flags
 @click.option("--geojson", type=click.Path(path_type=Path), default=None, help="write detections as GeoJSON")
 @click.option("--geojson-crs", type=click.Choice(["wgs84", "native"]), default="wgs84", show_default=True,
               help="wgs84: RFC 7946 longitude/latitude; native: the raster's CRS with a crs member (GIS work)")
@@ -77,37 +78,31 @@ def _print_answer(label: str, answer) -> None:
 @click.option("--workers", type=int, default=None,
               help="Ray workers (default: the cluster's CPU cores, or its GPUs for --providers cuda / tensorrt)")
 @runtime_flags
-def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, tile, overlap, batch_size, max_new_tokens,
-         do_sample, temperature, top_k, seed, geojson, geojson_crs, as_json, stream, progress, out, ray_address, workers,
-         **flags) -> None:
+def main(images, artifacts, task, prompt, multiview, tile, overlap, batch_size, geojson, geojson_crs, as_json, stream,
+         progress, out, ray_address, workers, **flags) -> None:
     """Answer a question about IMAGES with an exported Earth-OneVision model."""
     # eov-run owns its process, so all sessions may share one spinning thread pool (faster)
     runtime = RuntimeOptions.from_flags(flags, thread_pool="shared")
-    from eov_edge.runtime.generation import GenerationConfig
-
+    read = ReadOptions.from_flags(flags)
+    if len(images) > 1 and geojson and tile and not out:
+        raise click.UsageError("--geojson takes one scene at a time")
+    if (ray_address or workers) and not out:
+        raise click.UsageError("--ray and --workers answer scenes into a folder: give --out DIR")
+    if ray_address and Path(ray_address).exists():
+        raise click.UsageError(f"--ray took {ray_address!r} as the cluster's address: put --ray after the "
+                               "scenes, or write --ray=ADDRESS")
+    started = time.perf_counter()
     try:
         if task is None and prompt is None:
             task = "detection" if tile else "caption"
-        tasks = [resolve_task(t) for t in task.split(",")] if task else []
+        tasks = tuple(dict.fromkeys(resolve_task(t) for t in task.split(","))) if task else ()  # resolved once here
         if len(tasks) > 1 and tile and not out:
             raise click.UsageError("several tasks over a tiled scene write one output each: give --out DIR")
-        if (ray_address or workers) and not out:
-            raise click.UsageError("--ray and --workers answer scenes into a folder: give --out DIR")
-        if ray_address and Path(ray_address).exists():
-            raise click.UsageError(f"--ray took {ray_address!r} as the cluster's address: put --ray after the "
-                                   "scenes, or write --ray=ADDRESS")
-        task_name = tasks[0] if len(tasks) == 1 else None
-        if max_new_tokens is None:
-            max_new_tokens = answer_token_budget(tasks)
-        generation = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                      top_k=top_k, seed=seed)
-        started = time.perf_counter()
+        generation = generation_from_flags(flags, answer_token_budget(tasks))
         if out:
-            from eov_edge.runtime.scene_runs import SceneRunConfig
-
-            config = SceneRunConfig(tuple(tasks) if len(tasks) > 1 else task_name or "detection", prompt, tile,
-                                    overlap, batch_size, band_set, nodata, generation, geojson_crs, bands=bands)
-            report = _run_folder(artifacts, images, config, out, runtime, ray_address, workers, as_json, progress)
+            config = SceneRunConfig(tasks or resolve_task("detection"), prompt, tile, overlap, batch_size,
+                                    read.band_set, read.nodata, generation, geojson_crs, bands=read.bands)
+            report = _answer_folder(artifacts, images, config, out, runtime, ray_address, workers, as_json, progress)
             report["stats"] = {"wall_s": round(time.perf_counter() - started, 3)}
             if as_json:
                 click.echo(json.dumps(report, indent=1))
@@ -119,16 +114,13 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
                        f"--max-batch {pipeline.max_batch}", err=True)
             batch_size = pipeline.max_batch
         if tile:
-            report = _run_scenes(pipeline, images, task_name or "detection", prompt, tile, overlap, batch_size,
-                                 band_set, nodata, generation, geojson, as_json, progress, geojson_crs=geojson_crs,
-                                 bands=bands)
-        elif len(tasks) > 1:
-            report = _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json, bands)
+            report = _answer_scenes(pipeline, images, tasks[0] if tasks else None, prompt, tile, overlap, batch_size,
+                                    read, generation, geojson, geojson_crs, as_json, progress)
         else:
-            report = _run_images(pipeline, images, task_name, prompt, band_set, nodata, multiview, generation,
-                                 geojson, as_json, stream, geojson_crs=geojson_crs, bands=bands)
+            job = ImageJob(tuple(images), tasks, prompt, read, generation, multiview)
+            report = _answer_images(pipeline, job, geojson, geojson_crs, as_json, stream)
         report["stats"] = {**pipeline.stats(), "wall_s": round(time.perf_counter() - started, 3)}
-    except (EOVError, ValueError) as err:
+    except (EOVError, ValueError) as err:  # the library's errors say what to do: shown as they are
         raise click.ClickException(str(err)) from None
     if as_json:
         click.echo(json.dumps(report, indent=1))
@@ -140,29 +132,68 @@ def main(images, artifacts, task, prompt, band_set, bands, nodata, multiview, ti
                    f"{steps} step(s), peak memory {s['peak_rss_mb']:.0f} MiB]", err=True)
 
 
-def _run_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_address, workers, as_json,
-                progress) -> dict:
+def _answer_images(pipeline, job: ImageJob, geojson, geojson_crs: str, as_json: bool, stream: bool) -> dict:
+    views = read_images(pipeline, job)
+    if stream:
+        for piece in stream_answer(pipeline, job, views):
+            click.echo(piece, nl=False)
+        click.echo()
+        return {"streamed": True}
+    results = answer_images(pipeline, job, views)
+    if geojson:
+        write_geojson(geojson, job, results, views, geojson_crs)
+    if not as_json:
+        for result in results:
+            label = result.images if len(job.tasks) < 2 else f"{result.images} [{result.question}]"
+            _print_answer(label, result.answer)
+    return results_report(job, results)
+
+
+def _answer_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, read: ReadOptions, generation, geojson,
+                   geojson_crs: str, as_json: bool, progress: bool) -> dict:
+    from eov_edge.core.paths import write_json_atomic
+    from eov_edge.core.raster import raster_grid
+    from eov_edge.runtime.scene import plan_tiles, run_scene
+
+    results = []
+    for image in images:
+        paths = view_sources(image)
+        grid = raster_grid(paths)
+        total = len(plan_tiles(grid.height, grid.width, tile, overlap))
+        show = progress and not as_json and sys.stderr.isatty()
+        with click.progressbar(length=total, label=f"{image} ({total} tiles)", file=sys.stderr,
+                               hidden=not show) as bar:
+            result = run_scene(pipeline, paths, task or "detection", prompt, tile, overlap, batch_size, read.band_set,
+                               read.nodata, generation, progress=bar.update, bands=read.bands)
+        if geojson:
+            write_json_atomic(geojson, result.geojson(geojson_crs))
+        for error in result.errors:
+            click.echo(f"tile {error.tile} at {error.window} skipped: {error.message}", err=True)
+        if not as_json:
+            s = result.summary()
+            click.echo(f"{image}: {s['tiles_done']}/{s['tiles']} tiles, {s['tiles_failed']} skipped, "
+                       f"{s['detections']} detection(s) ({s['detections_before_nms']} before NMS) in {s['seconds']:.1f} s")
+            for a in result.tile_answers:
+                click.echo(f"  tile {a['tile']}: {a['text']}")
+        results.append(result.to_dict())
+        if result.interrupted:
+            raise click.ClickException(f"interrupted; finished tiles written to {geojson}" if geojson else "interrupted")
+    return {"task": result.task.name, "scenes": results}
+
+
+def _answer_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_address, workers, as_json,
+                   progress) -> dict:
     """Scenes into ``out``: resumable, in this process or on Ray workers."""
     from eov_edge.core.manifest import sha256_file
-    from eov_edge.runtime.pipeline import runs_on_cpu
+    from eov_edge.runtime.cluster import open_executor
     from eov_edge.runtime.scene_list import expand_scenes
-    from eov_edge.runtime.scene_runs import InProcessTiles, run_scenes
+    from eov_edge.runtime.scene_runs import run_scenes
 
     scenes = expand_scenes(images)
     manifest = Path(artifacts) / "manifest.json"
     if not manifest.is_file():
         raise click.ClickException(f"{artifacts}: no manifest.json; give an eov-export artifacts folder")
-    if ray_address:
-        from eov_edge.runtime.cluster import RayTiles
-
-        gpu = runtime.backend == "tensorrt" or not runs_on_cpu(list(runtime.providers))
-        executor = RayTiles(artifacts, {**runtime.pipeline_kwargs(), "threads": runtime.threads or 1},
-                            config, address=None if ray_address == "local" else ray_address, workers=workers,
-                            gpus_per_worker=1 if gpu else 0)
-        where = f"{len(executor.actors)} Ray worker(s)"
-    else:
-        executor = InProcessTiles(runtime.open(artifacts), config)
-        where = "this process"
+    executor, where = open_executor(artifacts, config, runtime, ray_address, workers)
     show = progress and not as_json and sys.stderr.isatty()
     tiles_seen = [0]
     try:
@@ -181,7 +212,8 @@ def _run_folder(artifacts, images, config, out, runtime: RuntimeOptions, ray_add
     for failure in summary.failures:
         click.echo(f"failed: {failure}", err=True)
     click.echo(summary.line(), err=as_json)
-    return {"task": config.task.name, "out": str(out), "summary": summary.to_dict()}
+    return {"task": config.task.name, "tasks": [t.name for t in config.tasks], "out": str(out),
+            "summary": summary.to_dict()}
 
 
 def _folder_exit(summary: dict, out) -> None:
@@ -190,80 +222,3 @@ def _folder_exit(summary: dict, out) -> None:
     if summary["failed"]:
         raise click.ClickException(f"{summary['failed']} scene(s) failed (listed in {out}/index.json); "
                                    "a rerun retries them and skips the done ones")
-
-
-def _run_questions(pipeline, images, tasks, prompt, band_set, nodata, generation, as_json, bands=None) -> dict:
-    """Several tasks (and ``--prompt``) about one sample: the views encoded once, answered together."""
-    views = [pipeline.read(view_sources(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
-    questions = [(t, None) for t in tasks] + ([(None, prompt)] if prompt else [])
-    answers = pipeline.answer_questions(views, questions, generation)
-    label = " + ".join(images)
-    if not as_json:
-        for (task, text), answer in zip(questions, answers):
-            _print_answer(f"{label} [{task.name if task else text}]", answer)
-    return {"tasks": [t.name for t in tasks],
-            "results": [{"images": label, "question": task.name if task else text, **a.to_dict()}
-                                        for (task, text), a in zip(questions, answers)]}
-
-
-def _run_images(pipeline, images, task, prompt, band_set, nodata, multiview, generation, geojson, as_json,
-                stream, geojson_crs: str = "wgs84", bands=None) -> dict:
-    from eov_edge.runtime.geo import answers_geojson, write_json_atomic
-
-    views = [pipeline.read(view_sources(image), band_set=band_set, nodata=nodata, bands=bands) for image in images]
-    together = multiview or (task is not None and task.min_views > 1)
-    if stream:
-        if len(images) > 1 and not together:
-            raise click.UsageError("--stream answers one sample: give one image or --multiview")
-        for piece in pipeline.stream(views, task, prompt, generation):
-            click.echo(piece, nl=False)
-        click.echo()
-        return {"streamed": True}
-    if together:
-        answers = pipeline.answer(views, task, prompt, generation)
-        labels = [" + ".join(images)]
-    else:
-        answers = pipeline.answer_each(views, task, prompt, generation)
-        labels = list(images)
-    if geojson:
-        write_json_atomic(geojson, answers_geojson(answers, views, {"task": task and task.name, "images": list(images)},
-                                                   geojson_crs))
-    if not as_json:
-        for label, answer in zip(labels, answers):
-            _print_answer(label, answer)
-    return {"task": task and task.name, "results": [{"images": label, **a.to_dict()} for label, a in zip(labels, answers)]}
-
-
-def _run_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, band_set, nodata, generation, geojson,
-                as_json, progress, geojson_crs: str = "wgs84", bands=None) -> dict:
-    from eov_edge.core.raster import raster_grid
-    from eov_edge.runtime.geo import write_json_atomic
-    from eov_edge.runtime.scene import plan_tiles, run_scene
-
-    if geojson and len(images) > 1:
-        raise click.UsageError("--geojson takes one scene at a time")
-    results = []
-    for image in images:
-        paths = view_sources(image)
-        grid = raster_grid(paths)
-        total = len(plan_tiles(grid.height, grid.width, tile, overlap))
-        show = progress and not as_json and sys.stderr.isatty()
-        with click.progressbar(length=total, label=f"{image} ({total} tiles)", file=sys.stderr,
-                               hidden=not show) as bar:
-            result = run_scene(pipeline, paths, task, prompt, tile, overlap, batch_size, band_set, nodata,
-                               generation, progress=bar.update, bands=bands)
-        if geojson:
-            write_json_atomic(geojson, result.geojson(geojson_crs))
-        for error in result.errors:
-            click.echo(f"tile {error.tile} at {error.window} skipped: {error.message}", err=True)
-        if not as_json:
-            s = result.summary()
-            click.echo(f"{image}: {s['tiles_done']}/{s['tiles']} tiles, {s['tiles_failed']} skipped, "
-                       f"{s['detections']} detection(s) ({s['detections_before_nms']} before NMS) in {s['seconds']:.1f} s")
-            for a in result.tile_answers:
-                click.echo(f"  tile {a['tile']}: {a['text']}")
-        results.append({"summary": result.summary(), "errors": [e.__dict__ for e in result.errors],
-                        "detections": [d.to_dict() for d in result.detections], "tile_answers": result.tile_answers})
-        if result.interrupted:
-            raise click.ClickException(f"interrupted; finished tiles written to {geojson}" if geojson else "interrupted")
-    return {"task": resolve_task(task).name, "scenes": results}

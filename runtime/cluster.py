@@ -24,8 +24,9 @@ import os
 from typing import Iterable, Iterator
 
 from eov_edge.core.errors import EOVError
+from eov_edge.runtime.options import RuntimeOptions
 from eov_edge.runtime.scene import TileOutcome
-from eov_edge.runtime.scene_runs import InProcessTiles, SceneRunConfig, TileJob
+from eov_edge.runtime.scene_runs import InProcessTiles, SceneRunConfig, TileExecutor, TileJob
 
 RAY_INSTALL = "pip install 'eov-edge[cluster]'"
 LOCAL_OBJECT_STORE_BYTES = 256 << 20  # results are detections and text; pixels never travel
@@ -160,3 +161,20 @@ class RayTiles:
 def _first_line(err: BaseException) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(err).__name__
+
+
+def open_executor(artifacts: str | os.PathLike, config: SceneRunConfig, runtime: RuntimeOptions,
+                  ray_address: str | None = None, workers: int | None = None) -> tuple[TileExecutor, str]:
+    """Where a run's tiles are answered, and its name for progress lines: this process's pipeline
+    opened from ``artifacts`` with ``runtime``, or Ray workers (``ray_address``:
+    "local" starts Ray here, "auto" or an address joins a cluster; ``workers``: how many, default the
+    cluster's CPU cores, or its GPUs for CUDA or TensorRT)."""
+    from eov_edge.runtime.pipeline import runs_on_cpu
+
+    if not ray_address:
+        return InProcessTiles(runtime.open(artifacts), config), "this process"
+    gpu = runtime.backend == "tensorrt" or not runs_on_cpu(list(runtime.providers))
+    executor = RayTiles(artifacts, {**runtime.pipeline_kwargs(), "threads": runtime.threads or 1}, config,
+                        address=None if ray_address == "local" else ray_address, workers=workers,
+                        gpus_per_worker=1 if gpu else 0)
+    return executor, f"{len(executor.actors)} Ray worker(s)"

@@ -1,7 +1,9 @@
-"""How a face opens the runtime: one typed set of options, and the command-line flags that fill it.
+"""How a face opens the runtime and reads its inputs: typed options, and the command-line flags that fill them.
 
 eov-run and eov-serve take the same flags (``@runtime_flags``) and open their pipeline through
 :meth:`RuntimeOptions.open`, so a backend, an engine folder or a draft works the same in both.
+``@read_flags`` fill :class:`ReadOptions` (how an IMAGE is read onto the canvas; eov-serve takes the
+same fields per request), ``@generation_flags`` a :class:`GenerationConfig`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from eov_edge.core.tasks import SPATIAL_ANSWER_TOKENS, TEXT_ANSWER_TOKENS
+from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS
 
 
@@ -83,6 +87,62 @@ def runtime_flags(command):
                           "decoder (eov-export onnx --decoder ort-cpu), else llamacpp"),
         click.option("--warmup", is_flag=True, help="run each graph once before answering"),
         click.option("--no-verify", is_flag=True, help="skip the artifacts' sha256 check (faster start-up)"),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How each image is read onto the model's canvas, where the file itself does not say."""
+
+    band_set: str | None = None  # the sensor band set, when it cannot be guessed
+    bands: str | None = None  # band names of multi-band files without band descriptions, in file order
+    nodata: float | None = None  # an extra nodata value
+
+    def read(self, pipeline, sources, window=None):
+        """One view of ``sources`` (as :meth:`Pipeline.read` takes them) through ``pipeline``."""
+        return pipeline.read(sources, band_set=self.band_set, window=window, nodata=self.nodata, bands=self.bands)
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> "ReadOptions":
+        """From the values of :func:`read_flags` (removed from ``flags``)."""
+        return cls(band_set=flags.pop("band_set"), bands=flags.pop("bands"), nodata=flags.pop("nodata"))
+
+
+def read_flags(command):
+    """The flags that say how to read images the files do not describe."""
+    flags = [
+        click.option("--band-set", default=None, help="sensor band set of the images, when it cannot be guessed"),
+        click.option("--bands", default=None,
+                     help="band names of multi-band files without band descriptions, in file order (B04,B03,B02,B08): "
+                          "any subset of one sensor's bands"),
+        click.option("--nodata", type=float, default=None, help="extra nodata value"),
+    ]
+    for flag in reversed(flags):
+        command = flag(command)
+    return command
+
+
+def generation_from_flags(flags: dict, default_tokens: int) -> GenerationConfig:
+    """The :class:`GenerationConfig` of :func:`generation_flags`' values (removed from ``flags``);
+    ``default_tokens`` where --max-new-tokens is not given."""
+    max_new_tokens = flags.pop("max_new_tokens")
+    return GenerationConfig(max_new_tokens=default_tokens if max_new_tokens is None else max_new_tokens,
+                            do_sample=flags.pop("do_sample"), temperature=flags.pop("temperature"),
+                            top_k=flags.pop("top_k"), seed=flags.pop("seed"))
+
+
+def generation_flags(command):
+    """The flags that say how to decode an answer."""
+    flags = [
+        click.option("--max-new-tokens", type=int, default=None, help=f"default: {SPATIAL_ANSWER_TOKENS} for tasks whose answers carry shapes, "
+                                                                     f"{TEXT_ANSWER_TOKENS} otherwise"),
+        click.option("--sample", "do_sample", is_flag=True, help="sample instead of greedy decoding"),
+        click.option("--temperature", type=float, default=1.0, show_default=True),
+        click.option("--top-k", type=int, default=0, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
     ]
     for flag in reversed(flags):
         command = flag(command)

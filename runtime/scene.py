@@ -108,6 +108,11 @@ class SceneResult:
         self.raw_detections = len(raw)
         self.detections = non_max_suppression(raw, iou_threshold)
 
+    def to_dict(self) -> dict:
+        """What eov-run --json prints for the scene."""
+        return {"summary": self.summary(), "errors": [e.__dict__ for e in self.errors],
+                "detections": [d.to_dict() for d in self.detections], "tile_answers": self.tile_answers}
+
     def summary(self) -> dict:
         return {"source": self.source, "task": self.task.name, "tiles": self.tiles, "tiles_done": self.tiles_done,
                 "tiles_failed": len(self.errors), "detections": len(self.detections),

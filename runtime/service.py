@@ -38,6 +38,7 @@ from eov_edge.core.errors import EOVError
 from eov_edge.core.tasks import TASK_ALIASES, TASKS, TaskSpec, answer_token_budget, resolve_task
 from eov_edge.runtime.continuous import Admission, ContinuousBatch, unsupported_reason
 from eov_edge.runtime.generation import GenerationConfig
+from eov_edge.runtime.options import ReadOptions
 from eov_edge.runtime.prefix_cache import content_key
 
 DATA_URI = re.compile(r"^data:(?P<mime>image/(?:png|jpeg|jpg|tiff|tif));base64,(?P<data>.*)$", re.S)
@@ -200,7 +201,7 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
     seed = body.get("seed") or 0
     generation = GenerationConfig(max_new_tokens=int(max_tokens), do_sample=temperature > 0,
                                   temperature=temperature or 1.0, top_k=int(body.get("top_k") or 0), seed=int(seed))
-    band_set, bands, nodata = body.get("band_set"), body.get("bands"), body.get("nodata")
+    read = ReadOptions(band_set=body.get("band_set"), bands=body.get("bands"), nodata=body.get("nodata"))
     from dataclasses import replace
 
     with tempfile.TemporaryDirectory(prefix="eov-serve-") as tmp:
@@ -208,7 +209,7 @@ def parse_chat_request(body: dict, pipeline, config: ServiceConfig) -> ChatReque
         for index, url in enumerate(urls):
             sources = _image_sources(url, config, Path(tmp))
             _check_pixels(sources, config)
-            view = pipeline.read(sources, band_set=band_set, nodata=nodata, bands=bands)
+            view = read.read(pipeline, sources)
             if url.startswith("data:"):  # named by its place in the request, not the deleted temporary file
                 view = replace(view, sources=(f"image_url[{index}]",))
             views.append(view)
