@@ -45,6 +45,15 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", heade
                         status_code=status, headers=headers)
 
 
+def _error_response(err: EOVError):
+    """The OpenAI-shaped response to an error of the runtime: the one place that gives each its status."""
+    if isinstance(err, RateLimited):
+        return _error(429, str(err), "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(err, (Overloaded, ShuttingDown)):
+        return _error(503, str(err), "overloaded_error", {"Retry-After": str(RETRY_AFTER_S)})
+    return _error(400, str(err))  # bad input: the message says what to fix
+
+
 def _answer_extra(answer, views, geojson_crs: str = "wgs84") -> dict:
     from eov_edge.runtime.geo import answers_geojson, shared_crs
 
@@ -89,6 +98,7 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
 
     app = FastAPI(title="eov-serve", lifespan=lifespan)
     app.state.scheduler = scheduler
+    app.add_exception_handler(EOVError, lambda request, err: _error_response(err))
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
@@ -130,10 +140,7 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
         if isinstance(body, dict) and body.get("model") not in (None, model_name):
             return _error(404, f"model {body.get('model')!r} is not served here; this service serves {model_name!r}",
                           "not_found_error")
-        try:
-            chat_request = await run_in_threadpool(parse_chat_request, body, pipeline, config)
-        except EOVError as err:
-            return _error(400, str(err))
+        chat_request = await run_in_threadpool(parse_chat_request, body, pipeline, config)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         pieces: asyncio.Queue = asyncio.Queue()
@@ -143,14 +150,14 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
         key = request.state.api_key  # None where the service has no keys (then the limit is 0)
         try:
             limits.acquire(key)
-        except RateLimited as err:
+        except RateLimited:
             scheduler.metrics.requests["rate_limited"] += 1
-            return _error(429, str(err), "rate_limit_error", {"Retry-After": str(RETRY_AFTER_S)})
+            raise
         try:
             future = scheduler.submit(chat_request)
-        except (Overloaded, ShuttingDown) as err:
+        except EOVError:  # the queue is full, or the service is draining
             limits.release(key)
-            return _error(503, str(err), "overloaded_error", {"Retry-After": str(RETRY_AFTER_S)})
+            raise
         future.add_done_callback(lambda _: limits.release(key))
         if chat_request.stream:
             return StreamingResponse(_stream(chat_request, future, pieces, completion_id, created),
@@ -160,8 +167,6 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
         except asyncio.CancelledError:
             chat_request.cancelled.set()
             raise
-        except EOVError as err:
-            return _error(400, str(err))
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
@@ -194,8 +199,8 @@ def create_app(pipeline, config: ServiceConfig, model_name: str, api_keys: Seque
                 break
             try:
                 answer = done.result()
-            except EOVError as err:
-                yield f"data: {json.dumps({'error': {'message': str(err), 'type': 'invalid_request_error'}})}\n\n"
+            except EOVError as err:  # the stream has begun (status 200): the error is its last event
+                yield f"data: {_error_response(err).body.decode()}\n\n"
                 return
             yield chunk({}, "length" if answer.cut_at_budget else "stop", _answer_extra(answer, chat_request.views))
             yield "data: [DONE]\n\n"
@@ -256,21 +261,22 @@ def main(artifacts, host, port, model_name, max_batch, queue_depth, batch_wait_m
                            allow_root=allow_root, max_image_pixels=max_image_pixels, batching=batching)
     options = RuntimeOptions.from_flags(flags)
     name = model_name or Path(artifacts).resolve().name
-    if replicas:
-        from eov_edge.runtime.replicas import replicas_application, run_replicas
+    try:  # the runtime's errors say what to do: shown as they are
+        if replicas:
+            from eov_edge.runtime.replicas import replicas_application
 
-        try:
-            application = replicas_application(create_app, artifacts, options, config, name, replicas, gpus_per_replica,
-                                               api_keys, int(max_body_mb * (1 << 20)), per_key_limit)
-        except EOVError as err:
-            raise click.ClickException(str(err)) from None
+            application = replicas_application(create_app, artifacts, options, config, name, replicas,
+                                               gpus_per_replica, api_keys, int(max_body_mb * (1 << 20)), per_key_limit)
+        else:
+            pipeline = options.open(artifacts)
+    except EOVError as err:
+        raise click.ClickException(str(err)) from None
+    if replicas:
+        from eov_edge.runtime.replicas import run_replicas
+
         click.echo(f"serving {name} on http://{host}:{port}/v1 from {replicas} Ray Serve replicas", err=True)
         run_replicas(application, host, port, ray_address)
         return
-    try:
-        pipeline = options.open(artifacts)
-    except EOVError as err:
-        raise click.ClickException(str(err)) from None
     app = create_app(pipeline, config, name, api_keys, int(max_body_mb * (1 << 20)), per_key_limit)
     scheduler = app.state.scheduler
     if scheduler.continuous is not None:
