@@ -150,13 +150,14 @@ def collect_feeds(pipeline, inputs: list[CalibrationInput], max_new_tokens: int 
 
 
 def calibration_set(artifacts: Path, calib_dir: str | Path | None = None,
-                    max_new_tokens: int = CALIB_MAX_NEW_TOKENS) -> CalibrationSet:
+                    max_new_tokens: int = CALIB_MAX_NEW_TOKENS, verify_hashes: bool = True) -> CalibrationSet:
     """Feeds for every graph of the FP32 ``artifacts`` from the samples in ``calib_dir`` (a folder
-    with a manifest.json, default calib_data/, or a held-out JSONL file)."""
+    with a manifest.json, default calib_data/, or a held-out JSONL file). ``verify_hashes``: False
+    where the caller has checked the artifacts' hashes already."""
     from eov_edge.runtime.pipeline import Pipeline
 
     samples = calibration_inputs(calib_dir)
-    with Pipeline.from_artifacts(artifacts) as pipeline:
+    with Pipeline.from_artifacts(artifacts, verify_hashes=verify_hashes) as pipeline:
         if any(entry.precision != "fp32" for entry in pipeline.manifest.graphs.values()):
             raise QuantizeError(f"{artifacts}: quantize from the FP32 export, not from already quantized graphs")
         return collect_feeds(pipeline, samples, max_new_tokens)

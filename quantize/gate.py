@@ -71,17 +71,17 @@ def tasks_not_gated(examples: ExampleSet) -> list[str]:
 
 
 def answer_examples(artifacts: Path, examples: list[Example], max_new_tokens: int | None = None, batch_size: int = 8,
-                    prefill_session: bool = True) -> list[str]:
+                    prefill_session: bool = True, verify_hashes: bool = True) -> list[str]:
     """Greedy answers of the runtime on ``artifacts`` for ``examples`` (views read batch by batch);
     ``max_new_tokens``: None gives each batch its tasks' budget (a detection answer its 96 tokens);
     ``prefill_session``: as ``Pipeline.from_artifacts`` takes it, explicit here (never a choice made
-    by timing)."""
+    by timing); ``verify_hashes``: False where the caller has checked (or just written) the hashes."""
     from eov_edge.core.inputs import Sample
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
     texts: list[str] = []
-    with Pipeline.from_artifacts(artifacts, prefill_session=prefill_session) as pipeline:
+    with Pipeline.from_artifacts(artifacts, prefill_session=prefill_session, verify_hashes=verify_hashes) as pipeline:
         size = pipeline.spec.image_size
         for start in range(0, len(examples), batch_size):
             chunk = examples[start:start + batch_size]
