@@ -63,7 +63,7 @@ class Row:
 @dataclass
 class Event:
     """What a step did for one answer: ``token`` chosen (None when it was refused at admission),
-    ``answer`` (a :class:`~eov_edge.runtime.pipeline.Answer`) once it ended, ``error`` when it could
+    ``answer`` (a :class:`~eov_edge.core.answer.Answer`) once it ended, ``error`` when it could
     not be answered."""
 
     owner: Any

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generator, Sequence
 
+from eov_edge.core.answer import Answer
 from eov_edge.core.errors import PromptError
 from eov_edge.core.raster import View, view_sources
 from eov_edge.core.tasks import TaskSpec, answer_token_budget
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.options import ReadOptions
-from eov_edge.runtime.pipeline import Answer, Pipeline
+from eov_edge.runtime.pipeline import Pipeline
 
 
 @dataclass(frozen=True)

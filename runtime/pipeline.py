@@ -12,18 +12,17 @@ Sessions are created lazily on first use (or by ``warmup()``).
 from __future__ import annotations
 
 import os
-import re
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Generator, Sequence
 
 import numpy as np
 
-from eov_edge.core import bands, slis
+from eov_edge.core import bands
 from eov_edge.core import manifest as mf
+from eov_edge.core.answer import Answer, answer_from_ids
 from eov_edge.core.errors import PromptError, ViewMismatchError
 from eov_edge.core.inputs import InputSpec, Sample, build_batch
 from eov_edge.core.raster import View, Window, read_view
@@ -31,7 +30,7 @@ from eov_edge.core.tasks import TaskSpec, resolve_task
 from eov_edge.core.tokenizer import TextTokenizer
 from eov_edge.runtime.backends import make_runner
 from eov_edge.runtime.generation import Decoder, GenerationConfig
-from eov_edge.runtime.geo import Detection, detections_from_answer
+from eov_edge.runtime.geo import detections_from_answer
 from eov_edge.runtime.kv_stream import PrefixKV
 from eov_edge.runtime.ort_runner import PROVIDER_ALIASES
 from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, content_key, prefix_kv_key
@@ -70,38 +69,6 @@ def peak_rss_mb() -> float:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
-
-
-@dataclass
-class Answer:
-    """The model's answer to one sample."""
-
-    text: str
-    token_ids: list[int]
-    token_probs: list[float]
-    detections: list[Detection] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)  # SLIS parse problems (malformed output)
-    task: str | None = None
-    # per view: its sources, band set, and which band filled which canvas slot and what decided it
-    inputs: list[dict] = field(default_factory=list)
-    # the answer ran out of new tokens before its end token; a shape it had begun is dropped (not
-    # counted as malformed): raise max_new_tokens to get it
-    cut_at_budget: bool = False
-
-    def to_dict(self) -> dict:
-        return {"task": self.task, "text": self.text, "token_ids": self.token_ids,
-                "detections": [d.to_dict() for d in self.detections], "problems": self.problems,
-                "cut_at_token_budget": self.cut_at_budget, "inputs": self.inputs}
-
-    def whole_text(self) -> str:
-        """The text to show: where the token budget cut it, up to the end of its last whole shape
-        (``text`` itself keeps every generated token)."""
-        if not self.cut_at_budget:
-            return self.text
-        last_open = max((m.start() for m in re.finditer(r"<(box|quad|poly|pt)>", self.text)), default=-1)
-        last_close = max((m.end() for m in re.finditer(r"</(box|quad|poly|pt)>", self.text)), default=0)
-        # cut inside a shape: drop it and its label; cut elsewhere (a long caption): the text as it is
-        return self.text[:last_close] if last_open > last_close else self.text
 
 
 class Pipeline:
@@ -556,23 +523,12 @@ class Pipeline:
         """The :class:`Answer` to ``sample`` from its generated token ids and probabilities (cut at
         EOS, padding dropped): text, SLIS shapes as detections, problems, whether the budget cut it."""
         special = self.manifest.special_tokens
-        kept = []
-        ended = False
-        for token, prob in zip(ids.tolist(), probs.tolist()):
-            if token == special["eos"]:
-                ended = True
-                break
-            if token != special["pad"]:
-                kept.append((token, prob))
-        token_ids = [t for t, _ in kept]
-        token_probs = [p for _, p in kept]
-        text = self.tokenizer.decode(token_ids)
-        parsed = slis.parse(text)
-        detections = detections_from_answer(parsed, token_ids, token_probs, sample.views, self.tokenizer)
-        # the budget ended it inside a shape: a cut answer, not a malformed one
-        problems = list(parsed.problems) if ended else slis.problems_before_cut(parsed.problems)
-        return Answer(text, token_ids, token_probs, detections, problems, task.name if (task := _task(task)) else None,
-                      [v.inputs() for v in sample.views], cut_at_budget=not ended)
+        answer = answer_from_ids(ids.tolist(), probs.tolist(), self.tokenizer, special["eos"], special["pad"])
+        answer.detections = detections_from_answer(answer.parsed, answer.token_ids, answer.token_probs, sample.views,
+                                                   self.tokenizer)
+        answer.task = task.name if (task := _task(task)) else None
+        answer.inputs = [v.inputs() for v in sample.views]
+        return answer
 
     # -- reporting ---------------------------------------------------------------------------
     def stats(self) -> dict:

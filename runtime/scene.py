@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
+from eov_edge.core.answer import Answer
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import RasterGrid, View, Window, raster_grid
 from eov_edge.core.tasks import TaskSpec, answer_token_budget, resolve_task
@@ -22,7 +23,7 @@ from eov_edge.runtime.geo import (
     non_max_suppression,
     shape_geometry,
 )
-from eov_edge.runtime.pipeline import Answer, Pipeline, peak_rss_mb
+from eov_edge.runtime.pipeline import Pipeline, peak_rss_mb
 
 GDAL_CACHE_MB = 64  # GDAL's default is 5% of RAM: a whole-scene pass would fill it
 

@@ -8,24 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from eov_edge.core import slis
+from eov_edge.core.answer import Answer, answer_from_ids
 from eov_edge.core.errors import CheckpointError, ConfigError
 from eov_edge.core.inputs import InputSpec, Sample, build_batch
 from eov_edge.core.tokenizer import TOKENIZER_FILE, TextTokenizer
 from eov_edge.model import EarthOneVisionConfig, EarthOneVisionForConditionalGeneration
-
-
-@dataclass
-class Answer:
-    text: str  # special tokens kept, so SLIS shapes survive; EOS and padding removed
-    token_ids: list[int]
-    parsed: slis.ParseResult
 
 
 class EarthOneVisionProcessor:
@@ -46,12 +38,8 @@ class EarthOneVisionProcessor:
         return {name: torch.from_numpy(array) for name, array in arrays.items()}
 
     def decode(self, ids: Sequence[int]) -> Answer:
-        ids = [int(i) for i in ids]
-        if self.tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(self.tokenizer.eos_token_id)]
-        ids = [i for i in ids if i != self.tokenizer.pad_token_id]
-        text = self.tokenizer.decode(ids)
-        return Answer(text=text, token_ids=ids, parsed=slis.parse(text))
+        """The answer in generated ``ids`` (no token probabilities: greedy ids only)."""
+        return answer_from_ids(ids, None, self.tokenizer, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
 
     def answer(self, model: EarthOneVisionForConditionalGeneration, samples: Sequence[Sample],
                max_new_tokens: int = 32, **generate_kwargs) -> list[Answer]:
