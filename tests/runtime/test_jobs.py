@@ -85,3 +85,20 @@ def test_geojson_of_a_georeferenced_image(pipeline, shared_data, tmp_path):
         lon, lat = np.asarray(feature["geometry"]["coordinates"][0]).mean(0)
         assert west - 1e-6 <= lon <= east + 1e-6 and south - 1e-6 <= lat <= north + 1e-6
     assert [p.name for p in tmp_path.iterdir()] == ["out.geojson"]  # no temporary file left
+
+
+def test_the_runtime_api_page_runs_as_written(nano_artifacts, shared_data, tmp_path, monkeypatch):
+    """docs/runtime-api.md's example, run in a folder holding what it names."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    page = (Path(__file__).parents[2] / "docs" / "runtime-api.md").read_text()
+    [code] = re.findall(r"```python\n(.*?)```", page, re.S)
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "nano").symlink_to(nano_artifacts)
+    shutil.copy(shared_data / "geotiff_samples" / "RGB.byte.tif", tmp_path / "scene.tif")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "runtime-api.md", "exec"), {})
+    collection = json.loads((tmp_path / "scene.geojson").read_text())
+    assert collection["properties"]["coordinates"] == "wgs84" and collection["properties"]["images"] == ["scene.tif"]
