@@ -22,6 +22,39 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
+SESSION_GROWTH = """
+import sys
+from pathlib import Path
+
+import eov_edge.runtime.ort_runner as ort_runner
+from eov_edge.core.manifest import GraphEntry
+
+if sys.argv[2] == "glibc":
+    ort_runner._set_mmap_threshold = lambda size: False
+
+def status(key):
+    with open("/proc/self/status") as lines:
+        return next(int(line.split()[1]) for line in lines if line.startswith(key)) / 2**20  # GiB
+
+start = status("VmRSS:")
+path = Path(sys.argv[1])
+runner = ort_runner.OrtRunner("decoder", path, GraphEntry(path.name, "", [], []), threads=1).activate()  # kept: alive
+print(status("VmRSS:") - start, status("VmHWM:") - start)
+"""
+
+
+def runtime_session_gib(graph: Path, mode: str) -> dict:
+    """Resident growth (GiB) of a fresh process that opens ``graph`` as the runtime does, and its peak."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", SESSION_GROWTH, str(graph), mode], capture_output=True, text=True,
+                         env=env, check=True)
+    grown, peak = map(float, out.stdout.split()[-2:])
+    return {"resident": round(grown, 2), "peak": round(peak, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="eov-2b")
@@ -77,6 +110,9 @@ def main() -> None:
         steps[label] = {"ort_ms": round(ort_ms, 1), "max_abs_logits": float(np.abs(got[0] - expected).max()),
                         "present_len": int(got[1].shape[2])}
         past_len = got[1].shape[2]
+    del session
+    gc.collect()
+    runtime_session = {mode: runtime_session_gib(args.out / spec.file, mode) for mode in ("held", "glibc")}
     report = {
         "preset": args.preset, "parameters": parameters, "build_s": round(built_s, 1),
         "export_s": round(export_s, 1), "peak_rss_gib_during_export": round(export_peak, 2),
@@ -84,6 +120,10 @@ def main() -> None:
         "files_bytes": sizes,
         "external_data": {name: g.external_data for name, g in manifest.graphs.items()},
         "steps": steps, "final_past_len": past_len,
+        # the runtime's decoder session (OrtRunner), each in a fresh process: resident growth when
+        # the mmap threshold is held while it loads (the runtime's way) and with glibc's own
+        "runtime_decoder_session_gib": {
+            "weights": round(sizes.get(f"{spec.file}.data", sizes[spec.file]) / 2**30, 2), **runtime_session},
         "machine": f"{os.cpu_count()} CPU cores, {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB",
         "git_commit": git_commit(), "torch": torch.__version__, "onnxruntime": ort.__version__,
         "command": f"python benchmarks/export_large.py --preset {args.preset} --out {args.out} --report {args.report}",
