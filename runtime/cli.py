@@ -25,7 +25,7 @@ import click
 
 from eov_edge.core.errors import EOVError
 from eov_edge.core.raster import view_sources
-from eov_edge.core.tasks import TASK_ALIASES, TASKS, answer_token_budget, resolve_task
+from eov_edge.core.tasks import TASK_ALIASES, TASKS, TaskSpec, answer_token_budget, resolve_task
 from eov_edge.runtime.jobs import ImageJob, answer_images, read_images, results_report, stream_answer, write_geojson
 from eov_edge.runtime.options import (
     ReadOptions,
@@ -114,8 +114,9 @@ def main(images, artifacts, task, prompt, multiview, tile, overlap, batch_size, 
                        f"--max-batch {pipeline.max_batch}", err=True)
             batch_size = pipeline.max_batch
         if tile:
-            report = _answer_scenes(pipeline, images, tasks[0] if tasks else None, prompt, tile, overlap, batch_size,
-                                    read, generation, geojson, geojson_crs, as_json, progress)
+            # a prompt alone over tiles is read as detection (its shapes are merged across tiles)
+            report = _answer_scenes(pipeline, images, tasks[0] if tasks else resolve_task("detection"), prompt, tile,
+                                    overlap, batch_size, read, generation, geojson, geojson_crs, as_json, progress)
         else:
             job = ImageJob(tuple(images), tasks, prompt, read, generation, multiview)
             report = _answer_images(pipeline, job, geojson, geojson_crs, as_json, stream)
@@ -149,7 +150,7 @@ def _answer_images(pipeline, job: ImageJob, geojson, geojson_crs: str, as_json: 
     return results_report(job, results)
 
 
-def _answer_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, read: ReadOptions, generation, geojson,
+def _answer_scenes(pipeline, images, task: TaskSpec, prompt, tile, overlap, batch_size, read: ReadOptions, generation, geojson,
                    geojson_crs: str, as_json: bool, progress: bool) -> dict:
     from eov_edge.core.paths import write_json_atomic
     from eov_edge.core.raster import raster_grid
@@ -163,7 +164,7 @@ def _answer_scenes(pipeline, images, task, prompt, tile, overlap, batch_size, re
         show = progress and not as_json and sys.stderr.isatty()
         with click.progressbar(length=total, label=f"{image} ({total} tiles)", file=sys.stderr,
                                hidden=not show) as bar:
-            result = run_scene(pipeline, paths, task or "detection", prompt, tile, overlap, batch_size, read.band_set,
+            result = run_scene(pipeline, paths, task, prompt, tile, overlap, batch_size, read.band_set,
                                read.nodata, generation, progress=bar.update, bands=read.bands)
         if geojson:
             write_json_atomic(geojson, result.geojson(geojson_crs))
