@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--report", type=Path, help="write the figures here as JSON")
+    parser.add_argument("--gguf", default=None, help="decode on llama.cpp from the artifacts' GGUF of this type")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -32,8 +34,9 @@ def main(argv: list[str] | None = None) -> dict:
     from eov_edge.runtime.generation import GenerationConfig
     from eov_edge.runtime.pipeline import Pipeline
 
-    pipe = Pipeline.from_artifacts(args.artifacts, thread_pool="shared")
-    runner = pipe.runners[mf.DECODER]
+    backend = {"decoder_backend": "llamacpp", "gguf": args.gguf, "prefill": "llamacpp"} if args.gguf else {}
+    pipe = Pipeline.from_artifacts(args.artifacts, thread_pool="shared", threads=args.threads, **backend)
+    runner = pipe.llama if args.gguf else pipe.runners[mf.DECODER]  # whose .timings are the decoder calls
     ids = np.random.default_rng(0).integers(8, len(pipe.embed_table), size=(1, args.prompt_tokens))
     mask = np.ones(ids.shape, np.int64)
     steps = args.new_tokens - 1
@@ -55,19 +58,23 @@ def main(argv: list[str] | None = None) -> dict:
         total = time.perf_counter() - start
         return 1000 * total / steps, 1000 * sum(runner.timings[calls:]) / steps
 
-    for config in configs.values():
-        decode(config)  # warm-up
-    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
+    runs_of = {name: (lambda config=config: decode(config)) for name, config in configs.items()}
+    if args.gguf:
+        runs_of["llama.cpp's own loop"] = llamacpp_loop(pipe, pipe.embed_table[ids].astype(np.float32)[0], steps)
+    for run in runs_of.values():
+        run()  # warm-up
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs_of}
     for _ in range(args.rounds):
-        for name, config in configs.items():
-            measured[name].append(decode(config))
+        for name, run in runs_of.items():
+            measured[name].append(run())
     import platform
 
     import onnxruntime
 
     from eov_edge.core.provenance import git_commit
 
-    report = {"artifacts": str(args.artifacts), "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+    report = {"artifacts": str(args.artifacts), "gguf": args.gguf, "threads": args.threads,
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "rounds": args.rounds, "git_commit": git_commit(), "onnxruntime": onnxruntime.__version__,
               "numpy": np.__version__, "python": platform.python_version(), "rows": {}}
     for name, runs in measured.items():
@@ -82,6 +89,35 @@ def main(argv: list[str] | None = None) -> dict:
 
         write_json_atomic(args.report, report)
     return report
+
+
+def llamacpp_loop(pipe, embeds, steps: int):
+    """llama.cpp's own greedy loop on ``pipe``'s llama.cpp session: a call returning (loop ms, llama_decode
+    ms) per step after the prompt ``embeds`` (S, D), as :func:`main`'s ``decode`` does for ours."""
+    session = pipe.llama
+    lc = session.lc
+    sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    eos = pipe.manifest.special_tokens["eos"]
+    bias = (lc.llama_logit_bias * 1)(lc.llama_logit_bias(eos, float("-inf")))
+    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_logit_bias(session.vocab, 1, bias))
+    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
+    token = (lc.llama_token * 1)()
+
+    def run() -> tuple[float, float]:
+        session.feed_prompt(embeds)
+        lc.llama_sampler_reset(sampler)
+        token[0] = lc.llama_sampler_sample(sampler, session.context, -1)
+        calls = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            called = time.perf_counter()
+            if lc.llama_decode(session.context, lc.llama_batch_get_one(token, 1)) != 0:
+                raise RuntimeError("llama_decode failed")
+            calls.append(time.perf_counter() - called)
+            token[0] = lc.llama_sampler_sample(sampler, session.context, -1)
+        return 1000 * (time.perf_counter() - start) / steps, 1000 * sum(calls) / steps
+
+    return run
 
 
 if __name__ == "__main__":
