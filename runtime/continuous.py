@@ -196,7 +196,7 @@ class ContinuousBatch:
     def _finish(self, r: int, row: Row):
         self.release(r)
         return self.pipeline.make_answer(row.admission.sample, np.array(row.ids), np.array(row.probs, np.float32),
-                                     row.admission.task)
+                                         row.admission.task)
 
     def release(self, r: int) -> None:
         """Free row ``r`` (its answer ended, or its client left): the next admission may take it."""

@@ -53,6 +53,11 @@ class ImageJob:
         return self.multiview or len(self.tasks) > 1 or any(t.min_views > 1 for t in self.tasks)
 
     @property
+    def task_name(self) -> str | None:
+        """The one task asked, by name (None with several, or a prompt alone)."""
+        return self.tasks[0].name if len(self.tasks) == 1 else None
+
+    @property
     def label(self) -> str:
         return " + ".join(self.images)
 
@@ -105,7 +110,7 @@ def stream_answer(pipeline: Pipeline, job: ImageJob,
 
 def results_report(job: ImageJob, results: Sequence[ImageResult]) -> dict:
     """The results as eov-run --json prints them."""
-    return {"task": job.tasks[0].name if len(job.tasks) == 1 else None, "tasks": [t.name for t in job.tasks],
+    return {"task": job.task_name, "tasks": [t.name for t in job.tasks],
             "results": [r.to_dict() for r in results]}
 
 
@@ -116,5 +121,5 @@ def write_geojson(path: str | Path, job: ImageJob, results: Sequence[ImageResult
     from eov_edge.core.paths import write_json_atomic
     from eov_edge.runtime.geo import answers_geojson
 
-    properties = {"task": job.tasks[0].name if len(job.tasks) == 1 else None, "images": list(job.images)}
+    properties = {"task": job.task_name, "images": list(job.images)}
     write_json_atomic(path, answers_geojson([r.answer for r in results], views, properties, output_crs))

@@ -393,10 +393,11 @@ class Pipeline:
         """Each sample's encoded views (V, N', D), by their content hashes ``keys``: from
         :attr:`prefix_cache` where there, the others encoded in one call (``inputs(i)``: sample i's
         model inputs, asked for only where its views are encoded) and kept in the cache."""
+        keys = list(keys)
         embeds = {k: self.prefix_cache.get(k) for k in dict.fromkeys(keys)}
         missing = [k for k, e in embeds.items() if e is None]
         if missing:
-            first = [inputs(list(keys).index(k)) for k in missing]
+            first = [inputs(keys.index(k)) for k in missing]
             encoded = self.image_embeds(np.concatenate([a["pixel_values"] for a in first]),
                                         np.concatenate([a["modality_ids"] for a in first]))  # (sum V, N', D), one call
             start = 0

@@ -401,12 +401,7 @@ class Scheduler:
         self.running = 0
 
     def _admit(self, arrived: list[ChatRequest]) -> None:
-        live = []
-        for r in arrived:
-            if r.cancelled.is_set():
-                self._cancelled(r)
-            else:
-                live.append(r)
+        live = self._live(arrived)
         if not live:
             return
         cache = self.pipeline.prefix_cache
@@ -434,8 +429,9 @@ class Scheduler:
                 self.metrics.first_token_seconds += time.perf_counter() - request.received
                 self.metrics.first_tokens += 1
             if request.stream:
+                eos = self.pipeline.manifest.special_tokens["eos"]
                 text = event.answer.text if event.answer is not None else self.pipeline.tokenizer.decode(
-                    [t for t in row.ids if t != self.continuous._eos])
+                    [t for t in row.ids if t != eos])
                 if text.startswith(row.shown) and len(text) > len(row.shown):
                     request.on_text(text[len(row.shown):])
                     row.shown = text
@@ -448,12 +444,18 @@ class Scheduler:
         self.metrics.requests["cancelled"] += 1
         request.future.cancel()
 
-    def _answer(self, batch: list[ChatRequest]) -> None:
-        live = [r for r in batch if not r.cancelled.is_set()]
-        for r in batch:
+    def _live(self, requests: list[ChatRequest]) -> list[ChatRequest]:
+        """``requests`` whose clients are still there; the others are cancelled and counted."""
+        live = []
+        for r in requests:  # one look at each: a client may leave while this runs
             if r.cancelled.is_set():
-                self.metrics.requests["cancelled"] += 1
-                r.future.cancel()
+                self._cancelled(r)
+            else:
+                live.append(r)
+        return live
+
+    def _answer(self, batch: list[ChatRequest]) -> None:
+        live = self._live(batch)
         self.metrics.count_batch(len(live))
         streamed = [r for r in live if r.stream]
         plain = [r for r in live if not r.stream]
