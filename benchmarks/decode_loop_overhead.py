@@ -92,29 +92,26 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def llamacpp_loop(pipe, embeds, steps: int):
-    """llama.cpp's own greedy loop on ``pipe``'s llama.cpp session: a call returning (loop ms, llama_decode
-    ms) per step after the prompt ``embeds`` (S, D), as :func:`main`'s ``decode`` does for ours."""
-    session = pipe.llama
-    lc = session.lc
-    sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
-    eos = pipe.manifest.special_tokens["eos"]
-    bias = (lc.llama_logit_bias * 1)(lc.llama_logit_bias(eos, float("-inf")))
-    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_logit_bias(session.vocab, 1, bias))
-    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
-    token = (lc.llama_token * 1)()
+    """llama.cpp's own greedy loop (eov-bench's llama.cpp rows: :class:`LlamaCppDecoder`'s sampler
+    chain) on ``pipe``'s llama.cpp session: a call returning (loop ms, llama_decode ms) per step after
+    the prompt ``embeds`` (S, D), as :func:`main`'s ``decode`` does for ours."""
+    from eov_edge.bench.llamacpp_decoder import LlamaCppDecoder
+
+    peer = LlamaCppDecoder(None, steps + 1, 0, pipe.manifest.special_tokens["eos"], False, 0, session=pipe.llama)
+    lc, context, token = peer.lc, peer.session.context, peer.token
 
     def run() -> tuple[float, float]:
-        session.feed_prompt(embeds)
-        lc.llama_sampler_reset(sampler)
-        token[0] = lc.llama_sampler_sample(sampler, session.context, -1)
+        peer.session.feed_prompt(embeds)
+        lc.llama_sampler_reset(peer.sampler)
+        token[0] = lc.llama_sampler_sample(peer.sampler, context, -1)
         calls = []
         start = time.perf_counter()
         for _ in range(steps):
             called = time.perf_counter()
-            if lc.llama_decode(session.context, lc.llama_batch_get_one(token, 1)) != 0:
+            if lc.llama_decode(context, lc.llama_batch_get_one(token, 1)) != 0:
                 raise RuntimeError("llama_decode failed")
             calls.append(time.perf_counter() - called)
-            token[0] = lc.llama_sampler_sample(sampler, session.context, -1)
+            token[0] = lc.llama_sampler_sample(peer.sampler, context, -1)
         return 1000 * (time.perf_counter() - start) / steps, 1000 * sum(calls) / steps
 
     return run

@@ -18,9 +18,11 @@ class LlamaCppDecoder:
     """Greedy tokens after a prompt of embeddings, EOS suppressed (every answer exactly ``max_new``
     tokens, as the runtime's ``min_new_tokens``), in a context of ``context`` positions."""
 
-    def __init__(self, gguf_path: Path, max_new: int, threads: int, eos_token_id: int, exact_f32: bool,
-                 context: int):
-        self.session = session = LlamaCppDecodeSession(gguf_path, context, threads, exact_f32)
+    def __init__(self, gguf_path: Path | None, max_new: int, threads: int, eos_token_id: int, exact_f32: bool,
+                 context: int, session: LlamaCppDecodeSession | None = None):
+        # ``session``: an open one (the runtime's own, for a loop-against-loop comparison), kept open by close()
+        self.owns_session = session is None
+        self.session = session = session or LlamaCppDecodeSession(gguf_path, context, threads, exact_f32)
         lc = self.lc = session.lc
         self.sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         bias = (lc.llama_logit_bias * 1)(lc.llama_logit_bias(eos_token_id, float("-inf")))
@@ -48,7 +50,8 @@ class LlamaCppDecoder:
 
     def close(self) -> None:
         self.lc.llama_sampler_free(self.sampler)
-        self.session.close()
+        if self.owns_session:
+            self.session.close()
 
 
 def time_llamacpp(where: str, embeds: np.ndarray, max_new: int, repeats: int, threads: int, eos_token_id: int,
