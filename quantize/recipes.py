@@ -16,10 +16,14 @@ the vision stem's convolutions stay in float by construction, and the LM head (t
 has the vocabulary as a dimension) is excluded by default, as DESIGN.md section 6 asks.
 
 The INT4 recipes take a block size (``with_int4_block_size``): one fp scale per this many weights
-along the input dimension. 32 is ONNX Runtime GenAI's default and the most accurate; larger blocks
-store fewer scales and run faster on CPU, most of all in the prefill (MatMulNBits with int8 compute
-pays per block; measured in the README's table of figures); the accuracy gate decides
-whether a size holds.
+along the input dimension. Smaller blocks are more accurate; larger ones store fewer scales and run
+faster on CPU, because MatMulNBits with int8 compute pays per block, not per weight (``small``, one
+decode step: blocks of 128 about 0.7x the time of 32). The default stays 32 because ONNX Runtime's
+4-bit kernels (1.32, x86) give a row the same result whatever shares its call only in blocks of 32:
+in larger blocks a row of a batch, or a prompt fed in two parts, rounds differently from the same
+row alone, so the manifest marks such artifacts batch-variant (``Manifest.batch_invariant``) and the
+runtime decodes each of their answers alone. ``--int4-block-size 128`` is the faster choice for one
+stream at a time. The accuracy gate decides whether a size holds.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class Recipe:
 # MatMulNBits accepts power-of-two blocks of at least 16 weights; 32 is also ORT GenAI's default
 INT4_BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_INT4_BLOCK_SIZE = 32
+# the largest 4-bit MatMulNBits block whose rows do not depend on what shares their call (module docstring)
+ROW_EXACT_INT4_BLOCK_SIZE = 32
 
 
 def with_int4_block_size(recipe: Recipe, block_size: int | None) -> Recipe:
@@ -237,11 +243,12 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
             "weights": f"int4 block {recipe.int4_block_size} symmetric",
             "block_size": recipe.int4_block_size,
             "activations": "float, int8 compute (accuracy_level 4)",
-            "format": "MatMulNBits", "nodes_rewritten": done}
+            "format": "MatMulNBits", "nodes_rewritten": done,
+            "rows_exact": recipe.int4_block_size <= ROW_EXACT_INT4_BLOCK_SIZE}
     if graph == mf.DECODER:
         # accuracy_level 4 (activations quantized to int8 per block, int8 dot products) is the fast
-        # kernel for one token, but for a prompt the fp32 kernel on the same 4-bit weights is faster
-        # and keeps the activations in float (small, 2 cores: a 200-token prefill 144 -> 130 ms, 90
+        # kernel for one token, but for a prompt the fp32 kernel on the same 4-bit weights has been
+        # the faster one in blocks of 32 (small, 2 cores: a 200-token prefill 144 -> 130 ms, 90
         # tokens 64 -> 54; one decode step 1.6x slower; benchmarks/ort_cpu_kernels.py). ONNX Runtime
         # picks the kernel per session (mlas.qnbit.force_fp32, onnxruntime >= 1.32): the runtime
         # opens a second session for prompts.

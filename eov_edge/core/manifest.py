@@ -111,10 +111,13 @@ class Manifest:
     def batch_invariant(self) -> bool:
         """Whether a row's answer is the same whatever else shares its decoder calls (other rows of a
         batch, a prefix fed in an earlier call). Not so where activations are quantized at run time
-        with one scale per tensor (dynamic INT8): the scale is the max over every token of the call."""
+        with one scale per tensor (dynamic INT8): the scale is the max over every token of the call.
+        Nor where the decoder's block-quantized MatMuls round a row by the rows that share its call
+        (``rows_exact`` false: ONNX Runtime's 4-bit MatMulNBits in blocks over 32 weights)."""
         decoder = self.quantization.get("graphs", {}).get(DECODER, {})
         return not ("dynamic per tensor" in decoder.get("activations", "")
-                    or self.quantization.get("recipe") == "ort-cpu-int8")
+                    or self.quantization.get("recipe") == "ort-cpu-int8"
+                    or decoder.get("rows_exact") is False)
 
     def prefill_session_config(self) -> dict[str, str]:
         """The session config entries of the decoder's prefill session; empty: one session does all."""

@@ -241,3 +241,38 @@ def test_the_int4_gate_measures_prompts_in_both_sessions(nano_fused_artifacts, t
     assert second_pass[-1] and not report["gate"]["prompts_in_decode_session"]["accepted"]
     fixed = mf.load_manifest(tmp_path / "strict")
     assert fixed.prompt_kernel_choice() == mf.PROMPT_KERNEL_FIXED and fixed.prefill_session_config()
+
+
+@pytest.mark.parametrize("block, exact", [(32, True), (128, False)])
+def test_int4_artifacts_say_whether_their_rows_are_exact_in_company(block, exact, nano_fused_artifacts, tmp_path):
+    """Blocks of 32 (the default): the decode session's kernel gives each row of a call the result
+    it gets alone, the fact prefix sharing and batching rest on; the manifest says so. Larger blocks
+    are marked batch-variant, so the runtime decodes their answers alone."""
+    import onnxruntime as ort
+
+    out = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / f"int4-b{block}", int4_block_size=block)
+    manifest = mf.load_manifest(out)
+    assert manifest.quantization["graphs"][mf.DECODER]["rows_exact"] is exact
+    assert manifest.batch_invariant is exact
+    if exact:
+        width, length = manifest.model_config["text_config"]["hidden_size"], 12
+        prompt = np.random.default_rng(1).standard_normal((1, length, width)).astype(np.float32) * 0.05
+        session = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+        cache = {name: np.zeros((1, manifest.num_kv_heads, length, manifest.head_dim), np.float32)
+                 for name in mf.past_names(manifest.num_layers)}
+
+        def logits(start, end):  # positions start..end-1 fed on a cache holding 0..start-1
+            feed = {mf.INPUTS_EMBEDS: prompt[:, start:end], mf.SEQLENS_K: np.array([end - 1], np.int32),
+                    mf.TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32),
+                    mf.LOGITS_INDEX: np.arange(end - start, dtype=np.int64), mf.INPUT_IDS: np.zeros((1, 0), np.int64),
+                    mf.EMBED_TABLE: np.load(out / mf.EMBEDDING_FILE), **cache}
+            names = [mf.LOGITS] + [n.replace("past", "present") for n in cache]
+            result = session.run(names, feed)
+            cache.update(zip(cache, result[1:]))
+            return result[0][0]
+
+        whole = logits(0, length)
+        for name in cache:
+            cache[name][:] = 0
+        parts = np.concatenate([logits(0, 5), logits(5, length)])
+        np.testing.assert_array_equal(parts, whole)
