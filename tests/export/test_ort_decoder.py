@@ -20,6 +20,21 @@ from eov_edge.runtime.pipeline import Pipeline
 pytestmark = pytest.mark.slow
 
 
+def prompt_feed(artifacts, manifest: mf.Manifest, embeds: np.ndarray, cached: int, logits_index: np.ndarray,
+                cache: dict[str, np.ndarray]) -> dict:
+    """A standalone session's feed of the fused decoder: ``embeds`` (1, S, D) as positions
+    cached..cached+S-1 on ``cache`` (past name -> (1, KV, C, hd)), logits at ``logits_index``."""
+    end = cached + embeds.shape[1]
+    return {mf.INPUTS_EMBEDS: embeds, mf.SEQLENS_K: np.array([end - 1], np.int32),
+            mf.TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32), mf.LOGITS_INDEX: logits_index,
+            mf.INPUT_IDS: np.zeros((1, 0), np.int64), mf.EMBED_TABLE: np.load(artifacts / mf.EMBEDDING_FILE), **cache}
+
+
+def empty_cache(manifest: mf.Manifest, capacity: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros((1, manifest.num_kv_heads, capacity, manifest.head_dim), np.float32)
+            for name in mf.past_names(manifest.num_layers)}
+
+
 def test_fused_graph_contract_and_validation(nano_fused_artifacts):
     manifest = mf.load_manifest(nano_fused_artifacts)
     assert manifest.decoder_kind == mf.ORT_CPU_DECODER
@@ -149,11 +164,7 @@ def test_int4_prompts_run_in_a_second_session_with_the_fp32_kernel(nano_fused_ar
         for key, value in config_entries.items():
             options.add_session_config_entry(key, value)
         session = ort.InferenceSession(str(out / "decoder.onnx"), options, providers=["CPUExecutionProvider"])
-        feed = {mf.INPUTS_EMBEDS: prompt, mf.SEQLENS_K: np.array([length - 1], np.int32),
-                mf.TOTAL_SEQUENCE_LENGTH: np.array(length, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64),
-                mf.INPUT_IDS: np.zeros((1, 0), np.int64), mf.EMBED_TABLE: np.load(out / mf.EMBEDDING_FILE)}
-        feed.update((name, np.zeros((1, manifest.num_kv_heads, length, manifest.head_dim), np.float32))
-                    for name in mf.past_names(manifest.num_layers))
+        feed = prompt_feed(out, manifest, prompt, 0, np.array([-1], np.int64), empty_cache(manifest, length))
         logits = session.run([mf.LOGITS], feed)[0][0, -1].astype(np.float64)
         logits[manifest.special_tokens["eos"]] = -np.inf  # as the loop does before min_new_tokens
         return float(np.exp(logits[token] - logits.max()) / np.exp(logits - logits.max()).sum())
@@ -258,21 +269,15 @@ def test_int4_artifacts_say_whether_their_rows_are_exact_in_company(block, exact
         width, length = manifest.model_config["text_config"]["hidden_size"], 12
         prompt = np.random.default_rng(1).standard_normal((1, length, width)).astype(np.float32) * 0.05
         session = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
-        cache = {name: np.zeros((1, manifest.num_kv_heads, length, manifest.head_dim), np.float32)
-                 for name in mf.past_names(manifest.num_layers)}
+        presents = [mf.LOGITS, *mf.present_names(manifest.num_layers)]
 
-        def logits(start, end):  # positions start..end-1 fed on a cache holding 0..start-1
-            feed = {mf.INPUTS_EMBEDS: prompt[:, start:end], mf.SEQLENS_K: np.array([end - 1], np.int32),
-                    mf.TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32),
-                    mf.LOGITS_INDEX: np.arange(end - start, dtype=np.int64), mf.INPUT_IDS: np.zeros((1, 0), np.int64),
-                    mf.EMBED_TABLE: np.load(out / mf.EMBEDDING_FILE), **cache}
-            names = [mf.LOGITS] + [n.replace("past", "present") for n in cache]
-            result = session.run(names, feed)
+        def logits(cache, start, end):  # positions start..end-1 fed on a cache holding 0..start-1
+            result = session.run(presents, prompt_feed(out, manifest, prompt[:, start:end], start,
+                                                       np.arange(end - start, dtype=np.int64), cache))
             cache.update(zip(cache, result[1:]))
             return result[0][0]
 
-        whole = logits(0, length)
-        for name in cache:
-            cache[name][:] = 0
-        parts = np.concatenate([logits(0, 5), logits(5, length)])
+        whole = logits(empty_cache(manifest, length), 0, length)
+        cache = empty_cache(manifest, length)
+        parts = np.concatenate([logits(cache, 0, 5), logits(cache, 5, length)])
         np.testing.assert_array_equal(parts, whole)
