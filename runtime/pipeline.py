@@ -34,13 +34,11 @@ from eov_edge.runtime.geo import detections_from_answer
 from eov_edge.runtime.kv_stream import PrefixKV
 from eov_edge.runtime.ort_runner import PROVIDER_ALIASES
 from eov_edge.runtime.prefix_cache import DEFAULT_PREFIX_CACHE_MB, PrefixCache, content_key, prefix_kv_key
+from eov_edge.runtime.prompt_kernel import PREFILL, time_prompt_kernels
 from eov_edge.runtime.runner import Runner
 from eov_edge.runtime.speculative import DEFAULT_DRAFT_TOKENS, SpeculativeDecoder
 
 DRAFT = "draft decoder"  # the speculative draft's runner, beside the artifacts' graphs in Pipeline.runners
-# a second ONNX Runtime session on decoder.onnx for prompts, where the manifest asks for one
-# (mf.PREFILL_SESSION_CONFIG: INT4 CPU artifacts, whose fp32 kernel is faster on prompts)
-PREFILL = "decoder prefill"
 LLAMACPP_DECODER = "decoder (llama.cpp)"  # its decode steps in stats(), beside the graphs' runners
 PREFILL_MIN_ONNXRUNTIME = (1, 32)  # mlas.qnbit.force_fp32; older versions ignore the key
 
@@ -85,7 +83,7 @@ class Pipeline:
         self.patch_size = int(manifest.model_config.get("vision_config", {}).get("patch_size", 1))
         self.decoder = Decoder(runners[mf.DECODER], self.embed_table, manifest, prefill_runner=runners.get(PREFILL))
         self.timings: dict[str, float] = {"read": 0.0, "encode": 0.0, "generate": 0.0}
-        # which session runs prompts where the runtime measured it (choose_prompt_session), else None
+        # which session runs prompts where the runtime measured it (prompt_kernel), else None
         self.prompt_session: dict | None = None
         # most samples one decoder call takes (TensorRT: the engines' profiles), None: any; larger
         # batches run in pieces of this size
@@ -119,8 +117,9 @@ class Pipeline:
         of the decoder's weights. True: always so (the kernel the gate measured first). False: one
         session does all. None (default): so, unless the manifest lets the runtime take the faster
         of the two kernels for prompts (``Manifest.prompt_kernel_choice``: the gate accepted both),
-        which it then measures here (:meth:`choose_prompt_session`): which one is faster depends on
-        the CPU (two measurements on the same kind of machine came out either way round).
+        which it then measures here on the decoder's weight shapes, not on the decoder itself, so the
+        second session is made only where it wins (:mod:`eov_edge.runtime.prompt_kernel`): which one is
+        faster depends on the CPU (two measurements on the same kind of machine came out either way round).
         ``prefix_cache_mb``: bound of the cache of encoded views and shared prompt prefixes that
         :meth:`answer_questions` keeps for later questions about the same views (0: none).
         ``decoder_backend="llamacpp"`` (CPU hosts): single answers decode on llama.cpp from the
@@ -148,22 +147,26 @@ class Pipeline:
         runners = {name: make_runner(backend, name, directory / entry.file, entry, **options)
                    for name, entry in manifest.graphs.items()}
         prefill_config = manifest.prefill_session_config() if prefill_session is not False else {}
+        prompt_kernels = None  # the two kernels' prompt times where the runtime chooses (prompt_kernel)
         if (prefill_config and backend == "onnxruntime" and runs_on_cpu(providers)
                 and _onnxruntime_at_least(PREFILL_MIN_ONNXRUNTIME)):
-            entry = manifest.graphs[mf.DECODER]
-            runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
-                                           config_entries=prefill_config, **options)
+            llama_prompts = decoder_backend == "llamacpp" and prefill == "llamacpp"  # no ONNX Runtime prompt
+            if prefill_session is None and not llama_prompts and \
+                    manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
+                # before the decoder's session is made: the probe's memory is freed for it to reuse
+                prompt_kernels = time_prompt_kernels(manifest, prefill_config, threads)
+            if prompt_kernels is None or prompt_kernels["chosen"] == PREFILL:
+                entry = manifest.graphs[mf.DECODER]
+                runners[PREFILL] = make_runner(backend, PREFILL, directory / entry.file, entry,
+                                               config_entries=prefill_config, **options)
         pipeline = cls(directory, manifest, runners)
+        pipeline.prompt_session = prompt_kernels
         pipeline.prefix_cache = PrefixCache(int(prefix_cache_mb * (1 << 20)))
         if backend == "tensorrt":
             from eov_edge.runtime.engine_meta import engine_max_batch, engine_max_suffix
 
             pipeline.max_batch = engine_max_batch(engines)
             pipeline.max_suffix = engine_max_suffix(engines)
-        llama_prompts = decoder_backend == "llamacpp" and prefill == "llamacpp"  # no ONNX Runtime prompt to time
-        if PREFILL in runners and prefill_session is None and not llama_prompts and \
-                manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST:
-            pipeline.choose_prompt_session()
         if decoder_backend == "llamacpp":
             if backend != "onnxruntime" or draft is not None:
                 raise PromptError("--decoder-backend llamacpp runs with --backend onnxruntime and no --draft")
@@ -175,39 +178,6 @@ class Pipeline:
         if warmup:
             pipeline.warmup()
         return pipeline
-
-    def choose_prompt_session(self, tokens: int = 128, rounds: int = 3) -> dict:
-        """Keep the faster of the prefill session and the decode session for prompts: a prompt of
-        ``tokens`` random embeddings through each, alternating, ``rounds`` times after a warm-up
-        (median). Where the decode session wins, the prefill session is closed (its copy of the
-        weights freed). Returns and keeps (``prompt_session``) the choice and the timings."""
-        import statistics
-
-        m, table = self.manifest, self.embed_table
-        decode = self.runners[mf.DECODER]
-        length = max(1, min(tokens, m.max_context - 1))
-        embeds = np.random.default_rng(0).standard_normal((1, length, table.shape[1])).astype(np.float32) * 0.05
-        mask = np.ones((1, length), np.int64)
-        config = GenerationConfig(max_new_tokens=1, slis_grammar=False, output_scores=False)
-        decoders = {PREFILL: Decoder(decode, table, m, prefill_runner=self.runners[PREFILL]),
-                    mf.DECODER: Decoder(decode, table, m)}
-        seconds: dict[str, list[float]] = {name: [] for name in decoders}
-        calls = {name: len(self.runners[name].timings) for name in (mf.DECODER, PREFILL)}
-        for index in range(rounds + 1):
-            for name, decoder in decoders.items():
-                start = time.perf_counter()
-                next(decoder.steps(embeds, mask, config))  # the prompt and its first token
-                if index:  # the first round warms both up
-                    seconds[name].append(time.perf_counter() - start)
-        for name, count in calls.items():  # the runners' timings count the caller's calls only
-            del self.runners[name].timings[count:]
-        ms = {name: round(1000 * statistics.median(times), 2) for name, times in seconds.items()}
-        chosen = mf.DECODER if ms[mf.DECODER] < ms[PREFILL] else PREFILL
-        if chosen == mf.DECODER:
-            self.runners.pop(PREFILL).deactivate()
-            self.decoder = decoders[mf.DECODER]
-        self.prompt_session = {"chosen": chosen, "prompt_tokens": length, "ms": ms}
-        return self.prompt_session
 
     def use_llamacpp(self, gguf: str | None = None, prefill: str | None = None, threads: int | None = None) -> None:
         """Decode single answers on llama.cpp from this folder's GGUF of type ``gguf`` (see

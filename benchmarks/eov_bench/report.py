@@ -66,7 +66,7 @@ def markdown(report: dict) -> str:
                       "model's drafts miss more often."]
     for name, r in report["rows"].items():
         if chosen := r.get("prompt_session_chosen"):
-            lines += ["", prompt_sessions_line(name, chosen) + f"; the first round's timing of a {r['prompt_session']['prompt_tokens']}-token prompt: "
+            lines += ["", prompt_sessions_line(name, chosen) + f"; the first round's timing of the decoder's weight shapes over a {r['prompt_session']['prompt_tokens']}-token prompt: "
                       + ", ".join(f"{session_name(k)} {ms} ms" for k, ms in r["prompt_session"]["ms"].items())
                       + "."]
     if report.get("quantized_rows_accuracy"):

@@ -84,13 +84,13 @@ def merge_rounds(runs: list[dict]) -> dict:
 
 def prompt_sessions_chosen(runs: list[dict]) -> dict[str, int]:
     """How often each prompt session was chosen over a row's rounds (each round's process measured it
-    afresh, ``Pipeline.choose_prompt_session``); empty where the runtime measured nothing."""
+    afresh, :mod:`eov_edge.runtime.prompt_kernel`); empty where the runtime measured nothing."""
     sessions = [r["prompt_session"]["chosen"] for r in runs if r.get("prompt_session")]
     return {name: sessions.count(name) for name in sorted(set(sessions))}
 
 
 def session_name(runner: str) -> str:
-    """The prompt session's name for people: the runner name of Pipeline.choose_prompt_session."""
+    """The prompt session's name for people: a runner name of :func:`eov_edge.runtime.prompt_kernel.time_prompt_kernels`."""
     from eov_edge.core import manifest as mf
 
     return "decode session (int8-compute kernel)" if runner == mf.DECODER else "prefill session (fp32-compute kernel)"

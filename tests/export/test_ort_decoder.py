@@ -196,14 +196,21 @@ def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path
 
 def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(nano_fused_artifacts, tmp_path):
     """Ungated INT4 artifacts claim no accuracy: their manifest lets the runtime run prompts with the
-    faster of the two kernels, measured at start-up (which one wins depends on the CPU). The loser
-    is closed; the answers then are those of the session kept. A manifest that fixes the kernel,
+    faster of the two kernels, measured at start-up on the decoder's weight shapes (which one wins
+    depends on the CPU). The loser's session is never made; the answers then are those of the session kept. A manifest that fixes the kernel,
     or an explicit prefill_session, is not measured."""
     from eov_edge.runtime.pipeline import PREFILL
+    from eov_edge.runtime.prompt_kernel import decoder_matmul_shapes
 
     out = write_ungated(nano_fused_artifacts, "ort-cpu-int4", tmp_path / "int4")
     manifest = mf.load_manifest(out)
     assert manifest.prompt_kernel_choice() == mf.PROMPT_KERNEL_FASTEST
+    # the choice is measured on the decoder's own weight shapes (the LM head aside: one position a prompt)
+    vocab = len(np.load(out / manifest.embedding["file"], mmap_mode="r"))
+    attributes = [{a.name: a.i for a in n.attribute} for n in onnx.load(str(out / "decoder.onnx")).graph.node
+                  if n.op_type == "MatMulNBits"]
+    assert decoder_matmul_shapes(manifest) == collections.Counter((a["K"], a["N"]) for a in attributes
+                                                                  if a["N"] != vocab)
     pipe = Pipeline.from_artifacts(out)
     chosen = pipe.prompt_session
     assert set(chosen["ms"]) == {PREFILL, mf.DECODER} and all(ms > 0 for ms in chosen["ms"].values())
