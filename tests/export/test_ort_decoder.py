@@ -197,8 +197,8 @@ def test_dynamic_int8_quantizes_the_fused_decoder(nano_fused_artifacts, tmp_path
 def test_the_runtime_keeps_the_faster_prompt_session_where_the_manifest_lets_it(nano_fused_artifacts, tmp_path):
     """Ungated INT4 artifacts claim no accuracy: their manifest lets the runtime run prompts with the
     faster of the two kernels, measured at start-up on the decoder's weight shapes (which one wins
-    depends on the CPU). The loser's session is never made; the answers then are those of the session kept. A manifest that fixes the kernel,
-    or an explicit prefill_session, is not measured."""
+    depends on the CPU). The loser's session is never made; the answers then are those of the
+    session kept. A manifest that fixes the kernel, or an explicit prefill_session, is not measured."""
     from eov_edge.runtime.pipeline import PREFILL
     from eov_edge.runtime.prompt_kernel import decoder_matmul_shapes
 
