@@ -32,3 +32,15 @@ def test_a_readme_without_the_markers_is_refused():
         readme_results.replace_block("# a readme\n", "table")
     block = readme_results.replace_block(f"a\n{readme_results.BEGIN}\nold\n{readme_results.END}\nb\n", "new")
     assert block == f"a\n{readme_results.BEGIN}\nnew\n{readme_results.END}\nb\n"
+
+
+def test_the_llamacpp_losses_sentence_counts_the_cells_where_llamacpp_is_faster():
+    section = copy.deepcopy(json.loads(readme_results.LATEST.read_text())["llamacpp"])
+    ours = [row for rows in section["threads"].values() for row in rows.values() if "decode_vs_llamacpp" in row]
+    for row in ours:  # every cell ours: faster decode, slower first token
+        row["decode_vs_llamacpp"], row["ttft_vs_llamacpp"] = 0.9, 1.2
+    assert readme_results.llamacpp_losses(section) == (
+        f"llama.cpp decodes faster in 0 of {len(ours)} cells; its first token is sooner in {len(ours)} of {len(ours)}.")
+    ours[0]["decode_vs_llamacpp"], ours[1]["decode_vs_llamacpp"] = 1.004, 1.31  # 1.004 prints as 1.00: a tie
+    sentence = readme_results.llamacpp_losses(section)
+    assert sentence.startswith(f"llama.cpp decodes faster in 1 of {len(ours)} cells, by up to 1.31x (")
