@@ -68,7 +68,7 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     :func:`export_weights`; weights as external data above ``external_threshold`` bytes, as the
     portable graphs. ``embedding_dtype``: the embedding table's (``embed_table``'s) dtype."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     text = manifest.model_config["text_config"]
     layers, kv, hd = manifest.num_layers, manifest.num_kv_heads, manifest.head_dim
@@ -80,11 +80,18 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     if missing:
         raise ValueError(f"not ExportDecoder's weights (no {missing})")
     cos, sin = rotary_tables(weights["inv_freq"], manifest.max_context)
-
-    initializers = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")]
+    target = Path(target)
+    data_file = target.with_name(target.name + ".data")
+    for stale in (target, data_file):
+        stale.unlink(missing_ok=True)
+    external = sum(t.nbytes for t in weights.values()) > external_threshold
+    store = _InitializerStore(data_file if external else None)
+    initializers = store.tensors
+    store.add(cos, "cos_cache")
+    store.add(sin, "sin_cache")
 
     def weight(name: str) -> str:
-        initializers.append(numpy_helper.from_array(weights[name].astype(np.float32), name))
+        store.add(weights[name], name)
         return name
 
     nodes = [
@@ -110,8 +117,8 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
         # gate and up as two MatMuls: one fused MatMul needs a Split that copies (S, 2I) per layer,
         # which costs the prefill more than the second GEMM call saves the decode step
         gate_up = weights[f"gate_up_weight.{i}"]  # (D, 2I)
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(gate_up[:, :intermediate]), f"gate_weight.{i}"))
-        initializers.append(numpy_helper.from_array(np.ascontiguousarray(gate_up[:, intermediate:]), f"up_weight.{i}"))
+        store.add(gate_up[:, :intermediate], f"gate_weight.{i}")
+        store.add(gate_up[:, intermediate:], f"up_weight.{i}")
         nodes += [
             helper.make_node(
                 "GroupQueryAttention",
@@ -162,12 +169,40 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)],
                               producer_name="eov-edge")
     model.ir_version = 10
-    target = Path(target)
-    for stale in (target, target.with_name(target.name + ".data")):
-        stale.unlink(missing_ok=True)
-    external = sum(t.nbytes for t in weights.values()) > external_threshold
-    onnx.save_model(model, str(target), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=target.name + ".data" if external else None)
+    store.close()
+    onnx.save_model(model, str(target))  # the weights are in data_file already where external
+
+
+class _InitializerStore:
+    """The fused decoder's initializers, each written to ``data_file`` as it comes (external data,
+    onnx's layout: one file, tensors back to back) where given, else held in the graph. Writing
+    them one by one keeps one weight's bytes in memory beside the model's, not the whole decoder
+    twice over as serializing a graph of in-memory tensors does (eov-2b: about 6 GB per copy)."""
+
+    def __init__(self, data_file: Path | None) -> None:
+        self.data_file = data_file
+        self.file = open(data_file, "wb") if data_file is not None else None  # noqa: SIM115 (closed by close())
+        self.tensors: list = []
+
+    def add(self, array: np.ndarray, name: str) -> None:
+        from onnx import TensorProto, numpy_helper
+
+        array = np.ascontiguousarray(array, dtype=np.float32)  # a copy only where a view is strided
+        if self.file is None:
+            self.tensors.append(numpy_helper.from_array(array, name))
+            return
+        tensor = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=array.shape,
+                             data_location=TensorProto.EXTERNAL)
+        offset = self.file.tell()
+        array.tofile(self.file)
+        for key, value in (("location", self.data_file.name), ("offset", offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.tensors.append(tensor)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
 
 def _tensor_type(dtype: str) -> int:

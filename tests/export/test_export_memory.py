@@ -49,7 +49,7 @@ MEASURE = textwrap.dedent("""
     except OSError:
         window = "process"
     export_onnx(Path(tempfile.mkdtemp()) / "a", model_and_processor=(model, processor), preset="small",
-                validate=False, external_threshold=1_000_000)  # every graph streamed, as eov-2b's are
+                validate=False, external_threshold=1_000_000, decoder=sys.argv[1])  # streamed, as eov-2b's are
     peak = status("VmHWM") if window == "export" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"decoder_bytes": decoder_bytes, "built": built, "peak": peak, "window": window,
                       "over_model": peak - built}))
@@ -57,15 +57,18 @@ MEASURE = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_export_peak_is_about_one_copy_of_the_decoder():
+@pytest.mark.parametrize("decoder, bound", [("portable", 2.5), ("ort-cpu", 3.0)])
+def test_export_peak_is_about_one_copy_of_the_decoder(decoder, bound):
     """The export module holds one transposed copy of the decoder's weights (fused Q/K/V and
     gate/up); beyond it, streaming external data adds little. Measured on small: 1.16x the decoder's
     weights over the model, against 4.05x when the graph is serialized in memory (the path a
     1.4 GB graph took before, 5.2 GB over the model). The bound sits between the two: CI's machine
     once measured 2.08x where this one measures 1.18-1.22x run after run, and 2.5x still fails the
-    in-memory path by a wide margin."""
-    done = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True, timeout=900)
+    in-memory path by a wide margin. The fused CPU decoder (ort-cpu) is written after the portable
+    one, its weights streamed one by one: 1.62x here, 4.20x when it was serialized in memory (which
+    put eov-2b's fused export over 24 GB)."""
+    done = subprocess.run([sys.executable, "-c", MEASURE, decoder], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     measured = json.loads(done.stdout.strip().splitlines()[-1])
     ratio = measured["over_model"] / measured["decoder_bytes"]
-    assert ratio < 2.5, f"the export's peak was {ratio:.2f}x the decoder's weights over the model: {measured}"
+    assert ratio < bound, f"the export's peak was {ratio:.2f}x the decoder's weights over the model: {measured}"

@@ -88,6 +88,23 @@ def test_external_data_for_large_graphs(artifacts):
     assert (out / "decoder.onnx").stat().st_size < 1_000_000  # weights live in the .data file
 
 
+def test_the_fused_cpu_decoder_streams_its_weights_to_external_data(tmp_path, nano):
+    """The ort-cpu decoder above the threshold: each weight written to decoder.onnx.data as it comes
+    (offsets back to back), and the validated export gives PyTorch's tokens from it."""
+    out = tmp_path / "fused"
+    manifest = export_onnx(out, model_and_processor=nano, external_threshold=SMALL_THRESHOLD, preset="nano",
+                           decoder="ort-cpu")
+    assert manifest.decoder_kind == "ort-cpu" and manifest.graphs["decoder"].external_data == "decoder.onnx.data"
+    graph = onnx.load(str(out / "decoder.onnx"), load_external_data=False).graph
+    placed = sorted((int(d["offset"]), int(d["length"])) for d in
+                    ({e.key: e.value for e in t.external_data} for t in graph.initializer))
+    assert len(placed) == len(graph.initializer) and placed[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in zip(placed, placed[1:]))
+    assert placed[-1][0] + placed[-1][1] == (out / "decoder.onnx.data").stat().st_size
+    pipeline = manifest.validation["pipeline"]
+    assert pipeline["comparisons"] == 20 and pipeline["identical"] == pipeline["comparisons"]
+
+
 def test_every_graph_matches_pytorch_including_prefill_and_decode(artifacts):
     _, manifest = artifacts
     rows = manifest.validation["graphs"]
