@@ -92,6 +92,7 @@ def _update_manifest(staging: Path, recipe: Recipe, tools: dict, calibration: Ca
         entry = manifest.graphs[graph]
         entry.sha256 = mf.sha256_file(staging / entry.file)
         entry.precision = recipe.precision
+        _update_external_data(staging, entry)
     manifest.quantization = {
         "recipe": recipe.name, "target": recipe.target, "description": recipe.description, "graphs": tools,
         "calibration": calibration.summary() if calibration else None, "gate": gate_summary,
@@ -99,6 +100,26 @@ def _update_manifest(staging: Path, recipe: Recipe, tools: dict, calibration: Ca
     manifest.validation = {}  # the FP32 parity results do not describe these graphs; the gate does
     (staging / mf.MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
+
+
+def _update_external_data(staging: Path, entry: mf.GraphEntry) -> None:
+    """Point ``entry`` at the external data file its quantized graph reads, if any, and remove the
+    FP32 graph's file copied with the artifacts where nothing reads it any more: the quantizers
+    write their graphs whole, and eov-2b's FP32 decoder data (6 GB) would otherwise ship with, and
+    be hashed for, a 1 GB INT4 decoder."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(staging / entry.file), load_external_data=False)
+    locations = {e.value for t in model.graph.initializer if uses_external_data(t)
+                 for e in t.external_data if e.key == "location"}
+    if len(locations) > 1:
+        raise QuantizeError(f"{entry.file}: weights in several external files {sorted(locations)}; expected one")
+    location = next(iter(locations), None)
+    if entry.external_data and entry.external_data != location:
+        (staging / entry.external_data).unlink(missing_ok=True)
+    entry.external_data = location
+    entry.external_data_sha256 = mf.sha256_file(staging / location) if location else None
 
 
 def _sensitivity(recipe: Recipe, source: Path, plans: dict[str, GraphPlan], calibration: CalibrationSet,

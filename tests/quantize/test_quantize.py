@@ -378,3 +378,25 @@ def test_fp32_activations_keep_the_qdq_graph_in_fp32_and_say_so(nano_artifacts, 
     for recipe in ("ort-cpu-int8", "w4a16"):
         with pytest.raises(QuantizeError, match="--activations applies to trt-int8, trt-fp8 only"):
             with_activations(RECIPES[recipe], "fp32")
+
+
+def test_quantized_graphs_leave_behind_the_fp32_external_data_they_no_longer_read(shipped, tmp_path, calib_samples):
+    """An FP32 export keeps large graphs' weights in .data files; the quantizers write their graphs
+    whole, so the copied FP32 files are removed and the manifest no longer lists or hashes them."""
+    from eov_edge.core.paths import NANO_CHECKPOINT
+    from eov_edge.export.onnx_export import export_onnx
+    from eov_edge.runtime.pipeline import Pipeline
+
+    fp32 = tmp_path / "fp32"
+    export_onnx(fp32, checkpoint=NANO_CHECKPOINT, model_and_processor=shipped, validate=False,
+                external_threshold=1_000_000)  # every graph's weights external, as eov-2b's are
+    before = mf.load_manifest(fp32)
+    assert all(entry.external_data for entry in before.graphs.values())
+    out = build.write_ungated(fp32, "ort-cpu-int8", tmp_path / "int8")
+    manifest = mf.load_manifest(out)  # every file it lists against its sha256
+    for name in RECIPES["ort-cpu-int8"].graphs:
+        assert manifest.graphs[name].external_data is None and manifest.graphs[name].external_data_sha256 is None
+        assert not (out / before.graphs[name].external_data).exists(), name
+    pipe = Pipeline.from_artifacts(out)
+    [answer] = pipe.answer([pipe.read(calib_samples["ucmerced_airplane00"].views[0][0])], task="classification")
+    assert answer.text
