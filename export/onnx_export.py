@@ -191,6 +191,8 @@ def fuse_encoder_for_ort_cpu(directory: Path, manifest: mf.Manifest, vision_conf
     external = data.is_file() or sum(t.ByteSize() for t in optimized.model.graph.initializer) > external_threshold
     data.unlink(missing_ok=True)  # loaded into memory above; written again below if needed
     optimized.save_model_to_file(str(path), use_external_data_format=external)
+    if data.is_file():  # the optimizer writes it through a private temporary file (mode 0600)
+        data.chmod(path.stat().st_mode & 0o777)
     manifest.graphs[mf.ENCODER] = graph_entry(directory, path.name, manifest.graphs[mf.ENCODER].opset)
 
 

@@ -103,6 +103,9 @@ def test_the_fused_cpu_decoder_streams_its_weights_to_external_data(tmp_path, na
     assert placed[-1][0] + placed[-1][1] == (out / "decoder.onnx.data").stat().st_size
     pipeline = manifest.validation["pipeline"]
     assert pipeline["comparisons"] == 20 and pipeline["identical"] == pipeline["comparisons"]
+    # every file as readable as its graph (the fused encoder's data once came out 0600)
+    modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
+    assert modes["encoder.onnx.data"] == modes["encoder.onnx"] == modes["decoder.onnx.data"], modes
 
 
 def test_every_graph_matches_pytorch_including_prefill_and_decode(artifacts):
