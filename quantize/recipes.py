@@ -231,9 +231,11 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     from onnxruntime.quantization import QuantFormat
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from eov_edge.runtime.prompt_kernel import INT4_ACCURACY_LEVEL  # the level the runtime's probe times
+
     model = onnx.load(str(source))
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=recipe.int4_block_size, is_symmetric=True, accuracy_level=4,
+        model, bits=4, block_size=recipe.int4_block_size, is_symmetric=True, accuracy_level=INT4_ACCURACY_LEVEL,
         nodes_to_exclude=plan.excluded, quant_format=QuantFormat.QOperator, op_types_to_quantize=("MatMul",),
     )  # default algorithm: round-to-nearest per block
     quantizer.process()
@@ -242,7 +244,7 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
     info = {"tool": "onnxruntime.quantization.matmul_nbits_quantizer (RTN)",
             "weights": f"int4 block {recipe.int4_block_size} symmetric",
             "block_size": recipe.int4_block_size,
-            "activations": "float, int8 compute (accuracy_level 4)",
+            "activations": f"float, int8 compute (accuracy_level {INT4_ACCURACY_LEVEL})",
             "format": "MatMulNBits", "nodes_rewritten": done,
             "rows_exact": recipe.int4_block_size <= ROW_EXACT_INT4_BLOCK_SIZE}
     if graph == mf.DECODER:
@@ -252,7 +254,8 @@ def _matmul_nbits(recipe, graph, source, target, plan, calibration) -> dict:
         # tokens 64 -> 54; one decode step 1.6x slower; benchmarks/ort_cpu_kernels.py). ONNX Runtime
         # picks the kernel per session (mlas.qnbit.force_fp32, onnxruntime >= 1.32): the runtime
         # opens a second session for prompts.
-        info["activations"] = "float; int8 compute (accuracy_level 4) in decode steps, fp32 compute in prompts"
+        info["activations"] = (f"float; int8 compute (accuracy_level {INT4_ACCURACY_LEVEL}) in decode steps, "
+                               "fp32 compute in prompts")
         info[mf.PREFILL_SESSION_CONFIG] = {"mlas.qnbit.force_fp32": "1"}
     return info
 

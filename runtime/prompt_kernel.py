@@ -24,14 +24,13 @@ from eov_edge.runtime.ort_runner import session_options
 # a second ONNX Runtime session on decoder.onnx for prompts, where the manifest asks for one
 # (mf.PREFILL_SESSION_CONFIG: INT4 CPU artifacts); its runner's name in Pipeline.runners
 PREFILL = "decoder prefill"
-INT4_ACCURACY_LEVEL = 4  # int8 compute, as the ort-cpu-int4 recipe writes every MatMulNBits
-PROJECTIONS = ("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+INT4_ACCURACY_LEVEL = 4  # int8 compute: what the ort-cpu-int4 recipe writes into every MatMulNBits
 
 
 def decoder_matmul_shapes(manifest: mf.Manifest) -> Counter:
     """(K, N) -> how many of the decoder's quantized projections have that shape, from its quantized
-    node names (``layer3.down_proj``) and the text config; every layer's projections where the
-    manifest has no list. The LM head is left out: a prompt runs it on its last position only."""
+    node names (``layer3.down_proj``, listed by every recipe) and the text config. The LM head is
+    left out: a prompt runs it on its last position only."""
     text = manifest.model_config["text_config"]
     hidden, intermediate = int(text["hidden_size"]), int(text["intermediate_size"])
     heads, kv_heads = int(text["num_attention_heads"]), int(text["num_key_value_heads"])
@@ -40,10 +39,7 @@ def decoder_matmul_shapes(manifest: mf.Manifest) -> Counter:
                 "k_proj": (hidden, kv_heads * head_dim), "v_proj": (hidden, kv_heads * head_dim),
                 "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, intermediate),
                 "up_proj": (hidden, intermediate), "down_proj": (intermediate, hidden)}
-    names = manifest.quantization.get("graphs", {}).get(mf.DECODER, {}).get("quantized_nodes")
-    if names is None:  # manifests that list no nodes
-        names = [f"layer{i}.{p}" for i in range(manifest.num_layers)
-                 for p in ("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    names = manifest.quantization["graphs"][mf.DECODER]["quantized_nodes"]
     return Counter(shape_of[suffix] for name in names if (suffix := name.rsplit(".", 1)[-1]) in shape_of)
 
 
