@@ -61,18 +61,13 @@ def fused_decoder_feed(feed: dict, manifest, out: Path) -> dict:
     import numpy as np
 
     from eov_edge.core import manifest as mf
+    from eov_edge.export.ort_decoder import empty_cache, prompt_feed
 
-    embeds = feed[mf.INPUTS_EMBEDS]  # (1, S, D)
-    past = mf.past_names(manifest.num_layers)
-    cached = feed[past[0]].shape[2]
-    end = cached + embeds.shape[1]
-    cache = {}
-    for name in past:  # (1, KV, P, hd) -> (1, KV, C, hd)
-        cache[name] = np.zeros((1, manifest.num_kv_heads, manifest.max_context, manifest.head_dim), np.float32)
-        cache[name][:, :, :cached] = feed[name]
-    return {mf.INPUTS_EMBEDS: embeds, mf.INPUT_IDS: np.zeros((1, 0), np.int64),
-            mf.EMBED_TABLE: np.load(out / mf.EMBEDDING_FILE), mf.SEQLENS_K: np.array([end - 1], np.int32),
-            mf.TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32), mf.LOGITS_INDEX: np.array([-1], np.int64), **cache}
+    cache = empty_cache(manifest, manifest.max_context)
+    cached = feed[next(iter(cache))].shape[2]
+    for name, buffer in cache.items():  # (1, KV, P, hd) into (1, KV, C, hd)
+        buffer[:, :, :cached] = feed[name]
+    return prompt_feed(out, manifest, feed[mf.INPUTS_EMBEDS], cached, np.array([-1], np.int64), cache)
 
 
 def main() -> None:

@@ -173,6 +173,24 @@ def build_ort_decoder(weights: dict[str, np.ndarray], target: Path, manifest: mf
     onnx.save_model(model, str(target))  # the weights are in data_file already where external
 
 
+def prompt_feed(artifacts: Path, manifest: mf.Manifest, embeds: np.ndarray, cached: int, logits_index: np.ndarray,
+                cache: dict[str, np.ndarray]) -> dict:
+    """A feed of the fused decoder in a session of its own (checks and benchmarks; the runtime binds
+    its buffers instead, :mod:`eov_edge.runtime.kv_stream`): ``embeds`` (1, S, D) as positions
+    cached..cached+S-1 on ``cache`` (past name -> (1, KV, C, hd)), logits at ``logits_index``."""
+    end = cached + embeds.shape[1]
+    return {mf.INPUTS_EMBEDS: embeds, SEQLENS_K: np.array([end - 1], np.int32),
+            TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32), LOGITS_INDEX: logits_index,
+            mf.INPUT_IDS: np.zeros((1, 0), np.int64), mf.EMBED_TABLE: np.load(Path(artifacts) / mf.EMBEDDING_FILE),
+            **cache}
+
+
+def empty_cache(manifest: mf.Manifest, capacity: int) -> dict[str, np.ndarray]:
+    """Zeroed past buffers (1, KV, ``capacity``, hd) by name, for :func:`prompt_feed`."""
+    return {name: np.zeros((1, manifest.num_kv_heads, capacity, manifest.head_dim), np.float32)
+            for name in mf.past_names(manifest.num_layers)}
+
+
 class _InitializerStore:
     """The fused decoder's initializers, each written to ``data_file`` as it comes (external data,
     onnx's layout: one file, tensors back to back) where given, else held in the graph. Writing

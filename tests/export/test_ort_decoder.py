@@ -13,26 +13,12 @@ from eov_edge.core.calib import calib_questions
 from eov_edge.core.errors import EngineError
 from eov_edge.export.devices import get_device
 from eov_edge.export.engine_plan import make_plan
+from eov_edge.export.ort_decoder import empty_cache, prompt_feed
 from eov_edge.quantize.build import QuantizeError, write_ungated
 from eov_edge.runtime.generation import GenerationConfig
 from eov_edge.runtime.pipeline import Pipeline
 
 pytestmark = pytest.mark.slow
-
-
-def prompt_feed(artifacts, manifest: mf.Manifest, embeds: np.ndarray, cached: int, logits_index: np.ndarray,
-                cache: dict[str, np.ndarray]) -> dict:
-    """A standalone session's feed of the fused decoder: ``embeds`` (1, S, D) as positions
-    cached..cached+S-1 on ``cache`` (past name -> (1, KV, C, hd)), logits at ``logits_index``."""
-    end = cached + embeds.shape[1]
-    return {mf.INPUTS_EMBEDS: embeds, mf.SEQLENS_K: np.array([end - 1], np.int32),
-            mf.TOTAL_SEQUENCE_LENGTH: np.array(end, np.int32), mf.LOGITS_INDEX: logits_index,
-            mf.INPUT_IDS: np.zeros((1, 0), np.int64), mf.EMBED_TABLE: np.load(artifacts / mf.EMBEDDING_FILE), **cache}
-
-
-def empty_cache(manifest: mf.Manifest, capacity: int) -> dict[str, np.ndarray]:
-    return {name: np.zeros((1, manifest.num_kv_heads, capacity, manifest.head_dim), np.float32)
-            for name in mf.past_names(manifest.num_layers)}
 
 
 def test_fused_graph_contract_and_validation(nano_fused_artifacts):
